@@ -1,0 +1,5 @@
+"""``python -m guestload``."""
+
+from guestload.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""Command line: ``guestload serve``, ``guestload probe``, ``guestload --version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
+
+from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from guestload import __version__
+from guestload.identity import IdentityResolver
+from guestload.logs import FORMATS, LEVELS, configure_logging
+from guestload.poller import Poller
+from guestload.probe import print_probe
+from guestload.render import MetricsCache
+from guestload.settings import (
+    DEFAULT_LIBVIRT_URI,
+    DEFAULT_LISTEN_ADDRESS,
+    ListenAddress,
+    Settings,
+    SettingsError,
+    parse_duration,
+)
+from guestload.source import Source
+from guestload.web import ExporterServer, WebApp
+
+log = logging.getLogger("guestload")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one line naming the flag, exit 2; no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"guestload: error: {message} (see '{self.prog} --help')\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _listen_address(text: str) -> ListenAddress:
+    try:
+        return ListenAddress.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _default_node() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--libvirt.uri",
+        dest="libvirt_uri",
+        default=DEFAULT_LIBVIRT_URI,
+        metavar="URI",
+        help="libvirt connection URI; needs a read-write connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--collector.agent-timeout",
+        dest="agent_timeout",
+        type=_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="how long one guest-agent call may take (default: 5s)",
+    )
+    parser.add_argument(
+        "--collector.concurrency",
+        dest="concurrency",
+        type=int,
+        default=8,
+        metavar="N",
+        help="guest-agent calls in parallel (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--node",
+        default=None,
+        help="value of the node label (default: $NODE_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--identity.default-namespace",
+        dest="default_namespace",
+        default="libvirt",
+        metavar="NAMESPACE",
+        help="namespace label for domains not created by KubeVirt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=LEVELS,
+        default=None,
+        help="log level (default: info for serve, warn for probe)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=FORMATS,
+        default="logfmt",
+        help="log line format on stderr (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="guestload",
+        description="Exports each libvirt VM's guest load average, read through the QEMU "
+        "guest agent, as Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"guestload {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the exporter", description="Poll libvirt and serve /metrics."
+    )
+    serve.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        type=_listen_address,
+        default=ListenAddress.parse(DEFAULT_LISTEN_ADDRESS),
+        metavar="HOST:PORT",
+        help=f"address to serve on (default: {DEFAULT_LISTEN_ADDRESS})",
+    )
+    serve.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        metavar="PATH",
+        help="path of the metrics endpoint (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=16,
+        metavar="N",
+        help="concurrent HTTP requests; more get 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--web.request-timeout",
+        dest="request_timeout",
+        type=_duration,
+        default=10.0,
+        metavar="DURATION",
+        help="how long a client may take to send its request (default: 10s)",
+    )
+    serve.add_argument(
+        "--collector.interval",
+        dest="interval",
+        type=_duration,
+        default=120.0,
+        metavar="DURATION",
+        help="time between polls (default: 120s)",
+    )
+    serve.add_argument(
+        "--collector.agent-backoff-max",
+        dest="backoff_max",
+        type=_duration,
+        default=900.0,
+        metavar="DURATION",
+        help="longest wait before re-asking an absent or too old agent (default: 15m)",
+    )
+    serve.add_argument(
+        "--collector.vcpu",
+        dest="vcpu_collector",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export the kubevirt_vmi_vcpu_* counters (off where KubeVirt's virt-handler "
+        "already exports them; default: on)",
+    )
+    _add_source_flags(serve)
+
+    probe = commands.add_parser(
+        "probe",
+        help="poll once and print every domain",
+        description="Poll libvirt once and print each running domain's identity, vCPUs, "
+        "load and agent state.",
+    )
+    probe.add_argument(
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="a table for people or JSON for programs (default: %(default)s)",
+    )
+    _add_source_flags(probe)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Validate the parsed flags as a whole; raises SettingsError naming the flag."""
+    return Settings(
+        libvirt_uri=args.libvirt_uri,
+        listen_address=getattr(args, "listen_address", ListenAddress.parse(DEFAULT_LISTEN_ADDRESS)),
+        telemetry_path=getattr(args, "telemetry_path", "/metrics"),
+        poll_interval_seconds=getattr(args, "interval", 120.0),
+        agent_timeout_seconds=args.agent_timeout,
+        concurrency=args.concurrency,
+        agent_backoff_max_seconds=getattr(args, "backoff_max", 900.0),
+        vcpu_collector=getattr(args, "vcpu_collector", True),
+        node=args.node if args.node is not None else _default_node(),
+        default_namespace=args.default_namespace,
+        max_requests=getattr(args, "max_requests", 16),
+        request_timeout_seconds=getattr(args, "request_timeout", 10.0),
+        log_level=args.log_level or ("warn" if args.command == "probe" else "info"),
+        log_format=args.log_format,
+    )
+
+
+def make_source(settings: Settings) -> Source:
+    from guestload.libvirt_source import LibvirtSource  # noqa: PLC0415 - imports libvirt
+
+    return LibvirtSource(uri=settings.libvirt_uri)
+
+
+def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
+    return Poller(
+        source=source,
+        identity=IdentityResolver(node=settings.node, default_namespace=settings.default_namespace),
+        poll_interval_seconds=settings.poll_interval_seconds,
+        agent_timeout_seconds=settings.agent_timeout_seconds,
+        concurrency=settings.concurrency,
+        agent_backoff_max_seconds=settings.agent_backoff_max_seconds,
+        on_snapshot=cache.update if cache is not None else (lambda _snapshot: None),
+        build_info={"python_version": platform.python_version()},
+    )
+
+
+def serve(settings: Settings, source: Source) -> int:
+    """Run until SIGTERM or SIGINT."""
+    live_registry = CollectorRegistry(auto_describe=False)
+    cache = MetricsCache(
+        vcpu_collector=settings.vcpu_collector,
+        live_collectors=(
+            ProcessCollector(registry=live_registry),
+            PlatformCollector(registry=live_registry),
+        ),
+    )
+    poller = make_poller(settings, source, cache)
+    app = WebApp(cache=cache, is_ready=lambda: poller.ready, telemetry_path=settings.telemetry_path)
+    try:
+        server = ExporterServer(
+            settings.listen_address,
+            app=app,
+            max_requests=settings.max_requests,
+            request_timeout=settings.request_timeout_seconds,
+        )
+    except OSError as error:
+        log.error(
+            "cannot listen", extra={"address": str(settings.listen_address), "err": str(error)}
+        )
+        return EXIT_FAILURE
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        poller.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    web_thread = threading.Thread(target=server.serve_forever, name="guestload-http", daemon=True)
+    web_thread.start()
+    log.info(
+        "listening",
+        extra={"address": str(settings.listen_address), "path": settings.telemetry_path},
+    )
+    try:
+        poller.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+        poller.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as error:
+        parser.exit(EXIT_USAGE, f"guestload: error: {error}\n")
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if args.command == "probe":
+        return print_probe(make_poller(settings, make_source(settings), None), output=args.output)
+    log.info(
+        "starting guestload",
+        extra={"version": __version__, "uri": settings.libvirt_uri, "node": settings.node},
+    )
+    if os.geteuid() == 0:
+        log.warning("running as root; guestload needs only read-write access to the libvirt socket")
+    return serve(settings, make_source(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

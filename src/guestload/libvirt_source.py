@@ -1,0 +1,521 @@
+"""The libvirt source: domains, vCPU stats and guest load from a libvirt daemon.
+
+The only module of the exporter that imports ``libvirt``. It reads; judging errors and guest
+answers is left to :mod:`guestload.agent_answer`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import math
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from guestload.agent_answer import (
+    classify_libvirt_error,
+    parse_agent_passthrough,
+    parse_guest_info_load,
+)
+from guestload.model import (
+    AgentState,
+    DomainEvent,
+    DomainInventory,
+    EventKind,
+    LoadReading,
+    VcpuStat,
+    VcpuState,
+)
+from guestload.source import EventListener, SourceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+GUEST_INFO_LOAD_MIN_VERSION = 11_002_000
+"""libvirt 11.2.0 added ``VIR_DOMAIN_GUEST_INFO_LOAD``; library and daemon both need it."""
+
+KUBEVIRT_METADATA_NAMESPACE = "http://kubevirt.io"
+"""XML namespace of the ``<kubevirt>`` element KubeVirt writes into a domain's metadata."""
+
+GUEST_GET_LOAD_COMMAND = '{"execute":"guest-get-load"}'
+
+_STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+_STATS_FLAGS = (
+    libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+    | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+)
+_NANOSECONDS = 1e9
+_EVENT_LOOP_RETRY_SECONDS = 1.0
+_VCPU_KEY = re.compile(r"vcpu\.(\d+)\.(state|time|wait|delay)")
+_VCPU_STATES = {0: VcpuState.OFFLINE, 1: VcpuState.RUNNING, 2: VcpuState.BLOCKED}
+
+#: Refusals of ``agentSetResponseTimeout`` that will not change while the connection lasts.
+_PERMANENT_TIMEOUT_REFUSALS = frozenset(
+    {
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_OPERATION_DENIED,
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    }
+)
+
+
+class LoadMethod(enum.StrEnum):
+    """How the guest load is read; decided once per connection."""
+
+    GUEST_INFO = "guest_info"
+    """``virDomainGetGuestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)``, libvirt >= 11.2."""
+    AGENT_COMMAND = "agent_command"
+    """The agent passthrough ``guest-get-load``, for older libraries or daemons."""
+
+
+def choose_load_method(
+    *, library_version: int, daemon_version: int, binding_has_guest_info_load: bool
+) -> LoadMethod:
+    """Use guest info only when the library, the daemon and the Python binding all know LOAD."""
+    if (
+        binding_has_guest_info_load
+        and library_version >= GUEST_INFO_LOAD_MIN_VERSION
+        and daemon_version >= GUEST_INFO_LOAD_MIN_VERSION
+    ):
+        return LoadMethod.GUEST_INFO
+    return LoadMethod.AGENT_COMMAND
+
+
+def format_libvirt_version(version: int) -> str:
+    """libvirt's packed version number (major * 1,000,000 + minor * 1,000 + micro) as text."""
+    return f"{version // 1_000_000}.{version // 1_000 % 1_000}.{version % 1_000}"
+
+
+def parse_vcpu_stats(stats: Mapping[str, object]) -> tuple[int | None, tuple[VcpuStat, ...]]:
+    """The vCPU count and per-vCPU stats from one domain's bulk stats record.
+
+    Times are converted from nanoseconds to seconds; a vCPU with an unknown or missing state
+    is left out, and values that are not numbers are treated as not reported.
+    """
+    count = stats.get("vcpu.current")
+    vcpu_count = count if isinstance(count, int) and not isinstance(count, bool) else None
+    fields: dict[int, dict[str, int]] = {}
+    for key, value in stats.items():
+        match = _VCPU_KEY.fullmatch(key)
+        if match and isinstance(value, int) and not isinstance(value, bool):
+            fields.setdefault(int(match[1]), {})[match[2]] = value
+    vcpus = []
+    for vcpu_id in sorted(fields):
+        values = fields[vcpu_id]
+        state = _VCPU_STATES.get(values.get("state", -1))
+        if state is None:
+            continue
+        vcpus.append(
+            VcpuStat(
+                id=vcpu_id,
+                state=state,
+                time_seconds=_seconds(values.get("time")),
+                wait_seconds=_seconds(values.get("wait")),
+                delay_seconds=_seconds(values.get("delay")),
+            )
+        )
+    return vcpu_count, tuple(vcpus)
+
+
+def parse_kubevirt_metadata(element_xml: str) -> dict[str, str]:
+    """Identity hints from KubeVirt's ``<kubevirt xmlns="http://kubevirt.io">`` element."""
+    try:
+        # The domain's own metadata, written by the host's management layer, not by the guest.
+        root = ET.fromstring(element_xml)  # noqa: S314
+    except ET.ParseError:
+        return {}
+    for child in root:
+        if child.tag.rpartition("}")[2] == "uid" and child.text and child.text.strip():
+            return {"kubevirt.uid": child.text.strip()}
+    return {}
+
+
+def _seconds(nanoseconds: int | None) -> float | None:
+    return None if nanoseconds is None else nanoseconds / _NANOSECONDS
+
+
+@dataclass(slots=True)
+class _DomainHandle:
+    """A libvirt domain object and what has been done with it on this connection."""
+
+    domain: Any
+    domain_id: int
+    agent_timeout_seconds: int | None = None
+    """The agent response timeout last set (or permanently refused) for this domain run."""
+    agent_timeout_refused: bool = False
+    """libvirt refuses response timeouts for this domain: only the passthrough is bounded."""
+    metadata: Mapping[str, str] | None = None
+    """Identity hints from the domain XML; None until fetched."""
+
+
+@dataclass(slots=True)
+class _Session:
+    """One open connection and its per-connection caches."""
+
+    connection: Any
+    load_method: LoadMethod
+    daemon_version: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    handles: dict[str, _DomainHandle] = field(default_factory=dict)
+    event_callback_ids: list[int] = field(default_factory=list)
+    close_callback_registered: bool = False
+    lost_reason: str | None = None
+    """Set by the close callback when libvirt reports the connection gone."""
+
+
+OpenConnection = Callable[[str], Any]
+"""Opens a read-write connection to a URI, like ``libvirt.open``."""
+AgentCommand = Callable[[Any, str, int, int], Any]
+"""Sends a raw agent command to a domain, like ``libvirt_qemu.qemuAgentCommand``."""
+
+
+class LibvirtSource:
+    """A :class:`guestload.source.Source` reading from one libvirt connection URI.
+
+    ``open_connection`` and ``agent_command`` default to libvirt's own functions; tests inject
+    fake connections and domains through them.
+    """
+
+    def __init__(
+        self,
+        *,
+        uri: str,
+        open_connection: OpenConnection = libvirt.open,
+        agent_command: AgentCommand = libvirt_qemu.qemuAgentCommand,
+    ) -> None:
+        self._uri = uri
+        self._open_connection = open_connection
+        self._agent_command = agent_command
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._listener: EventListener | None = None
+
+    def connect(self) -> None:
+        """Open a read-write connection (read-only cannot call guest info) and subscribe."""
+        _prepare_libvirt()
+        self.close()
+        try:
+            connection = self._open_connection(self._uri)
+        except libvirt.libvirtError as error:
+            raise SourceUnavailableError(
+                f"cannot connect to libvirt uri={self._uri}: {error.get_error_message()}"
+            ) from error
+        try:
+            daemon_version = int(connection.getLibVersion())
+        except libvirt.libvirtError as error:
+            _ignore_libvirt_errors(connection.close)
+            raise SourceUnavailableError(
+                f"cannot read the libvirt daemon version uri={self._uri}: "
+                f"{error.get_error_message()}"
+            ) from error
+        load_method = choose_load_method(
+            library_version=int(libvirt.getVersion()),
+            daemon_version=daemon_version,
+            binding_has_guest_info_load=hasattr(libvirt, "VIR_DOMAIN_GUEST_INFO_LOAD"),
+        )
+        session = _Session(
+            connection=connection, load_method=load_method, daemon_version=daemon_version
+        )
+        self._subscribe(session)
+        with self._lock:
+            self._session = session
+        logger.info(
+            "connected to libvirt uri=%s daemon_version=%s load_method=%s",
+            self._uri,
+            format_libvirt_version(daemon_version),
+            load_method,
+        )
+
+    def close(self) -> None:
+        """Unsubscribe and close the connection; safe to call when not connected."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is None:
+            return
+        connection = session.connection
+        for callback_id in session.event_callback_ids:
+            _ignore_libvirt_errors(connection.domainEventDeregisterAny, callback_id)
+        if session.close_callback_registered:
+            _ignore_libvirt_errors(connection.unregisterCloseCallback)
+        _ignore_libvirt_errors(connection.close)
+        logger.debug("closed libvirt connection uri=%s", self._uri)
+
+    def list_running_domains(self) -> Sequence[DomainInventory]:
+        """Every running domain with its vCPU stats, from one bulk stats call."""
+        session = self._live_session()
+        try:
+            records = session.connection.getAllDomainStats(_STATS_GROUPS, _STATS_FLAGS)
+        except libvirt.libvirtError as error:
+            raise SourceUnavailableError(
+                f"listing domains failed uri={self._uri} code={error.get_error_code()}: "
+                f"{error.get_error_message()}"
+            ) from error
+        with session.lock:
+            previous = dict(session.handles)
+        handles: dict[str, _DomainHandle] = {}
+        inventories: list[DomainInventory] = []
+        for domain, stats in records:
+            try:
+                uuid = str(domain.UUIDString())
+                handle = _current_handle(previous.get(uuid), domain)
+                if handle.metadata is None:
+                    handle.metadata = _fetch_metadata(domain)
+                vcpu_count, vcpus = parse_vcpu_stats(stats)
+                inventories.append(
+                    DomainInventory(
+                        uuid=uuid,
+                        domain_name=str(domain.name()),
+                        vcpu_count=vcpu_count,
+                        vcpus=vcpus,
+                        metadata=dict(handle.metadata or {}),
+                    )
+                )
+                handles[uuid] = handle
+            except Exception:
+                # One odd domain must not hide the others.
+                logger.debug("skipping domain in listing uri=%s", self._uri, exc_info=True)
+        with session.lock:
+            session.handles = handles
+        return inventories
+
+    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+        """Ask one domain's guest agent for its load; failures come back classified.
+
+        Guest info is used when the connection has it and the domain's agent response timeout
+        could be set; otherwise the passthrough, bounded by its own timeout.
+        """
+        session = self._session
+        if session is None or session.lost_reason is not None:
+            return LoadReading(state=AgentState.ERROR, detail="not connected to libvirt")
+        timeout = _whole_seconds(timeout_seconds)
+        try:
+            handle = self._handle(session, uuid)
+            bounded = _bounded_by_response_timeout(handle, timeout)
+            if session.load_method is LoadMethod.GUEST_INFO and bounded:
+                info = handle.domain.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_LOAD, 0)
+                return parse_guest_info_load(info)
+            reply = self._agent_command(handle.domain, GUEST_GET_LOAD_COMMAND, timeout, 0)
+            return parse_agent_passthrough(reply)
+        except libvirt.libvirtError as error:
+            state = classify_libvirt_error(
+                code=error.get_error_code() or 0, message=error.get_error_message() or ""
+            )
+            if state is AgentState.GONE:
+                with session.lock:
+                    session.handles.pop(uuid, None)
+            return LoadReading(state=state, detail=error.get_error_message() or "")
+        except Exception as error:
+            logger.debug("guest load call failed uuid=%s", uuid, exc_info=True)
+            return LoadReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        """Deliver lifecycle and agent events to ``listener``, from libvirt's event thread."""
+        self._listener = listener
+
+    def describe(self) -> Mapping[str, str]:
+        """Library and daemon versions, the load method and the URI."""
+        session = self._session
+        return {
+            "libvirt_library_version": format_libvirt_version(int(libvirt.getVersion())),
+            "libvirt_daemon_version": (
+                format_libvirt_version(session.daemon_version) if session else "unknown"
+            ),
+            "load_method": str(session.load_method) if session else "unknown",
+            "uri": self._uri,
+        }
+
+    def _live_session(self) -> _Session:
+        session = self._session
+        if session is None:
+            raise SourceUnavailableError(f"not connected to libvirt uri={self._uri}")
+        if session.lost_reason is not None:
+            raise SourceUnavailableError(
+                f"libvirt connection lost uri={self._uri} reason={session.lost_reason}"
+            )
+        try:
+            alive = session.connection.isAlive()
+        except libvirt.libvirtError as error:
+            raise SourceUnavailableError(
+                f"libvirt connection lost uri={self._uri}: {error.get_error_message()}"
+            ) from error
+        if not alive:
+            raise SourceUnavailableError(f"libvirt connection lost uri={self._uri}")
+        return session
+
+    def _handle(self, session: _Session, uuid: str) -> _DomainHandle:
+        with session.lock:
+            handle = session.handles.get(uuid)
+        if handle is not None:
+            return handle
+        domain = session.connection.lookupByUUIDString(uuid)
+        handle = _DomainHandle(domain=domain, domain_id=int(domain.ID()))
+        with session.lock:
+            return session.handles.setdefault(uuid, handle)
+
+    def _subscribe(self, session: _Session) -> None:
+        """Register the close callback and event callbacks; a refusal only costs promptness."""
+        connection = session.connection
+
+        def on_close(_connection: Any, reason: int, _opaque: object) -> None:
+            session.lost_reason = _CLOSE_REASONS.get(reason, str(reason))
+            logger.info(
+                "libvirt connection closed uri=%s reason=%s", self._uri, session.lost_reason
+            )
+
+        try:
+            connection.registerCloseCallback(on_close, None)
+            session.close_callback_registered = True
+        except libvirt.libvirtError as error:
+            logger.debug("no close callback uri=%s error=%s", self._uri, error)
+
+        def on_lifecycle(
+            _connection: Any, domain: Any, event: int, detail: int, _opaque: object
+        ) -> None:
+            kind = _lifecycle_kind(event, detail)
+            if kind is not None:
+                self._deliver(session, kind, domain)
+
+        def on_agent(
+            _connection: Any, domain: Any, state: int, _reason: int, _opaque: object
+        ) -> None:
+            kind = _AGENT_EVENT_KINDS.get(state)
+            if kind is not None:
+                self._deliver(session, kind, domain)
+
+        for event_id, callback, name in (
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, "lifecycle"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, "agent_lifecycle"),
+        ):
+            try:
+                callback_id = connection.domainEventRegisterAny(None, event_id, callback, None)
+                session.event_callback_ids.append(int(callback_id))
+            except libvirt.libvirtError as error:
+                logger.debug("no events uri=%s events=%s error=%s", self._uri, name, error)
+
+    def _deliver(self, session: _Session, kind: EventKind, domain: Any) -> None:
+        try:
+            uuid = str(domain.UUIDString())
+            if kind in (EventKind.STARTED, EventKind.STOPPED):
+                # A new QEMU process needs its agent timeout set again.
+                with session.lock:
+                    session.handles.pop(uuid, None)
+            listener = self._listener
+            if listener is not None:
+                listener(DomainEvent(kind=kind, uuid=uuid))
+        except Exception:
+            logger.exception("domain event listener failed uri=%s kind=%s", self._uri, kind)
+
+
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "eof",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "client",
+}
+
+_AGENT_EVENT_KINDS = {
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED: EventKind.AGENT_CONNECTED,
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED: (
+        EventKind.AGENT_DISCONNECTED
+    ),
+}
+
+
+def _lifecycle_kind(event: int, detail: int) -> EventKind | None:
+    if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
+        return EventKind.STARTED
+    if event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_CRASHED):
+        return EventKind.STOPPED
+    if (
+        event == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN
+        and detail == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED
+    ):
+        return EventKind.STOPPED
+    return None
+
+
+def _current_handle(handle: _DomainHandle | None, domain: Any) -> _DomainHandle:
+    """The cached handle while the domain keeps its id; a new one after a restart."""
+    domain_id = int(domain.ID())
+    if handle is not None and handle.domain_id == domain_id:
+        return handle
+    return _DomainHandle(domain=domain, domain_id=domain_id)
+
+
+def _fetch_metadata(domain: Any) -> Mapping[str, str] | None:
+    """KubeVirt identity hints; None when libvirt failed and the next listing should retry."""
+    try:
+        element = domain.metadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, KUBEVIRT_METADATA_NAMESPACE, 0
+        )
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return {}
+        logger.debug("domain metadata unavailable error=%s", error)
+        return None
+    return parse_kubevirt_metadata(str(element))
+
+
+def _bounded_by_response_timeout(handle: _DomainHandle, timeout: int) -> bool:
+    """Set the domain's agent response timeout once; True when it bounds every agent call.
+
+    Without it, ``guestInfo`` on a frozen agent blocks forever, so the caller falls back to
+    the passthrough, which takes its own timeout.
+    """
+    if handle.agent_timeout_seconds != timeout:
+        try:
+            handle.domain.agentSetResponseTimeout(timeout, 0)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() not in _PERMANENT_TIMEOUT_REFUSALS:
+                return False  # e.g. the domain stopped: the load call itself reports that
+            logger.debug("agent response timeout refused error=%s", error.get_error_message())
+            handle.agent_timeout_refused = True
+        else:
+            handle.agent_timeout_refused = False
+        handle.agent_timeout_seconds = timeout
+    return not handle.agent_timeout_refused
+
+
+def _whole_seconds(timeout_seconds: float) -> int:
+    """libvirt takes agent timeouts in whole seconds, at least one."""
+    if not math.isfinite(timeout_seconds) or timeout_seconds <= 1:
+        return 1
+    return math.ceil(timeout_seconds)
+
+
+def _ignore_libvirt_errors(call: Any, *args: object) -> None:
+    try:
+        call(*args)
+    except libvirt.libvirtError as error:
+        logger.debug("ignored libvirt error during close error=%s", error)
+
+
+def _ignore_error(_context: object, _error: object) -> None:
+    """libvirt's error callback: errors reach callers as exceptions, not as stderr lines."""
+
+
+def _run_event_loop() -> None:
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            logger.error("libvirt event loop iteration failed")
+            time.sleep(_EVENT_LOOP_RETRY_SECONDS)
+
+
+@functools.cache
+def _prepare_libvirt() -> None:
+    """Once per process: silence libvirt's stderr and start its default event loop.
+
+    libvirt's error handler and event loop are process-wide by design, and the event
+    implementation must be registered before the first connection is opened.
+    """
+    libvirt.registerErrorHandler(_ignore_error, None)
+    libvirt.virEventRegisterDefaultImpl()
+    threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()

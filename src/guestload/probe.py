@@ -1,0 +1,71 @@
+"""``guestload probe``: one poll now, printed for a person (table) or a program (JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TextIO
+
+from guestload.model import DomainSample, Snapshot
+from guestload.poller import Poller
+
+_COLUMNS = ("NAMESPACE", "NAME", "NODE", "DOMAIN", "VCPUS", "LOAD1", "LOAD5", "LOAD15", "AGENT")
+
+
+def _row(domain: DomainSample) -> tuple[str, ...]:
+    load = domain.load
+    values = (
+        ("-", "-", "-")
+        if load is None
+        else tuple(f"{v:.2f}" for v in (load.one, load.five, load.fifteen))
+    )
+    return (
+        domain.identity.namespace,
+        domain.identity.name,
+        domain.identity.node,
+        domain.domain_name,
+        "-" if domain.vcpu_count is None else str(domain.vcpu_count),
+        *values,
+        domain.agent_state.value,
+    )
+
+
+def format_table(snapshot: Snapshot) -> str:
+    rows = [_COLUMNS, *(_row(d) for d in sorted(snapshot.domains, key=lambda d: d.domain_name))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if not snapshot.domains:
+        lines.append("(no running domains)")
+    return "\n".join(lines) + "\n"
+
+
+def format_json(snapshot: Snapshot) -> str:
+    domains = [
+        {
+            "namespace": d.identity.namespace,
+            "name": d.identity.name,
+            "node": d.identity.node,
+            "domain": d.domain_name,
+            "uuid": d.uuid,
+            "vcpus": d.vcpu_count,
+            "load": None
+            if d.load is None
+            else {"1m": d.load.one, "5m": d.load.five, "15m": d.load.fifteen},
+            "agent_state": d.agent_state.value,
+        }
+        for d in sorted(snapshot.domains, key=lambda d: d.domain_name)
+    ]
+    return json.dumps({"libvirt_up": snapshot.source_up, "domains": domains}, indent=2) + "\n"
+
+
+def print_probe(poller: Poller, *, output: str, stream: TextIO = sys.stdout) -> int:
+    """Poll once; 0 when libvirt was reached, 1 when not (the reason is logged)."""
+    try:
+        snapshot = poller.poll()
+    finally:
+        poller.close()
+    stream.write(format_json(snapshot) if output == "json" else format_table(snapshot))
+    return 0 if snapshot.source_up else 1

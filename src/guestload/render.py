@@ -1,0 +1,99 @@
+"""Exposition rendered once per snapshot and served as cached bytes.
+
+Rendering 10k VMs with prometheus_client costs ~250 ms, so it happens when a snapshot is
+published, not per scrape. Process metrics (memory, CPU, file descriptors) must be live, so
+they are rendered per scrape (a few dozen samples) and appended; for gzip the cached body's
+compressor state is kept so the live tail continues one valid gzip stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+
+from prometheus_client import exposition
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from guestload.collector import SnapshotCollector
+from guestload.model import Snapshot
+
+#: The classic text format; every Prometheus version parses it.
+TEXT_CONTENT_TYPE = exposition.CONTENT_TYPE_PLAIN_0_0_4
+OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
+OPENMETRICS_EOF = b"# EOF\n"
+#: zlib level for cached bodies: level 1 is ~5x faster than 9 for a few % more bytes.
+GZIP_LEVEL = 1
+_GZIP_WBITS = 31  # zlib's gzip container
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    body: bytes
+    gzip_prefix: bytes
+    gzip_state: zlib._Compress
+
+
+def _encode(body: bytes) -> _Encoded:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+    prefix = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return _Encoded(body=body, gzip_prefix=prefix, gzip_state=compressor)
+
+
+def _render(registry: CollectorRegistry, *, openmetrics_format: bool) -> bytes:
+    if openmetrics_format:
+        body: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+        return body.removesuffix(OPENMETRICS_EOF)
+    return exposition.generate_latest(registry)
+
+
+class MetricsCache:
+    """The latest snapshot's exposition in both formats, plain and gzip."""
+
+    def __init__(
+        self, *, vcpu_collector: bool, live_collectors: tuple[Collector, ...] = ()
+    ) -> None:
+        self._vcpu_collector = vcpu_collector
+        self._live = CollectorRegistry(auto_describe=False)
+        for collector in live_collectors:
+            self._live.register(collector)
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._encoded: dict[bool, _Encoded] = {}
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Publish ``snapshot``: the text format is rendered now, OpenMetrics on first request."""
+        text = self._encode_snapshot(snapshot, openmetrics_format=False)
+        with self._lock:
+            self._snapshot = snapshot
+            self._encoded = {False: text}
+
+    def render(self, *, openmetrics_format: bool, gzip: bool) -> bytes:
+        """The body for one scrape: cached snapshot exposition plus live process metrics."""
+        with self._lock:
+            snapshot = self._snapshot
+            encoded = self._encoded.get(openmetrics_format)
+        if snapshot is None:
+            snapshot = Snapshot(source_up=False)
+        if encoded is None:
+            encoded = self._encode_snapshot(snapshot, openmetrics_format=openmetrics_format)
+            with self._lock:
+                if self._snapshot is snapshot:
+                    self._encoded[openmetrics_format] = encoded
+        tail = _render(self._live, openmetrics_format=openmetrics_format)
+        if openmetrics_format:
+            tail += OPENMETRICS_EOF
+        if not gzip:
+            return encoded.body + tail
+        compressor = encoded.gzip_state.copy()
+        return encoded.gzip_prefix + compressor.compress(tail) + compressor.flush()
+
+    def _encode_snapshot(self, snapshot: Snapshot, *, openmetrics_format: bool) -> _Encoded:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(snapshot, vcpu_collector=self._vcpu_collector))
+        return _encode(_render(registry, openmetrics_format=openmetrics_format))

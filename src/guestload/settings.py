@@ -1,0 +1,115 @@
+"""The exporter's configuration: one frozen object, built and validated before anything starts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_PORT: Final = 9977
+DEFAULT_LISTEN_ADDRESS: Final = f":{DEFAULT_PORT}"
+DEFAULT_LIBVIRT_URI: Final = "qemu:///system"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class SettingsError(ValueError):
+    """A flag's value is unusable; the message names the flag."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a duration like ``500ms``, ``30s``, ``2m``, ``1m30s``, or a plain number."""
+    stripped = text.strip()
+    try:
+        return float(stripped)
+    except ValueError:
+        pass
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(stripped):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position == 0 or position != len(stripped):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 2m, 500ms)")
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """Parse ``host:port``, ``:port`` (all interfaces) or ``[v6]:port``."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"not host:port: {text!r}")
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the exporter's behaviour depends on. Built by the CLI, never mutated."""
+
+    libvirt_uri: str = DEFAULT_LIBVIRT_URI
+    listen_address: ListenAddress = ListenAddress(host="", port=DEFAULT_PORT)
+    telemetry_path: str = "/metrics"
+    poll_interval_seconds: float = 120.0
+    agent_timeout_seconds: float = 5.0
+    concurrency: int = 8
+    agent_backoff_max_seconds: float = 900.0
+    vcpu_collector: bool = True
+    node: str
+    default_namespace: str = "libvirt"
+    max_requests: int = 16
+    request_timeout_seconds: float = 10.0
+    log_level: str = "info"
+    log_format: str = "logfmt"
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (
+                self.poll_interval_seconds >= 1.0,
+                "--collector.interval",
+                "must be at least 1s",
+            ),
+            (
+                0.1 <= self.agent_timeout_seconds < self.poll_interval_seconds,
+                "--collector.agent-timeout",
+                "must be at least 100ms and shorter than --collector.interval",
+            ),
+            (1 <= self.concurrency <= 256, "--collector.concurrency", "must be 1 to 256"),
+            (
+                self.agent_backoff_max_seconds >= self.poll_interval_seconds,
+                "--collector.agent-backoff-max",
+                "must be at least --collector.interval",
+            ),
+            (
+                self.telemetry_path.startswith("/") and self.telemetry_path != "/",
+                "--web.telemetry-path",
+                "must start with / and not be /",
+            ),
+            (bool(self.node.strip()), "--node", "must not be empty"),
+            (1 <= self.max_requests <= 1024, "--web.max-requests", "must be 1 to 1024"),
+            (
+                self.request_timeout_seconds > 0,
+                "--web.request-timeout",
+                "must be positive",
+            ),
+            (bool(self.libvirt_uri.strip()), "--libvirt.uri", "must not be empty"),
+        ]
+        for ok, flag, reason in checks:
+            if not ok:
+                raise SettingsError(f"{flag} {reason}")

@@ -1,0 +1,40 @@
+"""What the poller needs from a hypervisor: the contract every source implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from guestload.model import DomainEvent, DomainInventory, LoadReading
+
+
+class SourceUnavailableError(Exception):
+    """The hypervisor cannot be reached; every domain's data is unknown until it can."""
+
+
+EventListener = Callable[[DomainEvent], None]
+
+
+class Source(Protocol):
+    """A hypervisor connection. Implementations are thread-safe for ``read_guest_load``."""
+
+    def connect(self) -> None:
+        """Open the connection; raise SourceUnavailableError when that fails."""
+
+    def close(self) -> None:
+        """Close the connection; safe to call when not connected."""
+
+    def list_running_domains(self) -> Sequence[DomainInventory]:
+        """One bulk call: every running domain with its vCPU stats.
+
+        Raises SourceUnavailableError when the connection is lost.
+        """
+
+    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+        """Ask one domain's guest agent for its load. Never raises: failures are classified."""
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        """Deliver domain and agent lifecycle events to ``listener`` (from any thread)."""
+
+    def describe(self) -> Mapping[str, str]:
+        """Facts for ``guestload_build_info`` and logs, e.g. library and daemon versions."""

@@ -1,0 +1,95 @@
+"""Flags: parsing, validation at start-up, and the one-line error that names the flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestload import __version__
+from guestload.cli import build_parser, main, settings_from_args
+from guestload.settings import ListenAddress, Settings, SettingsError, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("2m", 120.0), ("500ms", 0.5), ("1m30s", 90.0), ("1h", 3600.0), ("7", 7.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "10x", "1m 30s", "-", "5 s", "m5"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [(":9977", "", 9977), ("127.0.0.1:80", "127.0.0.1", 80), ("[::1]:9977", "::1", 9977)],
+)
+def test_listen_addresses(text: str, host: str, port: int) -> None:
+    address = ListenAddress.parse(text)
+    assert (address.host, address.port) == (host, port)
+    assert str(address) == (text if host else f":{port}")
+
+
+def test_defaults() -> None:
+    args = build_parser().parse_args(["serve", "--node", "n1"])
+    settings = settings_from_args(args)
+    assert settings.libvirt_uri == "qemu:///system"
+    assert settings.poll_interval_seconds == 120.0
+    assert settings.listen_address == ListenAddress(host="", port=9977)
+    assert settings.telemetry_path == "/metrics"
+    assert settings.vcpu_collector
+    assert settings.node == "n1"
+
+
+def test_node_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "from-env")
+    assert settings_from_args(build_parser().parse_args(["probe"])).node == "from-env"
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings(node="n")
+    with pytest.raises(AttributeError):
+        settings.node = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["serve", "--collector.interval", "0"], "--collector.interval"),
+        (["serve", "--collector.interval", "soon"], "--collector.interval"),
+        (["serve", "--collector.agent-timeout", "5m"], "--collector.agent-timeout"),
+        (["serve", "--collector.concurrency", "0"], "--collector.concurrency"),
+        (["serve", "--web.listen-address", "nope"], "--web.listen-address"),
+        (["serve", "--web.listen-address", ":70000"], "--web.listen-address"),
+        (["serve", "--web.telemetry-path", "metrics"], "--web.telemetry-path"),
+        (["serve", "--log.level", "loud"], "--log.level"),
+        (["serve", "--node", " "], "--node"),
+        (["serve", "--no-such-flag"], "--no-such-flag"),
+        (["probe", "--output", "xml"], "--output"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("guestload: error: ")
+    assert flag in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"guestload {__version__}"
+
+
+def test_settings_reject_a_timeout_not_shorter_than_the_interval() -> None:
+    with pytest.raises(SettingsError, match=r"--collector\.agent-timeout"):
+        Settings(node="n", poll_interval_seconds=5.0, agent_timeout_seconds=5.0)

@@ -1,0 +1,155 @@
+"""Rendering: exact golden exposition, both formats, gzip, and promtool's verdict."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import ProcessCollector
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from guestload import __version__
+from guestload.model import (
+    AgentState,
+    DomainSample,
+    GuestLoad,
+    Identity,
+    Snapshot,
+    VcpuStat,
+    VcpuState,
+)
+from guestload.render import MetricsCache
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
+
+
+def sample_snapshot() -> Snapshot:
+    node = "node-1"
+    return Snapshot(
+        source_up=True,
+        domains=(
+            DomainSample(
+                uuid="u1",
+                domain_name="prod_web-1",
+                identity=Identity(namespace="prod", name="web-1", node=node),
+                agent_state=AgentState.OK,
+                load=GuestLoad(one=2.5, five=1.25, fifteen=0.5),
+                vcpu_count=2,
+                vcpus=(
+                    VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
+                    VcpuStat(1, VcpuState.BLOCKED, 3.0, None, None),
+                ),
+            ),
+            DomainSample(
+                uuid="u2",
+                domain_name='odd "name"\\with\nnewline',
+                identity=Identity(namespace="libvirt", name='odd "name"\\with\nnewline', node=node),
+                agent_state=AgentState.UNSUPPORTED,
+                load=None,
+                vcpu_count=1,
+                vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
+            ),
+        ),
+        polls_total=3,
+        poll_failures_total=1,
+        last_poll_duration_seconds=0.125,
+        last_success_timestamp_seconds=1_700_000_000.0,
+        agent_calls_total={AgentState.OK: 3, AgentState.UNSUPPORTED: 1},
+        build_info={"python_version": "3.11.7", "load_method": "guest_info"},
+    )
+
+
+def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:
+    cache = MetricsCache(vcpu_collector=vcpu)
+    cache.update(sample_snapshot())
+    return cache.render(openmetrics_format=openmetrics, gzip=False)
+
+
+def test_exposition_matches_the_golden_file(request: pytest.FixtureRequest) -> None:
+    body = rendered().decode().replace(f'version="{__version__}"', 'version="VERSION"')
+    if request.config.getoption("--update-golden"):
+        GOLDEN.write_text(body)
+    assert body == GOLDEN.read_text(), "run pytest --update-golden after an intended change"
+
+
+def test_promtool_accepts_the_exposition() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run scripts/setup (Debian package prometheus)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=rendered(), capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+
+
+def test_load_series_exist_only_for_vms_whose_agent_answered() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(rendered().decode())}
+    load = families["kubevirt_vmi_guest_load_1m"]
+    assert [(s.labels, s.value) for s in load.samples] == [
+        ({"namespace": "prod", "name": "web-1", "node": "node-1"}, 2.5)
+    ]
+    states = {
+        s.labels["name"]: s.labels["state"] for s in families["guestload_agent_state"].samples
+    }
+    assert states == {"web-1": "ok", 'odd "name"\\with\nnewline': "unsupported"}
+
+
+def test_vcpu_series_can_be_turned_off() -> None:
+    text = rendered(vcpu=False).decode()
+    assert "kubevirt_vmi_vcpu" not in text
+    assert "kubevirt_vmi_guest_load_1m{" in text
+
+
+def test_openmetrics_has_the_same_samples_and_ends_with_eof() -> None:
+    text = rendered(openmetrics=True).decode()
+    assert text.endswith("# EOF\n")
+    assert text.count("# EOF") == 1
+    om = {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for f in parse_openmetrics(text)  # type: ignore[no-untyped-call]
+        for s in f.samples
+    }
+    plain = {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for f in text_string_to_metric_families(rendered().decode())
+        for s in f.samples
+    }
+    assert om == plain
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> None:
+    live = ProcessCollector(registry=CollectorRegistry())
+    cache = MetricsCache(vcpu_collector=True, live_collectors=(live,))
+    cache.update(sample_snapshot())
+    plain = cache.render(openmetrics_format=openmetrics, gzip=False)
+    packed = cache.render(openmetrics_format=openmetrics, gzip=True)
+    unpacked = gzip.decompress(packed)
+    snapshot_part = rendered(openmetrics=openmetrics)
+    if openmetrics:
+        snapshot_part = snapshot_part.removesuffix(b"# EOF\n")
+    assert unpacked.startswith(snapshot_part)
+    assert b"process_resident_memory_bytes" in unpacked
+    assert plain.startswith(snapshot_part)
+
+
+def test_before_the_first_poll_libvirt_is_reported_down() -> None:
+    body = MetricsCache(vcpu_collector=True).render(openmetrics_format=False, gzip=False)
+    assert b"guestload_libvirt_up 0.0" in body
+    assert b"kubevirt_vmi_guest_load_1m{" not in body
+
+
+def test_a_new_snapshot_replaces_the_old_one_entirely() -> None:
+    cache = MetricsCache(vcpu_collector=True)
+    cache.update(sample_snapshot())
+    cache.render(openmetrics_format=True, gzip=False)  # fill the lazy OpenMetrics cache
+    cache.update(Snapshot(source_up=True))
+    for openmetrics in (False, True):
+        body = cache.render(openmetrics_format=openmetrics, gzip=False)
+        assert b"web-1" not in body

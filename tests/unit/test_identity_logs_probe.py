@@ -1,0 +1,112 @@
+"""Identity mapping, log formats and the probe's output."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
+from guestload.logs import JsonFormatter, LogfmtFormatter
+from guestload.model import AgentState, Identity, LoadReading
+from guestload.probe import print_probe
+from tests.unit.fakes import FakeSource, domain, ok
+from tests.unit.test_poller import Clock, make_poller
+
+RESOLVER = IdentityResolver(node="node-1", default_namespace="libvirt")
+
+
+@pytest.mark.parametrize(
+    ("name", "metadata", "expected"),
+    [
+        ("prod_web-1", {KUBEVIRT_UID_KEY: "u"}, Identity("prod", "web-1", "node-1")),
+        ("prod_web_1", {KUBEVIRT_UID_KEY: "u"}, Identity("prod", "web_1", "node-1")),
+        ("prod_web-1", {}, Identity("libvirt", "prod_web-1", "node-1")),
+        ("plain", {KUBEVIRT_UID_KEY: "u"}, Identity("libvirt", "plain", "node-1")),
+        ("_x", {KUBEVIRT_UID_KEY: "u"}, Identity("libvirt", "_x", "node-1")),
+        ("instance-0001", {}, Identity("libvirt", "instance-0001", "node-1")),
+    ],
+)
+def test_identity(name: str, metadata: dict[str, str], expected: Identity) -> None:
+    assert RESOLVER.resolve(domain("u", name, metadata=metadata)) == expected
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("guestload.x", logging.WARNING, "f.py", 1, msg, None, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_logfmt_quotes_what_needs_quoting() -> None:
+    line = LogfmtFormatter().format(_record('said "hi"', domain="a b", n=3))
+    assert line.startswith("ts=")
+    assert ' level=warn logger=guestload.x msg="said \\"hi\\"" domain="a b" n=3' in line
+    assert "\n" not in LogfmtFormatter().format(_record("two\nlines"))
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    line = JsonFormatter().format(_record("hello", domain="d"))
+    parsed = json.loads(line)
+    assert parsed["msg"] == "hello"
+    assert parsed["domain"] == "d"
+    assert parsed["level"] == "warn"
+
+
+def test_probe_prints_a_table_and_json() -> None:
+    source = FakeSource(
+        domains=[
+            domain("a", "prod_web-1", vcpus=2, metadata={KUBEVIRT_UID_KEY: "u"}),
+            domain("b", "old"),
+        ],
+        answers={"a": ok(2.5, 1.25, 0.5), "b": LoadReading(state=AgentState.UNSUPPORTED)},
+    )
+    out = io.StringIO()
+    assert print_probe(make_poller(source, Clock(), []), output="table", stream=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == [
+        "NAMESPACE",
+        "NAME",
+        "NODE",
+        "DOMAIN",
+        "VCPUS",
+        "LOAD1",
+        "LOAD5",
+        "LOAD15",
+        "AGENT",
+    ]
+    assert lines[1].split() == [
+        "libvirt",
+        "old",
+        "node-1",
+        "old",
+        "1",
+        "-",
+        "-",
+        "-",
+        "unsupported",
+    ]
+    assert lines[2].split() == [
+        "prod",
+        "web-1",
+        "node-1",
+        "prod_web-1",
+        "2",
+        "2.50",
+        "1.25",
+        "0.50",
+        "ok",
+    ]
+    out = io.StringIO()
+    print_probe(make_poller(source, Clock(), []), output="json", stream=out)
+    parsed = json.loads(out.getvalue())
+    assert parsed["libvirt_up"] is True
+    assert parsed["domains"][1]["load"] == {"1m": 2.5, "5m": 1.25, "15m": 0.5}
+
+
+def test_probe_fails_when_libvirt_is_unreachable() -> None:
+    out = io.StringIO()
+    source = FakeSource(reachable=False)
+    assert print_probe(make_poller(source, Clock(), []), output="json", stream=out) == 1
+    assert json.loads(out.getvalue()) == {"libvirt_up": False, "domains": []}

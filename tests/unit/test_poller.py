@@ -1,0 +1,268 @@
+"""The poller's scheduling rules, against an in-memory source."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from guestload.identity import IdentityResolver
+from guestload.model import AgentState, DomainEvent, EventKind, LoadReading, Snapshot
+from guestload.poller import Poller
+from tests.unit.fakes import FakeSource, domain, ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def published() -> list[Snapshot]:
+    return []
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def poller(source: FakeSource, clock: Clock, published: list[Snapshot]) -> Iterator[Poller]:
+    poller = make_poller(source, clock, published)
+    yield poller
+    poller.close()
+
+
+def make_poller(
+    source: FakeSource,
+    clock: Clock,
+    published: list[Snapshot],
+    *,
+    agent_timeout: float = 0.2,
+    concurrency: int = 4,
+) -> Poller:
+    return Poller(
+        source=source,
+        identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
+        poll_interval_seconds=30.0,
+        agent_timeout_seconds=agent_timeout,
+        concurrency=concurrency,
+        agent_backoff_max_seconds=240.0,
+        on_snapshot=published.append,
+        build_info={"python_version": "3.11"},
+        clock=clock,
+        wall_clock=lambda: 1_700_000_000.0,
+    )
+
+
+def states(snapshot: Snapshot) -> dict[str, AgentState]:
+    return {d.uuid: d.agent_state for d in snapshot.domains}
+
+
+def test_a_poll_reads_every_running_domain(poller: Poller, source: FakeSource) -> None:
+    source.domains = [domain("a"), domain("b", vcpus=4)]
+    source.answers = {"a": ok(0.5, 0.25, 0.125)}
+    snapshot = poller.poll()
+    assert snapshot.source_up
+    assert states(snapshot) == {"a": AgentState.OK, "b": AgentState.NOT_CONNECTED}
+    by_uuid = {d.uuid: d for d in snapshot.domains}
+    assert by_uuid["a"].load is not None
+    assert by_uuid["a"].load.one == 0.5
+    assert by_uuid["b"].load is None
+    assert by_uuid["b"].vcpu_count == 4
+    assert snapshot.polls_total == 1
+    assert snapshot.last_success_timestamp_seconds == 1_700_000_000.0
+    assert poller.ready
+
+
+def test_a_domain_that_stops_is_gone_from_the_next_snapshot(
+    poller: Poller, source: FakeSource
+) -> None:
+    source.domains = [domain("a"), domain("b")]
+    source.answers = {"a": ok(1.0), "b": ok(2.0)}
+    poller.poll()
+    source.domains = [domain("b")]
+    assert states(poller.poll()) == {"b": AgentState.OK}
+
+
+def test_an_agent_that_stops_answering_loses_its_load_at_once(
+    poller: Poller, source: FakeSource
+) -> None:
+    source.domains = [domain("a")]
+    source.answers = {"a": ok(3.0)}
+    poller.poll()
+    source.answers = {"a": LoadReading(state=AgentState.NO_DATA)}
+    (sample,) = poller.poll().domains
+    assert sample.agent_state is AgentState.NO_DATA
+    assert sample.load is None
+
+
+def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
+    source: FakeSource, clock: Clock, published: list[Snapshot]
+) -> None:
+    release = threading.Event()
+
+    def hang() -> LoadReading:
+        release.wait(10)
+        return ok(9.0)
+
+    source.domains = [domain("hung"), domain("fine")]
+    source.answers = {"hung": hang, "fine": ok(1.0)}
+    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    try:
+        first = poller.poll()
+        assert states(first) == {"hung": AgentState.TIMEOUT, "fine": AgentState.OK}
+        second = poller.poll()
+        assert states(second) == {"hung": AgentState.TIMEOUT, "fine": AgentState.OK}
+        assert source.calls.count("hung") == 1, "a second call was queued behind a hung one"
+        assert source.calls.count("fine") == 2
+        assert second.agent_calls_total[AgentState.TIMEOUT] == 2
+        release.set()
+        time.sleep(0.05)
+        third = poller.poll()
+        assert source.calls.count("hung") == 2, "the domain is asked again once the call ended"
+        assert states(third)["hung"] is AgentState.OK
+    finally:
+        release.set()
+        poller.close()
+
+
+def test_absent_and_old_agents_are_rechecked_on_a_back_off(
+    poller: Poller, source: FakeSource, clock: Clock
+) -> None:
+    source.domains = [domain("old"), domain("absent"), domain("fine")]
+    source.answers = {
+        "old": LoadReading(state=AgentState.UNSUPPORTED),
+        "absent": LoadReading(state=AgentState.NOT_CONFIGURED),
+        "fine": ok(1.0),
+    }
+    asked_at: list[float] = []
+    for _ in range(25):
+        before = source.calls.count("old")
+        snapshot = poller.poll()
+        if source.calls.count("old") > before:
+            asked_at.append(clock.now)
+        assert states(snapshot)["old"] is AgentState.UNSUPPORTED, "state kept while backing off"
+        clock.now += 30.0
+    # interval 30 s: the gap doubles from one interval up to the 240 s cap
+    gaps = [b - a for a, b in itertools.pairwise(asked_at)]
+    assert gaps == [30.0, 60.0, 120.0, 240.0, 240.0]
+    assert source.calls.count("fine") == 25
+    assert source.calls.count("absent") == source.calls.count("old")
+
+
+def test_an_agent_connected_event_ends_the_back_off_and_polls_that_domain(
+    poller: Poller, source: FakeSource, clock: Clock
+) -> None:
+    source.domains = [domain("a"), domain("b")]
+    source.answers = {"a": LoadReading(state=AgentState.UNSUPPORTED), "b": ok(1.0)}
+    poller.poll()
+    clock.now += 5
+    source.answers["a"] = ok(4.0)
+    calls_before = list(source.calls)
+    snapshot = poller.apply_events([DomainEvent(EventKind.AGENT_CONNECTED, "a")])
+    assert source.calls[len(calls_before) :] == ["a"], "only the connected domain is asked"
+    assert states(snapshot)["a"] is AgentState.OK
+    assert snapshot.polls_total == 1, "an event refresh is not a poll"
+
+
+def test_stop_and_agent_disconnect_events_remove_series_without_a_poll(
+    poller: Poller, source: FakeSource
+) -> None:
+    source.domains = [domain("a"), domain("b")]
+    source.answers = {"a": ok(1.0), "b": ok(2.0)}
+    poller.poll()
+    calls = len(source.calls)
+    snapshot = poller.apply_events(
+        [
+            DomainEvent(EventKind.STOPPED, "a"),
+            DomainEvent(EventKind.AGENT_DISCONNECTED, "b"),
+        ]
+    )
+    assert len(source.calls) == calls
+    assert states(snapshot) == {"b": AgentState.NOT_CONNECTED}
+    assert snapshot.domains[0].load is None
+
+
+def test_a_lost_connection_drops_every_series_and_reconnects(
+    poller: Poller, source: FakeSource
+) -> None:
+    source.domains = [domain("a")]
+    source.answers = {"a": ok(1.0)}
+    assert poller.poll().source_up
+    source.reachable = False
+    down = poller.poll()
+    assert not down.source_up
+    assert down.domains == ()
+    assert down.poll_failures_total == 1
+    assert not poller.ready
+    again = poller.poll()
+    assert again.poll_failures_total == 2
+    source.reachable = True
+    back = poller.poll()
+    assert back.source_up
+    assert states(back) == {"a": AgentState.OK}
+    assert source.connects == 2
+    assert poller.ready
+
+
+def test_a_source_that_raises_marks_only_that_domain_as_error(
+    poller: Poller, source: FakeSource
+) -> None:
+    def broken() -> LoadReading:
+        raise RuntimeError("bug")
+
+    source.domains = [domain("a"), domain("b")]
+    source.answers = {"a": broken, "b": ok(1.0)}
+    assert states(poller.poll()) == {"a": AgentState.ERROR, "b": AgentState.OK}
+
+
+def test_run_polls_until_stopped_and_reacts_to_events(
+    source: FakeSource, published: list[Snapshot]
+) -> None:
+    source.domains = [domain("a")]
+    source.answers = {"a": ok(1.0)}
+    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    thread = threading.Thread(target=poller.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.listener is not None, "run subscribes to events"
+        source.listener(DomainEvent(EventKind.STOPPED, "a"))
+        while time.monotonic() < deadline and published[-1].domains:
+            time.sleep(0.01)
+        assert published[-1].domains == ()
+    finally:
+        poller.stop()
+        thread.join(5)
+        poller.close()
+    assert not thread.is_alive()
+    assert published[-1].polls_total == 1
+
+
+def test_state_changes_are_logged_once(
+    poller: Poller, source: FakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.domains = [domain("a", "vm-a")]
+    source.answers = {"a": LoadReading(state=AgentState.UNSUPPORTED, detail="too old")}
+    caplog.set_level("INFO", logger="guestload")
+    for _ in range(5):
+        poller.poll()
+    changes = [r for r in caplog.records if r.getMessage() == "guest agent state changed"]
+    assert len(changes) == 1
+    assert changes[0].__dict__["to"] == "unsupported"
+    assert changes[0].__dict__["domain"] == "vm-a"
