@@ -47,6 +47,10 @@ KUBEVIRT_METADATA_NAMESPACE = "http://kubevirt.io"
 
 GUEST_GET_LOAD_COMMAND = '{"execute":"guest-get-load"}'
 
+DEFAULT_KEEPALIVE_INTERVAL_SECONDS = 5
+DEFAULT_KEEPALIVE_COUNT = 3
+"""Unanswered keepalives before a remote connection counts as dead (20 s with the interval)."""
+
 _STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
 _STATS_FLAGS = (
     libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
@@ -180,18 +184,23 @@ AgentCommand = Callable[[Any, str, int, int], Any]
 class LibvirtSource:
     """A :class:`guestload.source.Source` reading from one libvirt connection URI.
 
-    ``open_connection`` and ``agent_command`` default to libvirt's own functions; tests inject
-    fake connections and domains through them.
+    Remote connections send keepalives: a daemon that stops answering (hung, or its host
+    gone) closes the connection after ``keepalive_interval_seconds * (keepalive_count + 1)``
+    instead of blocking the poll forever. ``open_connection`` and ``agent_command`` default to
+    libvirt's own functions; tests inject fake connections and domains through them.
     """
 
     def __init__(
         self,
         *,
         uri: str,
+        keepalive_interval_seconds: int = DEFAULT_KEEPALIVE_INTERVAL_SECONDS,
+        keepalive_count: int = DEFAULT_KEEPALIVE_COUNT,
         open_connection: OpenConnection = libvirt.open,
         agent_command: AgentCommand = libvirt_qemu.qemuAgentCommand,
     ) -> None:
         self._uri = uri
+        self._keepalive = (keepalive_interval_seconds, keepalive_count)
         self._open_connection = open_connection
         self._agent_command = agent_command
         self._lock = threading.Lock()
@@ -224,6 +233,7 @@ class LibvirtSource:
         session = _Session(
             connection=connection, load_method=load_method, daemon_version=daemon_version
         )
+        self._start_keepalive(connection)
         self._subscribe(session)
         with self._lock:
             self._session = session
@@ -359,6 +369,13 @@ class LibvirtSource:
         handle = _DomainHandle(domain=domain, domain_id=int(domain.ID()))
         with session.lock:
             return session.handles.setdefault(uuid, handle)
+
+    def _start_keepalive(self, connection: Any) -> None:
+        """Keepalives need the event loop; in-process drivers have no use for them and refuse."""
+        try:
+            connection.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError as error:
+            logger.debug("no keepalive uri=%s error=%s", self._uri, error.get_error_message())
 
     def _subscribe(self, session: _Session) -> None:
         """Register the close callback and event callbacks; a refusal only costs promptness."""

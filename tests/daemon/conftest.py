@@ -86,6 +86,12 @@ class PrivateTestDriverDaemon:
         self._process.wait(timeout=10)
         self._process = None
 
+    def pause(self) -> None:
+        """SIGSTOP the daemon, as a hung daemon: it accepts nothing and answers nothing."""
+        if self._process is None:
+            raise RuntimeError("the daemon is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
     def _wait_until_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

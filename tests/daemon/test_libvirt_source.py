@@ -12,7 +12,7 @@ import pytest
 
 from guestload.libvirt_source import LibvirtSource, format_libvirt_version
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
-from guestload.source import Source, SourceUnavailableError
+from guestload.source import SourceUnavailableError
 from tests.daemon.conftest import PrivateTestDriverDaemon
 
 pytestmark = pytest.mark.daemon
@@ -24,7 +24,7 @@ EVENT_TIMEOUT_SECONDS = 5.0
 
 
 def _source(uri: str) -> Iterator[LibvirtSource]:
-    source = LibvirtSource(uri=uri)
+    source = LibvirtSource(uri=uri, keepalive_interval_seconds=1, keepalive_count=1)
     try:
         source.connect()
         yield source
@@ -61,11 +61,6 @@ def _kubevirt_domain_xml(*, name: str, domain_uuid: str, kubevirt_uid: str) -> s
 </domain>"""
 
 
-def test_libvirt_source_implements_the_source_protocol() -> None:
-    source: Source = LibvirtSource(uri=IN_PROCESS_URI)
-    assert source.describe()["uri"] == IN_PROCESS_URI
-
-
 def test_in_process_listing_gives_the_test_domain(in_process_source: LibvirtSource) -> None:
     inventory = _by_name(in_process_source.list_running_domains(), TEST_DOMAIN)
     connection = libvirt.open(IN_PROCESS_URI)
@@ -84,7 +79,7 @@ def test_in_process_listing_gives_the_test_domain(in_process_source: LibvirtSour
 
 
 def test_in_process_guest_load_is_unsupported_without_raising(
-    in_process_source: LibvirtSource,
+    in_process_source: LibvirtSource, capfd: pytest.CaptureFixture[str]
 ) -> None:
     inventory = _by_name(in_process_source.list_running_domains(), TEST_DOMAIN)
     for _ in range(2):  # the second call runs without setting the agent timeout again
@@ -92,6 +87,7 @@ def test_in_process_guest_load_is_unsupported_without_raising(
         assert reading.state is AgentState.UNSUPPORTED
         assert reading.load is None
         assert "not supported by the connection driver" in reading.detail
+    assert "libvirt" not in capfd.readouterr().err, "libvirt errors must not reach stderr"
 
 
 def test_guest_load_of_an_unknown_domain_is_gone(in_process_source: LibvirtSource) -> None:
@@ -224,3 +220,14 @@ def test_reconnect_after_the_daemon_is_killed_and_restarted(
     daemon_source.close()
     daemon_source.connect()
     assert _by_name(daemon_source.list_running_domains(), TEST_DOMAIN).uuid == test_uuid
+
+
+def test_a_hung_daemon_is_noticed_by_keepalive(
+    test_driver_daemon: PrivateTestDriverDaemon, daemon_source: LibvirtSource
+) -> None:
+    assert len(daemon_source.list_running_domains()) == 1
+    test_driver_daemon.pause()
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailableError, match="keepalive"):
+        daemon_source.list_running_domains()
+    assert time.monotonic() - started < 10, "keepalive 1 s x (1 + 1) should end the call"

@@ -28,7 +28,7 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.source import SourceUnavailableError
+from guestload.source import Source, SourceUnavailableError
 
 
 def test_vcpu_stats_of_a_qemu_domain() -> None:
@@ -228,6 +228,11 @@ class FakeConnection:
     event_callbacks: dict[int, tuple[int, Any]] = field(default_factory=dict)
     closed: int = 0
     lookups: int = 0
+    keepalive: tuple[int, int] | None = None
+
+    def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 - libvirt's name
+        self.keepalive = (interval, count)
+        return 0
 
     def getLibVersion(self) -> int:  # noqa: N802 - libvirt's name
         return self.daemon_version
@@ -602,6 +607,10 @@ def test_close_unsubscribes_and_is_idempotent(rig: Rig) -> None:
     assert rig.source.describe()["libvirt_daemon_version"] == "unknown"
 
 
+def test_keepalive_is_started_on_connect(rig: Rig) -> None:
+    assert rig.connection.keepalive == (5, 3)
+
+
 def test_describe_after_connect(rig: Rig) -> None:
     assert rig.source.describe() == {
         "libvirt_library_version": format_libvirt_version(libvirt.getVersion()),
@@ -609,6 +618,11 @@ def test_describe_after_connect(rig: Rig) -> None:
         "load_method": "guest_info",
         "uri": URI,
     }
+
+
+def test_libvirt_source_is_a_source() -> None:
+    source: Source = LibvirtSource(uri=URI)
+    assert source.describe()["load_method"] == "unknown"
 
 
 def test_a_failing_open_is_unavailable() -> None:

@@ -1,0 +1,1 @@
+"""guestload's monitoring bundle: rule file, PrometheusRule, dashboard and their generator."""

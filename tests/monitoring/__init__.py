@@ -1,0 +1,1 @@
+"""Tests of the monitoring bundle: rules, promtool tests, runbooks, dashboard, generator."""

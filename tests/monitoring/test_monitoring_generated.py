@@ -1,0 +1,163 @@
+"""Generated files match monitoring/config.yml; the alerts table matches the rule file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.monitoring.monitoring_bundle import (
+    ALERTS_DOC,
+    CONFIG,
+    PROMETHEUSRULE,
+    REPOSITORY,
+    RULE_FILE,
+    alerting_rules,
+    load_yaml,
+    one_line,
+    run,
+)
+
+ALERT_ROW = re.compile(r"\| \[(\w+)\]\(runbooks/\1\.md\) \| `(.+)` \| (\S+) \| (\w+) \|")
+GENERATED = [
+    RULE_FILE,
+    PROMETHEUSRULE,
+    REPOSITORY / "monitoring" / "dashboards" / "guestload.json",
+    ALERTS_DOC,
+]
+
+
+def _generate(*arguments: str | Path) -> tuple[int, str]:
+    result = run([sys.executable, "-m", "monitoring.generate", *arguments])
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture
+def copy_of_bundle(tmp_path: Path) -> Path:
+    """A repository root in *tmp_path* holding config.yml and the committed generated files."""
+    for path in [CONFIG, *GENERATED]:
+        target = tmp_path / path.relative_to(REPOSITORY)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return tmp_path
+
+
+def test_committed_files_match_a_fresh_generation() -> None:
+    status, output = _generate("--check")
+    assert status == 0, output
+
+
+def test_check_names_a_hand_edited_prometheusrule(copy_of_bundle: Path) -> None:
+    edited = copy_of_bundle / PROMETHEUSRULE.relative_to(REPOSITORY)
+    edited.write_text(edited.read_text(encoding="utf-8").replace("> 20", "> 25"), encoding="utf-8")
+    status, output = _generate("--check", "--root", copy_of_bundle)
+    assert status == 1
+    assert "monitoring/kubernetes/prometheusrule.yaml: differs" in output
+    assert "guestload.rules.yml" not in output
+
+
+def test_a_threshold_change_in_config_reaches_every_generated_file(copy_of_bundle: Path) -> None:
+    config = copy_of_bundle / CONFIG.relative_to(REPOSITORY)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("value: 20\n", "value: 25\n", 1), encoding="utf-8")
+    status, output = _generate("--check", "--root", copy_of_bundle)
+    assert status == 1
+    for path in GENERATED:
+        assert f"{path.relative_to(REPOSITORY)}: differs" in output
+    status, output = _generate("--root", copy_of_bundle)
+    assert status == 0, output
+    regenerated = (copy_of_bundle / RULE_FILE.relative_to(REPOSITORY)).read_text(encoding="utf-8")
+    assert "expr: kubevirt_vmi_guest_vcpu_queue > 25" in regenerated
+    status, output = _generate("--check", "--root", copy_of_bundle)
+    assert status == 0, output
+
+
+def test_prometheusrule_holds_the_rule_file_groups_unchanged() -> None:
+    manifest = load_yaml(PROMETHEUSRULE)
+    assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
+    assert manifest["kind"] == "PrometheusRule"
+    assert manifest["metadata"]["name"] == "guestload"
+    assert manifest["spec"]["groups"] == load_yaml(RULE_FILE)["groups"]
+
+
+def test_every_alert_has_severity_and_the_three_annotations() -> None:
+    runbook_template = load_yaml(CONFIG)["runbook_url_template"]
+    for rule in alerting_rules():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, rule["alert"]
+        assert '{{ $value | printf "%.2f" }}' in annotations["description"], rule["alert"]
+        assert annotations["runbook_url"] == runbook_template.format(alertname=rule["alert"])
+
+
+def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
+    """The seed's contract: queue > 10 warning and > 20 critical with no `for`."""
+    by_name = {rule["alert"]: rule for rule in alerting_rules()}
+    expected = {
+        "GuestVCPUQueueHighWarning": ("kubevirt_vmi_guest_vcpu_queue > 10", None, "warning"),
+        "GuestVCPUQueueHighCritical": ("kubevirt_vmi_guest_vcpu_queue > 20", None, "critical"),
+    }
+    for name, (expr, for_, severity) in expected.items():
+        assert by_name[name]["expr"] == expr
+        assert by_name[name].get("for") == for_
+        assert by_name[name]["labels"]["severity"] == severity
+    assert by_name["GuestVCPUSaturation"]["for"] == "15m"
+    assert by_name["GuestVCPUHostContention"]["for"] == "10m"
+    assert by_name["GuestLoadUnavailable"]["labels"]["severity"] == "info"
+
+
+def test_every_setting_has_a_reason() -> None:
+    config = load_yaml(CONFIG)
+    settings = [*config["windows"].values()]
+    for alert in config["alerts"].values():
+        settings += [alert["for"], *alert["thresholds"].values()]
+    for setting in settings:
+        assert len(setting["why"].split()) >= 8, setting
+
+
+def test_alerts_doc_table_lists_every_alert_as_in_the_rule_file() -> None:
+    rows = {}
+    for line in ALERTS_DOC.read_text(encoding="utf-8").splitlines():
+        match = ALERT_ROW.fullmatch(line)
+        if match:
+            rows[match[1]] = (match[2], match[3], match[4])
+    assert set(rows) == {rule["alert"] for rule in alerting_rules()}
+    for rule in alerting_rules():
+        expr, for_, severity = rows[rule["alert"]]
+        assert expr == one_line(rule["expr"])
+        assert for_ == rule.get("for", "none")
+        assert severity == rule["labels"]["severity"]
+
+
+def test_alerts_doc_states_the_severity_policy() -> None:
+    text = ALERTS_DOC.read_text(encoding="utf-8")
+    assert "## Severity policy" in text
+    for severity, meaning in (
+        ("critical", "now"),
+        ("warning", "working hours"),
+        ("info", "Context"),
+    ):
+        assert re.search(rf"^\| {severity} \|[^\n]*{meaning}", text, re.MULTILINE), severity
+
+
+def test_alerts_doc_inhibit_rule_is_valid_alertmanager_config(tmp_path: Path) -> None:
+    """The documented inhibit rule passes amtool and names the two shipped queue alerts."""
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is not installed: it comes with Debian's prometheus-alertmanager")
+    blocks = re.findall(
+        r"^```yaml\n(.*?)^```$", ALERTS_DOC.read_text(encoding="utf-8"), re.M | re.S
+    )
+    inhibit = next(block for block in blocks if "inhibit_rules:" in block)
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        "route:\n  receiver: default\nreceivers:\n  - name: default\n" + inhibit, encoding="utf-8"
+    )
+    result = run([amtool, "check-config", config])
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = {rule["alert"] for rule in alerting_rules()}
+    for alertname in re.findall(r'alertname="(\w+)"', inhibit):
+        assert alertname in names

@@ -1,0 +1,146 @@
+"""The rule file and the PrometheusRule pass promtool; the promtool unit tests pass and cover."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.monitoring.monitoring_bundle import (
+    MONITORING,
+    PROMETHEUSRULE,
+    PROMTOOL_TESTS,
+    RULE_FILE,
+    alerting_rules,
+    load_yaml,
+    promtool,
+    recorded_metrics,
+    rules,
+    run,
+)
+
+
+def _test_groups() -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, group) for path in PROMTOOL_TESTS for group in load_yaml(path)["tests"]]
+
+
+def test_promtool_test_files_exist() -> None:
+    assert {path.name for path in PROMTOOL_TESTS} >= {
+        "recording.test.yml",
+        "queue-alerts.test.yml",
+        "saturation-alerts.test.yml",
+        "contention-alerts.test.yml",
+        "exporter-alerts.test.yml",
+    }
+
+
+def test_rule_file_passes_promtool_check() -> None:
+    result = run([promtool(), "check", "rules", RULE_FILE])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+
+
+def test_prometheusrule_rules_pass_promtool_check(tmp_path: Path) -> None:
+    manifest = load_yaml(PROMETHEUSRULE)
+    extracted = tmp_path / "from-prometheusrule.rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": manifest["spec"]["groups"]}), encoding="utf-8")
+    result = run([promtool(), "check", "rules", extracted])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+
+
+def test_promtool_check_rejects_a_broken_rule(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.rules.yml"
+    broken.write_text(
+        "groups:\n- name: g\n  rules:\n  - record: x:y\n    expr: sum(\n", encoding="utf-8"
+    )
+    result = run([promtool(), "check", "rules", broken])
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("test_file", PROMTOOL_TESTS, ids=lambda path: path.name)
+def test_promtool_unit_tests_pass(test_file: Path) -> None:
+    result = run([promtool(), "test", "rules", test_file])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize("test_file", PROMTOOL_TESTS, ids=lambda path: path.name)
+def test_promtool_tests_load_the_shipped_rule_file_in_rule_order(test_file: Path) -> None:
+    document = load_yaml(test_file)
+    assert [(test_file.parent / name).resolve() for name in document["rule_files"]] == [
+        RULE_FILE.resolve()
+    ]
+    shipped_groups = [group["name"] for group in load_yaml(RULE_FILE)["groups"]]
+    assert document["group_eval_order"] == shipped_groups
+
+
+def test_every_case_has_a_unique_sentence_name() -> None:
+    names = [group.get("name", "") for _, group in _test_groups()]
+    for name in names:
+        assert name[:1].isupper(), f"not a sentence: {name!r}"
+        assert name.endswith("."), f"not a sentence: {name!r}"
+        assert len(name.split()) >= 5, f"too short to say what it tests: {name!r}"
+    assert len(names) == len(set(names)), "two cases share a name"
+
+
+def test_every_recording_rule_has_an_expression_test() -> None:
+    tested = {
+        case["expr"].strip()
+        for _, group in _test_groups()
+        for case in group.get("promql_expr_test", [])
+    }
+    assert recorded_metrics() <= tested
+
+
+def test_every_alert_is_tested_firing_and_silent_with_its_annotations() -> None:
+    firing: dict[str, list[dict[str, Any]]] = {}
+    silent: set[str] = set()
+    for _, group in _test_groups():
+        for case in group.get("alert_rule_test", []):
+            if case["exp_alerts"]:
+                firing.setdefault(case["alertname"], []).extend(case["exp_alerts"])
+            else:
+                silent.add(case["alertname"])
+    names = {rule["alert"] for rule in alerting_rules()}
+    assert names <= set(firing), f"never seen firing: {names - set(firing)}"
+    assert names <= silent, f"never seen silent: {names - silent}"
+    for alert in firing.values():
+        for expected in alert:
+            assert set(expected["exp_annotations"]) == {"summary", "description", "runbook_url"}
+
+
+@pytest.mark.parametrize(
+    ("record", "seed_expr", "symptom"),
+    [
+        (
+            "kubevirt_vmi_guest_vcpu_queue",
+            "clamp_min(kubevirt_vmi_guest_load_1m - kubevirt_vmi_vcpu_count, 0)",
+            'name="db", namespace="shop", node="node-a"} 1.05E+01\n        got: nil',
+        ),
+        (
+            "kubevirt_vmi_vcpu_count",
+            "count by (namespace, name, node) (kubevirt_vmi_vcpu_seconds_total)",
+            'name="web", namespace="shop", node="node-a"} 5E+00',
+        ),
+    ],
+    ids=["queue-without-matching", "count-without-distinct-ids"],
+)
+def test_the_seed_expressions_fail_the_shipped_tests(
+    tmp_path: Path, record: str, seed_expr: str, symptom: str
+) -> None:
+    """The tests catch the seed's naive rules: unmatched `-` and counting series, not vCPUs."""
+    (tmp_path / "rules").mkdir()
+    document = load_yaml(RULE_FILE)
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if rule.get("record") == record:
+                rule["expr"] = seed_expr
+    (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
+    shutil.copytree(MONITORING / "tests", tmp_path / "tests")
+    result = run([promtool(), "test", "rules", tmp_path / "tests" / "recording.test.yml"])
+    assert result.returncode != 0
+    assert symptom in result.stderr
