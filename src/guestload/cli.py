@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -18,21 +19,27 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from guestload import __version__
-from guestload.identity import IdentityResolver
+from guestload.identity import IdentityMode, IdentityResolver
 from guestload.logs import FORMATS, LEVELS, configure_logging
+from guestload.multi_source import SocketGlobSource
 from guestload.poller import Poller
 from guestload.probe import print_probe
 from guestload.render import MetricsCache
 from guestload.settings import (
     DEFAULT_LIBVIRT_URI,
     DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_SOCKET_URI_TEMPLATE,
+    IDENTITY_MODES,
+    SOURCES,
     ListenAddress,
     Settings,
     SettingsError,
     parse_duration,
 )
+from guestload.simulated_source import AgentFailures, SimulatedSource, Simulation
 from guestload.source import Source
 from guestload.web import ExporterServer, WebApp
+from guestload.webconfig import PLAIN_HTTP, WebConfigError, WebConfigReloader
 
 log = logging.getLogger("guestload")
 
@@ -61,6 +68,66 @@ def _listen_address(text: str) -> ListenAddress:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _agent_failures(text: str) -> AgentFailures:
+    try:
+        return AgentFailures.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_simulated_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="libvirt",
+        help="where VMs come from: libvirt, or simulated VMs for load tests, demos and "
+        "dashboard work (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--simulated.vms",
+        dest="simulated_vms",
+        type=int,
+        default=Simulation().vms,
+        metavar="N",
+        help="simulated VMs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--simulated.seed",
+        dest="simulated_seed",
+        type=int,
+        default=Simulation().seed,
+        metavar="N",
+        help="seed of the simulation: the same seed gives the same VMs and load curves "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--simulated.agent-failures",
+        dest="simulated_agent_failures",
+        type=_agent_failures,
+        default=AgentFailures(),
+        metavar="SHARES",
+        help="shares of misbehaving agents, e.g. absent=2%%,old=3%%,slow=5%%,hung=10%% "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--simulated.churn",
+        dest="simulated_churn",
+        type=float,
+        default=0.0,
+        metavar="PER_MINUTE",
+        help="simulated VMs replaced per minute, with their lifecycle and agent events "
+        "(default: 0)",
+    )
+    parser.add_argument(
+        "--simulated.agent-latency",
+        dest="simulated_agent_latency",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="how long a healthy simulated agent takes to answer (default: 0s)",
+    )
+
+
 def _default_node() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
@@ -72,6 +139,23 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LIBVIRT_URI,
         metavar="URI",
         help="libvirt connection URI; needs a read-write connection (default: %(default)s)",
+    )
+    _add_simulated_flags(parser)
+    parser.add_argument(
+        "--libvirt.socket-glob",
+        dest="socket_glob",
+        default="",
+        metavar="PATTERN",
+        help="connect to every libvirt socket matching this absolute glob, re-scanned as "
+        "sockets come and go, instead of --libvirt.uri (KubeVirt: one daemon per VM pod)",
+    )
+    parser.add_argument(
+        "--libvirt.socket-uri-template",
+        dest="socket_uri_template",
+        default=DEFAULT_SOCKET_URI_TEMPLATE,
+        metavar="URI",
+        help="libvirt URI for each socket found by --libvirt.socket-glob; {socket} is "
+        "replaced by its path (default: %(default)s)",
     )
     parser.add_argument(
         "--collector.agent-timeout",
@@ -100,6 +184,14 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
         default="libvirt",
         metavar="NAMESPACE",
         help="namespace label for domains not created by KubeVirt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--identity.mode",
+        dest="identity_mode",
+        choices=IDENTITY_MODES,
+        default="auto",
+        help="how VMs are named: KubeVirt or Nova (OpenStack) domain metadata, or the plain "
+        "domain name; auto tries KubeVirt, then Nova, then plain (default: %(default)s)",
     )
     parser.add_argument(
         "--log.level",
@@ -161,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a client may take to send its request (default: 10s)",
     )
     serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default="",
+        metavar="FILE",
+        help="TLS, basic authentication and response headers, in the Prometheus exporters' web "
+        "configuration format; re-read on SIGHUP and when it or its certificates change",
+    )
+    serve.add_argument(
         "--collector.interval",
         dest="interval",
         type=_duration,
@@ -217,21 +317,49 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_namespace=args.default_namespace,
         max_requests=getattr(args, "max_requests", 16),
         request_timeout_seconds=getattr(args, "request_timeout", 10.0),
+        web_config_file=getattr(args, "web_config_file", ""),
         log_level=args.log_level or ("warn" if args.command == "probe" else "info"),
         log_format=args.log_format,
+        source=args.source,
+        simulation=Simulation(
+            vms=args.simulated_vms,
+            seed=args.simulated_seed,
+            agent_failures=args.simulated_agent_failures,
+            churn_per_minute=args.simulated_churn,
+            agent_latency_seconds=args.simulated_agent_latency,
+        ),
+        identity_mode=args.identity_mode,
+        socket_glob=args.socket_glob,
+        socket_uri_template=args.socket_uri_template,
     )
 
 
 def make_source(settings: Settings) -> Source:
-    from guestload.libvirt_source import LibvirtSource  # noqa: PLC0415 - imports libvirt
+    if settings.source == "simulated":
+        return SimulatedSource(simulation=settings.simulation)
+    from guestload.libvirt_source import (  # noqa: PLC0415 - imports libvirt
+        LibvirtSource,
+        metadata_readers_for,
+    )
 
-    return LibvirtSource(uri=settings.libvirt_uri)
+    readers = metadata_readers_for(IdentityMode(settings.identity_mode))
+    if not settings.socket_glob:
+        return LibvirtSource(uri=settings.libvirt_uri, metadata_readers=readers)
+    return SocketGlobSource(
+        socket_glob=settings.socket_glob,
+        uri_template=settings.socket_uri_template,
+        make_source=lambda uri: LibvirtSource(uri=uri, metadata_readers=readers),
+    )
 
 
 def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
     return Poller(
         source=source,
-        identity=IdentityResolver(node=settings.node, default_namespace=settings.default_namespace),
+        identity=IdentityResolver(
+            node=settings.node,
+            default_namespace=settings.default_namespace,
+            mode=IdentityMode(settings.identity_mode),
+        ),
         poll_interval_seconds=settings.poll_interval_seconds,
         agent_timeout_seconds=settings.agent_timeout_seconds,
         concurrency=settings.concurrency,
@@ -241,8 +369,10 @@ def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) 
     )
 
 
-def serve(settings: Settings, source: Source) -> int:
-    """Run until SIGTERM or SIGINT."""
+def serve(
+    settings: Settings, source: Source, *, web_config: WebConfigReloader | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads ``web_config``."""
     live_registry = CollectorRegistry(auto_describe=False)
     cache = MetricsCache(
         vcpu_collector=settings.vcpu_collector,
@@ -259,6 +389,7 @@ def serve(settings: Settings, source: Source) -> int:
             app=app,
             max_requests=settings.max_requests,
             request_timeout=settings.request_timeout_seconds,
+            security=lambda: web_config.current if web_config is not None else PLAIN_HTTP,
         )
     except OSError as error:
         log.error(
@@ -270,8 +401,17 @@ def serve(settings: Settings, source: Source) -> int:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
         poller.stop()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        if web_config is None:
+            log.info("SIGHUP: no --web.config.file to re-read")
+        else:
+            web_config.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    if web_config is not None:
+        web_config.start()
     web_thread = threading.Thread(target=server.serve_forever, name="guestload-http", daemon=True)
     web_thread.start()
     log.info(
@@ -284,6 +424,8 @@ def serve(settings: Settings, source: Source) -> int:
         server.shutdown()
         server.server_close()
         poller.close()
+        if web_config is not None:
+            web_config.stop()
     return 0
 
 
@@ -295,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         parser.exit(EXIT_USAGE, f"guestload: error: {error}\n")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    web_config = None
+    if args.command == "serve" and settings.web_config_file:
+        try:
+            web_config = WebConfigReloader(Path(settings.web_config_file))
+        except WebConfigError as error:
+            parser.exit(EXIT_USAGE, f"guestload: error: --web.config.file: {error}\n")
     if args.command == "probe":
         return print_probe(make_poller(settings, make_source(settings), None), output=args.output)
     log.info(
@@ -303,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if os.geteuid() == 0:
         log.warning("running as root; guestload needs only read-write access to the libvirt socket")
-    return serve(settings, make_source(settings))
+    return serve(settings, make_source(settings), web_config=web_config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,12 @@ def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]
         "gone, error).",
         labels=(*VM_LABELS, "state"),
     )
+    domain_info = GaugeMetricFamily(
+        "guestload_domain_info",
+        "The libvirt domain behind a running VM: its name and UUID (for OpenStack, the "
+        "instance UUID). Always 1.",
+        labels=(*VM_LABELS, "domain", "uuid"),
+    )
     vcpu_seconds = CounterMetricFamily(
         "kubevirt_vmi_vcpu_seconds",
         "Cumulative time a vCPU ran, labelled with the vCPU's current state.",
@@ -55,6 +61,7 @@ def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]
     for domain in snapshot.domains:
         vm = [domain.identity.namespace, domain.identity.name, domain.identity.node]
         agent_state.add_metric([*vm, domain.agent_state.value], 1.0)
+        domain_info.add_metric([*vm, domain.domain_name, domain.uuid], 1.0)
         if domain.load is not None:
             load_1m.add_metric(vm, domain.load.one)
             load_5m.add_metric(vm, domain.load.five)
@@ -70,7 +77,7 @@ def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]
             if vcpu.wait_seconds is not None:
                 vcpu_wait.add_metric(vcpu_id, vcpu.wait_seconds)
 
-    families: list[Metric] = [load_1m, load_5m, load_15m, agent_state]
+    families: list[Metric] = [load_1m, load_5m, load_15m, agent_state, domain_info]
     if vcpu_collector:
         families += [vcpu_seconds, vcpu_delay, vcpu_wait]
     families += list(_health_families(snapshot))

@@ -26,6 +26,12 @@ from guestload.agent_answer import (
     parse_agent_passthrough,
     parse_guest_info_load,
 )
+from guestload.identity import (
+    NOVA_NAME_KEY,
+    NOVA_PROJECT_NAME_KEY,
+    NOVA_PROJECT_UUID_KEY,
+    IdentityMode,
+)
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -44,6 +50,12 @@ GUEST_INFO_LOAD_MIN_VERSION = 11_002_000
 
 KUBEVIRT_METADATA_NAMESPACE = "http://kubevirt.io"
 """XML namespace of the ``<kubevirt>`` element KubeVirt writes into a domain's metadata."""
+
+NOVA_METADATA_NAMESPACES = (
+    "http://openstack.org/xmlns/libvirt/nova/1.1",
+    "http://openstack.org/xmlns/libvirt/nova/1.0",
+)
+"""XML namespaces of Nova's ``<nova:instance>`` element, newest first."""
 
 GUEST_GET_LOAD_COMMAND = '{"execute":"guest-get-load"}'
 
@@ -142,6 +154,52 @@ def parse_kubevirt_metadata(element_xml: str) -> dict[str, str]:
     return {}
 
 
+def parse_nova_metadata(element_xml: str) -> dict[str, str]:
+    """Identity hints from Nova's ``<nova:instance>`` element: instance name and project."""
+    try:
+        # The domain's own metadata, written by the host's management layer, not by the guest.
+        root = ET.fromstring(element_xml)  # noqa: S314
+    except ET.ParseError:
+        return {}
+    hints: dict[str, str] = {}
+    for child in root:
+        tag = child.tag.rpartition("}")[2]
+        if tag == "name" and child.text and child.text.strip():
+            hints[NOVA_NAME_KEY] = child.text.strip()
+        elif tag == "owner":
+            for owner in child:
+                if owner.tag.rpartition("}")[2] != "project":
+                    continue
+                if owner.text and owner.text.strip():
+                    hints[NOVA_PROJECT_NAME_KEY] = owner.text.strip()
+                if owner.get("uuid", "").strip():
+                    hints[NOVA_PROJECT_UUID_KEY] = owner.get("uuid", "").strip()
+    return hints if NOVA_NAME_KEY in hints else {}
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReader:
+    """One metadata element to read from each domain, and how to turn it into hints."""
+
+    namespace_uri: str
+    parse: Callable[[str], dict[str, str]]
+
+
+KUBEVIRT_METADATA = MetadataReader(KUBEVIRT_METADATA_NAMESPACE, parse_kubevirt_metadata)
+NOVA_METADATA = tuple(MetadataReader(uri, parse_nova_metadata) for uri in NOVA_METADATA_NAMESPACES)
+
+
+def metadata_readers_for(mode: IdentityMode) -> tuple[MetadataReader, ...]:
+    """The metadata an identity mode needs, in order of precedence (the first hit wins)."""
+    readers = {
+        IdentityMode.AUTO: (KUBEVIRT_METADATA, *NOVA_METADATA),
+        IdentityMode.KUBEVIRT: (KUBEVIRT_METADATA,),
+        IdentityMode.OPENSTACK: NOVA_METADATA,
+        IdentityMode.LIBVIRT: (),
+    }
+    return readers[mode]
+
+
 def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / _NANOSECONDS
 
@@ -196,10 +254,12 @@ class LibvirtSource:
         uri: str,
         keepalive_interval_seconds: int = DEFAULT_KEEPALIVE_INTERVAL_SECONDS,
         keepalive_count: int = DEFAULT_KEEPALIVE_COUNT,
+        metadata_readers: Sequence[MetadataReader] = (KUBEVIRT_METADATA,),
         open_connection: OpenConnection = libvirt.open,
         agent_command: AgentCommand = libvirt_qemu.qemuAgentCommand,
     ) -> None:
         self._uri = uri
+        self._metadata_readers = tuple(metadata_readers)
         self._keepalive = (keepalive_interval_seconds, keepalive_count)
         self._open_connection = open_connection
         self._agent_command = agent_command
@@ -277,7 +337,7 @@ class LibvirtSource:
                 uuid = str(domain.UUIDString())
                 handle = _current_handle(previous.get(uuid), domain)
                 if handle.metadata is None:
-                    handle.metadata = _fetch_metadata(domain)
+                    handle.metadata = _fetch_metadata(domain, self._metadata_readers)
                 vcpu_count, vcpus = parse_vcpu_stats(stats)
                 inventories.append(
                     DomainInventory(
@@ -467,18 +527,23 @@ def _current_handle(handle: _DomainHandle | None, domain: Any) -> _DomainHandle:
     return _DomainHandle(domain=domain, domain_id=domain_id)
 
 
-def _fetch_metadata(domain: Any) -> Mapping[str, str] | None:
-    """KubeVirt identity hints; None when libvirt failed and the next listing should retry."""
-    try:
-        element = domain.metadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT, KUBEVIRT_METADATA_NAMESPACE, 0
-        )
-    except libvirt.libvirtError as error:
-        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-            return {}
-        logger.debug("domain metadata unavailable error=%s", error)
-        return None
-    return parse_kubevirt_metadata(str(element))
+def _fetch_metadata(domain: Any, readers: Sequence[MetadataReader]) -> Mapping[str, str] | None:
+    """Identity hints from the first reader whose element the domain carries.
+
+    None when libvirt failed and the next listing should retry.
+    """
+    for reader in readers:
+        try:
+            element = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, reader.namespace_uri, 0)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                continue
+            logger.debug("domain metadata unavailable error=%s", error)
+            return None
+        hints = reader.parse(str(element))
+        if hints:
+            return hints
+    return {}
 
 
 def _bounded_by_response_timeout(handle: _DomainHandle, timeout: int) -> bool:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
+
+from guestload.simulated_source import Simulation
 
 DEFAULT_PORT: Final = 9977
 DEFAULT_LISTEN_ADDRESS: Final = f":{DEFAULT_PORT}"
 DEFAULT_LIBVIRT_URI: Final = "qemu:///system"
+SOURCES: Final = ("libvirt", "simulated")
+MAX_SIMULATED_VMS: Final = 100_000
+DEFAULT_SOCKET_URI_TEMPLATE: Final = "qemu+unix:///session?socket={socket}"
+IDENTITY_MODES: Final = ("auto", "kubevirt", "openstack", "libvirt")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -77,6 +83,16 @@ class Settings:
     request_timeout_seconds: float = 10.0
     log_level: str = "info"
     log_format: str = "logfmt"
+    web_config_file: str = ""
+    """TLS, basic auth and headers (:mod:`guestload.webconfig`); empty for plain HTTP."""
+    source: str = "libvirt"
+    """``libvirt``, or ``simulated`` for load tests, demos and dashboard work."""
+    simulation: Simulation = field(default_factory=Simulation)
+    """What the simulated source simulates; unused with libvirt."""
+    identity_mode: str = "auto"
+    socket_glob: str = ""
+    """When set, one connection per matching libvirt socket instead of ``libvirt_uri``."""
+    socket_uri_template: str = DEFAULT_SOCKET_URI_TEMPLATE
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
@@ -109,6 +125,37 @@ class Settings:
                 "must be positive",
             ),
             (bool(self.libvirt_uri.strip()), "--libvirt.uri", "must not be empty"),
+            (self.source in SOURCES, "--source", f"must be one of {', '.join(SOURCES)}"),
+            (
+                0 <= self.simulation.vms <= MAX_SIMULATED_VMS,
+                "--simulated.vms",
+                f"must be 0 to {MAX_SIMULATED_VMS}",
+            ),
+            (
+                0 <= self.simulation.churn_per_minute <= MAX_SIMULATED_VMS,
+                "--simulated.churn",
+                f"must be 0 to {MAX_SIMULATED_VMS} VMs per minute",
+            ),
+            (
+                0 <= self.simulation.agent_latency_seconds < self.agent_timeout_seconds,
+                "--simulated.agent-latency",
+                "must be at least 0 and shorter than --collector.agent-timeout",
+            ),
+            (
+                self.identity_mode in IDENTITY_MODES,
+                "--identity.mode",
+                f"must be one of {', '.join(IDENTITY_MODES)}",
+            ),
+            (
+                "{socket}" in self.socket_uri_template,
+                "--libvirt.socket-uri-template",
+                "must contain {socket}",
+            ),
+            (
+                not self.socket_glob or self.socket_glob.startswith("/"),
+                "--libvirt.socket-glob",
+                "must be an absolute path pattern",
+            ),
         ]
         for ok, flag, reason in checks:
             if not ok:

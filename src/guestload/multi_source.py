@@ -1,0 +1,312 @@
+"""Many libvirt daemons as one source: KubeVirt node mode.
+
+KubeVirt runs one libvirt daemon per VM, inside the VM's virt-launcher pod, listening on a
+socket in the pod's ``libvirt-runtime`` emptyDir. From the node, those sockets are found with a
+glob over the kubelet's pods directory. :class:`SocketGlobSource` keeps one source per socket
+it finds: listings are merged, guest-load calls are routed to the socket that listed the
+domain, a socket that fails only loses its own domains (and is reconnected on a back-off), and
+sockets are re-scanned in the background so VMs that start or stop are noticed between polls.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, LoadReading
+from guestload.source import EventListener, Source, SourceUnavailableError
+
+log = logging.getLogger(__name__)
+
+#: Where a virt-launcher's libvirt daemon listens, seen from the node.
+DEFAULT_KUBEVIRT_SOCKET_GLOB = (
+    "/var/lib/kubelet/pods/*/volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
+)
+#: How virt-launcher itself connects to its daemon (root and non-root launchers alike).
+DEFAULT_SOCKET_URI_TEMPLATE = "qemu+unix:///session?socket={socket}"
+#: The placeholder in the URI template that is replaced by a socket's path.
+SOCKET_PLACEHOLDER = "{socket}"
+
+#: Longest path a unix socket address holds (``sun_path`` is 108 bytes with the final NUL).
+UNIX_PATH_MAX = 107
+
+RESCAN_INTERVAL_SECONDS = 5.0
+RECONNECT_INITIAL_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 60.0
+
+
+def socket_uri(template: str, socket_path: str) -> str:
+    """The libvirt URI for one socket: the template with ``{socket}`` replaced."""
+    return template.replace(SOCKET_PLACEHOLDER, socket_path)
+
+
+class _SocketAddress:
+    """A path to connect to a socket by, short enough for a unix socket address.
+
+    Kubelet paths are longer than a unix socket address may be (``/var/lib/kubelet/pods/<uid>/
+    volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock`` is over 107 bytes). For
+    such a socket the directory is held open and the socket is reached through
+    ``/proc/self/fd/<fd>/<name>``: no file is written and the kernel resolves the rest.
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        self._directory_fd: int | None = None
+        self.path = socket_path
+        if len(os.fsencode(socket_path)) > UNIX_PATH_MAX:
+            directory, name = os.path.split(socket_path)
+            self._directory_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.path = f"/proc/self/fd/{self._directory_fd}/{name}"
+
+    def release(self) -> None:
+        if self._directory_fd is not None:
+            os.close(self._directory_fd)
+            self._directory_fd = None
+
+
+@dataclass(slots=True)
+class _Member:
+    """One socket's source and its connection state."""
+
+    socket_path: str
+    address: _SocketAddress
+    source: Source
+    connected: bool = False
+    reconnect_delay: float = 0.0
+    next_attempt: float = 0.0
+    uuids: frozenset[str] = frozenset()
+    """Domains the member listed last."""
+
+
+class SocketGlobSource:
+    """A :class:`guestload.source.Source` over every libvirt socket that matches a glob.
+
+    ``make_source`` builds the source for one libvirt URI (a ``LibvirtSource`` in production,
+    a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
+    as up while it is connected, even with no socket at all: a node without VMs is healthy.
+    """
+
+    def __init__(
+        self,
+        *,
+        socket_glob: str,
+        uri_template: str,
+        make_source: Callable[[str], Source],
+        rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
+        find_sockets: Callable[[str], Iterable[str]] = glob.glob,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._socket_glob = socket_glob
+        self._uri_template = uri_template
+        self._make_source = make_source
+        self._rescan_interval = rescan_interval_seconds
+        self._find_sockets = find_sockets
+        self._clock = clock
+        self._scan_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._members: dict[str, _Member] = {}
+        self._routes: dict[str, _Member] = {}
+        self._listener: EventListener | None = None
+        self._connected = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def socket_paths(self) -> list[str]:
+        """The sockets currently known (connected or not), sorted."""
+        with self._lock:
+            return sorted(self._members)
+
+    def connect(self) -> None:
+        """Find the sockets, connect to each, and start re-scanning in the background."""
+        self.close()
+        self._connected = True
+        self._stop.clear()
+        self.rescan()
+        if self._rescan_interval > 0:
+            self._watcher = threading.Thread(
+                target=self._watch, name="guestload-socket-scan", daemon=True
+            )
+            self._watcher.start()
+        log.info(
+            "watching libvirt sockets glob=%s sockets=%d", self._socket_glob, len(self._members)
+        )
+
+    def close(self) -> None:
+        """Stop re-scanning and close every socket's connection."""
+        self._stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=self._rescan_interval + 5)
+        self._connected = False
+        with self._lock:
+            members = list(self._members.values())
+            self._members.clear()
+            self._routes.clear()
+        for member in members:
+            _release(member)
+
+    def rescan(self) -> None:
+        """Pick up new sockets and drop vanished ones; announce their domains as events."""
+        if not self._connected:
+            return
+        with self._scan_lock:
+            found = set(self._find_sockets(self._socket_glob))
+            with self._lock:
+                known = set(self._members)
+                vanished = [self._members.pop(path) for path in sorted(known - found)]
+                for member in vanished:
+                    for uuid in member.uuids:
+                        if self._routes.get(uuid) is member:
+                            del self._routes[uuid]
+            for member in vanished:
+                log.info("libvirt socket gone socket=%s", member.socket_path)
+                _release(member)
+                self._announce(EventKind.STOPPED, member.uuids)
+            for path in sorted(found - known):
+                try:
+                    address = _SocketAddress(path)
+                except OSError as error:  # vanished between the glob and the open
+                    log.debug("libvirt socket unusable socket=%s err=%s", path, error)
+                    continue
+                member = _Member(
+                    socket_path=path,
+                    address=address,
+                    source=self._make_source(socket_uri(self._uri_template, address.path)),
+                )
+                member.source.set_event_listener(self._forward)
+                with self._lock:
+                    self._members[path] = member
+                log.info("libvirt socket found socket=%s", path)
+                if self._try_connect(member):
+                    self._announce(
+                        EventKind.STARTED, [d.uuid for d in self._list_member(member) or ()]
+                    )
+
+    def list_running_domains(self) -> Sequence[DomainInventory]:
+        """Every running domain on every socket; a failing socket only loses its own domains."""
+        if not self._connected:
+            raise SourceUnavailableError(f"not watching libvirt sockets glob={self._socket_glob}")
+        self.rescan()
+        with self._lock:
+            members = [self._members[path] for path in sorted(self._members)]
+        merged: list[DomainInventory] = []
+        routes: dict[str, _Member] = {}
+        for member in members:
+            if not member.connected and not self._try_connect(member):
+                continue
+            for inventory in self._list_member(member) or ():
+                if inventory.uuid in routes:
+                    log.debug(
+                        "domain listed on two sockets uuid=%s kept=%s skipped=%s",
+                        inventory.uuid,
+                        routes[inventory.uuid].socket_path,
+                        member.socket_path,
+                    )
+                    continue
+                routes[inventory.uuid] = member
+                merged.append(inventory)
+        with self._lock:
+            self._routes = {
+                uuid: member
+                for uuid, member in routes.items()
+                if self._members.get(member.socket_path) is member
+            }
+        return merged
+
+    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+        """Ask the socket that listed the domain; a domain no socket lists is gone."""
+        with self._lock:
+            member = self._routes.get(uuid)
+        if member is None:
+            return LoadReading(state=AgentState.GONE, detail="domain not found on any socket")
+        return member.source.read_guest_load(uuid, timeout_seconds)
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        """Forward every socket's domain events (and sockets appearing or vanishing)."""
+        self._listener = listener
+
+    def describe(self) -> Mapping[str, str]:
+        """The connected sockets' versions (distinct values joined by ``,``) and the URI form."""
+        with self._lock:
+            members = [m for m in self._members.values() if m.connected]
+        facts: dict[str, set[str]] = {}
+        for member in members:
+            for key, value in member.source.describe().items():
+                facts.setdefault(key, set()).add(value)
+
+        def joined(key: str) -> str:
+            values = facts.get(key, set()) - {"unknown"}
+            return ",".join(sorted(values)) or "unknown"
+
+        return {
+            "libvirt_library_version": joined("libvirt_library_version"),
+            "libvirt_daemon_version": joined("libvirt_daemon_version"),
+            "load_method": joined("load_method"),
+            "uri": socket_uri(self._uri_template, self._socket_glob),
+        }
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _try_connect(self, member: _Member) -> bool:
+        now = self._clock()
+        if now < member.next_attempt:
+            return False
+        try:
+            member.source.connect()
+        except SourceUnavailableError as error:
+            if member.reconnect_delay == 0.0:
+                log.warning(
+                    "cannot connect to libvirt socket socket=%s err=%s", member.socket_path, error
+                )
+            member.reconnect_delay = min(
+                max(member.reconnect_delay * 2, RECONNECT_INITIAL_SECONDS), RECONNECT_MAX_SECONDS
+            )
+            member.next_attempt = now + member.reconnect_delay
+            return False
+        if member.reconnect_delay:
+            log.info("libvirt socket reconnected socket=%s", member.socket_path)
+        member.connected = True
+        member.reconnect_delay, member.next_attempt = 0.0, 0.0
+        return True
+
+    def _list_member(self, member: _Member) -> Sequence[DomainInventory] | None:
+        """The member's domains; None (and the member marked down) when its daemon failed."""
+        try:
+            inventory = member.source.list_running_domains()
+        except SourceUnavailableError as error:
+            log.warning("libvirt socket failed socket=%s err=%s", member.socket_path, error)
+            member.source.close()
+            member.connected = False
+            member.uuids = frozenset()
+            member.reconnect_delay = RECONNECT_INITIAL_SECONDS
+            member.next_attempt = self._clock() + member.reconnect_delay
+            return None
+        member.uuids = frozenset(d.uuid for d in inventory)
+        return inventory
+
+    def _forward(self, event: DomainEvent) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(event)
+
+    def _announce(self, kind: EventKind, uuids: Iterable[str]) -> None:
+        for uuid in sorted(uuids):
+            self._forward(DomainEvent(kind=kind, uuid=uuid))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._rescan_interval):
+            try:
+                self.rescan()
+            except Exception:
+                log.exception("re-scanning libvirt sockets failed glob=%s", self._socket_glob)
+
+
+def _release(member: _Member) -> None:
+    member.source.set_event_listener(None)
+    member.source.close()
+    member.address.release()

@@ -1,0 +1,473 @@
+"""A simulated hypervisor: many VMs with changing guest load, for load tests, demos and dashboards.
+
+No libvirt: every VM lives in memory. Each VM has a vCPU count, a utilisation that wanders
+(a mean-reverting random walk with rare bursts), and load averages computed from it the way
+the Linux kernel does (an exponential moving average of the run queue, updated every 5 s).
+vCPU counters only grow. A configurable share of agents misbehave as real ones do (absent,
+too old, slow, hung), and VMs can come and go with the events libvirt would send.
+
+Everything is a function of the seed and of the time since :meth:`SimulatedSource.connect`:
+the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
+the same load curves, however often they are read. Agent failures are reported through the
+same classification as libvirt's errors (:mod:`guestload.agent_answer`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from guestload.agent_answer import classify_libvirt_error, parse_guest_info_load
+from guestload.model import (
+    DomainEvent,
+    DomainInventory,
+    EventKind,
+    LoadReading,
+    VcpuStat,
+    VcpuState,
+)
+from guestload.source import EventListener
+
+STEP_SECONDS = 5.0
+"""The kernel recomputes its load averages every 5 s; the simulation moves in the same steps."""
+LOAD_WINDOWS_SECONDS = (60.0, 300.0, 900.0)
+_DECAYS = tuple(math.exp(-STEP_SECONDS / window) for window in LOAD_WINDOWS_SECONDS)
+
+BOOT_STEPS = 2
+"""A VM started during the simulation has its agent connected this many steps later."""
+VCPU_COUNTS = ((1, 0.30), (2, 0.35), (4, 0.25), (8, 0.10))
+"""vCPU count -> share of VMs."""
+NAMESPACES = ("default", "prod", "staging", "dev", "ci", "data", "web", "batch")
+MAX_UTILISATION = 3.0
+"""Utilisation is run queue per vCPU; above 1 the guest has more runnable tasks than vCPUs."""
+_REVERSION = 0.08
+_NOISE = 0.06
+_BURST_CHANCE = 0.002
+_MASK64 = (1 << 64) - 1
+
+# What libvirt says in each failure case (measured with real VMs; see agent_answer).
+_VIR_ERR_NO_DOMAIN = 42
+_VIR_ERR_ARGUMENT_UNSUPPORTED = 74
+_VIR_ERR_AGENT_UNRESPONSIVE = 86
+_VIR_ERR_AGENT_COMMAND_FAILED = 113
+_NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
+_NOT_CONNECTED = "Guest agent is not responding: QEMU guest agent is not connected"
+_NOT_FOUND = "internal error: unable to execute QEMU agent command 'guest-get-load': "
+_NOT_FOUND += "The command guest-get-load has not been found"
+_NO_SYNC = (
+    "Guest agent is not responding: QEMU guest agent didn't respond to synchronization "
+    "within '{seconds}' seconds"
+)
+
+
+class AgentBehaviour(enum.StrEnum):
+    """How a simulated VM's guest agent answers."""
+
+    HEALTHY = "healthy"
+    ABSENT = "absent"
+    """No agent channel: ``not_configured``."""
+    OLD = "old"
+    """An agent without guest-get-load: ``unsupported``."""
+    SLOW = "slow"
+    """Answers after half the agent timeout."""
+    HUNG = "hung"
+    """Never answers: the call returns ``timeout`` when the agent timeout expires."""
+
+
+_FAILURES = (AgentBehaviour.ABSENT, AgentBehaviour.OLD, AgentBehaviour.SLOW, AgentBehaviour.HUNG)
+_SHARE = re.compile(r"(\d+(?:\.\d+)?)(%?)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFailures:
+    """Shares of VMs (0 to 1) whose agent misbehaves; the rest are healthy."""
+
+    absent: float = 0.0
+    old: float = 0.0
+    slow: float = 0.0
+    hung: float = 0.0
+
+    def __post_init__(self) -> None:
+        shares = [getattr(self, b.value) for b in _FAILURES]
+        if any(not 0.0 <= share <= 1.0 for share in shares):
+            raise ValueError("each share must be between 0% and 100%")
+        if sum(shares) > 1.0 + 1e-9:
+            raise ValueError("the shares add up to more than 100%")
+
+    @classmethod
+    def parse(cls, text: str) -> AgentFailures:
+        """Parse ``absent=2%,old=3%,slow=5%,hung=10%`` (shares as percentages or fractions).
+
+        An empty text or ``none`` means every agent is healthy.
+        """
+        stripped = text.strip()
+        if stripped in ("", "none"):
+            return cls()
+        shares: dict[str, float] = {}
+        for part in stripped.split(","):
+            key, sep, value = part.strip().partition("=")
+            match = _SHARE.fullmatch(value.strip())
+            names = [b.value for b in _FAILURES]
+            if not sep or key.strip() not in names or match is None:
+                raise ValueError(
+                    f"not a failure share: {part.strip()!r} (use e.g. absent=2%,hung=10%; "
+                    f"kinds: {', '.join(names)})"
+                )
+            number = float(match.group(1))
+            shares[key.strip()] = number / 100.0 if match.group(2) else number
+        return cls(**shares)
+
+    def behaviour(self, draw: float) -> AgentBehaviour:
+        """The behaviour of a VM whose uniform draw in [0, 1) is ``draw``."""
+        threshold = 0.0
+        for behaviour in _FAILURES:
+            threshold += getattr(self, behaviour.value)
+            if draw < threshold:
+                return behaviour
+        return AgentBehaviour.HEALTHY
+
+    def __str__(self) -> str:
+        parts = [
+            f"{b.value}={getattr(self, b.value) * 100:g}%"
+            for b in _FAILURES
+            if getattr(self, b.value) > 0
+        ]
+        return ",".join(parts) or "none"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Simulation:
+    """What to simulate; the ``--simulated.*`` flags."""
+
+    vms: int = 100
+    seed: int = 1
+    agent_failures: AgentFailures = field(default_factory=AgentFailures)
+    churn_per_minute: float = 0.0
+    """VMs replaced per minute: one stops and a new one starts (0: a fixed population)."""
+    agent_latency_seconds: float = 0.0
+    """How long a healthy agent takes to answer (a real one: ~1-3 ms)."""
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of ``value``."""
+    z = (value + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _unit(bits: int) -> float:
+    """A uniform value in [0, 1) from the low 21 bits of ``bits``."""
+    return (bits & 0x1FFFFF) / 0x200000
+
+
+class _Vm:
+    """One simulated VM: fixed traits and the state the simulation has advanced it to."""
+
+    __slots__ = (
+        "behaviour",
+        "busy",
+        "delay_share",
+        "domain_name",
+        "index",
+        "inventory_metadata",
+        "key",
+        "loads",
+        "mean",
+        "started_step",
+        "step",
+        "uptime",
+        "util",
+        "uuid",
+        "vcpu_bases",
+        "vcpu_weights",
+        "vcpus",
+        "wait_share",
+    )
+
+    def __init__(
+        self, *, seed: int, index: int, failures: AgentFailures, step: int, booted: bool
+    ) -> None:
+        key = _mix(_mix(seed) ^ index)
+        draws = [_mix(key ^ salt) for salt in range(8)]
+        self.key = key
+        self.index = index
+        self.uuid = str(UUID(int=draws[0] << 64 | draws[1], version=4))
+        namespace = NAMESPACES[draws[2] % len(NAMESPACES)]
+        self.domain_name = f"{namespace}_vm-{index:05d}-{draws[2] >> 32:08x}"
+        self.inventory_metadata: Mapping[str, str] = {"kubevirt.uid": self.uuid}
+        self.vcpus = _vcpu_count(_unit(draws[3]))
+        self.behaviour = failures.behaviour(_unit(draws[4]))
+        profile = _unit(draws[5])
+        # Most VMs idle along, some are busy, a few run more tasks than they have vCPUs.
+        if profile < 0.7:
+            self.mean = 0.02 + 0.3 * profile
+        elif profile < 0.97:
+            self.mean = 0.4 + 0.5 * (profile - 0.7) / 0.27
+        else:
+            self.mean = 1.5
+        self.delay_share = 0.005 + 0.02 * _unit(draws[6] >> 21)
+        if _unit(draws[6]) < 0.05:
+            self.delay_share += 0.2  # a noisy neighbour: vCPUs often wait for a host CPU
+        self.wait_share = 0.01 * _unit(draws[6] >> 42)
+        self.vcpu_weights = tuple(
+            0.8 + 0.4 * _unit(_mix(draws[7] ^ vcpu)) for vcpu in range(self.vcpus)
+        )
+        self.started_step = step if not booted else -BOOT_STEPS
+        self.step = step
+        self.util = self.mean
+        if booted:
+            # Up for hours to weeks: counters large, load averages settled.
+            self.uptime = 3600.0 + 30 * 86400.0 * _unit(draws[7] >> 21)
+            settled = self.mean * self.vcpus
+            five = settled * (0.8 + 0.4 * _unit(draws[5] >> 21))
+            self.loads = (five * (0.7 + 0.6 * _unit(draws[5] >> 42)), five, settled)
+        else:
+            self.uptime = 0.0
+            self.loads = (0.0, 0.0, 0.0)
+        self.busy = self.uptime * min(self.mean, 1.0)
+        self.vcpu_bases = tuple(0.0 for _ in range(self.vcpus))
+
+    def advance(self, step: int) -> None:
+        """Move the VM forward to ``step``, one kernel load update at a time."""
+        if step <= self.step:
+            return
+        key, mean, vcpus = self.key, self.mean, self.vcpus
+        util, busy = self.util, self.busy
+        one, five, fifteen = self.loads
+        d1, d5, d15 = _DECAYS
+        for current in range(self.step + 1, step + 1):
+            # An inlined, cheaper relative of _mix: this loop runs per VM and step.
+            bits = ((key ^ current) * 0x9E3779B97F4A7C15) & _MASK64
+            bits = ((bits ^ (bits >> 29)) * 0xBF58476D1CE4E5B9) & _MASK64
+            bits ^= bits >> 32
+            noise = ((bits & 0x1FFFFF) + (bits >> 21 & 0x1FFFFF)) / 0x200000 - 1.0
+            util += _REVERSION * (mean - util) + _NOISE * noise
+            if (bits >> 42) / 0x400000 < _BURST_CHANCE:
+                util += 1.0
+            util = 0.0 if util < 0.0 else min(util, MAX_UTILISATION)
+            queue = util * vcpus
+            one = one * d1 + queue * (1.0 - d1)
+            five = five * d5 + queue * (1.0 - d5)
+            fifteen = fifteen * d15 + queue * (1.0 - d15)
+            busy += (util if util < 1.0 else 1.0) * STEP_SECONDS
+        self.uptime += (step - self.step) * STEP_SECONDS
+        self.util, self.busy, self.step = util, busy, step
+        self.loads = (one, five, fifteen)
+
+    def inventory(self) -> DomainInventory:
+        vcpus = tuple(
+            VcpuStat(
+                id=vcpu,
+                state=VcpuState.RUNNING,
+                time_seconds=self.busy * weight,
+                wait_seconds=self.uptime * weight * self.wait_share,
+                delay_seconds=self.busy * weight * self.delay_share,
+            )
+            for vcpu, weight in enumerate(self.vcpu_weights)
+        )
+        return DomainInventory(
+            uuid=self.uuid,
+            domain_name=self.domain_name,
+            vcpu_count=self.vcpus,
+            vcpus=vcpus,
+            metadata=self.inventory_metadata,
+        )
+
+    def agent_connected(self, step: int) -> bool:
+        return (
+            self.behaviour is not AgentBehaviour.ABSENT and step >= self.started_step + BOOT_STEPS
+        )
+
+
+def _vcpu_count(draw: float) -> int:
+    threshold = 0.0
+    for count, share in VCPU_COUNTS:
+        threshold += share
+        if draw < threshold:
+            return count
+    return VCPU_COUNTS[-1][0]
+
+
+class SimulatedSource:
+    """A :class:`guestload.source.Source` over simulated VMs (see the module's description).
+
+    ``clock`` drives the simulation (tests pass a fake one). With churn, a daemon thread
+    replaces VMs on time and sends their events even when nobody polls.
+    """
+
+    def __init__(
+        self,
+        *,
+        simulation: Simulation,
+        clock: Callable[[], float] = time.monotonic,
+        churn_thread: bool = True,
+    ) -> None:
+        self._simulation = simulation
+        self._clock = clock
+        self._churn_thread = churn_thread and simulation.churn_per_minute > 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._listener: EventListener | None = None
+        self._origin: float | None = None
+        self._vms: dict[str, _Vm] = {}
+        self._population_step = 0
+        self._next_index = simulation.vms
+        self._churn_debt = 0.0
+        self._pending_agents: list[tuple[int, str]] = []
+        self._thread: threading.Thread | None = None
+
+    # -- Source -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Create the VMs on first use (all booted, agents answering); start churning."""
+        with self._lock:
+            self._closing.clear()
+            if self._origin is None:
+                self._origin = self._clock()
+                for index in range(self._simulation.vms):
+                    vm = self._new_vm(index, step=0, booted=True)
+                    self._vms[vm.uuid] = vm
+        if self._churn_thread and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(
+                target=self._churn_loop, name="guestload-simulated-churn", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop churning and release calls blocked on hung agents."""
+        self._closing.set()
+
+    def list_running_domains(self) -> Sequence[DomainInventory]:
+        with self._lock:
+            step = self._step()
+            events = self._advance_population(step)
+            for vm in self._vms.values():
+                vm.advance(step)
+            inventories = [vm.inventory() for vm in self._vms.values()]
+        self._deliver(events)
+        return inventories
+
+    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+        with self._lock:
+            vm = self._vms.get(uuid)
+            if vm is None:
+                return _libvirt_error(_VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
+            step = self._step()
+            vm.advance(step)
+            behaviour = vm.behaviour
+            connected = vm.agent_connected(step)
+            info = {
+                f"load.{window}": round(value, 2)
+                for window, value in zip(("1m", "5m", "15m"), vm.loads, strict=True)
+            }
+        if behaviour is AgentBehaviour.ABSENT:
+            return _libvirt_error(_VIR_ERR_ARGUMENT_UNSUPPORTED, _NOT_CONFIGURED)
+        if not connected:
+            return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
+        if behaviour is AgentBehaviour.HUNG:
+            # libvirt's agent response timeout: the call returns when it expires, not before.
+            self._closing.wait(timeout_seconds)
+            seconds = max(1, math.ceil(timeout_seconds))
+            return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
+        delay = self._simulation.agent_latency_seconds
+        if behaviour is AgentBehaviour.SLOW:
+            delay = max(delay, timeout_seconds / 2)
+        if delay > 0:
+            self._closing.wait(delay)
+        if behaviour is AgentBehaviour.OLD:
+            return _libvirt_error(_VIR_ERR_AGENT_COMMAND_FAILED, _NOT_FOUND)
+        return parse_guest_info_load(info)
+
+    def set_event_listener(self, listener: EventListener | None) -> None:
+        self._listener = listener
+
+    def describe(self) -> Mapping[str, str]:
+        """The same facts as the libvirt source, saying the hypervisor is simulated."""
+        simulation = self._simulation
+        return {
+            "libvirt_library_version": "none",
+            "libvirt_daemon_version": "none",
+            "load_method": "simulated",
+            "uri": f"simulated:///?vms={simulation.vms}&seed={simulation.seed}",
+        }
+
+    # -- simulation -------------------------------------------------------------------------
+
+    def behaviours(self) -> dict[str, AgentBehaviour]:
+        """UUID -> agent behaviour of every VM running now (for tests and benchmarks)."""
+        with self._lock:
+            return {uuid: vm.behaviour for uuid, vm in self._vms.items()}
+
+    def _step(self) -> int:
+        if self._origin is None:
+            return 0
+        return max(0, int((self._clock() - self._origin) // STEP_SECONDS))
+
+    def _new_vm(self, index: int, *, step: int, booted: bool) -> _Vm:
+        return _Vm(
+            seed=self._simulation.seed,
+            index=index,
+            failures=self._simulation.agent_failures,
+            step=step,
+            booted=booted,
+        )
+
+    def _advance_population(self, step: int) -> list[DomainEvent]:
+        """Replace VMs up to ``step`` (churn) and connect booted agents; the events, in order."""
+        events: list[DomainEvent] = []
+        per_step = self._simulation.churn_per_minute * STEP_SECONDS / 60.0
+        while self._population_step < step:
+            self._population_step += 1
+            current = self._population_step
+            self._churn_debt += per_step
+            replacements = int(self._churn_debt)
+            self._churn_debt -= replacements
+            for replacement in range(replacements):
+                if self._vms:
+                    uuids = list(self._vms)
+                    pick = _mix(_mix(self._simulation.seed) ^ current << 20 ^ replacement)
+                    victim = uuids[pick % len(uuids)]
+                    del self._vms[victim]
+                    events.append(DomainEvent(kind=EventKind.STOPPED, uuid=victim))
+                vm = self._new_vm(self._next_index, step=current, booted=False)
+                self._next_index += 1
+                self._vms[vm.uuid] = vm
+                events.append(DomainEvent(kind=EventKind.STARTED, uuid=vm.uuid))
+                if vm.behaviour is not AgentBehaviour.ABSENT:
+                    self._pending_agents.append((current + BOOT_STEPS, vm.uuid))
+            due = [uuid for at, uuid in self._pending_agents if at <= current]
+            self._pending_agents = [(at, u) for at, u in self._pending_agents if at > current]
+            events += [
+                DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=uuid)
+                for uuid in due
+                if uuid in self._vms
+            ]
+        return events
+
+    def _churn_loop(self) -> None:
+        while not self._closing.is_set():
+            with self._lock:
+                events = self._advance_population(self._step())
+                origin = self._origin if self._origin is not None else self._clock()
+                elapsed = self._clock() - origin
+            self._deliver(events)
+            self._closing.wait(STEP_SECONDS - elapsed % STEP_SECONDS + 0.01)
+
+    def _deliver(self, events: Sequence[DomainEvent]) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for event in events:
+            listener(event)
+
+
+def _libvirt_error(code: int, message: str) -> LoadReading:
+    """The reading the libvirt source would make of this libvirt error."""
+    return LoadReading(state=classify_libvirt_error(code=code, message=message), detail=message)

@@ -1,0 +1,328 @@
+"""Tiny VMs under TCG: domain XML, boot, destroy, and commands through the guest agent.
+
+Guests boot the Debian kernel straight into the lab's initramfs (no disk, no NIC, no
+graphics). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines ``/dev/kvm``
+opens but Linux guests die under it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import libvirt
+import libvirt_qemu
+
+from guestload_lab.image import AGENT_PORT_NAME, READY_LINE, GuestImage
+
+KUBEVIRT_NAMESPACE_URI = "http://kubevirt.io"
+AGENT_COMMAND_TIMEOUT_SECONDS = 5
+
+
+_CONNECTION_ERROR_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
+"""Where libvirt reports a broken connection (the daemon went away)."""
+
+
+class AgentKind(enum.StrEnum):
+    """What answers on the guest-agent channel."""
+
+    CURRENT = "current"
+    """qemu-ga 10.0: has guest-get-load."""
+    OLD = "old"
+    """qemu-ga 7.2: lacks guest-get-load."""
+    NONE = "none"
+    """The channel exists but no agent is started."""
+
+
+class VmError(RuntimeError):
+    """A VM did not boot, or its agent did not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What a lab VM looks like. ``channel=False`` leaves the guest-agent channel out."""
+
+    name: str
+    vcpus: int = 1
+    memory_mib: int = 176
+    """160 MiB at least with stress-ng in the image (the initramfs must unpack), else 96."""
+    agent: AgentKind = AgentKind.CURRENT
+    channel: bool = True
+    stress_workers: int = 0
+    """``stress-ng --cpu N`` started by ``/init`` at boot (0: none)."""
+    kubevirt_uid: str | None = None
+    """Adds KubeVirt's ``<kubevirt xmlns="http://kubevirt.io"><uid>`` metadata."""
+
+    @staticmethod
+    def kubevirt(namespace: str, vmi: str, uid: str, **settings: Any) -> VmSpec:
+        """A spec named the way KubeVirt's virt-launcher names domains: ``<namespace>_<vmi>``."""
+        return VmSpec(name=f"{namespace}_{vmi}", kubevirt_uid=uid, **settings)
+
+
+def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
+    """The libvirt domain XML for ``spec``."""
+    if spec.memory_mib < 96:
+        raise ValueError("a guest needs at least 96 MiB (160 MiB with stress-ng in its image)")
+    # Without a channel there is no port to wait for: /init skips the agent.
+    agent = spec.agent if spec.channel else AgentKind.NONE
+    cmdline = (
+        f"console=ttyS0 panic=-1 quiet guestload.agent={agent.value}"
+        f" guestload.stress={spec.stress_workers}"
+    )
+    metadata = ""
+    if spec.kubevirt_uid is not None:
+        metadata = (
+            f"<metadata><kubevirt xmlns={quoteattr(KUBEVIRT_NAMESPACE_URI)}>"
+            f"<uid>{escape(spec.kubevirt_uid)}</uid></kubevirt></metadata>"
+        )
+    channel = ""
+    if spec.channel:
+        channel = (
+            "<channel type='unix'><source mode='bind'/>"
+            f"<target type='virtio' name={quoteattr(AGENT_PORT_NAME)}/></channel>"
+        )
+    serial = quoteattr(str(serial_log))
+    return f"""<domain type='qemu'>
+  <name>{escape(spec.name)}</name>
+  {metadata}
+  <memory unit='MiB'>{spec.memory_mib}</memory>
+  <vcpu>{spec.vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(image.kernel))}</kernel>
+    <initrd>{escape(str(image.initrd))}</initrd>
+    <cmdline>{escape(cmdline)}</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <serial type='file'><source path={serial}/><target port='0'/></serial>
+    <console type='file'><source path={serial}/><target type='serial' port='0'/></console>
+    {channel}
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+class Hypervisor:
+    """A read-write connection to one libvirt URI, reopened when the daemon went away."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        # Failures surface as exceptions; libvirt's default handler would also print each one
+        # (dozens while an agent boots).
+        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        self._lock = threading.Lock()
+        self._connection: libvirt.virConnect | None = None
+
+    def connection(self) -> libvirt.virConnect:
+        """The open connection (a new one if the old one died)."""
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    if self._connection.isAlive():
+                        return self._connection
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._connection.close()
+            self._connection = libvirt.open(self.uri)
+            return self._connection
+
+    def reconnect(self) -> libvirt.virConnect:
+        """Drop the current connection (e.g. after the daemon restarted) and open a new one."""
+        self.close()
+        return self.connection()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._connection.close()
+                self._connection = None
+
+    def create(self, spec: VmSpec, image: GuestImage, *, log_dir: Path) -> LabVm:
+        """Boot a transient domain for ``spec``; its serial console goes to ``log_dir``."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        serial_log = log_dir / f"{spec.name}.serial.log"
+        serial_log.unlink(missing_ok=True)
+        xml = domain_xml(spec, image, serial_log=serial_log)
+        domain = self.connection().createXML(xml, 0)
+        return LabVm(hypervisor=self, spec=spec, uuid=domain.UUIDString(), serial_log=serial_log)
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LabVm:
+    """A running lab VM, found by UUID on every call so it survives daemon restarts."""
+
+    def __init__(self, *, hypervisor: Hypervisor, spec: VmSpec, uuid: str, serial_log: Path):
+        self.hypervisor = hypervisor
+        self.spec = spec
+        self.uuid = uuid
+        self.serial_log = serial_log
+        self.created_at = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def domain(self) -> libvirt.virDomain:
+        """The domain, looked up again (through a new connection if the old one broke)."""
+        try:
+            return self.hypervisor.connection().lookupByUUIDString(self.uuid)
+        except libvirt.libvirtError as error:
+            if error.get_error_domain() not in _CONNECTION_ERROR_DOMAINS:
+                raise
+        return self.hypervisor.reconnect().lookupByUUIDString(self.uuid)
+
+    def is_running(self) -> bool:
+        try:
+            return bool(self.domain().isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def destroy(self) -> None:
+        """Stop the domain at once (the guest has no ACPI; shutdown would wait forever)."""
+        with contextlib.suppress(libvirt.libvirtError):
+            self.domain().destroy()
+
+    def console_text(self) -> str:
+        try:
+            return self.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_booted(self, timeout: float = 60.0) -> float:
+        """Wait for ``/init``'s ready line on the serial console; seconds since creation."""
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self.console_text():
+            if time.monotonic() >= deadline:
+                raise VmError(
+                    f"{self.name} did not boot in {timeout:.0f} s:\n{self.console_tail()}"
+                )
+            if not self.is_running():
+                raise VmError(f"{self.name} stopped while booting:\n{self.console_tail()}")
+            time.sleep(0.2)
+        return time.monotonic() - self.created_at
+
+    def agent_command(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout: int = 5
+    ) -> Any:
+        """Send one guest-agent command through libvirt and return its ``return`` value."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        reply = libvirt_qemu.qemuAgentCommand(self.domain(), json.dumps(request), timeout, 0)
+        return json.loads(reply)["return"]
+
+    def wait_agent(self, timeout: float = 60.0) -> float:
+        """Wait until the agent answers ``guest-ping``; seconds since creation."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                self.agent_command("guest-ping", timeout=2)
+            except libvirt.libvirtError as error:
+                last_error = str(error)
+                if not self.is_running():
+                    break
+                time.sleep(0.25)
+            else:
+                return time.monotonic() - self.created_at
+        raise VmError(f"{self.name}: agent did not answer ({last_error}):\n{self.console_tail()}")
+
+    def guest_load(self) -> dict[str, float]:
+        """``virDomainGetGuestInfo(LOAD)``: the guest's ``load.1m/5m/15m``."""
+        info = self.domain().guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_LOAD, 0)
+        return {key: float(value) for key, value in info.items()}
+
+    def guest_exec(self, argv: Sequence[str]) -> int:
+        """Start ``argv`` in the guest without waiting; the guest pid."""
+        reply = self.agent_command(
+            "guest-exec",
+            {"path": argv[0], "arg": list(argv[1:]), "capture-output": True},
+        )
+        return int(reply["pid"])
+
+    def run_in_guest(self, argv: Sequence[str], *, timeout: float = 30.0) -> tuple[int, str]:
+        """Run ``argv`` in the guest to its end: exit code and stdout+stderr."""
+        pid = self.guest_exec(argv)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.agent_command("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                output = "".join(
+                    base64.b64decode(status.get(stream, "")).decode(errors="replace")
+                    for stream in ("out-data", "err-data")
+                )
+                return int(status.get("exitcode", -1)), output
+            time.sleep(0.2)
+        raise VmError(f"{self.name}: {' '.join(argv)} did not finish in {timeout:.0f} s")
+
+    def start_stress(self, workers: int, *, seconds: int = 600) -> int:
+        """Start ``stress-ng --cpu workers`` in the guest through the agent."""
+        return self.guest_exec(
+            ["/usr/bin/stress-ng", "--cpu", str(workers), "--timeout", str(seconds), "-q"]
+        )
+
+    def stop_stress(self) -> None:
+        """Kill every stress-ng process in the guest."""
+        self.guest_exec(["/bin/busybox", "killall", "-9", "stress-ng"])
+
+    def signal_agent(self, signal_name: str) -> None:
+        """Send ``signal_name`` (e.g. ``KILL``, ``STOP``) to the guest's qemu-ga, through itself."""
+        self.guest_exec(["/bin/busybox", "sh", "-c", f"kill -{signal_name} $(pidof qemu-ga)"])
+
+    def console_tail(self, lines: int = 15) -> str:
+        """The last lines of the serial console."""
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+
+def wait_all_agents(vms: Iterable[LabVm], timeout: float = 90.0) -> dict[str, float]:
+    """Wait for several VMs booting in parallel; VM name -> seconds from creation to agent."""
+    pending = list(vms)
+    ready: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for vm in list(pending):
+            try:
+                vm.agent_command("guest-ping", timeout=1)
+            except libvirt.libvirtError:
+                if not vm.is_running():
+                    raise VmError(
+                        f"{vm.name} stopped while booting:\n{vm.console_tail()}"
+                    ) from None
+                continue
+            ready[vm.name] = time.monotonic() - vm.created_at
+            pending.remove(vm)
+        if pending and time.monotonic() >= deadline:
+            names = ", ".join(vm.name for vm in pending)
+            raise VmError(f"agents did not answer within {timeout:.0f} s: {names}")
+        if pending:
+            time.sleep(0.25)
+    return ready
+
+
+def _ignore_libvirt_error(context: object, error: object) -> None:
+    """An error handler that prints nothing: the raised exception carries the error."""

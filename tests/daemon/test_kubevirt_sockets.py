@@ -1,0 +1,245 @@
+"""KubeVirt node mode against real libvirt daemons, one per fake virt-launcher pod.
+
+Each "pod" is a private test-driver daemon whose socket sits where a virt-launcher's does
+when seen from the node: ``<kubelet>/pods/<pod-uid>/volumes/kubernetes.io~empty-dir/
+libvirt-runtime/virtqemud-sock`` (a path too long for a unix socket address, as on a real
+node). Each daemon runs one KubeVirt-named domain. Pods are started, crashed, restarted and
+deleted while the exporter watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from guestload.identity import IdentityResolver
+from guestload.libvirt_source import LibvirtSource
+from guestload.model import AgentState, DomainEvent, EventKind
+from guestload.multi_source import SocketGlobSource
+from tests.daemon.conftest import PrivateTestDriverDaemon
+
+pytestmark = pytest.mark.daemon
+
+RUNTIME_DIR = Path("volumes") / "kubernetes.io~empty-dir" / "libvirt-runtime"
+SOCKET_NAME = "virtqemud-sock"
+URI_TEMPLATE = "test+unix:///default?socket={socket}"
+WAIT_SECONDS = 10.0
+
+
+class LauncherPod:
+    """A private daemon posing as one virt-launcher pod running VMI ``namespace/vmi``."""
+
+    def __init__(self, *, kubelet_root: Path, namespace: str, vmi: str) -> None:
+        self.namespace = namespace
+        self.vmi = vmi
+        self.pod_dir = kubelet_root / "pods" / str(uuid.uuid4())
+        self.socket_path = self.pod_dir / RUNTIME_DIR / SOCKET_NAME
+        self.domain_uuid = str(uuid.uuid4())
+        # The daemon binds in a short directory of its own; its socket is then moved into
+        # the pod's runtime directory (a bound socket keeps listening when renamed).
+        self.daemon = PrivateTestDriverDaemon(
+            directory=Path(tempfile.mkdtemp(prefix="guestload-kv-", dir="/tmp"))
+        )
+        # The test driver's default instance lives while a connection holds it: this one
+        # plays virt-launcher's own connection.
+        self._launcher_connection: libvirt.virConnect | None = None
+
+    def start(self) -> None:
+        """Start the daemon, run the VMI's domain in it, and publish its socket."""
+        self.daemon.start()
+        connection = libvirt.open(self.daemon.uri)
+        self._launcher_connection = connection
+        connection.lookupByName("test").destroy()  # the test driver's own domain
+        connection.createXML(self._domain_xml(), 0)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.daemon.socket_path, self.socket_path)
+
+    def crash(self) -> None:
+        """Kill the daemon; its socket file stays behind, as after a crash."""
+        self.daemon.kill()
+        self._drop_launcher_connection()
+
+    def delete(self) -> None:
+        """Kill the daemon and remove the pod's directory, as the kubelet does."""
+        self.daemon.kill()
+        self._drop_launcher_connection()
+        shutil.rmtree(self.pod_dir, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        self.delete()
+        shutil.rmtree(self.daemon.directory, ignore_errors=True)
+
+    def _drop_launcher_connection(self) -> None:
+        connection, self._launcher_connection = self._launcher_connection, None
+        if connection is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.close()
+
+    def _domain_xml(self) -> str:
+        return f"""<domain type='test'>
+  <name>{self.namespace}_{self.vmi}</name>
+  <uuid>{self.domain_uuid}</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type>hvm</type></os>
+  <metadata><kubevirt xmlns="http://kubevirt.io"><uid>{uuid.uuid4()}</uid></kubevirt></metadata>
+</domain>"""
+
+
+class Node:
+    """A kubelet pods directory with launcher pods, and a source watching it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pods: list[LauncherPod] = []
+        self.events: list[DomainEvent] = []
+        self._events_lock = threading.Lock()
+        self.glob = str(root / "pods" / "*" / RUNTIME_DIR / SOCKET_NAME)
+        self.source = SocketGlobSource(
+            socket_glob=self.glob,
+            uri_template=URI_TEMPLATE,
+            make_source=lambda uri: LibvirtSource(
+                uri=uri, keepalive_interval_seconds=1, keepalive_count=1
+            ),
+            rescan_interval_seconds=0.2,
+        )
+        self.source.set_event_listener(self._record)
+
+    def pod(self, namespace: str, vmi: str) -> LauncherPod:
+        pod = LauncherPod(kubelet_root=self.root, namespace=namespace, vmi=vmi)
+        self.pods.append(pod)
+        pod.start()
+        return pod
+
+    def names(self) -> list[str]:
+        return sorted(d.domain_name for d in self.source.list_running_domains())
+
+    def wait_for_event(self, kind: EventKind, domain_uuid: str) -> None:
+        wanted = DomainEvent(kind=kind, uuid=domain_uuid)
+        _wait(lambda: wanted in self._snapshot_events(), f"no {kind} event for {domain_uuid}")
+
+    def _record(self, event: DomainEvent) -> None:
+        with self._events_lock:
+            self.events.append(event)
+
+    def _snapshot_events(self) -> list[DomainEvent]:
+        with self._events_lock:
+            return list(self.events)
+
+
+def _wait(condition: Callable[[], bool], message: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{message} within {WAIT_SECONDS}s")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    watched = Node(tmp_path / "kubelet")
+    try:
+        yield watched
+    finally:
+        watched.source.close()
+        for pod in watched.pods:
+            pod.cleanup()
+
+
+def test_every_launcher_socket_is_listed_and_named_the_kubevirt_way(node: Node) -> None:
+    pods = [node.pod("prod", "web-1"), node.pod("prod", "web-2"), node.pod("dev", "db_main")]
+    assert all(len(str(pod.socket_path)) > 107 for pod in pods), "paths as long as a node's"
+    node.source.connect()
+    inventories = node.source.list_running_domains()
+    resolver = IdentityResolver(node="node-1", default_namespace="libvirt")
+    identities = sorted(
+        (resolver.resolve(d).namespace, resolver.resolve(d).name) for d in inventories
+    )
+    assert identities == [("dev", "db_main"), ("prod", "web-1"), ("prod", "web-2")]
+    assert {d.uuid for d in inventories} == {pod.domain_uuid for pod in pods}
+    for pod in pods:
+        # Routed to the pod's own daemon, which answers for its domain (the test driver has
+        # no guest agent): proof the call reached a live connection, not a lookup miss.
+        reading = node.source.read_guest_load(pod.domain_uuid, 1.0)
+        assert reading.state is AgentState.UNSUPPORTED, reading
+    versions = node.source.describe()
+    assert versions["libvirt_daemon_version"] != "unknown"
+    assert versions["uri"] == URI_TEMPLATE.format(socket=node.glob)
+
+
+def test_pods_that_come_and_go_are_picked_up_and_dropped(node: Node) -> None:
+    first = node.pod("prod", "web-1")
+    node.source.connect()
+    assert node.names() == ["prod_web-1"]
+
+    second = node.pod("prod", "web-2")
+    node.wait_for_event(EventKind.STARTED, second.domain_uuid)
+    assert node.names() == ["prod_web-1", "prod_web-2"]
+
+    first.delete()
+    node.wait_for_event(EventKind.STOPPED, first.domain_uuid)
+    assert node.names() == ["prod_web-2"]
+    assert node.source.read_guest_load(first.domain_uuid, 1.0).state is AgentState.GONE
+    assert node.source.socket_paths == [str(second.socket_path)]
+
+
+def test_a_crashed_daemon_degrades_only_its_own_domain_and_comes_back(node: Node) -> None:
+    healthy = node.pod("prod", "web-1")
+    flaky = node.pod("prod", "web-2")
+    node.source.connect()
+    assert node.names() == ["prod_web-1", "prod_web-2"]
+
+    flaky.crash()
+    _wait(lambda: node.names() == ["prod_web-1"], "the crashed pod's domain is still listed")
+    assert node.source.read_guest_load(healthy.domain_uuid, 1.0).state is AgentState.UNSUPPORTED
+    assert node.source.read_guest_load(flaky.domain_uuid, 1.0).state is AgentState.GONE
+
+    flaky.start()  # virt-launcher restarts its daemon on the same socket path
+    _wait(
+        lambda: node.names() == ["prod_web-1", "prod_web-2"],
+        "the restarted pod's domain did not come back",
+    )
+
+
+def test_probe_reads_every_pod_through_the_command_line(node: Node) -> None:
+    node.pod("prod", "web-1")
+    node.pod("dev", "db")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guestload",
+            "probe",
+            "--libvirt.socket-glob",
+            node.glob,
+            "--libvirt.socket-uri-template",
+            URI_TEMPLATE,
+            "--node",
+            "node-1",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["libvirt_up"] is True
+    named = sorted((row["namespace"], row["name"], row["node"]) for row in probe["domains"])
+    assert named == [("dev", "db", "node-1"), ("prod", "web-1", "node-1")]

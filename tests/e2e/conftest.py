@@ -1,0 +1,206 @@
+"""Real VMs for the end-to-end suite, booted once per session.
+
+The session installs what is missing, builds the guest image, starts a private libvirt
+daemon and boots every VM the scenarios need in parallel. The two stress VMs start their
+``stress-ng`` through the guest agent as soon as they answer, so their load climbs while
+the quicker tests run. If the host cannot run a VM, every test fails with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guestload_lab.deps import ensure_dependencies
+from guestload_lab.image import GuestImage, build_image
+from guestload_lab.libvirtd import PrivateLibvirtd
+from guestload_lab.processes import ProcessRegistry
+from guestload_lab.services import (
+    PROJECT_RULE_FILE,
+    Alertmanager,
+    Exporter,
+    Prometheus,
+    WebhookReceiver,
+    wait_until,
+)
+from guestload_lab.vm import AgentKind, Hypervisor, LabVm, VmSpec, wait_all_agents
+
+NAMESPACE = "lab"
+NODE = "lab-node"
+PLAIN_NAMESPACE = "libvirt"
+"""The exporter's namespace for domains KubeVirt did not create."""
+
+STRESS_WORKERS = 4
+"""The seed's case: ``stress-ng --cpu 4`` in a 1-vCPU guest."""
+HEAVY_WORKERS = 32
+"""Measured: passes a queue of 20 at ~65 s in a 1-vCPU TCG guest (16 levels off near 15)."""
+
+TIMINGS = pytest.StashKey[dict[str, float]]()
+
+
+def _kubevirt(vmi: str, **settings: object) -> VmSpec:
+    return VmSpec.kubevirt(NAMESPACE, vmi, str(uuid.uuid4()), **settings)
+
+
+VM_SPECS = {
+    "idle": _kubevirt("idle", vcpus=2),
+    "stress": _kubevirt("stress"),
+    "heavy": _kubevirt("heavy"),
+    "frozen": _kubevirt("frozen"),
+    "killed": _kubevirt("killed"),
+    "old_agent": _kubevirt("old-agent", agent=AgentKind.OLD),
+    "silent": _kubevirt("silent", agent=AgentKind.NONE),
+    "no_channel": VmSpec(name="plain-no-channel", channel=False),
+}
+"""Every VM booted with the session: key -> spec. ``no_channel`` is a plain libvirt domain."""
+
+WITH_AGENT = ("idle", "stress", "heavy", "frozen", "killed", "old_agent")
+STRESSED = ("stress", "heavy")
+"""Only these boot the image with stress-ng; the others boot the slim image (faster)."""
+
+LATE_SPEC = _kubevirt("late")
+"""A VM booted while the exporter runs, then destroyed."""
+
+
+@dataclass
+class Lab:
+    """The session's daemon, image and VMs."""
+
+    directory: Path
+    daemon: PrivateLibvirtd
+    hypervisor: Hypervisor
+    image: GuestImage
+    slim_image: GuestImage
+    vms: dict[str, LabVm]
+    timings: dict[str, float]
+    stress_started: dict[str, float] = field(default_factory=dict)
+    """VM key -> monotonic time at which its stress-ng was started."""
+    load_before_stress: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def timings(request: pytest.FixtureRequest) -> dict[str, float]:
+    """Durations worth reporting, printed at the end of the run."""
+    recorded: dict[str, float] = {}
+    request.config.stash[TIMINGS] = recorded
+    return recorded
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    recorded = config.stash.get(TIMINGS, None)
+    if recorded:
+        terminalreporter.section("end-to-end timings (seconds)")
+        for name, seconds in recorded.items():
+            terminalreporter.write_line(f"{name:<40} {seconds:8.1f}")
+
+
+@pytest.fixture(scope="session")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Short: unix socket paths must stay under 108 bytes.
+    return tmp_path_factory.mktemp("lab")
+
+
+@pytest.fixture(scope="session")
+def guest_images(timings: dict[str, float]) -> tuple[GuestImage, GuestImage]:
+    """The image with stress-ng and the slim one without it."""
+    started = time.monotonic()
+    parts = ensure_dependencies()
+    timings["install + fetch guest parts"] = time.monotonic() - started
+    started = time.monotonic()
+    images = build_image(parts), build_image(parts, with_stress=False)
+    timings["initramfs builds (or cache hits)"] = time.monotonic() - started
+    return images
+
+
+@pytest.fixture(scope="session")
+def daemon(lab_dir: Path, timings: dict[str, float]) -> Iterator[PrivateLibvirtd]:
+    started = time.monotonic()
+    with PrivateLibvirtd(workdir=lab_dir / "libvirt") as private:
+        timings["libvirtd start"] = time.monotonic() - started
+        yield private
+
+
+@pytest.fixture(scope="session")
+def lab(
+    lab_dir: Path,
+    daemon: PrivateLibvirtd,
+    guest_images: tuple[GuestImage, GuestImage],
+    timings: dict[str, float],
+) -> Iterator[Lab]:
+    """Boots every VM in parallel, then starts stress in the two stress VMs."""
+    full, slim = guest_images
+    with Hypervisor(daemon.uri) as hypervisor:
+        started = time.monotonic()
+        vms: dict[str, LabVm] = {}
+        try:
+            for key, spec in VM_SPECS.items():
+                image = full if key in STRESSED else slim
+                vms[key] = hypervisor.create(spec, image, log_dir=lab_dir / "serial")
+            ready = wait_all_agents([vms[key] for key in WITH_AGENT], timeout=180.0)
+            for key in ("silent", "no_channel"):
+                vms[key].wait_booted(timeout=120.0)
+            timings[f"boot {len(vms)} VMs in parallel, all agents up"] = time.monotonic() - started
+            timings["boot to agent, fastest VM"] = min(ready.values())
+            result = Lab(
+                directory=lab_dir,
+                daemon=daemon,
+                hypervisor=hypervisor,
+                image=full,
+                slim_image=slim,
+                vms=vms,
+                timings=timings,
+            )
+            for key, workers in zip(STRESSED, (STRESS_WORKERS, HEAVY_WORKERS), strict=True):
+                vm = vms[key]
+                result.load_before_stress[key] = vm.guest_load()["load.1m"]
+                vm.start_stress(workers)
+                result.stress_started[key] = time.monotonic()
+            yield result
+        finally:
+            for vm in vms.values():
+                vm.destroy()
+
+
+@dataclass
+class Monitoring:
+    """guestload, Prometheus (with the project's rules) and Alertmanager around the lab."""
+
+    exporter: Exporter
+    prometheus: Prometheus
+    alertmanager: Alertmanager
+    webhook: WebhookReceiver
+
+
+@pytest.fixture(scope="session")
+def monitoring(lab: Lab, timings: dict[str, float]) -> Iterator[Monitoring]:
+    work = lab.directory / "monitoring"
+    with ProcessRegistry() as registry, WebhookReceiver() as webhook:
+        exporter = Exporter(libvirt_uri=lab.daemon.uri, node=NODE, workdir=work, registry=registry)
+        alertmanager = Alertmanager(workdir=work, webhook_url=webhook.url, registry=registry)
+        prometheus = Prometheus(
+            workdir=work,
+            registry=registry,
+            targets=[exporter.address],
+            rule_files=[PROJECT_RULE_FILE],
+            alertmanager_url=alertmanager.url,
+        )
+        started = time.monotonic()
+        exporter.start()
+        alertmanager.start()
+        prometheus.start()
+        timings["exporter + Prometheus + Alertmanager up"] = time.monotonic() - started
+        wait_until(
+            lambda: prometheus.targets_health() == ["up"],
+            timeout=30.0,
+            what="Prometheus scraping guestload",
+        )
+        yield Monitoring(
+            exporter=exporter, prometheus=prometheus, alertmanager=alertmanager, webhook=webhook
+        )

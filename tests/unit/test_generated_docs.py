@@ -1,0 +1,60 @@
+"""docs/metrics.md and docs/cli.md are the code's own output; ``--update-golden`` rewrites them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guestload.cli import build_parser
+from guestload.metrics_doc import HELP_COLUMNS, cli_markdown, metrics_markdown
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
+
+
+def _check(path: Path, generated: str, command: str, request: pytest.FixtureRequest) -> None:
+    if request.config.getoption("--update-golden"):
+        path.write_text(generated)
+    assert path.read_text() == generated, f"{path} is stale: run {command} (or --update-golden)"
+
+
+def test_metrics_doc_matches_the_code(request: pytest.FixtureRequest) -> None:
+    _check(
+        DOCS / "metrics.md",
+        metrics_markdown(),
+        "python -m guestload.metrics_doc > docs/metrics.md",
+        request,
+    )
+
+
+def test_metrics_doc_lists_every_exported_family() -> None:
+    exported = set(re.findall(r"^# TYPE (\S+)", GOLDEN.read_text(), re.MULTILINE))
+    exported = {name for name in exported if not name.startswith(("process_", "python_"))}
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", metrics_markdown(), re.MULTILINE))
+    assert exported <= documented, exported - documented
+
+
+def test_cli_doc_matches_the_real_help(request: pytest.FixtureRequest) -> None:
+    _check(
+        DOCS / "cli.md",
+        cli_markdown(build_parser()),
+        "python -m guestload.metrics_doc cli > docs/cli.md",
+        request,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["probe"]])
+def test_cli_doc_holds_what_the_installed_command_prints(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "guestload", *command, "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": str(HELP_COLUMNS), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.rstrip("\n") in (DOCS / "cli.md").read_text()

@@ -1,0 +1,219 @@
+"""KubeVirt node mode logic: many sockets as one source, with fake per-socket sources."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from guestload.model import AgentState, DomainEvent, EventKind
+from guestload.multi_source import SocketGlobSource, socket_uri
+from guestload.source import Source, SourceUnavailableError
+from tests.unit.fakes import FakeSource, domain, ok
+
+GLOB = "/pods/*/sock"
+TEMPLATE = "test+unix:///default?socket={socket}"
+
+
+class Node:
+    """The sockets on a fake node and the fake source behind each."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, FakeSource] = {}
+        self.made: list[str] = []
+        self.now = 0.0
+        self.events: list[DomainEvent] = []
+        self.source = SocketGlobSource(
+            socket_glob=GLOB,
+            uri_template=TEMPLATE,
+            make_source=self._make,
+            rescan_interval_seconds=0,
+            find_sockets=self._find,
+            clock=lambda: self.now,
+        )
+        self.source.set_event_listener(self.events.append)
+
+    def add(self, name: str, *uuids: str) -> FakeSource:
+        fake = FakeSource(domains=[domain(u, f"ns_{u}") for u in uuids])
+        self.sockets[f"/pods/{name}/sock"] = fake
+        return fake
+
+    def _find(self, pattern: str) -> Iterable[str]:
+        assert pattern == GLOB
+        return list(self.sockets)
+
+    def _make(self, uri: str) -> Source:
+        self.made.append(uri)
+        path = uri.partition("socket=")[2]
+        return self.sockets[path]
+
+
+@pytest.fixture
+def node() -> Node:
+    return Node()
+
+
+def uuids(node: Node) -> list[str]:
+    return [d.uuid for d in node.source.list_running_domains()]
+
+
+def test_socket_uri_fills_the_template() -> None:
+    assert socket_uri(TEMPLATE, "/a/b") == "test+unix:///default?socket=/a/b"
+
+
+def test_a_node_without_sockets_is_up_and_empty(node: Node) -> None:
+    node.source.connect()
+    assert node.source.list_running_domains() == []
+    assert node.source.describe()["uri"] == f"test+unix:///default?socket={GLOB}"
+
+
+def test_listing_before_connect_is_unavailable(node: Node) -> None:
+    with pytest.raises(SourceUnavailableError):
+        node.source.list_running_domains()
+
+
+def test_listings_merge_and_loads_route_by_uuid(node: Node) -> None:
+    first = node.add("pod-a", "a1")
+    second = node.add("pod-b", "b1", "b2")
+    first.answers["a1"] = ok(1.0)
+    second.answers["b2"] = ok(2.0)
+    node.source.connect()
+    assert uuids(node) == ["a1", "b1", "b2"]
+    assert node.made == [f"test+unix:///default?socket=/pods/{p}/sock" for p in ("pod-a", "pod-b")]
+    assert node.source.read_guest_load("a1", 1.0) == ok(1.0)
+    assert node.source.read_guest_load("b2", 1.0) == ok(2.0)
+    assert (first.calls, second.calls) == (["a1"], ["b2"])
+    assert node.source.read_guest_load("zz", 1.0).state is AgentState.GONE
+
+
+def test_sockets_appear_and_vanish_between_listings(node: Node) -> None:
+    node.add("pod-a", "a1")
+    node.source.connect()
+    assert uuids(node) == ["a1"]
+    node.add("pod-b", "b1")
+    assert uuids(node) == ["a1", "b1"]
+    del node.sockets["/pods/pod-a/sock"]
+    assert uuids(node) == ["b1"]
+    assert node.source.read_guest_load("a1", 1.0).state is AgentState.GONE
+    assert node.source.socket_paths == ["/pods/pod-b/sock"]
+
+
+def test_rescan_announces_started_and_stopped_domains(node: Node) -> None:
+    node.source.connect()
+    node.add("pod-a", "a1", "a2")
+    node.source.rescan()
+    assert node.events == [
+        DomainEvent(kind=EventKind.STARTED, uuid="a1"),
+        DomainEvent(kind=EventKind.STARTED, uuid="a2"),
+    ]
+    node.events.clear()
+    del node.sockets["/pods/pod-a/sock"]
+    node.source.rescan()
+    assert node.events == [
+        DomainEvent(kind=EventKind.STOPPED, uuid="a1"),
+        DomainEvent(kind=EventKind.STOPPED, uuid="a2"),
+    ]
+
+
+def test_a_dead_socket_degrades_only_its_domains_and_reconnects(node: Node) -> None:
+    node.add("pod-a", "a1")
+    dead = node.add("pod-b", "b1")
+    node.source.connect()
+    assert uuids(node) == ["a1", "b1"]
+    dead.reachable = False
+    assert uuids(node) == ["a1"]
+    assert node.source.read_guest_load("b1", 1.0).state is AgentState.GONE
+    dead.reachable = True
+    assert uuids(node) == ["a1"], "the reconnect waits for its back-off"
+    node.now += 1.0
+    assert uuids(node) == ["a1", "b1"]
+    assert dead.connects == 2
+
+
+def test_a_socket_that_refuses_connections_is_retried_on_a_back_off(node: Node) -> None:
+    refusing = node.add("pod-a", "a1")
+    refusing.reachable = False
+    node.source.connect()
+    for delay in (1.0, 2.0, 4.0):
+        assert uuids(node) == []
+        node.now += delay - 0.5
+        assert uuids(node) == []
+        node.now += 0.5
+    refusing.reachable = True
+    assert uuids(node) == ["a1"]
+
+
+def test_a_domain_on_two_sockets_is_listed_once(node: Node) -> None:
+    node.add("pod-a", "same")
+    node.add("pod-b", "same")
+    node.source.connect()
+    assert uuids(node) == ["same"]
+
+
+def test_events_of_every_socket_are_forwarded(node: Node) -> None:
+    fake = node.add("pod-a", "a1")
+    node.source.connect()
+    assert fake.listener is not None
+    fake.listener(DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid="a1"))
+    assert node.events[-1] == DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid="a1")
+
+
+def test_describe_joins_distinct_versions(node: Node) -> None:
+    node.add("pod-a", "a1")
+    node.add("pod-b", "b1")
+    node.source.connect()
+    facts = node.source.describe()
+    assert facts["load_method"] == "fake"
+    assert facts["libvirt_daemon_version"] == "unknown"
+
+
+def test_close_disconnects_every_socket(node: Node) -> None:
+    node.add("pod-a", "a1")
+    node.source.connect()
+    node.source.close()
+    assert node.source.socket_paths == []
+    with pytest.raises(SourceUnavailableError):
+        node.source.list_running_domains()
+
+
+def test_a_socket_path_too_long_for_an_address_is_reached_through_its_directory(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / ("d" * 60) / "volumes" / "kubernetes.io~empty-dir" / "libvirt-runtime"
+    directory.mkdir(parents=True)
+    long_path = str(directory / "virtqemud-sock")
+    assert len(long_path) > 107
+    with socket.socket(socket.AF_UNIX) as server:
+        cwd = os.getcwd()
+        os.chdir(directory)  # bind by a short relative name; the kernel takes no long address
+        try:
+            server.bind("virtqemud-sock")
+        finally:
+            os.chdir(cwd)
+        server.listen()
+        made: list[str] = []
+
+        def make(uri: str) -> Source:
+            made.append(uri)
+            return FakeSource()
+
+        source = SocketGlobSource(
+            socket_glob=long_path,
+            uri_template="x+unix:///default?socket={socket}",
+            make_source=make,
+            rescan_interval_seconds=0,
+        )
+        source.connect()
+        (uri,) = made
+        short_path = uri.partition("socket=")[2]
+        assert short_path.startswith("/proc/self/fd/")
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(short_path)
+        source.close()
+        fd = short_path.split("/")[4]
+        assert not Path(f"/proc/self/fd/{fd}").exists() or os.readlink(
+            f"/proc/self/fd/{fd}"
+        ) != str(directory), "the directory is released on close"

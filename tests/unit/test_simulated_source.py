@@ -1,0 +1,346 @@
+"""The simulated source: deterministic VMs, plausible load, agent failures, churn and events."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from guestload.cli import build_parser, main, make_source, settings_from_args
+from guestload.identity import IdentityResolver
+from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
+from guestload.poller import Poller
+from guestload.simulated_source import (
+    BOOT_STEPS,
+    STEP_SECONDS,
+    AgentBehaviour,
+    AgentFailures,
+    SimulatedSource,
+    Simulation,
+)
+
+PROBE = (sys.executable, "-m", "guestload", "probe")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _source(clock: FakeClock, **simulation: object) -> SimulatedSource:
+    source = SimulatedSource(
+        simulation=Simulation(**simulation),  # type: ignore[arg-type]
+        clock=clock,
+        churn_thread=False,
+    )
+    source.connect()
+    return source
+
+
+def _uuid_with(source: SimulatedSource, behaviour: AgentBehaviour) -> str:
+    return next(u for u, b in source.behaviours().items() if b is behaviour)
+
+
+def test_the_same_seed_gives_the_same_vms_and_the_same_load_curves() -> None:
+    clocks = [FakeClock(), FakeClock()]
+    sources = [_source(clock, vms=50, seed=7) for clock in clocks]
+    for _ in range(5):
+        listings = [s.list_running_domains() for s in sources]
+        assert listings[0] == listings[1]
+        readings = [[s.read_guest_load(d.uuid, 1.0) for d in listings[0]] for s in sources]
+        assert readings[0] == readings[1]
+        for clock in clocks:
+            clock.now += 17.0
+
+
+def test_another_seed_gives_other_vms() -> None:
+    clock = FakeClock()
+    names = [
+        {d.domain_name for d in _source(clock, vms=50, seed=seed).list_running_domains()}
+        for seed in (1, 2)
+    ]
+    assert not names[0] & names[1]
+
+
+def test_vms_are_kubevirt_domains_with_vcpus_and_uuids() -> None:
+    domains = _source(FakeClock(), vms=300).list_running_domains()
+    assert len(domains) == 300
+    assert len({d.uuid for d in domains}) == 300
+    assert {d.vcpu_count for d in domains} == {1, 2, 4, 8}
+    resolver = IdentityResolver(node="n", default_namespace="libvirt")
+    for domain in domains:
+        assert domain.vcpu_count == len(domain.vcpus)
+        assert domain.metadata == {"kubevirt.uid": domain.uuid}
+        identity = resolver.resolve(domain)
+        assert identity.namespace != "libvirt"
+        assert f"{identity.namespace}_{identity.name}" == domain.domain_name
+
+
+def test_load_changes_and_counters_only_grow() -> None:
+    clock = FakeClock()
+    source = _source(clock, vms=100)
+    before = {d.uuid: d for d in source.list_running_domains()}
+    first = {u: source.read_guest_load(u, 1.0).load for u in before}
+    clock.now += 10 * STEP_SECONDS
+    after = {d.uuid: d for d in source.list_running_domains()}
+    second = {u: source.read_guest_load(u, 1.0).load for u in after}
+    assert sum(first[u] != second[u] for u in first) > 90
+    for uuid, domain in after.items():
+        load = second[uuid]
+        assert load is not None
+        assert min(load.one, load.five, load.fifteen) >= 0
+        for old, new in zip(before[uuid].vcpus, domain.vcpus, strict=True):
+            for counter in ("time_seconds", "wait_seconds", "delay_seconds"):
+                assert getattr(new, counter) >= getattr(old, counter)
+        assert sum(v.time_seconds or 0 for v in domain.vcpus) > sum(
+            v.time_seconds or 0 for v in before[uuid].vcpus
+        )
+
+
+def test_load_scales_with_vcpus() -> None:
+    source = _source(FakeClock(), vms=2000)
+    by_vcpus: dict[int, list[float]] = {}
+    for domain in source.list_running_domains():
+        load = source.read_guest_load(domain.uuid, 1.0).load
+        assert load is not None
+        assert domain.vcpu_count is not None
+        by_vcpus.setdefault(domain.vcpu_count, []).append(load.fifteen)
+    means = {vcpus: sum(v) / len(v) for vcpus, v in by_vcpus.items()}
+    assert means[1] < means[2] < means[4] < means[8]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", AgentFailures()),
+        ("none", AgentFailures()),
+        ("hung=10%", AgentFailures(hung=0.1)),
+        (
+            "absent=2%, old=0.03,slow=5%,hung=1.5%",
+            AgentFailures(absent=0.02, old=0.03, slow=0.05, hung=0.015),
+        ),
+    ],
+)
+def test_failure_shares_parse(text: str, expected: AgentFailures) -> None:
+    assert AgentFailures.parse(text) == expected
+    assert AgentFailures.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["hung", "hung=", "frozen=5%", "hung=-1%", "hung=60%,old=50%"])
+def test_bad_failure_shares_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="share"):
+        AgentFailures.parse(text)
+
+
+def test_failure_shares_are_honoured() -> None:
+    failures = AgentFailures(absent=0.1, old=0.1, slow=0.1, hung=0.2)
+    counts = Counter(_source(FakeClock(), vms=4000, agent_failures=failures).behaviours().values())
+    for behaviour, share in [
+        (AgentBehaviour.ABSENT, 0.1),
+        (AgentBehaviour.OLD, 0.1),
+        (AgentBehaviour.SLOW, 0.1),
+        (AgentBehaviour.HUNG, 0.2),
+        (AgentBehaviour.HEALTHY, 0.5),
+    ]:
+        assert counts[behaviour] == pytest.approx(4000 * share, rel=0.15)
+
+
+def test_absent_and_old_agents_answer_as_libvirt_does() -> None:
+    failures = AgentFailures(absent=0.3, old=0.3)
+    source = _source(FakeClock(), vms=40, agent_failures=failures)
+    absent = source.read_guest_load(_uuid_with(source, AgentBehaviour.ABSENT), 1.0)
+    old = source.read_guest_load(_uuid_with(source, AgentBehaviour.OLD), 1.0)
+    healthy = source.read_guest_load(_uuid_with(source, AgentBehaviour.HEALTHY), 1.0)
+    assert absent.state is AgentState.NOT_CONFIGURED
+    assert old.state is AgentState.UNSUPPORTED
+    assert "guest-get-load has not been found" in old.detail
+    assert healthy.state is AgentState.OK
+
+
+def test_slow_agents_answer_within_the_timeout_and_hung_ones_time_out() -> None:
+    source = _source(FakeClock(), vms=40, agent_failures=AgentFailures(slow=0.3, hung=0.3))
+    started = time.monotonic()
+    slow = source.read_guest_load(_uuid_with(source, AgentBehaviour.SLOW), 0.4)
+    slow_seconds = time.monotonic() - started
+    assert slow.state is AgentState.OK
+    assert 0.2 <= slow_seconds < 0.4
+    started = time.monotonic()
+    hung = source.read_guest_load(_uuid_with(source, AgentBehaviour.HUNG), 0.3)
+    assert time.monotonic() - started >= 0.3
+    assert hung.state is AgentState.TIMEOUT
+    assert "didn't respond to synchronization" in hung.detail
+
+
+def test_close_releases_a_call_blocked_on_a_hung_agent() -> None:
+    source = _source(FakeClock(), vms=40, agent_failures=AgentFailures(hung=0.5))
+    hung = _uuid_with(source, AgentBehaviour.HUNG)
+    results: list[AgentState] = []
+    thread = threading.Thread(target=lambda: results.append(source.read_guest_load(hung, 60).state))
+    thread.start()
+    time.sleep(0.1)
+    source.close()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive()
+    assert results == [AgentState.TIMEOUT]
+
+
+def test_agent_latency_delays_healthy_answers() -> None:
+    source = _source(FakeClock(), vms=3, agent_latency_seconds=0.05)
+    started = time.monotonic()
+    assert source.read_guest_load(_uuid_with(source, AgentBehaviour.HEALTHY), 1.0).load
+    assert time.monotonic() - started >= 0.05
+
+
+def test_an_unknown_domain_is_gone() -> None:
+    source = _source(FakeClock(), vms=3)
+    assert source.read_guest_load("no-such-uuid", 1.0).state is AgentState.GONE
+
+
+def test_churn_replaces_vms_and_sends_their_events() -> None:
+    clock = FakeClock()
+    source = _source(clock, vms=20, churn_per_minute=60 / STEP_SECONDS)  # one VM per step
+    events: list[DomainEvent] = []
+    source.set_event_listener(events.append)
+    first = {d.uuid for d in source.list_running_domains()}
+    clock.now += STEP_SECONDS
+    second = {d.uuid for d in source.list_running_domains()}
+    assert len(second) == 20
+    (stopped,) = first - second
+    (started,) = second - first
+    assert events == [
+        DomainEvent(kind=EventKind.STOPPED, uuid=stopped),
+        DomainEvent(kind=EventKind.STARTED, uuid=started),
+    ]
+    assert source.read_guest_load(started, 1.0).state is AgentState.NOT_CONNECTED
+    assert source.read_guest_load(stopped, 1.0).state is AgentState.GONE
+    clock.now += BOOT_STEPS * STEP_SECONDS
+    source.list_running_domains()
+    assert DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=started) in events
+    reading = source.read_guest_load(started, 1.0)
+    assert reading.state is AgentState.OK
+    assert reading.load is not None
+    assert reading.load.fifteen < reading.load.one  # a VM that just booted: load rising
+
+
+def test_churn_thread_sends_events_without_polls() -> None:
+    source = SimulatedSource(simulation=Simulation(vms=5, churn_per_minute=600))
+    events: list[DomainEvent] = []
+    source.set_event_listener(events.append)
+    source.connect()
+    try:
+        deadline = time.monotonic() + 3 * STEP_SECONDS
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        source.close()
+    assert {e.kind for e in events} >= {EventKind.STOPPED, EventKind.STARTED}
+
+
+def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
+    source = SimulatedSource(
+        simulation=Simulation(vms=50, agent_failures=AgentFailures(hung=0.1)),
+        churn_thread=False,
+    )
+    snapshots: list[Snapshot] = []
+    poller = Poller(
+        source=source,
+        identity=IdentityResolver(node="n", default_namespace="libvirt"),
+        poll_interval_seconds=2.0,
+        agent_timeout_seconds=0.2,
+        concurrency=4,
+        agent_backoff_max_seconds=10.0,
+        on_snapshot=snapshots.append,
+        build_info={},
+    )
+    try:
+        snapshot = poller.poll()
+    finally:
+        poller.close()
+    states = Counter(d.agent_state for d in snapshot.domains)
+    hung = sum(b is AgentBehaviour.HUNG for b in source.behaviours().values())
+    assert states == {AgentState.OK: 50 - hung, AgentState.TIMEOUT: hung}
+    assert snapshot.build_info["load_method"] == "simulated"
+
+
+def test_cli_selects_the_simulated_source() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--node",
+            "n",
+            "--source",
+            "simulated",
+            "--simulated.vms",
+            "7",
+            "--simulated.seed",
+            "3",
+            "--simulated.agent-failures",
+            "hung=10%",
+            "--simulated.churn",
+            "2",
+            "--simulated.agent-latency",
+            "2ms",
+        ]
+    )
+    settings = settings_from_args(args)
+    assert settings.simulation == Simulation(
+        vms=7,
+        seed=3,
+        agent_failures=AgentFailures(hung=0.1),
+        churn_per_minute=2.0,
+        agent_latency_seconds=0.002,
+    )
+    source = make_source(settings)
+    assert isinstance(source, SimulatedSource)
+    source.connect()
+    try:
+        assert len(source.list_running_domains()) == 7
+    finally:
+        source.close()
+
+
+def test_the_default_source_is_libvirt() -> None:
+    settings = settings_from_args(build_parser().parse_args(["probe", "--node", "n"]))
+    assert settings.source == "libvirt"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--source", "xen"], "--source"),
+        (["--simulated.vms", "-1"], "--simulated.vms"),
+        (["--simulated.vms", "many"], "--simulated.vms"),
+        (["--simulated.churn", "-1"], "--simulated.churn"),
+        (["--simulated.agent-latency", "10s"], "--simulated.agent-latency"),
+        (["--simulated.agent-failures", "hung=200%"], "--simulated.agent-failures"),
+    ],
+)
+def test_bad_simulation_flags_exit_2_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "--source", "simulated", *argv])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_probe_prints_simulated_vms() -> None:
+    result = subprocess.run(
+        [*PROBE, "--source", "simulated", "--simulated.vms", "4", "--node", "n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[0] == "NAMESPACE"
+    assert len(lines) == 5
+    assert all(line.split()[-1] == "ok" for line in lines[1:])
