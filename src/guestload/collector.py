@@ -93,7 +93,13 @@ def _health_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "guestload_domains",
         "Running domains found by the last successful poll.",
-        value=float(len(snapshot.domains)),
+        value=float(len(snapshot.domains) + snapshot.identity_conflicts),
+    )
+    yield GaugeMetricFamily(
+        "guestload_identity_conflicts",
+        "Running domains not exported because another domain resolves to the same "
+        "namespace, name and node (the log names them).",
+        value=float(snapshot.identity_conflicts),
     )
     yield CounterMetricFamily(
         "guestload_polls", "Polls started.", value=float(snapshot.polls_total)

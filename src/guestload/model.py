@@ -138,3 +138,5 @@ class Snapshot:
     last_success_timestamp_seconds: float | None = None
     agent_calls_total: Mapping[AgentState, int] = field(default_factory=dict)
     build_info: Mapping[str, str] = field(default_factory=dict)
+    identity_conflicts: int = 0
+    """Running domains left out because another domain has the same namespace, name, node."""

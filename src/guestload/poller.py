@@ -27,6 +27,7 @@ from guestload.model import (
     DomainInventory,
     DomainSample,
     EventKind,
+    Identity,
     LoadReading,
     Snapshot,
 )
@@ -100,6 +101,7 @@ class Poller:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ready = False
+        self._logged_conflicts: frozenset[str] = frozenset()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -294,8 +296,12 @@ class Poller:
                         detail=f"no answer within {self._agent_timeout:g}s",
                     )
                 elif now >= budget_end:
+                    # Never started: drop it, or it would delay the next poll's calls too.
+                    if call.future.cancel():
+                        self._in_flight.pop(uuid, None)
                     readings[uuid] = LoadReading(
-                        state=AgentState.TIMEOUT, detail="call still queued at the poll's deadline"
+                        state=AgentState.TIMEOUT,
+                        detail="not asked: every worker was busy until the poll's deadline",
                     )
                 else:
                     continue
@@ -338,22 +344,31 @@ class Poller:
         return next((d.domain_name for d in self._inventory if d.uuid == uuid), "")
 
     def _publish(self, *, source_up: bool | None = None) -> Snapshot:
-        domains = []
-        for inventory in self._inventory:
+        domains: list[DomainSample] = []
+        owners: dict[Identity, DomainInventory] = {}
+        conflicts: list[str] = []
+        # UUID order makes the same domain win every poll when two resolve to one identity.
+        for inventory in sorted(self._inventory, key=lambda d: d.uuid):
             track = self._tracks.get(inventory.uuid)
             if track is None or track.reading is None:
                 continue
+            identity = self._identity.resolve(inventory)
+            if identity in owners:
+                conflicts.append(inventory.domain_name)
+                continue
+            owners[identity] = inventory
             domains.append(
                 DomainSample(
                     uuid=inventory.uuid,
                     domain_name=inventory.domain_name,
-                    identity=self._identity.resolve(inventory),
+                    identity=identity,
                     agent_state=track.reading.state,
                     load=track.reading.load,
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
                 )
             )
+        self._log_conflicts(frozenset(conflicts))
         snapshot = Snapshot(
             source_up=self._connected if source_up is None else source_up,
             domains=tuple(domains),
@@ -363,6 +378,16 @@ class Poller:
             last_success_timestamp_seconds=self._last_success,
             agent_calls_total=dict(self._agent_calls),
             build_info=dict(self._build_info),
+            identity_conflicts=len(conflicts),
         )
         self._on_snapshot(snapshot)
         return snapshot
+
+    def _log_conflicts(self, conflicts: frozenset[str]) -> None:
+        """Warn when the set of domains left out for a duplicate identity changes."""
+        if conflicts and conflicts != self._logged_conflicts:
+            log.warning(
+                "domains left out: their namespace, name and node equal another domain's",
+                extra={"domains": ",".join(sorted(conflicts))},
+            )
+        self._logged_conflicts = conflicts

@@ -266,3 +266,59 @@ def test_state_changes_are_logged_once(
     assert len(changes) == 1
     assert changes[0].__dict__["to"] == "unsupported"
     assert changes[0].__dict__["domain"] == "vm-a"
+
+
+def test_two_domains_with_one_identity_export_one_and_count_the_other(
+    poller: Poller, source: FakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    kubevirt = {"kubevirt.uid": "u"}
+    source.domains = [
+        domain("b", "libvirt_x", metadata=kubevirt),  # KubeVirt namespace "libvirt", VMI "x"
+        domain("a", "x"),  # a plain domain in the default namespace "libvirt"
+        domain("c", "y"),
+    ]
+    source.answers = {"a": ok(1.0), "b": ok(2.0), "c": ok(3.0)}
+    caplog.set_level("WARNING", logger="guestload")
+    for _ in range(3):
+        snapshot = poller.poll()
+        assert [d.uuid for d in snapshot.domains] == ["a", "c"], "the lower UUID wins, every poll"
+        assert snapshot.identity_conflicts == 1
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].__dict__["domains"] == "libvirt_x"
+
+
+def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
+    source: FakeSource, published: list[Snapshot]
+) -> None:
+    release = threading.Event()
+
+    def hang() -> LoadReading:
+        release.wait(10)
+        return ok(9.0)
+
+    # One worker, a 1 s interval and a 0.2 s timeout: the poll's budget (0.8 s) ends while
+    # the hung call holds the only worker, so the healthy domain's call never starts.
+    source.domains = [domain("hung"), domain("fine")]
+    source.answers = {"hung": hang, "fine": ok(1.0)}
+    poller = Poller(
+        source=source,
+        identity=IdentityResolver(node="n", default_namespace="libvirt"),
+        poll_interval_seconds=1.0,
+        agent_timeout_seconds=0.2,
+        concurrency=1,
+        agent_backoff_max_seconds=1.0,
+        on_snapshot=published.append,
+        build_info={},
+    )
+    try:
+        poller.poll()  # both unknown: "hung" is asked first (sorted by UUID) and blocks
+        assert states(published[-1])["fine"] is AgentState.TIMEOUT
+        release.set()
+        time.sleep(0.1)
+        snapshot = poller.poll()
+        assert states(snapshot) == {"hung": AgentState.OK, "fine": AgentState.OK}
+        assert source.calls.count("fine") == 1, "the dropped call must not run late"
+    finally:
+        release.set()
+        poller.close()
