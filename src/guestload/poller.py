@@ -10,13 +10,14 @@ source make changes prompt; the periodic poll stays the source of truth.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from guestload.identity import IdentityResolver
@@ -39,10 +40,16 @@ log = logging.getLogger(__name__)
 #: Time a call may run past the agent timeout before the poll stops waiting for it
 #: (capped at the agent timeout itself for very short timeouts).
 CALL_GRACE_SECONDS = 1.0
+#: How often a poll checks its pending calls against their time limits.
+OVERDUE_CHECK_SECONDS = 0.05
 #: Share of the poll interval a poll may spend waiting for queued calls.
 POLL_BUDGET_SHARE = 0.8
 #: First delay before reconnecting after the connection failed; doubles up to the interval.
 RECONNECT_INITIAL_SECONDS = 1.0
+
+
+def _put_uuid(answered: queue.SimpleQueue[str], uuid: str, _future: object) -> None:
+    answered.put(uuid)
 
 
 @dataclass(slots=True)
@@ -53,12 +60,14 @@ class _Track:
     next_check: float = 0.0
     backoff: float = 0.0
     logged_state: AgentState | None = None
+    last_call_seconds: float = 0.0
 
 
 @dataclass(slots=True)
 class _Call:
     future: Future[LoadReading]
     started: list[float] = field(default_factory=list)
+    """Clock readings taken by the worker: when the call started and, once over, ended."""
 
 
 class Poller:
@@ -259,58 +268,84 @@ class Poller:
             if (known := self._tracks.get(uuid)) is not None:
                 self._record(uuid, known, reading, now=self._clock())
 
-    def _priority(self, uuid: str) -> int:
+    def _priority(self, uuid: str) -> tuple[int, float]:
+        """Healthy and quick agents first; unknown next; failing ones last."""
         track = self._tracks.get(uuid)
         if track is None or track.reading is None:
-            return 1
-        return 0 if track.reading.state is AgentState.OK else 2
+            return (1, 0.0)
+        healthy = track.reading.state is AgentState.OK
+        return (0 if healthy else 2, track.last_call_seconds)
 
     def _submit(self, uuid: str) -> _Call:
         started: list[float] = []
 
         def call() -> LoadReading:
             started.append(self._clock())
-            return self._source.read_guest_load(uuid, self._agent_timeout)
+            try:
+                return self._source.read_guest_load(uuid, self._agent_timeout)
+            finally:
+                started.append(self._clock())
 
         record = _Call(future=self._workers.submit(call), started=started)
         self._in_flight[uuid] = record
         return record
 
     def _collect(self, calls: Mapping[str, _Call]) -> dict[str, LoadReading]:
-        """Wait for the calls: each up to its own timeout, all within the poll's budget."""
+        """Wait for the calls: each up to its own timeout, all within the poll's budget.
+
+        Answers arrive through a queue (cost per answer, not per pending call); pending calls
+        are checked against their limits a few times a second.
+        """
         budget_end = self._clock() + max(
             2 * self._agent_timeout, POLL_BUDGET_SHARE * self._interval
         )
         call_limit = self._agent_timeout + min(CALL_GRACE_SECONDS, self._agent_timeout)
+        answered: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for uuid, call in calls.items():
+            call.future.add_done_callback(functools.partial(_put_uuid, answered, uuid))
         pending = dict(calls)
         readings: dict[str, LoadReading] = {}
+        next_check = self._clock() + OVERDUE_CHECK_SECONDS
         while pending:
+            try:
+                done = answered.get(timeout=max(0.0, next_check - self._clock()))
+            except queue.Empty:
+                done = None
+            if done is not None:
+                if done in pending:
+                    call = pending.pop(done)
+                    readings[done] = self._result(call.future)
+                    self._in_flight.pop(done, None)
+                    self._note_duration(done, call)
+                continue
             now = self._clock()
+            next_check = now + OVERDUE_CHECK_SECONDS
             for uuid, call in list(pending.items()):
-                if call.future.done():
-                    readings[uuid] = self._result(call.future)
-                    self._in_flight.pop(uuid, None)
-                elif call.started and now - call.started[0] > call_limit:
-                    readings[uuid] = LoadReading(
+                if call.started and now - call.started[0] > call_limit:
+                    reading = LoadReading(
                         state=AgentState.TIMEOUT,
                         detail=f"no answer within {self._agent_timeout:g}s",
                     )
-                elif now >= budget_end:
+                    self._note_duration(uuid, call)
+                elif now >= budget_end and not call.started:
                     # Never started: drop it, or it would delay the next poll's calls too.
                     if call.future.cancel():
                         self._in_flight.pop(uuid, None)
-                    readings[uuid] = LoadReading(
+                    reading = LoadReading(
                         state=AgentState.TIMEOUT,
                         detail="not asked: every worker was busy until the poll's deadline",
                     )
                 else:
                     continue
+                readings[uuid] = reading
                 del pending[uuid]
-            if pending:
-                wait(
-                    [c.future for c in pending.values()], timeout=0.05, return_when=FIRST_COMPLETED
-                )
         return readings
+
+    def _note_duration(self, uuid: str, call: _Call) -> None:
+        track = self._tracks.get(uuid)
+        if track is not None and call.started:
+            ended = call.started[1] if len(call.started) > 1 else self._clock()
+            track.last_call_seconds = ended - call.started[0]
 
     @staticmethod
     def _result(future: Future[LoadReading]) -> LoadReading:

@@ -322,3 +322,23 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
     finally:
         release.set()
         poller.close()
+
+
+def test_quick_healthy_agents_are_asked_before_slow_ones(
+    source: FakeSource, published: list[Snapshot]
+) -> None:
+    def slow() -> LoadReading:
+        time.sleep(0.05)
+        return ok(1.0)
+
+    source.domains = [domain("a-slow"), domain("b-fast"), domain("c-fast")]
+    source.answers = {"a-slow": slow, "b-fast": ok(2.0), "c-fast": ok(3.0)}
+    poller = make_poller(source, time.monotonic, published, concurrency=1)  # type: ignore[arg-type]
+    try:
+        poller.poll()
+        assert source.calls == ["a-slow", "b-fast", "c-fast"], "unknown agents in listing order"
+        source.calls.clear()
+        poller.poll()
+        assert source.calls[-1] == "a-slow", "the slow agent waits its turn"
+    finally:
+        poller.close()
