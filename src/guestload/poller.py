@@ -111,6 +111,7 @@ class Poller:
         self._stop = threading.Event()
         self._ready = False
         self._logged_conflicts: frozenset[str] = frozenset()
+        self._overrun = False
 
     # -- public API ---------------------------------------------------------------------
 
@@ -136,26 +137,38 @@ class Poller:
         self._source.close()
 
     def run(self) -> None:
-        """Poll until :meth:`stop`; reconnect with back-off while the source is down."""
+        """Poll until :meth:`stop`; reconnect with back-off while the source is down.
+
+        Events are taken before every poll as well as between polls, so they never pile up
+        when polls take as long as the interval.
+        """
         self._source.set_event_listener(self.notify)
         next_poll = self._clock()
         reconnect_delay = RECONNECT_INITIAL_SECONDS
         while not self._stop.is_set():
             now = self._clock()
-            if now >= next_poll:
+            events = self._drain_events()
+            due = now >= next_poll
+            if events and self._connected:
+                refresh = self._absorb_events(events)
+                if due:
+                    pass  # the full poll below covers the refresh
+                elif refresh:
+                    self.poll(only=refresh)
+                else:
+                    self._publish()
+            if due:
                 snapshot = self.poll()
                 if snapshot.source_up:
+                    self._warn_if_overrun(self._clock() - now)
                     next_poll = now + self._interval
                     reconnect_delay = RECONNECT_INITIAL_SECONDS
                 else:
                     next_poll = now + reconnect_delay
                     reconnect_delay = min(reconnect_delay * 2, self._interval)
-                continue
-            self._wake.wait(next_poll - now)
-            self._wake.clear()
-            events = self._drain_events()
-            if events and self._connected and not self._stop.is_set():
-                self.apply_events(events)
+            elif not events:
+                self._wake.wait(next_poll - now)
+                self._wake.clear()
 
     def poll(self, *, only: Collection[str] | None = None) -> Snapshot:
         """List domains and read guest loads now; ``only`` limits the agent calls to those UUIDs.
@@ -186,12 +199,22 @@ class Poller:
 
     def apply_events(self, events: Sequence[DomainEvent]) -> Snapshot:
         """Act on source events at once: drop stopped domains, refresh (re)connected agents."""
+        refresh = self._absorb_events(events)
+        if refresh:
+            return self.poll(only=refresh)
+        return self._publish()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _absorb_events(self, events: Sequence[DomainEvent]) -> set[str]:
+        """Apply what events tell without asking libvirt; return the domains to read now."""
         refresh: set[str] = set()
+        stopped: set[str] = set()
         for event in events:
             log.debug("domain event", extra={"event": event.kind.value, "uuid": event.uuid})
             if event.kind is EventKind.STOPPED:
                 self._tracks.pop(event.uuid, None)
-                self._inventory = [d for d in self._inventory if d.uuid != event.uuid]
+                stopped.add(event.uuid)
                 refresh.discard(event.uuid)
             elif event.kind is EventKind.AGENT_DISCONNECTED:
                 track = self._tracks.get(event.uuid)
@@ -202,15 +225,26 @@ class Poller:
                     self._record(event.uuid, track, reading, now=self._clock())
                 refresh.discard(event.uuid)
             else:
+                stopped.discard(event.uuid)
                 refresh.add(event.uuid)
                 track = self._tracks.get(event.uuid)
                 if track is not None:
                     track.next_check, track.backoff = 0.0, 0.0
-        if refresh:
-            return self.poll(only=refresh)
-        return self._publish()
+        if stopped:
+            self._inventory = [d for d in self._inventory if d.uuid not in stopped]
+        return refresh
 
-    # -- internals ----------------------------------------------------------------------
+    def _warn_if_overrun(self, took: float) -> None:
+        """Log once when polls start taking longer than the interval, once when they recover."""
+        overrun = took >= self._interval
+        if overrun and not self._overrun:
+            log.warning(
+                "a poll took longer than the interval: polls now run back to back",
+                extra={"took_seconds": round(took, 3), "interval_seconds": self._interval},
+            )
+        elif self._overrun and not overrun:
+            log.info("polls fit in the interval again", extra={"took_seconds": round(took, 3)})
+        self._overrun = overrun
 
     def _drain_events(self) -> list[DomainEvent]:
         events: list[DomainEvent] = []

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 import pytest
 
 from guestload.identity import IdentityResolver
-from guestload.model import AgentState, DomainEvent, EventKind, LoadReading, Snapshot
+from guestload.model import (
+    AgentState,
+    DomainEvent,
+    DomainInventory,
+    EventKind,
+    LoadReading,
+    Snapshot,
+)
 from guestload.poller import Poller
 from tests.unit.fakes import FakeSource, domain, ok
 
@@ -342,3 +349,43 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
         assert source.calls[-1] == "a-slow", "the slow agent waits its turn"
     finally:
         poller.close()
+
+
+def test_events_are_taken_even_when_polls_overrun_the_interval(
+    published: list[Snapshot], caplog: pytest.LogCaptureFixture
+) -> None:
+    class SlowListing(FakeSource):
+        def list_running_domains(self) -> list[DomainInventory]:
+            time.sleep(0.3)
+            return list(super().list_running_domains())
+
+    source = SlowListing(domains=[domain("a")], answers={"a": ok(1.0)})
+    poller = Poller(
+        source=source,
+        identity=IdentityResolver(node="n", default_namespace="libvirt"),
+        poll_interval_seconds=0.25,
+        agent_timeout_seconds=0.1,
+        concurrency=2,
+        agent_backoff_max_seconds=1.0,
+        on_snapshot=published.append,
+        build_info={},
+    )
+    caplog.set_level("INFO", logger="guestload")
+    thread = threading.Thread(target=poller.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert source.listener is not None or not published
+            if source.listener is not None:
+                for _ in range(100):
+                    source.listener(DomainEvent(EventKind.AGENT_CONNECTED, "a"))
+            time.sleep(0.05)
+        backlog = poller._events.qsize()
+    finally:
+        poller.stop()
+        thread.join(5)
+        poller.close()
+    assert backlog <= 1000, f"{backlog} events piled up while polls ran back to back"
+    overruns = [r for r in caplog.records if "longer than the interval" in r.getMessage()]
+    assert len(overruns) == 1
