@@ -449,7 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_probe(make_poller(settings, make_source(settings), None), output=args.output)
     log.info(
         "starting guestload",
-        extra={"version": __version__, "uri": settings.libvirt_uri, "node": settings.node},
+        extra={
+            "version": __version__,
+            "source": settings.source,
+            "uri": settings.libvirt_uri,
+            "node": settings.node,
+        },
     )
     if os.geteuid() == 0:
         log.warning("running as root; guestload needs only read-write access to the libvirt socket")

@@ -61,21 +61,44 @@ class MetricsCache:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._encoded: dict[bool, _Encoded] = {}
+        self._asked: set[bool] = set()
+        """Formats scraped since the last update (True: OpenMetrics)."""
+        self._eager: frozenset[bool] = frozenset({False})
+        """Formats rendered as soon as a snapshot arrives: those scrapers asked for lately."""
 
     @property
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
+    @property
+    def prerendered_formats(self) -> frozenset[str]:
+        """The formats the current snapshot is cached in (``text``, ``openmetrics``)."""
+        with self._lock:
+            return frozenset("openmetrics" if f else "text" for f in self._encoded)
+
     def update(self, snapshot: Snapshot) -> None:
-        """Publish ``snapshot``: the text format is rendered now, OpenMetrics on first request."""
-        text = self._encode_snapshot(snapshot, openmetrics_format=False)
+        """Publish ``snapshot``, rendered now in the formats scraped since the last one.
+
+        Prometheus asks for OpenMetrics, other scrapers for text: rendering only what was
+        asked for keeps a poll to one rendering, and the first scrape after a poll from
+        rendering on the request path. A format nobody asked for lately is rendered on its
+        first request. Until the first scrape, the text format is rendered.
+        """
+        with self._lock:
+            if self._asked:
+                self._eager, self._asked = frozenset(self._asked), set()
+            eager = self._eager
+        encoded = {
+            fmt: self._encode_snapshot(snapshot, openmetrics_format=fmt) for fmt in sorted(eager)
+        }
         with self._lock:
             self._snapshot = snapshot
-            self._encoded = {False: text}
+            self._encoded = encoded
 
     def render(self, *, openmetrics_format: bool, gzip: bool) -> bytes:
         """The body for one scrape: cached snapshot exposition plus live process metrics."""
         with self._lock:
+            self._asked.add(openmetrics_format)
             snapshot = self._snapshot
             encoded = self._encoded.get(openmetrics_format)
         if snapshot is None:

@@ -1,0 +1,221 @@
+"""Cluster scale: a real Prometheus scraping guestload instances that total 10,000 VMs.
+
+Starts ``--instances`` exporters (``--source simulated``, each its own seed and ``--node``, so
+every VM is unique) with ``--vms`` VMs between them, and Debian's Prometheus (own temporary data
+folder, loopback) scraping them every ``--interval`` with the project's rules
+(``monitoring/rules/guestload.rules.yml``) evaluated at the same interval. After every target
+was scraped once, it measures over ``--minutes``: samples ingested per minute (scraped and
+recorded), series in the head block, rule-group evaluation time, and Prometheus's CPU and RSS.
+
+    python -m bench.cluster --vms 10000 --instances 10 --interval 30s --minutes 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import (
+    RESULTS_DIR,
+    SimulatedExporter,
+    cpu_seconds,
+    exit_on_sigterm,
+    format_table,
+    write_results,
+)
+from guestload.settings import parse_duration
+from guestload_lab.processes import ProcessRegistry
+from guestload_lab.services import PROJECT_RULE_FILE, Prometheus, http_get, wait_until
+
+LOAD_METRICS = (
+    "kubevirt_vmi_guest_load_1m",
+    "kubevirt_vmi_guest_load_5m",
+    "kubevirt_vmi_guest_load_15m",
+)
+
+
+def own_metrics(prometheus: Prometheus) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Prometheus's own /metrics: name -> {labels: value}."""
+    text = http_get(f"{prometheus.url}/metrics", timeout=30).decode()
+    metrics: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            metrics.setdefault(sample.name, {})[labels] = float(sample.value)
+    return metrics
+
+
+def _total(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str) -> float:
+    return sum(metrics.get(name, {}).values())
+
+
+def _scalar(prometheus: Prometheus, expression: str) -> float:
+    result = prometheus.query(expression)
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def measure(
+    *, vms: int, instances: int, interval: str, minutes: float, workdir: Path
+) -> dict[str, Any]:
+    interval_seconds = parse_duration(interval)
+    rule_file = PROJECT_RULE_FILE
+    if not rule_file.exists():
+        raise FileNotFoundError(f"{rule_file} is missing: the cluster run needs the rules")
+    per_instance = [vms // instances + (1 if i < vms % instances else 0) for i in range(instances)]
+    with ProcessRegistry() as registry:
+        exporters = [
+            SimulatedExporter(
+                registry=registry,
+                workdir=workdir / f"node-{i:02d}",
+                vms=count,
+                interval=interval,
+                node=f"node-{i:02d}",
+                seed=i + 1,
+            )
+            for i, count in enumerate(per_instance)
+        ]
+        for exporter in exporters:
+            exporter.workdir.mkdir(parents=True, exist_ok=True)
+            exporter.start()
+        prometheus = Prometheus(
+            workdir=workdir / "prometheus",
+            registry=registry,
+            targets=[e.address for e in exporters],
+            rule_files=[rule_file],
+            interval_seconds=interval_seconds,
+        )
+        prometheus.start()
+        wait_until(
+            lambda: (
+                _scalar(prometheus, "count(up == 1)") == instances
+                and _scalar(prometheus, "count(kubevirt_vmi_guest_load_1m)") == vms
+            ),
+            timeout=interval_seconds * 3 + 60,
+            interval=2.0,
+            what="every target scraped with every VM",
+        )
+        # Let one rule evaluation pass over the full data before the window opens.
+        time.sleep(interval_seconds)
+        before = own_metrics(prometheus)
+        exporter_cpu_before = sum(cpu_seconds(e.pid) for e in exporters)
+        started = time.monotonic()
+        group_durations: dict[str, list[float]] = {}
+        deadline = started + minutes * 60
+        while time.monotonic() < deadline:
+            time.sleep(min(interval_seconds, max(0.0, deadline - time.monotonic())))
+            for group in prometheus.rule_groups():
+                group_durations.setdefault(group["name"], []).append(float(group["evaluationTime"]))
+        after = own_metrics(prometheus)
+        wall = time.monotonic() - started
+        exporter_cpu = sum(cpu_seconds(e.pid) for e in exporters) - exporter_cpu_before
+        scraped_per_scrape = _scalar(prometheus, "sum(scrape_samples_scraped)")
+        load_series = sum(_scalar(prometheus, f"count({m})") for m in LOAD_METRICS)
+        scrape_duration_max = _scalar(prometheus, "max(scrape_duration_seconds)")
+        scrape_duration_avg = _scalar(prometheus, "avg(scrape_duration_seconds)")
+        rule_samples = _total(after, "prometheus_rule_group_last_evaluation_samples")
+        firing = len(prometheus.alerts())
+        prometheus.stop()
+        for exporter in exporters:
+            exporter.stop()
+    appended = _total(after, "prometheus_tsdb_head_samples_appended_total") - _total(
+        before, "prometheus_tsdb_head_samples_appended_total"
+    )
+    prometheus_cpu = _total(after, "process_cpu_seconds_total") - _total(
+        before, "process_cpu_seconds_total"
+    )
+    iterations = {
+        name: _total(after, f"prometheus_rule_group_iterations{name}_total")
+        - _total(before, f"prometheus_rule_group_iterations{name}_total")
+        for name in ("", "_missed")
+    }
+    per_minute = 60.0 / interval_seconds
+    return {
+        "vms": vms,
+        "instances": instances,
+        "interval": interval,
+        "window_seconds": wall,
+        "samples_appended_per_minute": appended / wall * 60,
+        "scraped_samples_per_scrape_round": scraped_per_scrape,
+        "scraped_samples_per_minute": scraped_per_scrape * per_minute,
+        "load_gauge_series": load_series,
+        "load_gauge_samples_per_minute": load_series * per_minute,
+        "rule_samples_per_evaluation": rule_samples,
+        "rule_group_iterations": iterations[""],
+        "rule_group_iterations_missed": iterations["_missed"],
+        "head_series": _total(after, "prometheus_tsdb_head_series"),
+        "rule_group_seconds": {
+            name: {"p50": statistics.median(values), "max": max(values)}
+            for name, values in group_durations.items()
+        },
+        "prometheus_cpu_share": prometheus_cpu / wall,
+        "prometheus_rss_bytes": _total(after, "process_resident_memory_bytes"),
+        "exporters_cpu_share": exporter_cpu / wall,
+        "scrape_duration_seconds": {"avg": scrape_duration_avg, "max": scrape_duration_max},
+        "alerts_active_at_end": firing,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    rows: list[list[object]] = [
+        [
+            "VMs / exporters / interval",
+            f"{result['vms']} / {result['instances']} / {result['interval']}",
+        ],
+        ["samples appended per minute (scrapes + rules)", result["samples_appended_per_minute"]],
+        ["scraped samples per minute", result["scraped_samples_per_minute"]],
+        ["load gauge samples per minute (3 per VM)", result["load_gauge_samples_per_minute"]],
+        ["head series", result["head_series"]],
+        ["Prometheus CPU, % of a core", result["prometheus_cpu_share"] * 100],
+        ["Prometheus RSS MiB", result["prometheus_rss_bytes"] / 2**20],
+        [
+            "scrape duration avg / max s",
+            "{avg:.3f} / {max:.3f}".format(**result["scrape_duration_seconds"]),
+        ],
+        ["exporters CPU, % of a core (all)", result["exporters_cpu_share"] * 100],
+        ["samples recorded per rule evaluation", result["rule_samples_per_evaluation"]],
+        [
+            "rule group iterations (missed)",
+            f"{result['rule_group_iterations']:.0f} ({result['rule_group_iterations_missed']:.0f})",
+        ],
+    ]
+    for name, seconds in sorted(result["rule_group_seconds"].items()):
+        rows.append(
+            [
+                f"rule group {name} p50 / max ms",
+                f"{seconds['p50'] * 1000:.1f} / {seconds['max'] * 1000:.1f}",
+            ]
+        )
+    return format_table(["measure", "value"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
+    parser.add_argument("--vms", type=int, default=10000, help="VMs in total")
+    parser.add_argument("--instances", type=int, default=10, help="guestload exporters")
+    parser.add_argument("--interval", default="30s", help="poll, scrape and rule interval")
+    parser.add_argument("--minutes", type=float, default=6.0, help="measured window")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cluster.json")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix="guestload-bench-cluster-") as workdir:
+        result = measure(
+            vms=args.vms,
+            instances=args.instances,
+            interval=args.interval,
+            minutes=args.minutes,
+            workdir=Path(workdir),
+        )
+    print(table(result))
+    write_results(args.out, {"benchmark": "cluster", "result": result})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""Poll cost with real VMs: exporter CPU per domain-poll vs a bare loop of the same libvirt calls.
+
+Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from the lab harness
+(``guestload_lab``), then alternates two phases of ``--seconds`` each, ``--rounds`` times:
+
+* bare loop: a separate Python process that, every ``--interval``, makes the calls a poll
+  makes — one ``getAllDomainStats(STATE|VCPU, RUNNING|NOWAIT)`` and one
+  ``guestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)`` per domain (after setting the agent response
+  timeout once) — and nothing else;
+* exporter: ``guestload serve`` against the same daemon, polling every ``--interval``.
+
+Each phase's CPU time (user + system, every thread) over its window, divided by the
+domain-polls it made, gives CPU per domain-poll; the ratio exporter / bare is the overhead.
+Every VM and daemon started here is stopped at the end.
+
+    python -m bench.poll --vms 5 --interval 2s --seconds 90 --rounds 2
+
+``--uri URI`` skips the VMs and measures against an existing libvirt URI instead (the smoke
+test uses libvirt's ``test:///default`` driver: no VM, no guest agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from bench.common import (
+    RESULTS_DIR,
+    cpu_seconds,
+    exit_on_sigterm,
+    format_table,
+    metric_values,
+    scrape,
+    write_results,
+)
+from guestload.settings import parse_duration
+from guestload_lab.processes import ProcessRegistry
+from guestload_lab.services import free_port
+
+TARGET_RATIO = 1.5
+_STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+_STATS_FLAGS = (
+    libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+    | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+)
+
+
+def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
+    """The libvirt calls of a poll, in a loop, timed on this process's CPU clock."""
+    libvirt.registerErrorHandler(lambda _context, _error: None, None)
+    connection = libvirt.open(uri)
+    timeouts_set: set[str] = set()
+    calls = 0
+    errors = 0
+
+    def one_poll() -> None:
+        nonlocal calls, errors
+        for domain, _stats in connection.getAllDomainStats(_STATS_GROUPS, _STATS_FLAGS):
+            try:
+                uuid = domain.UUIDString()
+                if uuid not in timeouts_set:
+                    timeouts_set.add(uuid)
+                    domain.agentSetResponseTimeout(1, 0)
+                domain.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_LOAD, 0)
+            except libvirt.libvirtError:
+                errors += 1
+            calls += 1
+
+    one_poll()  # first calls after connecting are slow (~250 ms): not steady state
+    calls = errors = 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    started = time.monotonic()
+    polls = 0
+    while time.monotonic() - started < seconds:
+        one_poll()
+        polls += 1
+        time.sleep(max(0.0, started + polls * interval - time.monotonic()))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    connection.close()
+    return {
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
+        "wall_seconds": time.monotonic() - started,
+        "polls": float(polls),
+        "domain_polls": float(calls),
+        "errors": float(errors),
+    }
+
+
+def run_bare(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
+    """The bare loop in its own process, like the exporter."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.poll",
+            "--bare-loop",
+            "--uri",
+            uri,
+            "--interval",
+            f"{interval}s",
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds + 120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"bare loop failed: {result.stderr[-2000:]}")
+    values: dict[str, float] = json.loads(result.stdout)
+    return values
+
+
+def run_exporter(
+    *, uri: str, interval: float, seconds: float, workdir: Path, registry: ProcessRegistry
+) -> dict[str, float]:
+    """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window."""
+    port = free_port()
+    timeout = min(5.0, interval / 2)
+    process = registry.spawn(
+        [
+            sys.executable,
+            "-m",
+            "guestload",
+            "serve",
+            "--libvirt.uri",
+            uri,
+            "--collector.interval",
+            f"{interval}s",
+            "--collector.agent-timeout",
+            f"{timeout}s",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--node",
+            "bench-node",
+            "--log.level",
+            "warn",
+        ],
+        log_path=workdir / "guestload.log",
+    )
+    try:
+
+        def counters() -> tuple[float, float]:
+            """Polls so far, and running domains in the last one."""
+            text = scrape("127.0.0.1", port, "/metrics", gzip=False).body.decode()
+            polls = sum(metric_values(text, "guestload_polls_total"))
+            domains = sum(metric_values(text, "guestload_domains"))
+            return polls, domains
+
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError((workdir / "guestload.log").read_text(errors="replace"))
+            try:
+                if counters()[0] >= 2:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("guestload did not poll twice in 120 s")
+            time.sleep(0.2)
+        polls_before, domains = counters()
+        cpu_before = cpu_seconds(process.pid)
+        started = time.monotonic()
+        time.sleep(seconds)
+        cpu = cpu_seconds(process.pid) - cpu_before
+        wall = time.monotonic() - started
+        polls, domains_after = counters()
+    finally:
+        registry.stop(process)
+    return {
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "polls": polls - polls_before,
+        "domain_polls": (polls - polls_before) * min(domains, domains_after),
+    }
+
+
+@contextmanager
+def lab_vms(count: int, workdir: Path) -> Iterator[str]:
+    """Boot ``count`` tiny VMs under a private libvirt daemon; yields its URI; stops all."""
+    from guestload_lab.deps import ensure_dependencies  # noqa: PLC0415 - only for real VMs
+    from guestload_lab.image import build_image  # noqa: PLC0415
+    from guestload_lab.libvirtd import PrivateLibvirtd  # noqa: PLC0415
+    from guestload_lab.vm import Hypervisor, VmSpec, wait_all_agents  # noqa: PLC0415
+
+    image = build_image(ensure_dependencies(), with_stress=False)
+    daemon = PrivateLibvirtd(workdir=workdir / "libvirt")
+    daemon.start()
+    try:
+        with Hypervisor(daemon.uri) as hypervisor:
+            vms = [
+                hypervisor.create(
+                    VmSpec(name=f"bench-{i}", memory_mib=128), image, log_dir=workdir / "vms"
+                )
+                for i in range(count)
+            ]
+            try:
+                wait_all_agents(vms, timeout=240)
+                for vm in vms:
+                    vm.guest_load()
+                yield daemon.uri
+            finally:
+                for vm in vms:
+                    vm.destroy()
+    finally:
+        daemon.stop()
+
+
+def measure(
+    *, uri: str, interval: float, seconds: float, rounds: int, workdir: Path
+) -> dict[str, Any]:
+    phases: dict[str, list[dict[str, float]]] = {"bare": [], "exporter": []}
+    with ProcessRegistry() as registry:
+        for round_number in range(rounds):
+            phases["bare"].append(run_bare(uri=uri, interval=interval, seconds=seconds))
+            phases["exporter"].append(
+                run_exporter(
+                    uri=uri,
+                    interval=interval,
+                    seconds=seconds,
+                    workdir=workdir / f"round-{round_number}",
+                    registry=registry,
+                )
+            )
+            print(f"round {round_number + 1} of {rounds} done", flush=True)
+    per_domain = {
+        name: [p["cpu_seconds"] / p["domain_polls"] for p in runs if p["domain_polls"] > 0]
+        for name, runs in phases.items()
+    }
+    medians = {name: statistics.median(values) for name, values in per_domain.items()}
+    return {
+        "uri": uri,
+        "interval_seconds": interval,
+        "seconds_per_phase": seconds,
+        "rounds": rounds,
+        "phases": phases,
+        "cpu_seconds_per_domain_poll": per_domain,
+        "median_cpu_seconds_per_domain_poll": medians,
+        "ratio": medians["exporter"] / medians["bare"],
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    rows: list[list[object]] = []
+    for name in ("bare", "exporter"):
+        runs = result["phases"][name]
+        rows.append(
+            [
+                name,
+                sum(int(r["domain_polls"]) for r in runs),
+                sum(r["cpu_seconds"] for r in runs),
+                result["median_cpu_seconds_per_domain_poll"][name] * 1000,
+            ]
+        )
+    return (
+        format_table(["phase", "domain-polls", "CPU s", "CPU ms per domain-poll (median)"], rows)
+        + f"\n\noverhead ratio exporter / bare: {result['ratio']:.2f} (target <= {TARGET_RATIO})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.poll", description=__doc__)
+    parser.add_argument("--vms", type=int, default=5, help="tiny VMs to boot")
+    parser.add_argument("--uri", help="measure against this libvirt URI; boot no VMs")
+    parser.add_argument("--interval", default="2s", help="poll interval of both phases")
+    parser.add_argument("--seconds", type=float, default=90.0, help="measured window per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="bare/exporter phase pairs")
+    parser.add_argument("--bare-loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "poll.json")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    interval = parse_duration(args.interval)
+    if args.bare_loop:
+        print(json.dumps(bare_loop(uri=args.uri, interval=interval, seconds=args.seconds)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="guestload-bench-poll-") as workdir_name:
+        workdir = Path(workdir_name)
+        if args.uri:
+            result = measure(
+                uri=args.uri,
+                interval=interval,
+                seconds=args.seconds,
+                rounds=args.rounds,
+                workdir=workdir,
+            )
+            result["vms"] = 0
+        else:
+            with lab_vms(args.vms, workdir) as uri:
+                result = measure(
+                    uri=uri,
+                    interval=interval,
+                    seconds=args.seconds,
+                    rounds=args.rounds,
+                    workdir=workdir,
+                )
+            result["vms"] = args.vms
+    print(table(result))
+    write_results(args.out, {"benchmark": "poll", "result": result})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

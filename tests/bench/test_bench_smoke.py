@@ -1,0 +1,83 @@
+"""A quick run of every benchmark command (tiny sizes, seconds each), so they cannot rot.
+
+These check that each command runs end to end against its real peers and writes complete
+results; they assert no timing targets (those are for ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import cluster, density, poll, pollcycle, scrape
+
+
+def _results(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
+    assert document["machine"]["cpus"] >= 1
+    return document
+
+
+def test_scrape_compares_guestload_with_a_pushgateway_holding_the_same_samples(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "scrape.json"
+    assert scrape.main(["--vms", "20", "--scrapes", "2", "--out", str(out)]) == 0
+    (result,) = _results(out)["results"]
+    assert result["vms"] == 20
+    assert result["samples"] > 20 * 4  # three load gauges and an agent state per VM, and vCPUs
+    for key in ("guestload_plain", "guestload_gzip", "pushgateway_plain", "pushgateway_gzip"):
+        assert result["seconds"][key]["n"] == 2
+        assert result["seconds"][key]["p50"] > 0
+    assert result["body_bytes"]["guestload_gzip"] < result["body_bytes"]["guestload_plain"]
+    for server in ("guestload", "pushgateway"):
+        assert result["memory_bytes"][server]["rss"] > 0
+
+
+def test_pollcycle_runs_the_poller_with_hung_agents(tmp_path: Path) -> None:
+    out = tmp_path / "pollcycle.json"
+    argv = ["--vms", "30", "--hung", "0,10", "--interval", "2s", "--agent-timeout", "400ms"]
+    assert pollcycle.main([*argv, "--polls", "2", "--out", str(out)]) == 0
+    healthy, with_hung = _results(out)["results"]
+    assert healthy["final_states"] == {"ok": 30}
+    assert with_hung["final_states"]["timeout"] == 30 - with_hung["healthy_vms"] > 0
+    assert with_hung["final_states"]["ok"] == with_hung["healthy_vms"]
+    for result in (healthy, with_hung):
+        assert result["polls"] >= 2
+        assert result["healthy_max_gap_seconds"] > 0
+
+
+def test_density_measures_cpu_and_memory_of_a_serving_exporter(tmp_path: Path) -> None:
+    out = tmp_path / "density.json"
+    argv = ["--vms", "50", "--intervals", "2s", "--minutes", "0.1", "--scrape-interval", "2s"]
+    assert density.main([*argv, "--out", str(out)]) == 0
+    (result,) = _results(out)["results"]
+    assert result["polls"] >= 2
+    assert result["cpu_seconds"] >= 0
+    assert result["rss_bytes"] > 10 * 2**20
+    assert result["simulation_cpu_seconds_per_poll"] > 0
+
+
+def test_cluster_runs_prometheus_with_the_project_rules(tmp_path: Path) -> None:
+    out = tmp_path / "cluster.json"
+    argv = ["--vms", "40", "--instances", "2", "--interval", "2s", "--minutes", "0.1"]
+    assert cluster.main([*argv, "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    assert result["load_gauge_series"] == 3 * 40
+    assert result["samples_appended_per_minute"] > 0
+    assert result["head_series"] > 3 * 40
+    assert result["prometheus_rss_bytes"] > 0
+    assert "guestload.recording" in result["rule_group_seconds"]
+
+
+def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> None:
+    """Against libvirt's test driver (no VM, no agent): the real-VM run is too heavy here."""
+    out = tmp_path / "poll.json"
+    argv = ["--uri", "test:///default", "--interval", "1s", "--seconds", "2", "--rounds", "1"]
+    assert poll.main([*argv, "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    for phase in ("bare", "exporter"):
+        (run,) = result["phases"][phase]
+        assert run["domain_polls"] >= 1
+        assert run["wall_seconds"] >= 2
