@@ -25,14 +25,7 @@ from guestload_lab.deps import ensure_dependencies
 from guestload_lab.image import build_image
 from guestload_lab.libvirtd import PrivateLibvirtd
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import (
-    PROJECT_RULE_FILE,
-    Alertmanager,
-    Exporter,
-    Prometheus,
-    WebhookReceiver,
-    wait_until,
-)
+from guestload_lab.services import Exporter, Monitoring, Prometheus, WebhookReceiver
 from guestload_lab.vm import Hypervisor, VmSpec, wait_all_agents
 
 NAMESPACE = "demo"
@@ -161,24 +154,17 @@ def run_demo(*, workdir: Path, stress_workers: int, duration: float | None, out:
         stressed.start_stress(stress_workers, seconds=3600)
         say(f"3 VMs booted (TCG); stress-ng --cpu {stress_workers} started in {stressed.name}")
 
-        work = workdir / "services"
-        exporter = Exporter(libvirt_uri=daemon.uri, node=NODE, workdir=work, registry=registry)
-        alertmanager = Alertmanager(workdir=work, webhook_url=webhook.url, registry=registry)
-        prometheus = Prometheus(
-            workdir=work,
+        monitoring = Monitoring.start(
+            libvirt_uri=daemon.uri,
+            node=NODE,
+            workdir=workdir / "services",
             registry=registry,
-            targets=[exporter.address],
-            rule_files=[PROJECT_RULE_FILE],
-            alertmanager_url=alertmanager.url,
+            webhook=webhook,
         )
-        exporter.start()
-        alertmanager.start()
-        prometheus.start()
-        wait_until(lambda: prometheus.targets_health() == ["up"], timeout=30.0, what="scrape")
         urls = {
-            "guestload": f"{exporter.url}/metrics",
-            "Prometheus": prometheus.url,
-            "Alertmanager": alertmanager.url,
+            "guestload": f"{monitoring.exporter.url}/metrics",
+            "Prometheus": monitoring.prometheus.url,
+            "Alertmanager": monitoring.alertmanager.url,
             "webhook": webhook.url,
             "work folder": str(workdir),
         }
@@ -187,7 +173,7 @@ def run_demo(*, workdir: Path, stress_workers: int, duration: float | None, out:
         clear = CLEAR_SCREEN if out.isatty() else "\n"
         while duration is None or time.monotonic() - shown_since < duration:
             view = render(
-                collect_rows(exporter, prometheus),
+                collect_rows(monitoring.exporter, monitoring.prometheus),
                 urls=urls,
                 notifications=len(webhook.payloads()),
                 uptime=time.monotonic() - started,

@@ -1,5 +1,6 @@
-"""A private libvirt daemon (libvirtd + virtlogd) whose files all live under one directory.
+"""Private libvirt daemons: the QEMU driver for real VMs, or libvirt's test driver alone.
 
+:class:`PrivateLibvirtd` runs libvirtd + virtlogd with all their files under one directory.
 Each daemon runs in its own mount namespace (``unshare --mount``) in which the workdir's
 folders are bind-mounted over ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt``,
 ``/var/log/libvirt`` and ``/var/cache/libvirt``. The host's libvirt files stay untouched, and
@@ -11,6 +12,14 @@ QEMU runs as root by default: with ``/dev/kvm`` readable by root only, a daemon 
 as ``libvirt-qemu`` re-probes QEMU's capabilities on every API call (~4 s each).
 ``qemu_as_root=False`` exists to show that pitfall; QEMU then also needs read access to the
 kernel, initramfs and serial-log paths it is given.
+
+:class:`TestDriverLibvirtd` runs libvirtd with no hypervisor driver at all:
+``LIBVIRT_DRIVER_DIR`` points at an empty folder, so no driver module (QEMU, network,
+storage...) loads and the daemon serves only the test driver built into libvirt (a fake
+hypervisor with one running domain, ``test``). It needs no mount namespace, never sees the
+host's domains and starts in well under a second; the socket group and permissions are
+options. The only file it shares with the host is ``/run/libvirt/common/system.token``, a
+token every system daemon reads (and creates when missing).
 """
 
 from __future__ import annotations
@@ -21,14 +30,16 @@ import os
 import signal
 import socket
 import subprocess
-import time
+import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import libvirt
 
 from guestload_lab.deps import DEFAULT_CACHE_DIR as LAB_CACHE_DIR
 from guestload_lab.processes import pid_alive, pid_cmdline, stop_child, terminate_pid
+from guestload_lab.waiting import wait_until
 
 DEFAULT_CACHE_DIR = LAB_CACHE_DIR / "libvirt"
 """Where QEMU capability caches are kept between daemons, one subfolder per QEMU user."""
@@ -58,11 +69,178 @@ exec "$@"
 """
 
 
+def short_directory(prefix: str) -> Path:
+    """A new folder directly under /tmp: a daemon's unix socket paths must fit in 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
 class LibvirtdError(RuntimeError):
     """The private daemon could not be started or did not answer."""
 
 
-class PrivateLibvirtd:
+def libvirtd_config(
+    *,
+    socket_dir: Path,
+    rw_perms: str,
+    ro_perms: str,
+    group: str | None = None,
+    log_file: Path | None = None,
+) -> str:
+    """A ``libvirtd.conf`` with its sockets in ``socket_dir`` and no authentication."""
+    lines = [
+        f'unix_sock_dir = "{socket_dir}"',
+        f'unix_sock_rw_perms = "{rw_perms}"',
+        f'unix_sock_ro_perms = "{ro_perms}"',
+        'auth_unix_rw = "none"',
+        'auth_unix_ro = "none"',
+    ]
+    if group is not None:
+        lines.append(f'unix_sock_group = "{group}"')
+    if log_file is not None:
+        lines.append(f'log_outputs = "3:file:{log_file}"')
+    return "".join(f"{line}\n" for line in lines)
+
+
+class _LibvirtdChild:
+    """libvirtd as a foreground child with its sockets in ``socket_dir``, logs in ``log_dir``.
+
+    What every private daemon shares: start-up until it answers, a crash (``kill``), a hang
+    (``pause``), and the log tail that explains a failure.
+    """
+
+    def __init__(self, *, socket_dir: Path, log_dir: Path) -> None:
+        self._socket_dir = socket_dir
+        self._log_dir = log_dir
+        self._libvirtd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        """The read-write socket of the daemon."""
+        return self._socket_dir / "libvirt-sock"
+
+    @property
+    def ro_socket_path(self) -> Path:
+        """The read-only socket of the daemon."""
+        return self._socket_dir / "libvirt-sock-ro"
+
+    @property
+    def libvirtd_pid(self) -> int | None:
+        """libvirtd's process id while it runs."""
+        if self._libvirtd is None or self._libvirtd.poll() is not None:
+            return None
+        return self._libvirtd.pid
+
+    @property
+    def running(self) -> bool:
+        return self.libvirtd_pid is not None
+
+    def test_driver_uri(self, *, read_only: bool = False) -> str:
+        """The test driver (a fake hypervisor with one domain) through this daemon's socket."""
+        socket = self.ro_socket_path if read_only else self.socket_path
+        return f"test+unix:///default?socket={socket}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the daemon and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """End the daemon and whatever it started."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def kill(self) -> None:
+        """SIGKILL libvirtd as a crash would, and reap it; nothing when it does not run."""
+        if self._libvirtd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._libvirtd.send_signal(signal.SIGKILL)
+        self._libvirtd.wait(timeout=10.0)
+
+    def pause(self) -> None:
+        """SIGSTOP libvirtd, as a hung daemon: it accepts nothing and answers nothing."""
+        if self._libvirtd is None:
+            raise LibvirtdError("libvirtd is not running")
+        self._libvirtd.send_signal(signal.SIGSTOP)
+
+    def _launch(
+        self, command: list[str], *, log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        if not Path(LIBVIRTD).exists():
+            raise LibvirtdError(f"{LIBVIRTD} is not installed: run scripts/install-system-deps")
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with (self._log_dir / log_name).open("ab") as log:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def _adopt_and_wait(
+        self, libvirtd: subprocess.Popen[bytes], *, uri: str, timeout: float
+    ) -> None:
+        """Take ``libvirtd`` as this daemon and wait until it answers; ``stop`` if it does not."""
+        self._libvirtd = libvirtd
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(uri, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, uri: str, timeout: float) -> None:
+        """Wait until libvirtd accepts on its socket and answers a call through ``uri``."""
+        last_error = ["socket not created"]
+
+        def answers() -> bool:
+            if self.libvirtd_pid is None:
+                raise LibvirtdError(f"libvirtd exited during start-up\n{self._log_tail()}")
+            if not _socket_accepts(self.socket_path):
+                return False
+            try:
+                connection = libvirt.open(uri)
+            except libvirt.libvirtError as error:
+                last_error[0] = str(error)
+                return False
+            try:
+                connection.getVersion()
+            finally:
+                connection.close()
+            return True
+
+        wait_until(
+            answers,
+            timeout=timeout,
+            interval=0.05,
+            what="an answer from libvirtd",
+            detail=lambda: f"{last_error[0]}\n{self._log_tail()}",
+            error=LibvirtdError,
+        )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        parts = []
+        for name in ("libvirtd.stderr", "libvirtd.log"):
+            path = self._log_dir / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+class PrivateLibvirtd(_LibvirtdChild):
     """libvirtd and virtlogd as foreground child processes, configured under ``workdir``.
 
     ``start`` waits until the QEMU driver answers; ``stop`` destroys every domain and ends
@@ -78,9 +256,9 @@ class PrivateLibvirtd:
         cache_dir: Path = DEFAULT_CACHE_DIR,
     ) -> None:
         self.workdir = workdir.resolve()
+        super().__init__(socket_dir=self.workdir / "run", log_dir=self.workdir / "log")
         self.qemu_as_root = qemu_as_root
         self.cache_dir = cache_dir / ("root" if qemu_as_root else "libvirt-qemu")
-        self._libvirtd: subprocess.Popen[bytes] | None = None
         self._virtlogd: subprocess.Popen[bytes] | None = None
 
     # -- paths and URIs ---------------------------------------------------------------------
@@ -96,25 +274,9 @@ class PrivateLibvirtd:
         return self.workdir / "log"
 
     @property
-    def socket_path(self) -> Path:
-        """The read-write socket of the daemon."""
-        return self.run_dir / "libvirt-sock"
-
-    @property
     def uri(self) -> str:
         """The QEMU driver's URI through the private socket."""
         return f"qemu+unix:///system?socket={self.socket_path}"
-
-    def test_driver_uri(self) -> str:
-        """The test driver (a fake hypervisor with one domain) through the same daemon."""
-        return f"test+unix:///default?socket={self.socket_path}"
-
-    @property
-    def libvirtd_pid(self) -> int | None:
-        """libvirtd's process id while it runs."""
-        if self._libvirtd is None or self._libvirtd.poll() is not None:
-            return None
-        return self._libvirtd.pid
 
     def qemu_pids(self) -> dict[str, int]:
         """Domain name -> QEMU process id, for the domains this daemon started and still runs."""
@@ -142,17 +304,12 @@ class PrivateLibvirtd:
                 pid_file=self.workdir / "virtlogd.pid",
                 log_name="virtlogd.stderr",
             )
-        self._libvirtd = self._spawn(
+        libvirtd = self._spawn(
             [LIBVIRTD, "--config", str(self.workdir / "etc" / "libvirtd.conf")],
             pid_file=self.workdir / "libvirtd.pid",
             log_name="libvirtd.stderr",
         )
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self._adopt_and_wait(libvirtd, uri=self.uri, timeout=timeout)
 
     def stop(self) -> None:
         """Destroy every domain, then end libvirtd, any QEMU left over, and virtlogd."""
@@ -169,32 +326,12 @@ class PrivateLibvirtd:
             stop_child(self._virtlogd)
             self._virtlogd = None
 
-    def kill(self) -> None:
-        """SIGKILL libvirtd as a crash would; its domains and virtlogd keep running."""
-        if self._libvirtd is None:
-            raise LibvirtdError("libvirtd is not running")
-        with contextlib.suppress(ProcessLookupError):
-            self._libvirtd.send_signal(signal.SIGKILL)
-        self._libvirtd.wait(timeout=10.0)
-
     def restart(self, timeout: float = 60.0) -> None:
         """End libvirtd (SIGTERM; domains keep running) if it runs, and start it again."""
         if self._libvirtd is not None:
             stop_child(self._libvirtd)
         self._libvirtd = None
         self.start(timeout)
-
-    def __enter__(self) -> PrivateLibvirtd:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -219,15 +356,8 @@ class PrivateLibvirtd:
             "--pid-file",
             str(pid_file),
         ]
-        with (self.log_dir / log_name).open("ab") as log:
-            # unshare and sh exec in place: the child's pid is the daemon's pid.
-            return subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # unshare and sh exec in place: the child's pid is the daemon's pid.
+        return self._launch(command, log_name=log_name)
 
     def _write_config(self) -> None:
         for sub in _PRIVATE_FOLDERS.values():
@@ -237,12 +367,12 @@ class PrivateLibvirtd:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         etc = self.workdir / "etc"
         (etc / "libvirtd.conf").write_text(
-            f'unix_sock_dir = "{self.run_dir}"\n'
-            'unix_sock_rw_perms = "0700"\n'
-            'unix_sock_ro_perms = "0777"\n'
-            'auth_unix_rw = "none"\n'
-            'auth_unix_ro = "none"\n'
-            f'log_outputs = "3:file:{self.log_dir / "libvirtd.log"}"\n'
+            libvirtd_config(
+                socket_dir=self.run_dir,
+                rw_perms="0700",
+                ro_perms="0777",
+                log_file=self.log_dir / "libvirtd.log",
+            )
         )
         (etc / "virtlogd.conf").write_text(
             f'log_outputs = "3:file:{self.log_dir / "virtlogd.log"}"\n'
@@ -257,28 +387,6 @@ class PrivateLibvirtd:
             'stdio_handler = "logd"\n'
         )
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last_error = "socket not created"
-        while time.monotonic() < deadline:
-            if self.libvirtd_pid is None:
-                raise LibvirtdError(f"libvirtd exited during start-up\n{self._log_tail()}")
-            if _socket_accepts(self.socket_path):
-                try:
-                    connection = libvirt.open(self.uri)
-                except libvirt.libvirtError as error:
-                    last_error = str(error)
-                else:
-                    try:
-                        connection.getVersion()
-                        return
-                    finally:
-                        connection.close()
-            time.sleep(0.1)
-        raise LibvirtdError(
-            f"libvirtd did not answer within {timeout:.0f} s: {last_error}\n{self._log_tail()}"
-        )
-
     def _destroy_all_domains(self) -> None:
         connection = libvirt.open(self.uri)
         try:
@@ -288,14 +396,75 @@ class PrivateLibvirtd:
         finally:
             connection.close()
 
-    def _log_tail(self, lines: int = 20) -> str:
-        parts = []
-        for name in ("libvirtd.stderr", "libvirtd.log"):
-            path = self.log_dir / name
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path}\n" + "\n".join(tail))
-        return "\n".join(parts)
+
+class TestDriverLibvirtd(_LibvirtdChild):
+    """libvirtd serving only libvirt's test driver, its sockets and log in ``directory``.
+
+    ``directory`` must be short: unix socket paths are limited to 107 bytes. ``rw_perms``,
+    ``ro_perms`` and ``group`` set the sockets' modes and group. ``start`` waits until the
+    test driver answers (and may be called again after ``kill`` or ``stop``); ``stop`` ends
+    the daemon with SIGTERM, ``kill`` with SIGKILL, ``pause`` freezes it.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        rw_perms: str = "0700",
+        ro_perms: str = "0700",
+        group: str | None = None,
+    ) -> None:
+        super().__init__(socket_dir=directory, log_dir=directory)
+        self.directory = directory
+        self.rw_perms = rw_perms
+        self.ro_perms = ro_perms
+        self.group = group
+
+    @property
+    def uri(self) -> str:
+        """The test driver's default instance, reached through this daemon."""
+        return self.test_driver_uri()
+
+    @property
+    def ro_uri(self) -> str:
+        """The same, through the read-only socket."""
+        return self.test_driver_uri(read_only=True)
+
+    @property
+    def log_path(self) -> Path:
+        """libvirtd's standard output and error."""
+        return self.directory / "libvirtd.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Write the configuration, start libvirtd, wait until the test driver answers."""
+        if self.running:
+            raise LibvirtdError("libvirtd is already running")
+        drivers = self.directory / "no-drivers"
+        drivers.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "libvirtd.conf"
+        config.write_text(
+            libvirtd_config(
+                socket_dir=self.directory,
+                rw_perms=self.rw_perms,
+                ro_perms=self.ro_perms,
+                group=self.group,
+            )
+        )
+        libvirtd = self._launch(
+            [LIBVIRTD, "--config", str(config), "--pid-file", str(self.directory / "pid")],
+            log_name=self.log_path.name,
+            env={**os.environ, "LIBVIRT_DRIVER_DIR": str(drivers)},
+        )
+        self._adopt_and_wait(libvirtd, uri=self.uri, timeout=timeout)
+
+    def stop(self) -> None:
+        """End libvirtd with SIGTERM (SIGKILL if it lingers); nothing when it does not run."""
+        atexit.unregister(self.stop)
+        if self._libvirtd is not None:
+            stop_child(self._libvirtd)
+            self._libvirtd = None
 
 
 def _socket_accepts(path: Path) -> bool:

@@ -7,10 +7,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from guestload_lab.waiting import wait_until
 
 DEFAULT_GRACE_SECONDS = 10.0
 
@@ -36,11 +37,10 @@ def pid_cmdline(pid: int) -> list[str]:
 
 def wait_pid_gone(pid: int, timeout_seconds: float) -> bool:
     """Poll until ``pid`` is gone (or a zombie); True when it went in time."""
-    deadline = time.monotonic() + timeout_seconds
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: not pid_alive(pid), timeout=timeout_seconds, interval=0.05, what="exit")
+    except TimeoutError:
+        return False
     return True
 
 
@@ -59,16 +59,10 @@ def stop_child(
     process: subprocess.Popen[bytes], *, grace_seconds: float = DEFAULT_GRACE_SECONDS
 ) -> None:
     """SIGTERM a child, SIGKILL it after ``grace_seconds``, and reap it."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(timeout=10.0)
+    if process.poll() is None:
+        # Not reaped yet, so the pid is still this child's (a zombie at worst).
+        terminate_pid(process.pid, grace_seconds=grace_seconds)
+    process.wait(timeout=10.0)
 
 
 class ProcessRegistry:
@@ -85,8 +79,13 @@ class ProcessRegistry:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` with stdout and stderr appended to ``log_path``."""
+        """Start ``argv`` with stdout and stderr appended to ``log_path``.
+
+        With ``user`` (and ``group``) the process runs as that account, with no other groups.
+        """
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -96,6 +95,9 @@ class ProcessRegistry:
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
+                user=user,
+                group=group,
+                extra_groups=[] if user is not None else None,
             )
         self._processes.append(process)
         return process

@@ -8,6 +8,7 @@ id however the test ends.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,24 +17,23 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from guestload_lab.processes import ProcessRegistry
+from guestload_lab.processes import DEFAULT_GRACE_SECONDS, ProcessRegistry
+from guestload_lab.waiting import wait_until as wait_until  # noqa: PLC0414 - re-exported
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_RULE_FILE = REPO_ROOT / "monitoring" / "rules" / "guestload.rules.yml"
-
-T = TypeVar("T")
 
 
 class ServiceError(RuntimeError):
@@ -66,38 +66,27 @@ def http_post_json(url: str, payload: Any, *, timeout: float = 5.0) -> bytes:
         return body
 
 
-def wait_until(
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    interval: float = 0.5,
-    what: str = "condition",
-) -> T:
-    """Call ``probe`` until it returns something other than None or False; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
-        time.sleep(interval)
-
-
 def _wait_http_ready(url: str, *, timeout: float, log: Path, alive: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while time.monotonic() < deadline:
+    last_error = [""]
+
+    def answers() -> bool:
         if not alive():
             raise ServiceError(f"{url}: process exited\n{_tail(log)}")
         try:
             http_get(url, timeout=2.0)
         except (OSError, urllib.error.URLError) as error:
-            last_error = str(error)
-            time.sleep(0.2)
-        else:
-            return
-    raise ServiceError(f"{url} not ready in {timeout:.0f} s ({last_error})\n{_tail(log)}")
+            last_error[0] = str(error)
+            return False
+        return True
+
+    wait_until(
+        answers,
+        timeout=timeout,
+        interval=0.2,
+        what=f"{url} ready",
+        detail=lambda: f"({last_error[0]})\n{_tail(log)}",
+        error=ServiceError,
+    )
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -193,10 +182,46 @@ class WebhookReceiver:
         self.close()
 
 
+# -- servers on loopback ---------------------------------------------------------------------
+
+
+class _LoopbackServer:
+    """A server process on a free 127.0.0.1 port, started and stopped through a registry."""
+
+    def __init__(self, *, workdir: Path, registry: ProcessRegistry, log_name: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self._registry = registry
+        self._log = workdir / log_name
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self, argv: list[str], *, ready_path: str, timeout: float) -> None:
+        """Start ``argv`` and wait until ``ready_path`` answers."""
+        process = self._registry.spawn(argv, log_path=self._log)
+        self._process = process
+        _wait_http_ready(
+            f"{self.url}{ready_path}",
+            timeout=timeout,
+            log=self._log,
+            alive=lambda: process.poll() is None,
+        )
+
+    def stop(self, *, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> float:
+        """SIGTERM the process (SIGKILL after ``grace_seconds``); seconds until it ended."""
+        started = time.monotonic()
+        if self._process is not None:
+            self._registry.stop(self._process, grace_seconds=grace_seconds)
+        return time.monotonic() - started
+
+
 # -- Alertmanager ---------------------------------------------------------------------------
 
 
-class Alertmanager:
+class Alertmanager(_LoopbackServer):
     """A real Alertmanager routing every alert to one webhook, with short timers."""
 
     def __init__(
@@ -209,10 +234,7 @@ class Alertmanager:
         group_interval: str = "2s",
         repeat_interval: str = "1h",
     ) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self._registry = registry
-        self._log = workdir / "alertmanager.log"
+        super().__init__(workdir=workdir, registry=registry, log_name="alertmanager.log")
         self._config = {
             "route": {
                 "receiver": "webhook",
@@ -228,17 +250,12 @@ class Alertmanager:
                 }
             ],
         }
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "alertmanager.yml"
         config.write_text(yaml.safe_dump(self._config))
-        self._process = self._registry.spawn(
+        self._run(
             [
                 ALERTMANAGER,
                 f"--config.file={config}",
@@ -247,20 +264,9 @@ class Alertmanager:
                 "--cluster.listen-address=",
                 "--log.level=warn",
             ],
-            log_path=self._log,
-        )
-        process = self._process  # narrowed for the closure below
-        _wait_http_ready(
-            f"{self.url}/-/ready",
+            ready_path="/-/ready",
             timeout=timeout,
-            log=self._log,
-            alive=lambda: process.poll() is None,
         )
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._registry.stop(self._process)
-            self._process = None
 
     def alerts(self) -> list[dict[str, Any]]:
         """Alertmanager's current alerts (``/api/v2/alerts``)."""
@@ -271,7 +277,7 @@ class Alertmanager:
 # -- Prometheus -----------------------------------------------------------------------------
 
 
-class Prometheus:
+class Prometheus(_LoopbackServer):
     """A real Prometheus scraping ``targets`` and evaluating ``rule_files`` every few seconds."""
 
     def __init__(
@@ -284,19 +290,11 @@ class Prometheus:
         alertmanager_url: str | None = None,
         interval_seconds: float = 2.0,
     ) -> None:
-        self.workdir = workdir
-        self.port = free_port()
+        super().__init__(workdir=workdir, registry=registry, log_name="prometheus.log")
         self.targets = list(targets)
         self.rule_files = list(rule_files)
         self.alertmanager_url = alertmanager_url
         self.interval_seconds = interval_seconds
-        self._registry = registry
-        self._log = workdir / "prometheus.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
         interval = f"{self.interval_seconds:g}s"
@@ -320,7 +318,7 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
-        self._process = self._registry.spawn(
+        self._run(
             [
                 PROMETHEUS,
                 f"--config.file={config}",
@@ -330,20 +328,9 @@ class Prometheus:
                 f"--rules.alert.resend-delay={self.interval_seconds:g}s",
                 "--log.level=warn",
             ],
-            log_path=self._log,
-        )
-        process = self._process  # narrowed for the closure below
-        _wait_http_ready(
-            f"{self.url}/-/ready",
+            ready_path="/-/ready",
             timeout=timeout,
-            log=self._log,
-            alive=lambda: process.poll() is None,
         )
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._registry.stop(self._process)
-            self._process = None
 
     def _api(self, path: str, **params: str) -> Any:
         query = urllib.parse.urlencode(params)
@@ -398,51 +385,91 @@ class Sample:
     value: float
 
 
-class Exporter:
-    """``guestload serve`` as a child process against a libvirt URI."""
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+"""The interpreter another user runs guestload with (see :func:`command_for_other_users`)."""
+
+
+def command_for_other_users() -> tuple[list[str], dict[str, str]]:
+    """How another user runs this checkout's guestload: argv prefix and environment.
+
+    The virtualenv's interpreter may live where only root can enter (pyenv under /root), so
+    other users run the system's Python of the same minor version on the same packages.
+    """
+    result = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wanted = str(sys.version_info[:2])
+    if result.returncode != 0 or result.stdout.strip() != wanted:
+        raise ServiceError(
+            f"{SYSTEM_PYTHON} must be Python {wanted} to run guestload as another user"
+        )
+    import guestload  # noqa: PLC0415 - only to find this checkout's source folder
+
+    source = Path(guestload.__file__).resolve().parents[1]
+    packages = [path for path in sys.path if path.endswith("site-packages")]
+    return [str(SYSTEM_PYTHON), "-m", "guestload"], {
+        "PYTHONPATH": os.pathsep.join([str(source), *packages]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+class Exporter(_LoopbackServer):
+    """``guestload serve`` as a child process on a free loopback port.
+
+    ``libvirt_uri`` None leaves ``--libvirt.uri`` to ``extra_args`` (or its default). ``user``
+    and ``group`` run it as another account. ``start`` waits for its ``listening`` log line
+    (so it works with TLS too); each instance in a ``workdir`` needs its own ``name``, which
+    names its log file.
+    """
 
     def __init__(
         self,
         *,
-        libvirt_uri: str,
+        libvirt_uri: str | None,
         node: str,
         workdir: Path,
         registry: ProcessRegistry,
         interval: str = "5s",
         agent_timeout: str = "2s",
         extra_args: Sequence[str] = (),
+        name: str = "guestload",
+        user: str | None = None,
+        group: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(workdir=workdir, registry=registry, log_name=f"{name}.log")
         self.libvirt_uri = libvirt_uri
         self.node = node
-        self.workdir = workdir
-        self.port = free_port()
         self.interval = interval
         self.agent_timeout = agent_timeout
         self.extra_args = list(extra_args)
-        self._registry = registry
-        self._log = workdir / "guestload.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self.user = user
+        self.group = group
+        self.env = dict(env or {})
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    @property
     def log_path(self) -> Path:
         return self._log
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running (or ended) process; an error before ``start``."""
+        if self._process is None:
+            raise ServiceError("guestload was not started")
+        return self._process
+
     def argv(self) -> list[str]:
+        uri = [] if self.libvirt_uri is None else ["--libvirt.uri", self.libvirt_uri]
         return [
-            sys.executable,
-            "-m",
-            "guestload",
             "serve",
-            "--libvirt.uri",
-            self.libvirt_uri,
+            *uri,
             "--web.listen-address",
             self.address,
             "--collector.interval",
@@ -455,20 +482,57 @@ class Exporter:
         ]
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the process and wait until it listens."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._process = self._registry.spawn(self.argv(), log_path=self._log)
-        process = self._process  # narrowed for the closure below
-        _wait_http_ready(
-            f"{self.url}/metrics",
+        if self.user is None:
+            prefix, env = [sys.executable, "-m", "guestload"], dict(os.environ)
+        else:
+            prefix, extra = command_for_other_users()
+            env = {**os.environ, **extra}
+        self._process = self._registry.spawn(
+            [*prefix, *self.argv()],
+            log_path=self._log,
+            env={**env, **self.env},
+            cwd=self.workdir,
+            user=self.user,
+            group=self.group,
+        )
+        self.wait_for_log("msg=listening", timeout=timeout)
+
+    def wait_for_log(self, text: str, *, timeout: float) -> None:
+        """Wait until ``text`` is in the log; an error if the process exits first."""
+
+        def logged() -> bool:
+            if text in self.log():
+                return True
+            if self.process.poll() is not None:
+                raise ServiceError(
+                    f"guestload exited with {self.process.returncode} before logging {text!r}"
+                    f"\n{self.log()}"
+                )
+            return False
+
+        wait_until(logged, timeout=timeout, interval=0.05, what=repr(text), detail=self.log)
+
+    def wait_ready(self, *, timeout: float) -> None:
+        """Wait until ``/readyz`` answers 200: libvirt connected and a poll succeeded."""
+        wait_until(
+            lambda: self.get("/readyz")[0] == 200,
             timeout=timeout,
-            log=self._log,
-            alive=lambda: process.poll() is None,
+            interval=0.05,
+            what="/readyz 200",
+            detail=self.log,
         )
 
-    def stop(self) -> None:
-        if self._process is not None:
-            self._registry.stop(self._process)
-            self._process = None
+    def get(self, path: str) -> tuple[int, str]:
+        """Plain-HTTP GET: status and body (status 0 when the connection fails)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as reply:  # noqa: S310
+                return int(reply.status), reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode()
+        except OSError:
+            return 0, ""
 
     def scrape_text(self) -> str:
         return http_get(f"{self.url}/metrics").decode()
@@ -489,5 +553,55 @@ class Exporter:
             if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items())
         ]
 
-    def log_text(self) -> str:
-        return _tail(self._log, lines=200)
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        try:
+            return self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+# -- the whole chain ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Monitoring:
+    """guestload on a libvirt URI, Prometheus (with the project's rules) scraping it, and
+    Alertmanager delivering Prometheus's alerts to ``webhook``."""
+
+    exporter: Exporter
+    prometheus: Prometheus
+    alertmanager: Alertmanager
+    webhook: WebhookReceiver
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        libvirt_uri: str,
+        node: str,
+        workdir: Path,
+        registry: ProcessRegistry,
+        webhook: WebhookReceiver,
+    ) -> Monitoring:
+        """Start all three and wait until Prometheus has scraped guestload."""
+        exporter = Exporter(libvirt_uri=libvirt_uri, node=node, workdir=workdir, registry=registry)
+        alertmanager = Alertmanager(workdir=workdir, webhook_url=webhook.url, registry=registry)
+        prometheus = Prometheus(
+            workdir=workdir,
+            registry=registry,
+            targets=[exporter.address],
+            rule_files=[PROJECT_RULE_FILE],
+            alertmanager_url=alertmanager.url,
+        )
+        exporter.start()
+        alertmanager.start()
+        prometheus.start()
+        wait_until(
+            lambda: prometheus.targets_health() == ["up"],
+            timeout=30.0,
+            what="Prometheus scraping guestload",
+        )
+        return cls(
+            exporter=exporter, prometheus=prometheus, alertmanager=alertmanager, webhook=webhook
+        )

@@ -24,6 +24,7 @@ import libvirt
 import libvirt_qemu
 
 from guestload_lab.image import AGENT_PORT_NAME, READY_LINE, GuestImage
+from guestload_lab.waiting import wait_until
 
 KUBEVIRT_NAMESPACE_URI = "http://kubevirt.io"
 AGENT_COMMAND_TIMEOUT_SECONDS = 5
@@ -215,15 +216,22 @@ class LabVm:
 
     def wait_booted(self, timeout: float = 60.0) -> float:
         """Wait for ``/init``'s ready line on the serial console; seconds since creation."""
-        deadline = time.monotonic() + timeout
-        while READY_LINE not in self.console_text():
-            if time.monotonic() >= deadline:
-                raise VmError(
-                    f"{self.name} did not boot in {timeout:.0f} s:\n{self.console_tail()}"
-                )
+
+        def booted() -> bool:
+            if READY_LINE in self.console_text():
+                return True
             if not self.is_running():
                 raise VmError(f"{self.name} stopped while booting:\n{self.console_tail()}")
-            time.sleep(0.2)
+            return False
+
+        wait_until(
+            booted,
+            timeout=timeout,
+            interval=0.2,
+            what=f"{self.name} booted",
+            detail=self.console_tail,
+            error=VmError,
+        )
         return time.monotonic() - self.created_at
 
     def agent_command(
@@ -238,19 +246,7 @@ class LabVm:
 
     def wait_agent(self, timeout: float = 60.0) -> float:
         """Wait until the agent answers ``guest-ping``; seconds since creation."""
-        deadline = time.monotonic() + timeout
-        last_error = ""
-        while time.monotonic() < deadline:
-            try:
-                self.agent_command("guest-ping", timeout=2)
-            except libvirt.libvirtError as error:
-                last_error = str(error)
-                if not self.is_running():
-                    break
-                time.sleep(0.25)
-            else:
-                return time.monotonic() - self.created_at
-        raise VmError(f"{self.name}: agent did not answer ({last_error}):\n{self.console_tail()}")
+        return wait_all_agents([self], timeout=timeout)[self.name]
 
     def guest_load(self) -> dict[str, float]:
         """``virDomainGetGuestInfo(LOAD)``: the guest's ``load.1m/5m/15m``."""
@@ -268,17 +264,34 @@ class LabVm:
     def run_in_guest(self, argv: Sequence[str], *, timeout: float = 30.0) -> tuple[int, str]:
         """Run ``argv`` in the guest to its end: exit code and stdout+stderr."""
         pid = self.guest_exec(argv)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.agent_command("guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                output = "".join(
-                    base64.b64decode(status.get(stream, "")).decode(errors="replace")
-                    for stream in ("out-data", "err-data")
-                )
-                return int(status.get("exitcode", -1)), output
-            time.sleep(0.2)
-        raise VmError(f"{self.name}: {' '.join(argv)} did not finish in {timeout:.0f} s")
+        status: dict[str, Any] = wait_until(
+            lambda: self._exec_status_if_exited(pid),
+            timeout=timeout,
+            interval=0.2,
+            what=f"{self.name}: {' '.join(argv)} finished",
+            error=VmError,
+        )
+        output = "".join(
+            base64.b64decode(status.get(stream, "")).decode(errors="replace")
+            for stream in ("out-data", "err-data")
+        )
+        return int(status.get("exitcode", -1)), output
+
+    def _exec_status_if_exited(self, pid: int) -> dict[str, Any] | None:
+        status: dict[str, Any] = self.agent_command("guest-exec-status", {"pid": pid})
+        return status if status.get("exited") else None
+
+    def agent_answers(self, *, timeout: int = 1) -> bool:
+        """True when the agent answers ``guest-ping``; an error when the VM has stopped."""
+        try:
+            self.agent_command("guest-ping", timeout=timeout)
+        except libvirt.libvirtError:
+            if not self.is_running():
+                raise VmError(
+                    f"{self.name} stopped while booting:\n{self.console_tail()}"
+                ) from None
+            return False
+        return True
 
     def start_stress(self, workers: int, *, seconds: int = 600) -> int:
         """Start ``stress-ng --cpu workers`` in the guest through the agent."""
@@ -303,24 +316,22 @@ def wait_all_agents(vms: Iterable[LabVm], timeout: float = 90.0) -> dict[str, fl
     """Wait for several VMs booting in parallel; VM name -> seconds from creation to agent."""
     pending = list(vms)
     ready: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while pending:
+
+    def all_answer() -> bool:
         for vm in list(pending):
-            try:
-                vm.agent_command("guest-ping", timeout=1)
-            except libvirt.libvirtError:
-                if not vm.is_running():
-                    raise VmError(
-                        f"{vm.name} stopped while booting:\n{vm.console_tail()}"
-                    ) from None
-                continue
-            ready[vm.name] = time.monotonic() - vm.created_at
-            pending.remove(vm)
-        if pending and time.monotonic() >= deadline:
-            names = ", ".join(vm.name for vm in pending)
-            raise VmError(f"agents did not answer within {timeout:.0f} s: {names}")
-        if pending:
-            time.sleep(0.25)
+            if vm.agent_answers():
+                ready[vm.name] = time.monotonic() - vm.created_at
+                pending.remove(vm)
+        return not pending
+
+    wait_until(
+        all_answer,
+        timeout=timeout,
+        interval=0.25,
+        what="agents answering",
+        detail=lambda: "still silent: " + ", ".join(vm.name for vm in pending),
+        error=VmError,
+    )
     return ready
 
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from guestload.identity import IdentityResolver
 from guestload.libvirt_source import LibvirtSource
 from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.multi_source import SocketGlobSource
-from tests.daemon.conftest import PrivateTestDriverDaemon
+from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
 
 pytestmark = pytest.mark.daemon
 
@@ -50,9 +49,7 @@ class LauncherPod:
         self.domain_uuid = str(uuid.uuid4())
         # The daemon binds in a short directory of its own; its socket is then moved into
         # the pod's runtime directory (a bound socket keeps listening when renamed).
-        self.daemon = PrivateTestDriverDaemon(
-            directory=Path(tempfile.mkdtemp(prefix="guestload-kv-", dir="/tmp"))
-        )
+        self.daemon = TestDriverLibvirtd(directory=short_directory("guestload-kv-"))
         # The test driver's default instance lives while a connection holds it: this one
         # plays virt-launcher's own connection.
         self._launcher_connection: libvirt.virConnect | None = None

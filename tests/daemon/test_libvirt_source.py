@@ -13,7 +13,7 @@ import pytest
 from guestload.libvirt_source import LibvirtSource, format_libvirt_version
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
 from guestload.source import SourceUnavailableError
-from tests.daemon.conftest import PrivateTestDriverDaemon
+from guestload_lab.libvirtd import TestDriverLibvirtd
 
 pytestmark = pytest.mark.daemon
 
@@ -38,7 +38,7 @@ def in_process_source() -> Iterator[LibvirtSource]:
 
 
 @pytest.fixture
-def daemon_source(test_driver_daemon: PrivateTestDriverDaemon) -> Iterator[LibvirtSource]:
+def daemon_source(test_driver_daemon: TestDriverLibvirtd) -> Iterator[LibvirtSource]:
     yield from _source(test_driver_daemon.uri)
 
 
@@ -178,7 +178,7 @@ def test_connect_to_a_missing_daemon_is_unavailable() -> None:
 
 
 def test_listing_through_a_private_daemon(
-    test_driver_daemon: PrivateTestDriverDaemon, daemon_source: LibvirtSource
+    test_driver_daemon: TestDriverLibvirtd, daemon_source: LibvirtSource
 ) -> None:
     inventory = _by_name(daemon_source.list_running_domains(), TEST_DOMAIN)
     assert inventory.uuid == "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -189,7 +189,7 @@ def test_listing_through_a_private_daemon(
 
 
 def test_events_through_a_private_daemon(
-    test_driver_daemon: PrivateTestDriverDaemon, daemon_source: LibvirtSource
+    test_driver_daemon: TestDriverLibvirtd, daemon_source: LibvirtSource
 ) -> None:
     events: queue.Queue[DomainEvent] = queue.Queue()
     daemon_source.set_event_listener(events.put)
@@ -204,7 +204,7 @@ def test_events_through_a_private_daemon(
 
 
 def test_reconnect_after_the_daemon_is_killed_and_restarted(
-    test_driver_daemon: PrivateTestDriverDaemon, daemon_source: LibvirtSource
+    test_driver_daemon: TestDriverLibvirtd, daemon_source: LibvirtSource
 ) -> None:
     test_uuid = _by_name(daemon_source.list_running_domains(), TEST_DOMAIN).uuid
 
@@ -223,7 +223,7 @@ def test_reconnect_after_the_daemon_is_killed_and_restarted(
 
 
 def test_a_hung_daemon_is_noticed_by_keepalive(
-    test_driver_daemon: PrivateTestDriverDaemon, daemon_source: LibvirtSource
+    test_driver_daemon: TestDriverLibvirtd, daemon_source: LibvirtSource
 ) -> None:
     assert len(daemon_source.list_running_domains()) == 1
     test_driver_daemon.pause()

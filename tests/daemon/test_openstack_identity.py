@@ -13,7 +13,7 @@ import pytest
 
 from guestload.cli import build_parser, make_poller, make_source, settings_from_args
 from guestload.render import MetricsCache
-from tests.daemon.conftest import PrivateTestDriverDaemon
+from guestload_lab.libvirtd import TestDriverLibvirtd
 
 pytestmark = pytest.mark.daemon
 
@@ -46,7 +46,7 @@ def _nova_domain_xml(*, domain_name: str, instance_uuid: str, name: str, project
 class Compute:
     """The daemon, a connection that keeps the test driver's state alive, and the instances."""
 
-    def __init__(self, daemon: PrivateTestDriverDaemon, keeper: libvirt.virConnect) -> None:
+    def __init__(self, daemon: TestDriverLibvirtd, keeper: libvirt.virConnect) -> None:
         self.daemon = daemon
         self.keeper = keeper
         self.instances: dict[str, str] = {}
@@ -72,7 +72,7 @@ class Compute:
 
 
 @pytest.fixture
-def compute(test_driver_daemon: PrivateTestDriverDaemon) -> Iterator[Compute]:
+def compute(test_driver_daemon: TestDriverLibvirtd) -> Iterator[Compute]:
     # The test driver drops its state when the last connection closes: hold one open.
     keeper = libvirt.open(test_driver_daemon.uri)
     try:

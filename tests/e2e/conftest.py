@@ -20,14 +20,7 @@ from guestload_lab.deps import ensure_dependencies
 from guestload_lab.image import GuestImage, build_image
 from guestload_lab.libvirtd import PrivateLibvirtd
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import (
-    PROJECT_RULE_FILE,
-    Alertmanager,
-    Exporter,
-    Prometheus,
-    WebhookReceiver,
-    wait_until,
-)
+from guestload_lab.services import Monitoring, WebhookReceiver
 from guestload_lab.vm import AgentKind, Hypervisor, LabVm, VmSpec, wait_all_agents
 
 NAMESPACE = "lab"
@@ -168,39 +161,16 @@ def lab(
                 vm.destroy()
 
 
-@dataclass
-class Monitoring:
-    """guestload, Prometheus (with the project's rules) and Alertmanager around the lab."""
-
-    exporter: Exporter
-    prometheus: Prometheus
-    alertmanager: Alertmanager
-    webhook: WebhookReceiver
-
-
 @pytest.fixture(scope="session")
 def monitoring(lab: Lab, timings: dict[str, float]) -> Iterator[Monitoring]:
-    work = lab.directory / "monitoring"
     with ProcessRegistry() as registry, WebhookReceiver() as webhook:
-        exporter = Exporter(libvirt_uri=lab.daemon.uri, node=NODE, workdir=work, registry=registry)
-        alertmanager = Alertmanager(workdir=work, webhook_url=webhook.url, registry=registry)
-        prometheus = Prometheus(
-            workdir=work,
-            registry=registry,
-            targets=[exporter.address],
-            rule_files=[PROJECT_RULE_FILE],
-            alertmanager_url=alertmanager.url,
-        )
         started = time.monotonic()
-        exporter.start()
-        alertmanager.start()
-        prometheus.start()
-        timings["exporter + Prometheus + Alertmanager up"] = time.monotonic() - started
-        wait_until(
-            lambda: prometheus.targets_health() == ["up"],
-            timeout=30.0,
-            what="Prometheus scraping guestload",
+        monitoring = Monitoring.start(
+            libvirt_uri=lab.daemon.uri,
+            node=NODE,
+            workdir=lab.directory / "monitoring",
+            registry=registry,
+            webhook=webhook,
         )
-        yield Monitoring(
-            exporter=exporter, prometheus=prometheus, alertmanager=alertmanager, webhook=webhook
-        )
+        timings["monitoring chain up, first scrape"] = time.monotonic() - started
+        yield monitoring

@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from guestload_lab.services import Exporter, wait_until
+from guestload_lab.services import Exporter, Monitoring
 from guestload_lab.vm import VmSpec
+from guestload_lab.waiting import wait_until
 from tests.e2e.conftest import (
     LATE_SPEC,
     NAMESPACE,
     NODE,
     PLAIN_NAMESPACE,
     Lab,
-    Monitoring,
 )
 
 pytestmark = pytest.mark.e2e

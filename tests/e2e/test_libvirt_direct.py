@@ -11,7 +11,7 @@ import time
 import libvirt
 import pytest
 
-from guestload_lab.services import wait_until
+from guestload_lab.waiting import wait_until
 from tests.e2e.conftest import Lab
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import Alertmanager, Prometheus, WebhookReceiver, wait_until
+from guestload_lab.services import Alertmanager, Prometheus, WebhookReceiver
+from guestload_lab.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.conftest import DaemonFactory, Exporters, metric_value, wait_for
+from tests.exposition import metric_value
+from tests.security.conftest import DaemonFactory, Exporters
 
 STOP_LIMIT_SECONDS = 2.0
 
@@ -17,7 +18,7 @@ def test_sigterm_stops_cleanly_within_2_seconds(
     exporters: Exporters, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exporter = exporters.start("--libvirt.uri", "test:///default")
-    assert wait_for(lambda: exporter.get("/readyz")[0] == 200, 10), exporter.log()
+    exporter.wait_ready(timeout=10)
     scraping = threading.Event()
 
     def scrape_until_stopped() -> None:
@@ -41,7 +42,7 @@ def test_sigterm_stops_cleanly_within_2_seconds(
 def test_sighup_without_a_web_config_is_harmless(exporters: Exporters) -> None:
     exporter = exporters.start("--libvirt.uri", "test:///default")
     exporter.process.send_signal(1)
-    assert wait_for(lambda: "SIGHUP" in exporter.log(), 5), exporter.log()
+    exporter.wait_for_log("SIGHUP", timeout=5)
     assert exporter.process.poll() is None
     assert exporter.get("/healthz")[0] == 200
 
@@ -66,7 +67,7 @@ def test_connection_refused_at_start_up_then_the_daemon_appears(
     assert exporter.log().count("hypervisor unavailable") == 1, "logged once, not per retry"
 
     daemon.start()
-    assert wait_for(lambda: exporter.get("/readyz")[0] == 200, 10), exporter.log()
+    exporter.wait_ready(timeout=10)
     _, body = exporter.get("/metrics")
     assert metric_value(body, "guestload_libvirt_up") == 1.0
     assert (

@@ -12,7 +12,9 @@ import pwd
 import libvirt
 import pytest
 
-from tests.security.conftest import DaemonFactory, Exporters, metric_value, wait_for
+from guestload_lab.services import Exporter
+from tests.exposition import metric_value
+from tests.security.conftest import DaemonFactory, Exporters
 
 UNPRIVILEGED_USER = "nobody"
 UNPRIVILEGED_GROUP = "nogroup"
@@ -74,17 +76,8 @@ def test_serves_as_nobody_with_only_the_read_write_socket(
     daemon.start()
     stat = daemon.socket_path.stat()
     assert (stat.st_mode & 0o777, stat.st_gid) == (0o770, account.pw_gid)
-    home = exporters.folder / "home"
-    home.mkdir()
-    home.chmod(0o777)
-    exporter = exporters.start(
-        "--libvirt.uri",
-        daemon.uri,
-        user=UNPRIVILEGED_USER,
-        group=UNPRIVILEGED_GROUP,
-        env={"HOME": str(home)},
-    )
-    assert wait_for(lambda: exporter.get("/readyz")[0] == 200, 15), exporter.log()
+    exporter = _serve_as_nobody(exporters, daemon.uri)
+    exporter.wait_ready(timeout=15)
     uid = _process_uid(exporter.process.pid)
     assert uid == account.pw_uid, "the exporter process runs as nobody"
     _, body = exporter.get("/metrics")
@@ -99,22 +92,26 @@ def test_without_socket_access_nobody_gets_nothing(
     """The same user without the socket's group: refused, reported, no crash."""
     daemon = make_daemon(rw_perms="0700", ro_perms="0700")
     daemon.start()
-    home = exporters.folder / "home"
-    home.mkdir()
-    home.chmod(0o777)
-    exporter = exporters.start(
-        "--libvirt.uri",
-        daemon.uri,
-        user=UNPRIVILEGED_USER,
-        group=UNPRIVILEGED_GROUP,
-        env={"HOME": str(home)},
-    )
-    assert wait_for(lambda: "hypervisor unavailable" in exporter.log(), 10), exporter.log()
+    exporter = _serve_as_nobody(exporters, daemon.uri)
+    exporter.wait_for_log("hypervisor unavailable", timeout=10)
     assert "Permission denied" in exporter.log()
     assert exporter.get("/readyz")[0] == 503
     _, body = exporter.get("/metrics")
     assert metric_value(body, "guestload_libvirt_up") == 0.0
     assert exporter.process.poll() is None
+
+
+def _serve_as_nobody(exporters: Exporters, uri: str) -> Exporter:
+    home = exporters.folder / "home"
+    home.mkdir()
+    home.chmod(0o777)
+    return exporters.start(
+        "--libvirt.uri",
+        uri,
+        user=UNPRIVILEGED_USER,
+        group=UNPRIVILEGED_GROUP,
+        env={"HOME": str(home)},
+    )
 
 
 def _process_uid(pid: int) -> int:

@@ -16,14 +16,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.security.conftest import (
-    GUESTLOAD,
-    Exporter,
-    Exporters,
-    command_output,
-    metric_value,
-    wait_for,
-)
+from guestload_lab.services import Exporter
+from guestload_lab.waiting import wait_until
+from tests.exposition import metric_value
+from tests.security.conftest import GUESTLOAD, Exporters, command_output
 from tests.unit.certs import TlsFiles, make_tls_files
 
 PASSWORD = "correct horse"  # noqa: S105 - the test's own made-up password
@@ -170,7 +166,7 @@ def test_sighup_reloads_the_password(secured: Secured) -> None:
     _write_atomically(secured.config, _web_config(secured.tls, "new password"))
     # A check interval of 1 s would also notice the change; SIGHUP applies it at once.
     secured.exporter.process.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "web config reloaded" in secured.exporter.log(), 5)
+    secured.exporter.wait_for_log("web config reloaded", timeout=5)
     assert secured.curl("-u", "prometheus:new password")[:2] == (0, "200")
     assert secured.curl("-u", f"prometheus:{PASSWORD}")[:2] == (0, "401")
 
@@ -181,7 +177,13 @@ def test_rotated_certificates_are_used_without_a_restart(secured: Secured) -> No
     rotated.write_bytes(secured.tls.other_server_cert.read_bytes())
     os.replace(rotated, secured.tls.cert)
     expected = ssl.PEM_cert_to_DER_cert(secured.tls.other_server_cert.read_text())
-    assert wait_for(lambda: secured.served_certificate() == expected, 10), secured.exporter.log()
+    wait_until(
+        lambda: secured.served_certificate() == expected,
+        timeout=10,
+        interval=0.05,
+        what="the new certificate served",
+        detail=secured.exporter.log,
+    )
     assert before != expected
     assert secured.curl("-u", f"prometheus:{PASSWORD}")[:2] == (0, "200")
     assert secured.exporter.process.poll() is None
@@ -190,7 +192,7 @@ def test_rotated_certificates_are_used_without_a_restart(secured: Secured) -> No
 def test_a_bad_new_file_keeps_the_old_config(secured: Secured) -> None:
     _write_atomically(secured.config, "basic_auth_users:\n  prometheus: plaintext\n")
     secured.exporter.process.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "web config not reloaded" in secured.exporter.log(), 5)
+    secured.exporter.wait_for_log("web config not reloaded", timeout=5)
     assert "basic_auth_users.prometheus" in secured.exporter.log()
     assert secured.curl("-u", f"prometheus:{PASSWORD}")[:2] == (0, "200")
     assert secured.curl("-u", "prometheus:plaintext")[:2] == (0, "401")

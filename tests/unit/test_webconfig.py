@@ -7,7 +7,6 @@ import logging
 import shutil
 import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
@@ -24,6 +23,7 @@ from guestload.webconfig import (
     load_web_config,
     peer_has_allowed_san,
 )
+from guestload_lab.waiting import wait_until
 from tests.unit.certs import TlsFiles, make_tls_files, openssl
 
 FIXTURES = Path(__file__).parent / "webconfig"
@@ -193,15 +193,6 @@ def test_the_cache_is_bounded(slow_hash: bytes) -> None:
 # -- reloading --------------------------------------------------------------------------------
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def _users_file(path: Path, password: bytes) -> None:
     hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=4)).decode()
     path.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
@@ -228,7 +219,12 @@ def test_reloads_when_the_file_changes_and_keeps_the_old_config_when_it_is_bad(
         assert first.authenticator is not None
         assert first.authenticator.check(_basic("alice", b"first"))
         _users_file(path, b"second")
-        assert _wait_for(lambda: reloader.current is not first)
+        wait_until(
+            lambda: reloader.current is not first,
+            timeout=5,
+            interval=0.02,
+            what="users file reloaded",
+        )
         second = reloader.current.authenticator
         assert second is not None
         assert second.check(_basic("alice", b"second"))
@@ -237,7 +233,12 @@ def test_reloads_when_the_file_changes_and_keeps_the_old_config_when_it_is_bad(
         logging.getLogger("guestload.webconfig").addHandler(records)
         try:
             path.write_text("basic_auth_users:\n  alice: second\n")  # a plaintext password
-            assert _wait_for(lambda: reloader.failures == 1)
+            wait_until(
+                lambda: reloader.failures == 1,
+                timeout=5,
+                interval=0.02,
+                what="one reload failure",
+            )
         finally:
             logging.getLogger("guestload.webconfig").removeHandler(records)
         assert reloader.current.authenticator is second
@@ -259,7 +260,7 @@ def test_reload_on_request_and_rotated_certificates(tls_files: TlsFiles, tmp_pat
     try:
         first = reloader.current
         reloader.request_reload()
-        assert _wait_for(lambda: reloader.reloads == 1)
+        wait_until(lambda: reloader.reloads == 1, timeout=5, interval=0.02, what="one reload")
         assert reloader.current is not first
     finally:
         reloader.stop()
@@ -268,7 +269,12 @@ def test_reload_on_request_and_rotated_certificates(tls_files: TlsFiles, tmp_pat
     try:
         before = watcher.current
         shutil.copyfile(tls_files.other_server_cert, tmp_path / "server.pem")  # rotation
-        assert _wait_for(lambda: watcher.current is not before)
+        wait_until(
+            lambda: watcher.current is not before,
+            timeout=5,
+            interval=0.02,
+            what="rotated certificate loaded",
+        )
     finally:
         watcher.stop()
 
