@@ -150,13 +150,11 @@ class Poller:
             events = self._drain_events()
             due = now >= next_poll
             if events and self._connected:
-                refresh = self._absorb_events(events)
-                if due:
-                    pass  # the full poll below covers the refresh
-                elif refresh:
+                refresh, removed = self._absorb_events(events)
+                if refresh and not due:
                     self.poll(only=refresh)
-                else:
-                    self._publish()
+                elif removed:
+                    self._publish()  # before a due poll too: removals must not wait for it
             if due:
                 snapshot = self.poll()
                 if snapshot.source_up:
@@ -199,15 +197,19 @@ class Poller:
 
     def apply_events(self, events: Sequence[DomainEvent]) -> Snapshot:
         """Act on source events at once: drop stopped domains, refresh (re)connected agents."""
-        refresh = self._absorb_events(events)
+        refresh, _removed = self._absorb_events(events)
         if refresh:
             return self.poll(only=refresh)
         return self._publish()
 
     # -- internals ----------------------------------------------------------------------
 
-    def _absorb_events(self, events: Sequence[DomainEvent]) -> set[str]:
-        """Apply what events tell without asking libvirt; return the domains to read now."""
+    def _absorb_events(self, events: Sequence[DomainEvent]) -> tuple[set[str], bool]:
+        """Apply what events tell without asking libvirt.
+
+        Returns the domains to read now, and whether any series went away.
+        """
+        removed = False
         refresh: set[str] = set()
         stopped: set[str] = set()
         for event in events:
@@ -223,6 +225,7 @@ class Poller:
                         state=AgentState.NOT_CONNECTED, detail="agent disconnected"
                     )
                     self._record(event.uuid, track, reading, now=self._clock())
+                    removed = True
                 refresh.discard(event.uuid)
             else:
                 stopped.discard(event.uuid)
@@ -231,8 +234,10 @@ class Poller:
                 if track is not None:
                     track.next_check, track.backoff = 0.0, 0.0
         if stopped:
+            before = len(self._inventory)
             self._inventory = [d for d in self._inventory if d.uuid not in stopped]
-        return refresh
+            removed = removed or len(self._inventory) < before
+        return refresh, removed
 
     def _warn_if_overrun(self, took: float) -> None:
         """Log once when polls start taking longer than the interval, once when they recover."""
@@ -271,6 +276,9 @@ class Poller:
     def _forget_missing(self, live: set[str]) -> None:
         for uuid in [u for u in self._tracks if u not in live]:
             del self._tracks[uuid]
+        # A call that overran for a domain that is gone: drop it once it has ended.
+        for uuid in [u for u, c in self._in_flight.items() if u not in live and c.future.done()]:
+            del self._in_flight[uuid]
 
     def _read_loads(
         self, inventory: Sequence[DomainInventory], *, only: Collection[str] | None

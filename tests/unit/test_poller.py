@@ -389,3 +389,67 @@ def test_events_are_taken_even_when_polls_overrun_the_interval(
     assert backlog <= 1000, f"{backlog} events piled up while polls ran back to back"
     overruns = [r for r in caplog.records if "longer than the interval" in r.getMessage()]
     assert len(overruns) == 1
+
+
+def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
+    published: list[Snapshot],
+) -> None:
+    class SlowListing(FakeSource):
+        def list_running_domains(self) -> list[DomainInventory]:
+            time.sleep(0.3)
+            return list(super().list_running_domains())
+
+    # libvirt keeps listing "a" (as a listing taken just before it stopped would): only the
+    # event can remove it, and polls run back to back, so a poll is always due.
+    source = SlowListing(domains=[domain("a"), domain("b")], answers={"a": ok(1.0), "b": ok(2.0)})
+    poller = Poller(
+        source=source,
+        identity=IdentityResolver(node="n", default_namespace="libvirt"),
+        poll_interval_seconds=0.25,
+        agent_timeout_seconds=0.1,
+        concurrency=2,
+        agent_backoff_max_seconds=1.0,
+        on_snapshot=published.append,
+        build_info={},
+    )
+    thread = threading.Thread(target=poller.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.listener is not None
+        seen = len(published)
+        source.listener(DomainEvent(EventKind.STOPPED, "a"))
+        time.sleep(1.0)
+    finally:
+        poller.stop()
+        thread.join(5)
+        poller.close()
+    after = [states(s) for s in published[seen:]]
+    assert {"b": AgentState.OK} in after, f"the stop never reached a snapshot: {after}"
+
+
+def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
+    source: FakeSource, published: list[Snapshot]
+) -> None:
+    release = threading.Event()
+
+    def hang() -> LoadReading:
+        release.wait(10)
+        return ok(1.0)
+
+    source.domains = [domain("hung"), domain("fine")]
+    source.answers = {"hung": hang, "fine": ok(1.0)}
+    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    try:
+        poller.poll()
+        assert "hung" in poller._in_flight
+        source.domains = [domain("fine")]
+        release.set()
+        time.sleep(0.05)
+        poller.poll()
+        assert "hung" not in poller._in_flight, "a finished call for a gone domain is kept"
+    finally:
+        release.set()
+        poller.close()
