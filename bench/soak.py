@@ -1,8 +1,9 @@
 """Soak: one ``guestload serve`` with thousands of churning simulated VMs, scraped for minutes.
 
 The exporter runs ``--source simulated`` with VMs replaced every minute (each new VM boots
-with its agent not yet connected, then connected: the events libvirt would send) and a few
-misbehaving agents, at a short poll interval. The benchmark scrapes it without pause, plain
+with its agent not yet connected, then connected: the events libvirt would send), agents that
+disconnect and reconnect 10 to 30 s later (flaps, with their events) and a few misbehaving
+agents, at a short poll interval. The benchmark scrapes it without pause, plain
 and gzip in turn, each on a new connection, until ``--minutes`` have passed, and records:
 
 - RSS over time (from ``/proc``): start, end, peak, and the least-squares slope per minute
@@ -11,7 +12,8 @@ and gzip in turn, each on a new connection, until ``--minutes`` have passed, and
 - ``guestload_poll_duration_seconds`` after every poll the scrapes saw;
 - stale series: every scrape (plain and gzip) is held against the same simulation replayed
   from the same seed (:mod:`bench.staleness`); a VM in a scrape that did not exist at the
-  poll that exported it is a stale series;
+  poll that exported it is a stale series, and so is a load series of a VM whose agent was
+  away at every step that poll can have run at;
 - how long stopped VMs stayed exported: events should drop them at once, the next full poll
   at the latest, so a VM still exported two poll cycles (plus one scrape round, the
   resolution of the scrapes) after it stopped is counted as late.
@@ -23,7 +25,7 @@ are measured from that bound, so they are short by at most the fastest publicati
 VM the run saw, never long. Every scrape's time, latency, ``guestload_polls_total`` and
 newest VM go to the JSON too, showing whether a snapshot changed between full polls (events).
 
-    python -m bench.soak --vms 10000 --churn 600 --interval 5s --minutes 10
+    python -m bench.soak --vms 10000 --churn 600 --flaps 60 --interval 5s --minutes 10
 """
 
 from __future__ import annotations
@@ -136,9 +138,10 @@ def _check(
 ) -> tuple[int, int]:
     """Hold one scrape against the replay; its newest start step and its number of VMs."""
     # The origin is after the spawn, so the source's step now is at most this.
-    replay.advance_to(int((received - spawned) // STEP_SECONDS) + 1)
+    latest_step = int((received - spawned) // STEP_SECONDS)
+    replay.advance_to(latest_step + 1)
     exported = exported_vms(text)
-    result = check_scrape(exported, replay)
+    result = check_scrape(exported, replay, latest_step=latest_step)
     seen.scrapes_checked += 1
     seen.origin_upper = min(seen.origin_upper, received - result.newest_start_step * STEP_SECONDS)
     seen.newest_start_steps.append(result.newest_start_step)
@@ -160,6 +163,7 @@ def _check(
         ("load_from_silent_agent", result.load_from_silent_agent),
         ("state_count_wrong", result.state_count_wrong),
         ("uuid_wrong", result.uuid_wrong),
+        ("load_while_agent_away", result.load_while_agent_away),
     ):
         seen.invariant_violations[name] += len(keys)
     return result.newest_start_step, result.vms
@@ -262,6 +266,8 @@ def soak(
                 f"{simulation.churn_per_minute:g}",
                 "--simulated.agent-failures",
                 str(simulation.agent_failures),
+                "--simulated.agent-flaps",
+                f"{simulation.agent_flaps_per_minute:g}",
                 "--collector.concurrency",
                 str(concurrency),
             ],
@@ -305,6 +311,7 @@ def soak(
         "seed": simulation.seed,
         "churn_per_minute": simulation.churn_per_minute,
         "agent_failures": str(simulation.agent_failures),
+        "agent_flaps_per_minute": simulation.agent_flaps_per_minute,
         "interval": interval,
         "concurrency": concurrency,
         "exporter_command": command,
@@ -349,6 +356,7 @@ def soak(
             "steps_replayed": replay.step,
             "vms_started_during_run": sum(1 for s in replay.started.values() if s > 0),
             "vms_stopped_during_run": len(replay.stopped),
+            "agent_flaps_during_run": replay.flaps,
             "started_vms_seen_exported": len(seen.churned_vms_seen),
             "newest_start_step_last_scrape": (
                 seen.newest_start_steps[-1] if seen.newest_start_steps else 0
@@ -387,7 +395,11 @@ def table(result: dict[str, Any]) -> str:
     staleness = result["staleness"]
     mib = 2**20
     rows: list[list[object]] = [
-        ["VMs, churn per minute", f"{result['vms']:,}, {result['churn_per_minute']:g}"],
+        [
+            "VMs, churn per minute, agent flaps per minute",
+            f"{result['vms']:,}, {result['churn_per_minute']:g}, "
+            f"{result['agent_flaps_per_minute']:g}",
+        ],
         ["agent failures", result["agent_failures"]],
         ["interval, window", f"{result['interval']}, {result['wall_seconds']:.0f} s"],
         ["polls done (failed)", f"{polls['done']} ({polls['failures_total']:g})"],
@@ -440,6 +452,7 @@ def table(result: dict[str, Any]) -> str:
             f"{staleness['vms_started_during_run']} / {staleness['vms_stopped_during_run']} "
             f"({staleness['started_vms_seen_exported']})",
         ],
+        ["agent flaps replayed", staleness["agent_flaps_during_run"]],
         ["scrapes checked", staleness["scrapes_checked"]],
         ["stale series (scrapes)", f"{staleness['stale_series']} ({staleness['stale_scrapes']})"],
         [
@@ -472,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--churn", type=float, default=600.0, help="VMs replaced per minute")
+    parser.add_argument("--flaps", type=float, default=60.0, help="agents disconnecting per minute")
     parser.add_argument(
         "--agent-failures", default=DEFAULT_FAILURES, help="as --simulated.agent-failures"
     )
@@ -489,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         agent_failures=AgentFailures.parse(args.agent_failures),
         churn_per_minute=args.churn,
+        agent_flaps_per_minute=args.flaps,
     )
     with tempfile.TemporaryDirectory(prefix="guestload-bench-soak-") as workdir:
         result = soak(

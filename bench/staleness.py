@@ -4,8 +4,8 @@ The simulated source is a function of its seed and of the number of 5 s steps si
 connected: VMs replaced by churn, and in what order, depend on nothing else. So
 :class:`PopulationReplay` runs the same :class:`~guestload.simulated_source.SimulatedSource`
 with the same :class:`~guestload.simulated_source.Simulation` on a clock it moves one step at
-a time, and records the step each VM started and stopped at. A VM exists at step ``s`` when
-``started <= s < stopped``.
+a time, and records the step each VM started and stopped at, and the steps its agent went
+away and came back at (agent flaps). A VM exists at step ``s`` when ``started <= s < stopped``.
 
 A scrape cannot say which step its snapshot was polled at, but the VMs in it bound that step
 from below: the snapshot contains a VM that started at step ``newest``, so its poll ran at
@@ -13,6 +13,10 @@ step ``newest`` or later. Any VM in the same scrape that had stopped at or befor
 did not exist at that poll: a stale series. :func:`check_scrape` counts those (and VMs the
 source never had), and the invariants that hold per VM: load series only next to agent state
 ``ok``, never from an agent that cannot answer, and the UUID that VM really has.
+
+The same bound holds for flaps: the scrape's poll ran between step ``newest`` and the latest
+step the scrape's time allows, so a load series of a VM whose agent was away during all of
+those steps was invented (an agent that is back may have one again).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from guestload.identity import IdentityResolver
-from guestload.model import AgentState
+from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.simulated_source import STEP_SECONDS, AgentBehaviour, SimulatedSource, Simulation
 
 VmKey = tuple[str, str]
@@ -101,8 +105,14 @@ class PopulationReplay:
         self.stopped: dict[VmKey, int] = {}
         self.uuids: dict[VmKey, str] = {}
         self.behaviours: dict[VmKey, AgentBehaviour] = {}
+        self.agent_away: dict[VmKey, list[tuple[int, int | None]]] = {}
+        """VM -> [(step its agent went away, step it came back or None), ...]."""
+        self.flaps = 0
+        """Agent disconnections replayed."""
         self._keys: dict[str, VmKey] = {}
         self._running: set[VmKey] = set()
+        self._events: list[DomainEvent] = []
+        self._source.set_event_listener(self._events.append)
         self._source.connect()
         self._record(0)
 
@@ -112,6 +122,13 @@ class PopulationReplay:
             self.step += 1
             self._now = self.step * STEP_SECONDS
             self._record(self.step)
+
+    def away_throughout(self, key: VmKey, first: int, last: int) -> bool:
+        """True when the agent of ``key`` was away at every step from ``first`` to ``last``."""
+        return any(
+            went <= first and (back is None or last < back)
+            for went, back in self.agent_away.get(key, ())
+        )
 
     def exists(self, key: VmKey, step: int) -> bool:
         """True when ``key`` ran at ``step`` (which must be replayed already)."""
@@ -136,6 +153,17 @@ class PopulationReplay:
         for key in self._running - running:
             self.stopped[key] = step
         self._running = running
+        for event in self._events:
+            flapped = self._keys.get(event.uuid)
+            if flapped is None:
+                continue
+            spells = self.agent_away.setdefault(flapped, [])
+            if event.kind is EventKind.AGENT_DISCONNECTED:
+                spells.append((step, None))
+                self.flaps += 1
+            elif event.kind is EventKind.AGENT_CONNECTED and spells and spells[-1][1] is None:
+                spells[-1] = (spells[-1][0], step)
+        self._events.clear()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +188,8 @@ class ScrapeCheck:
     """VMs without exactly one ``guestload_agent_state`` series."""
     uuid_wrong: tuple[VmKey, ...]
     """VMs whose ``guestload_domain_info`` UUID is missing or not the VM's own."""
+    load_while_agent_away: tuple[VmKey, ...] = ()
+    """VMs with a load series although their agent was away at every step the poll can be at."""
 
     @property
     def violations(self) -> int:
@@ -170,11 +200,18 @@ class ScrapeCheck:
             + len(self.load_from_silent_agent)
             + len(self.state_count_wrong)
             + len(self.uuid_wrong)
+            + len(self.load_while_agent_away)
         )
 
 
-def check_scrape(exported: ExportedVms, replay: PopulationReplay) -> ScrapeCheck:
-    """Hold a scrape against the population (replayed at least to the scrape's time)."""
+def check_scrape(
+    exported: ExportedVms, replay: PopulationReplay, *, latest_step: int | None = None
+) -> ScrapeCheck:
+    """Hold a scrape against the population (replayed at least to the scrape's time).
+
+    ``latest_step`` is the latest step the scrape's poll can have run at (default: the step
+    replayed to).
+    """
     known = [key for key in exported.series if key in replay.started]
     newest = max((replay.started[key] for key in known), default=0)
     stale = _sorted(key for key in exported.series if not replay.exists(key, newest))
@@ -201,6 +238,13 @@ def check_scrape(exported: ExportedVms, replay: PopulationReplay) -> ScrapeCheck
             key
             for key in exported.series
             if key in replay.uuids and exported.uuids.get(key) != replay.uuids[key]
+        ),
+        load_while_agent_away=_sorted(
+            key
+            for key in exported.with_load
+            if replay.away_throughout(
+                key, newest, replay.step if latest_step is None else latest_step
+            )
         ),
     )
 

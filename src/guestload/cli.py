@@ -126,6 +126,15 @@ def _add_simulated_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="how long a healthy simulated agent takes to answer (default: 0s)",
     )
+    parser.add_argument(
+        "--simulated.agent-flaps",
+        dest="simulated_agent_flaps",
+        type=float,
+        default=0.0,
+        metavar="PER_MINUTE",
+        help="simulated agents per minute that disconnect and reconnect 10 to 30 s later, "
+        "with their agent events (default: 0)",
+    )
 
 
 def _default_node() -> str:
@@ -327,6 +336,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             agent_failures=args.simulated_agent_failures,
             churn_per_minute=args.simulated_churn,
             agent_latency_seconds=args.simulated_agent_latency,
+            agent_flaps_per_minute=args.simulated_agent_flaps,
         ),
         identity_mode=args.identity_mode,
         socket_glob=args.socket_glob,

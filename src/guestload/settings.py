@@ -137,6 +137,11 @@ class Settings:
                 f"must be 0 to {MAX_SIMULATED_VMS} VMs per minute",
             ),
             (
+                0 <= self.simulation.agent_flaps_per_minute <= MAX_SIMULATED_VMS,
+                "--simulated.agent-flaps",
+                f"must be 0 to {MAX_SIMULATED_VMS} agents per minute",
+            ),
+            (
                 0 <= self.simulation.agent_latency_seconds < self.agent_timeout_seconds,
                 "--simulated.agent-latency",
                 "must be at least 0 and shorter than --collector.agent-timeout",

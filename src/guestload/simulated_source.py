@@ -4,7 +4,8 @@ No libvirt: every VM lives in memory. Each VM has a vCPU count, a utilisation th
 (a mean-reverting random walk with rare bursts), and load averages computed from it the way
 the Linux kernel does (an exponential moving average of the run queue, updated every 5 s).
 vCPU counters only grow. A configurable share of agents misbehave as real ones do (absent,
-too old, slow, hung), and VMs can come and go with the events libvirt would send.
+too old, slow, hung), agents can go away for a few seconds and come back, and VMs can come
+and go, all with the events libvirt would send.
 
 Everything is a function of the seed and of the time since :meth:`SimulatedSource.connect`:
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
@@ -43,6 +44,8 @@ BOOT_STEPS = 2
 """A VM started during the simulation has its agent connected this many steps later."""
 VCPU_COUNTS = ((1, 0.30), (2, 0.35), (4, 0.25), (8, 0.10))
 """vCPU count -> share of VMs."""
+AGENT_AWAY_STEPS = (2, 6)
+"""A flapping agent stays away this many steps (inclusive bounds: 10 to 30 s), then reconnects."""
 NAMESPACES = ("default", "prod", "staging", "dev", "ci", "data", "web", "batch")
 MAX_UTILISATION = 3.0
 """Utilisation is run queue per vCPU; above 1 the guest has more runnable tasks than vCPUs."""
@@ -50,6 +53,7 @@ _REVERSION = 0.08
 _NOISE = 0.06
 _BURST_CHANCE = 0.002
 _MASK64 = (1 << 64) - 1
+_FLAP_SALT = 0x666C6170
 
 # What libvirt says in each failure case (measured with real VMs; see agent_answer).
 _VIR_ERR_NO_DOMAIN = 42
@@ -152,6 +156,8 @@ class Simulation:
     """VMs replaced per minute: one stops and a new one starts (0: a fixed population)."""
     agent_latency_seconds: float = 0.0
     """How long a healthy agent takes to answer (a real one: ~1-3 ms)."""
+    agent_flaps_per_minute: float = 0.0
+    """Agents per minute that disconnect and reconnect :data:`AGENT_AWAY_STEPS` later (0: none)."""
 
 
 def _mix(value: int) -> int:
@@ -171,6 +177,7 @@ class _Vm:
     """One simulated VM: fixed traits and the state the simulation has advanced it to."""
 
     __slots__ = (
+        "away",
         "behaviour",
         "busy",
         "delay_share",
@@ -220,6 +227,7 @@ class _Vm:
             0.8 + 0.4 * _unit(_mix(draws[7] ^ vcpu)) for vcpu in range(self.vcpus)
         )
         self.started_step = step if not booted else -BOOT_STEPS
+        self.away = False
         self.step = step
         self.util = self.mean
         if booted:
@@ -282,7 +290,9 @@ class _Vm:
 
     def agent_connected(self, step: int) -> bool:
         return (
-            self.behaviour is not AgentBehaviour.ABSENT and step >= self.started_step + BOOT_STEPS
+            self.behaviour is not AgentBehaviour.ABSENT
+            and step >= self.started_step + BOOT_STEPS
+            and not self.away
         )
 
 
@@ -298,8 +308,9 @@ def _vcpu_count(draw: float) -> int:
 class SimulatedSource:
     """A :class:`guestload.source.Source` over simulated VMs (see the module's description).
 
-    ``clock`` drives the simulation (tests pass a fake one). With churn, a daemon thread
-    replaces VMs on time and sends their events even when nobody polls.
+    ``clock`` drives the simulation (tests pass a fake one). With churn or agent flaps, a
+    daemon thread replaces VMs and disconnects agents on time and sends their events even
+    when nobody polls; without the thread, listing the VMs catches up.
     """
 
     def __init__(
@@ -311,7 +322,9 @@ class SimulatedSource:
     ) -> None:
         self._simulation = simulation
         self._clock = clock
-        self._churn_thread = churn_thread and simulation.churn_per_minute > 0
+        self._churn_thread = churn_thread and (
+            simulation.churn_per_minute > 0 or simulation.agent_flaps_per_minute > 0
+        )
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._listener: EventListener | None = None
@@ -320,7 +333,9 @@ class SimulatedSource:
         self._population_step = 0
         self._next_index = simulation.vms
         self._churn_debt = 0.0
+        self._flap_debt = 0.0
         self._pending_agents: list[tuple[int, str]] = []
+        """(step, UUID): the agent of a booting or flapping VM connects at that step."""
         self._thread: threading.Thread | None = None
 
     # -- Source -----------------------------------------------------------------------------
@@ -420,9 +435,13 @@ class SimulatedSource:
         )
 
     def _advance_population(self, step: int) -> list[DomainEvent]:
-        """Replace VMs up to ``step`` (churn) and connect booted agents; the events, in order."""
+        """Replace VMs (churn), disconnect agents (flaps) and connect agents up to ``step``.
+
+        The events, in order. Which VMs and for how long depend only on the seed and the step.
+        """
         events: list[DomainEvent] = []
         per_step = self._simulation.churn_per_minute * STEP_SECONDS / 60.0
+        flaps_per_step = self._simulation.agent_flaps_per_minute * STEP_SECONDS / 60.0
         while self._population_step < step:
             self._population_step += 1
             current = self._population_step
@@ -444,11 +463,30 @@ class SimulatedSource:
                     self._pending_agents.append((current + BOOT_STEPS, vm.uuid))
             due = [uuid for at, uuid in self._pending_agents if at <= current]
             self._pending_agents = [(at, u) for at, u in self._pending_agents if at > current]
-            events += [
-                DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=uuid)
-                for uuid in due
-                if uuid in self._vms
-            ]
+            for uuid in due:
+                connecting = self._vms.get(uuid)
+                if connecting is not None:
+                    connecting.away = False
+                    events.append(DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=uuid))
+            self._flap_debt += flaps_per_step
+            flaps = int(self._flap_debt)
+            self._flap_debt -= flaps
+            if flaps:
+                events += self._disconnect_agents(current, flaps)
+        return events
+
+    def _disconnect_agents(self, step: int, count: int) -> list[DomainEvent]:
+        """Disconnect ``count`` connected agents at ``step``; each reconnects a few steps later."""
+        connected = [uuid for uuid, vm in self._vms.items() if vm.agent_connected(step)]
+        events: list[DomainEvent] = []
+        low, high = AGENT_AWAY_STEPS
+        for flap in range(min(count, len(connected))):
+            pick = _mix(_mix(self._simulation.seed ^ _FLAP_SALT) ^ step << 20 ^ flap)
+            uuid = connected.pop(pick % len(connected))
+            self._vms[uuid].away = True
+            away_steps = low + (pick >> 40) % (high - low + 1)
+            self._pending_agents.append((step + away_steps, uuid))
+            events.append(DomainEvent(kind=EventKind.AGENT_DISCONNECTED, uuid=uuid))
         return events
 
     def _churn_loop(self) -> None:

@@ -1,4 +1,4 @@
-"""The soak in small (500 churning VMs for 20 s) and the stale-series check it relies on.
+"""The soak in small (500 churning VMs with flapping agents for 20 s) and the checks it uses.
 
 The check is tested against expositions the exporter's own poller and renderer produce from
 the simulated source, with a stale VM spliced in: it must name that VM and nothing else.
@@ -29,6 +29,7 @@ SIMULATION = Simulation(
     vms=40,
     seed=7,
     churn_per_minute=120,  # 10 VMs replaced per 5 s step
+    agent_flaps_per_minute=36,  # 3 agents go away per step
     agent_failures=AgentFailures(absent=0.1, old=0.1),
 )
 
@@ -122,6 +123,35 @@ def test_a_load_series_from_an_agent_that_cannot_answer_is_caught() -> None:
     assert result.stale_vms == ()
 
 
+def test_a_load_series_while_the_agent_is_away_is_caught_and_after_it_is_back_is_not() -> None:
+    texts = _expositions(SIMULATION, [0, 3, 8])
+    replay = PopulationReplay(simulation=SIMULATION, node=NODE)
+    replay.advance_to(8)
+    assert replay.flaps == 3 * 8
+    away = [
+        key
+        for key, spells in replay.agent_away.items()
+        if replay.away_throughout(key, 3, 3) and replay.exists(key, 8)
+    ]
+    assert away
+    for key in away:  # the exporter itself dropped their load at once
+        assert not [line for line in _vm_lines(texts[3], key) if "guest_load" in line]
+    victim = away[0]
+    (went, back), *_ = replay.agent_away[victim]
+    assert went <= 3
+    assert back is not None
+    assert 3 < back <= 8
+    loads = [line for line in _vm_lines(texts[0], victim) if "guest_load" in line]
+    assert loads
+    result = check_scrape(exported_vms(texts[3] + "\n".join(loads) + "\n"), replay, latest_step=3)
+    assert result.load_while_agent_away == (victim,)
+    assert result.load_without_ok == (victim,)  # its agent state is not_connected
+    assert result.stale_vms == ()
+    # Back by step 8: a load series again is fine, and a poll that may be older is not blamed.
+    assert check_scrape(exported_vms(texts[8]), replay).violations == 0
+    assert check_scrape(exported_vms(texts[8] + "\n".join(loads) + "\n"), replay).violations == 0
+
+
 def test_labels_with_escapes_are_read_whole() -> None:
     line = 'guestload_agent_state{name="a\\"b\\\\,c=\\"d",namespace="x",state="ok"} 1.0\n'
     exported = exported_vms(line)
@@ -129,9 +159,10 @@ def test_labels_with_escapes_are_read_whole() -> None:
     assert exported.states == {("x", 'a\\"b\\\\,c=\\"d'): ("ok",)}
 
 
-def test_soak_smoke_keeps_every_invariant_with_churn(tmp_path: Path) -> None:
+def test_soak_smoke_keeps_every_invariant_with_churn_and_flaps(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     argv = ["--vms", "500", "--churn", "300", "--interval", "2s", "--minutes", str(20 / 60)]
+    argv += ["--flaps", "120"]
     assert soak.main([*argv, "--warmup", "5s", "--out", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["failed_invariants"] == []
@@ -152,6 +183,9 @@ def test_soak_smoke_keeps_every_invariant_with_churn(tmp_path: Path) -> None:
     # The churn really happened and its new VMs really reached the scrapes.
     assert staleness["vms_stopped_during_run"] >= 25
     assert staleness["started_vms_seen_exported"] >= 25
+    # The flaps happened too (10 per 5 s step) and were held against the load series.
+    assert staleness["agent_flaps_during_run"] >= 25
+    assert "load_while_agent_away" in staleness["invariant_violations"]
     assert not any(staleness["invariant_violations"].values())
     rss = result["rss"]
     assert 10 * 2**20 < rss["max_bytes"] < 150 * 2**20

@@ -1,4 +1,4 @@
-"""The simulated source: deterministic VMs, plausible load, agent failures, churn and events."""
+"""The simulated source: deterministic VMs, plausible load, agent failures, churn, flaps, events."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.poller import Poller
 from guestload.simulated_source import (
+    AGENT_AWAY_STEPS,
     BOOT_STEPS,
     STEP_SECONDS,
     AgentBehaviour,
@@ -243,6 +244,93 @@ def test_churn_thread_sends_events_without_polls() -> None:
     assert {e.kind for e in events} >= {EventKind.STOPPED, EventKind.STARTED}
 
 
+def _flap_events(seed: int, steps: int) -> list[DomainEvent]:
+    clock = FakeClock()
+    source = _source(
+        clock,
+        vms=30,
+        seed=seed,
+        agent_flaps_per_minute=2 * 60 / STEP_SECONDS,  # two agents per step
+        agent_failures=AgentFailures(absent=0.2, hung=0.1),
+    )
+    events: list[DomainEvent] = []
+    source.set_event_listener(events.append)
+    clock.now += steps * STEP_SECONDS
+    source.list_running_domains()
+    return events
+
+
+def test_flapping_agents_go_away_and_come_back_with_events() -> None:
+    clock = FakeClock()
+    source = _source(
+        clock,
+        vms=300,
+        agent_flaps_per_minute=60 / STEP_SECONDS,  # one agent per step
+        agent_failures=AgentFailures(absent=0.2, hung=0.1),
+    )
+    absent = {u for u, b in source.behaviours().items() if b is AgentBehaviour.ABSENT}
+    events: list[DomainEvent] = []
+    source.set_event_listener(events.append)
+    clock.now += STEP_SECONDS
+    domains = source.list_running_domains()
+    assert len(domains) == 300  # flaps leave the VMs running
+    (event,) = events
+    assert event.kind is EventKind.AGENT_DISCONNECTED
+    assert event.uuid not in absent  # an agent without a channel cannot disconnect
+    reading = source.read_guest_load(event.uuid, 5.0)
+    # Also a hung agent answers at once: its channel is gone.
+    assert reading.state is AgentState.NOT_CONNECTED
+    assert reading.detail == "Guest agent is not responding: QEMU guest agent is not connected"
+    low, high = AGENT_AWAY_STEPS
+    away = 1
+    while DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=event.uuid) not in events:
+        assert source.read_guest_load(event.uuid, 5.0).state is AgentState.NOT_CONNECTED
+        clock.now += STEP_SECONDS
+        source.list_running_domains()
+        away += 1
+        assert away <= high + 1
+    assert away - 1 >= low
+    # (Back for good within this test: this seed does not pick the same agent again.)
+    assert [e.kind for e in events if e.uuid == event.uuid][-1] is EventKind.AGENT_CONNECTED
+    behaviour = source.behaviours()[event.uuid]
+    expected = AgentState.TIMEOUT if behaviour is AgentBehaviour.HUNG else AgentState.OK
+    assert source.read_guest_load(event.uuid, 0.01).state is expected
+    kinds = Counter(e.kind for e in events)
+    assert kinds[EventKind.AGENT_DISCONNECTED] == away  # one more agent went away each step
+
+
+def test_flaps_depend_only_on_the_seed_and_the_step() -> None:
+    events = _flap_events(seed=5, steps=12)
+    assert events == _flap_events(seed=5, steps=12)
+    assert events != _flap_events(seed=6, steps=12)
+    disconnected = [e for e in events if e.kind is EventKind.AGENT_DISCONNECTED]
+    assert len(disconnected) == 24
+    # Caught up step by step: an agent's reconnection comes after its disconnection.
+    away: set[str] = set()
+    for event in events:
+        if event.kind is EventKind.AGENT_DISCONNECTED:
+            assert event.uuid not in away
+            away.add(event.uuid)
+        else:
+            assert event.kind is EventKind.AGENT_CONNECTED
+            away.remove(event.uuid)
+    assert 0 < len(away) <= 2 * AGENT_AWAY_STEPS[1]
+
+
+def test_flap_thread_sends_agent_events_without_polls() -> None:
+    source = SimulatedSource(simulation=Simulation(vms=5, agent_flaps_per_minute=60))
+    events: list[DomainEvent] = []
+    source.set_event_listener(events.append)
+    source.connect()
+    try:
+        deadline = time.monotonic() + 3 * STEP_SECONDS
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        source.close()
+    assert {e.kind for e in events} == {EventKind.AGENT_DISCONNECTED}
+
+
 def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
     source = SimulatedSource(
         simulation=Simulation(vms=50, agent_failures=AgentFailures(hung=0.1)),
@@ -287,6 +375,8 @@ def test_cli_selects_the_simulated_source() -> None:
             "2",
             "--simulated.agent-latency",
             "2ms",
+            "--simulated.agent-flaps",
+            "3",
         ]
     )
     settings = settings_from_args(args)
@@ -296,6 +386,7 @@ def test_cli_selects_the_simulated_source() -> None:
         agent_failures=AgentFailures(hung=0.1),
         churn_per_minute=2.0,
         agent_latency_seconds=0.002,
+        agent_flaps_per_minute=3.0,
     )
     source = make_source(settings)
     assert isinstance(source, SimulatedSource)
@@ -319,6 +410,8 @@ def test_the_default_source_is_libvirt() -> None:
         (["--simulated.vms", "many"], "--simulated.vms"),
         (["--simulated.churn", "-1"], "--simulated.churn"),
         (["--simulated.agent-latency", "10s"], "--simulated.agent-latency"),
+        (["--simulated.agent-flaps", "-1"], "--simulated.agent-flaps"),
+        (["--simulated.agent-flaps", "often"], "--simulated.agent-flaps"),
         (["--simulated.agent-failures", "hung=200%"], "--simulated.agent-failures"),
     ],
 )
