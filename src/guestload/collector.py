@@ -1,146 +1,297 @@
-"""Snapshot -> Prometheus metric families. Pure: it reads only the snapshot it is given."""
+"""The metric set: every family guestload exports, and which samples a snapshot gives it.
+
+This module is the one description of the metrics. :class:`MetricSpec` constants name each
+family with its type, help and labels; :func:`domain_samples` and :func:`exporter_families`
+say which samples a snapshot produces. Three readers share it: the exposition writer
+(:mod:`guestload.textformat`, what ``/metrics`` serves), the metrics reference
+(:mod:`guestload.metrics_doc`) and :func:`metric_families`, the same samples as
+prometheus_client families: the reference the writer's output is tested against. Pure: it
+reads only the snapshot it is given.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import enum
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from guestload import __version__
-from guestload.model import AgentState, Snapshot
+from guestload.model import AgentState, DomainSample, Identity, Snapshot
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class MetricType(enum.StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MetricSpec:
+    """One exported family. Compared by identity: each family is one constant below."""
+
+    name: str
+    """The family's name; a counter's samples and its text-format name add ``_total``."""
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    """Label names; a per-VM family's start with :data:`VM_LABELS`."""
+
+    def __post_init__(self) -> None:
+        if not _METRIC_NAME.fullmatch(self.name):
+            raise ValueError(f"invalid metric name {self.name!r}")
+        if self.type is MetricType.COUNTER and self.name.endswith("_total"):
+            raise ValueError(f"counter {self.name!r}: name it without _total")
+        for label in self.labels:
+            if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+                raise ValueError(f"{self.name}: invalid label name {label!r}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"{self.name}: duplicate label names")
+
+    @property
+    def sample_name(self) -> str:
+        """The name on each sample line (and in the text format's HELP and TYPE lines)."""
+        return f"{self.name}_total" if self.type is MetricType.COUNTER else self.name
+
 
 VM_LABELS = ("namespace", "name", "node")
 VCPU_LABELS = (*VM_LABELS, "id")
+BUILD_INFO_LABELS = (
+    "version",
+    "python_version",
+    "libvirt_library_version",
+    "libvirt_daemon_version",
+    "load_method",
+    "uri",
+)
+"""``guestload_build_info``'s labels: the version and whatever the snapshot's build info holds
+(the Python version and the source's :meth:`~guestload.source.Source.describe`)."""
 
 LOAD_HELP = (
     "Guest load average over {window}, as the guest kernel counts it (runnable plus "
     "uninterruptible tasks), read from the QEMU guest agent (guest-get-load) at each poll."
 )
 
+# -- per VM --------------------------------------------------------------------------------------
 
-def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]:
-    """Every family guestload exports for ``snapshot``, in exposition order."""
-    load_1m = GaugeMetricFamily(
-        "kubevirt_vmi_guest_load_1m", LOAD_HELP.format(window="1 minute"), labels=VM_LABELS
-    )
-    load_5m = GaugeMetricFamily(
-        "kubevirt_vmi_guest_load_5m", LOAD_HELP.format(window="5 minutes"), labels=VM_LABELS
-    )
-    load_15m = GaugeMetricFamily(
-        "kubevirt_vmi_guest_load_15m", LOAD_HELP.format(window="15 minutes"), labels=VM_LABELS
-    )
-    agent_state = GaugeMetricFamily(
-        "guestload_agent_state",
-        "Outcome of the last guest-load call for a running VM: 1 for the current state "
-        "(ok, not_configured, not_connected, unsupported, timeout, no_data, invalid, busy, "
-        "gone, error).",
-        labels=(*VM_LABELS, "state"),
-    )
-    domain_info = GaugeMetricFamily(
-        "guestload_domain_info",
-        "The libvirt domain behind a running VM: its name and UUID (for OpenStack, the "
-        "instance UUID). Always 1.",
-        labels=(*VM_LABELS, "domain", "uuid"),
-    )
-    vcpu_seconds = CounterMetricFamily(
-        "kubevirt_vmi_vcpu_seconds",
-        "Cumulative time a vCPU ran, labelled with the vCPU's current state.",
-        labels=(*VCPU_LABELS, "state"),
-    )
-    vcpu_delay = CounterMetricFamily(
-        "kubevirt_vmi_vcpu_delay_seconds",
-        "Cumulative time a vCPU was runnable but waited for a host CPU (host contention).",
-        labels=VCPU_LABELS,
-    )
-    vcpu_wait = CounterMetricFamily(
-        "kubevirt_vmi_vcpu_wait_seconds",
-        "Cumulative time a vCPU waited for I/O.",
-        labels=VCPU_LABELS,
-    )
-    for domain in snapshot.domains:
-        vm = [domain.identity.namespace, domain.identity.name, domain.identity.node]
-        agent_state.add_metric([*vm, domain.agent_state.value], 1.0)
-        domain_info.add_metric([*vm, domain.domain_name, domain.uuid], 1.0)
-        if domain.load is not None:
-            load_1m.add_metric(vm, domain.load.one)
-            load_5m.add_metric(vm, domain.load.five)
-            load_15m.add_metric(vm, domain.load.fifteen)
-        if not vcpu_collector:
-            continue
-        for vcpu in domain.vcpus:
-            vcpu_id = [*vm, str(vcpu.id)]
-            if vcpu.time_seconds is not None:
-                vcpu_seconds.add_metric([*vcpu_id, vcpu.state.value], vcpu.time_seconds)
-            if vcpu.delay_seconds is not None:
-                vcpu_delay.add_metric(vcpu_id, vcpu.delay_seconds)
-            if vcpu.wait_seconds is not None:
-                vcpu_wait.add_metric(vcpu_id, vcpu.wait_seconds)
+LOAD_1M = MetricSpec(
+    "kubevirt_vmi_guest_load_1m",
+    MetricType.GAUGE,
+    LOAD_HELP.format(window="1 minute"),
+    VM_LABELS,
+)
+LOAD_5M = MetricSpec(
+    "kubevirt_vmi_guest_load_5m",
+    MetricType.GAUGE,
+    LOAD_HELP.format(window="5 minutes"),
+    VM_LABELS,
+)
+LOAD_15M = MetricSpec(
+    "kubevirt_vmi_guest_load_15m",
+    MetricType.GAUGE,
+    LOAD_HELP.format(window="15 minutes"),
+    VM_LABELS,
+)
+AGENT_STATE = MetricSpec(
+    "guestload_agent_state",
+    MetricType.GAUGE,
+    "Outcome of the last guest-load call for a running VM: 1 for the current state "
+    "(ok, not_configured, not_connected, unsupported, timeout, no_data, invalid, busy, "
+    "gone, error).",
+    (*VM_LABELS, "state"),
+)
+DOMAIN_INFO = MetricSpec(
+    "guestload_domain_info",
+    MetricType.GAUGE,
+    "The libvirt domain behind a running VM: its name and UUID (for OpenStack, the "
+    "instance UUID). Always 1.",
+    (*VM_LABELS, "domain", "uuid"),
+)
+VCPU_SECONDS = MetricSpec(
+    "kubevirt_vmi_vcpu_seconds",
+    MetricType.COUNTER,
+    "Cumulative time a vCPU ran, labelled with the vCPU's current state.",
+    (*VCPU_LABELS, "state"),
+)
+VCPU_DELAY = MetricSpec(
+    "kubevirt_vmi_vcpu_delay_seconds",
+    MetricType.COUNTER,
+    "Cumulative time a vCPU was runnable but waited for a host CPU (host contention).",
+    VCPU_LABELS,
+)
+VCPU_WAIT = MetricSpec(
+    "kubevirt_vmi_vcpu_wait_seconds",
+    MetricType.COUNTER,
+    "Cumulative time a vCPU waited for I/O.",
+    VCPU_LABELS,
+)
 
-    families: list[Metric] = [load_1m, load_5m, load_15m, agent_state, domain_info]
-    if vcpu_collector:
-        families += [vcpu_seconds, vcpu_delay, vcpu_wait]
-    families += list(_health_families(snapshot))
+VM_FAMILIES = (LOAD_1M, LOAD_5M, LOAD_15M, AGENT_STATE, DOMAIN_INFO)
+VCPU_FAMILIES = (VCPU_SECONDS, VCPU_DELAY, VCPU_WAIT)
+"""Left out with ``--no-collector.vcpu``."""
+
+# -- the exporter's own health -------------------------------------------------------------------
+
+LIBVIRT_UP = MetricSpec(
+    "guestload_libvirt_up",
+    MetricType.GAUGE,
+    "1 if the last poll reached libvirt, 0 if the connection is down.",
+)
+DOMAINS = MetricSpec(
+    "guestload_domains",
+    MetricType.GAUGE,
+    "Running domains found by the last successful poll.",
+)
+IDENTITY_CONFLICTS = MetricSpec(
+    "guestload_identity_conflicts",
+    MetricType.GAUGE,
+    "Running domains not exported because another domain resolves to the same "
+    "namespace, name and node (the log names them).",
+)
+POLLS = MetricSpec("guestload_polls", MetricType.COUNTER, "Polls started.")
+POLL_FAILURES = MetricSpec(
+    "guestload_poll_failures",
+    MetricType.COUNTER,
+    "Polls that could not list domains (libvirt unreachable).",
+)
+POLL_DURATION = MetricSpec(
+    "guestload_poll_duration_seconds",
+    MetricType.GAUGE,
+    "Wall time of the last poll, guest-agent calls included.",
+)
+LAST_POLL_SUCCESS = MetricSpec(
+    "guestload_last_poll_success_timestamp_seconds",
+    MetricType.GAUGE,
+    "Unix time at which the last successful poll finished.",
+)
+AGENT_CALLS = MetricSpec(
+    "guestload_agent_calls",
+    MetricType.COUNTER,
+    "Guest-load calls by outcome (the agent state they produced).",
+    ("state",),
+)
+BUILD_INFO = MetricSpec(
+    "guestload_build_info",
+    MetricType.GAUGE,
+    "Build and runtime facts; always 1.",
+    BUILD_INFO_LABELS,
+)
+
+EXPORTER_FAMILIES = (
+    LIBVIRT_UP,
+    DOMAINS,
+    IDENTITY_CONFLICTS,
+    POLLS,
+    POLL_FAILURES,
+    POLL_DURATION,
+    LAST_POLL_SUCCESS,
+    AGENT_CALLS,
+    BUILD_INFO,
+)
+ALL_FAMILIES = (*VM_FAMILIES, *VCPU_FAMILIES, *EXPORTER_FAMILIES)
+"""Every family in exposition order."""
+
+# -- samples -------------------------------------------------------------------------------------
+
+VmSample = tuple[MetricSpec, tuple[str, ...], float]
+"""A per-VM family, the values of its labels after :data:`VM_LABELS`, and the value."""
+LabelledValue = tuple[Mapping[str, str], float]
+"""An exporter-wide sample: label name -> value, and the value."""
+
+
+def vm_label_values(identity: Identity) -> tuple[str, str, str]:
+    """A VM's values of :data:`VM_LABELS`, in that order."""
+    return (identity.namespace, identity.name, identity.node)
+
+
+def vm_families(*, vcpu_collector: bool) -> tuple[MetricSpec, ...]:
+    """The per-VM families exported, in exposition order (each present even when empty)."""
+    return (*VM_FAMILIES, *VCPU_FAMILIES) if vcpu_collector else VM_FAMILIES
+
+
+def domain_samples(domain: DomainSample, *, vcpu_collector: bool) -> Iterator[VmSample]:
+    """One VM's samples; its own labels' values are :func:`vm_label_values`."""
+    yield AGENT_STATE, (domain.agent_state.value,), 1.0
+    yield DOMAIN_INFO, (domain.domain_name, domain.uuid), 1.0
+    load = domain.load
+    if load is not None:
+        yield LOAD_1M, (), load.one
+        yield LOAD_5M, (), load.five
+        yield LOAD_15M, (), load.fifteen
+    if not vcpu_collector:
+        return
+    for vcpu in domain.vcpus:
+        vcpu_id = str(vcpu.id)
+        if vcpu.time_seconds is not None:
+            yield VCPU_SECONDS, (vcpu_id, vcpu.state.value), vcpu.time_seconds
+        if vcpu.delay_seconds is not None:
+            yield VCPU_DELAY, (vcpu_id,), vcpu.delay_seconds
+        if vcpu.wait_seconds is not None:
+            yield VCPU_WAIT, (vcpu_id,), vcpu.wait_seconds
+
+
+def exporter_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
+    """The exporter's own families with their samples, in exposition order.
+
+    A family whose value is not known yet (no poll finished) is left out entirely.
+    """
+    families: list[tuple[MetricSpec, list[LabelledValue]]] = [
+        (LIBVIRT_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
+        (DOMAINS, [({}, float(len(snapshot.domains) + snapshot.identity_conflicts))]),
+        (IDENTITY_CONFLICTS, [({}, float(snapshot.identity_conflicts))]),
+        (POLLS, [({}, float(snapshot.polls_total))]),
+        (POLL_FAILURES, [({}, float(snapshot.poll_failures_total))]),
+    ]
+    if snapshot.last_poll_duration_seconds is not None:
+        families.append((POLL_DURATION, [({}, snapshot.last_poll_duration_seconds)]))
+    if snapshot.last_success_timestamp_seconds is not None:
+        families.append((LAST_POLL_SUCCESS, [({}, snapshot.last_success_timestamp_seconds)]))
+    calls = snapshot.agent_calls_total
+    families.append(
+        (
+            AGENT_CALLS,
+            [({"state": state.value}, float(calls.get(state, 0))) for state in AgentState],
+        )
+    )
+    families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
     return families
 
 
-def _health_families(snapshot: Snapshot) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "guestload_libvirt_up",
-        "1 if the last poll reached libvirt, 0 if the connection is down.",
-        value=1.0 if snapshot.source_up else 0.0,
-    )
-    yield GaugeMetricFamily(
-        "guestload_domains",
-        "Running domains found by the last successful poll.",
-        value=float(len(snapshot.domains) + snapshot.identity_conflicts),
-    )
-    yield GaugeMetricFamily(
-        "guestload_identity_conflicts",
-        "Running domains not exported because another domain resolves to the same "
-        "namespace, name and node (the log names them).",
-        value=float(snapshot.identity_conflicts),
-    )
-    yield CounterMetricFamily(
-        "guestload_polls", "Polls started.", value=float(snapshot.polls_total)
-    )
-    yield CounterMetricFamily(
-        "guestload_poll_failures",
-        "Polls that could not list domains (libvirt unreachable).",
-        value=float(snapshot.poll_failures_total),
-    )
-    if snapshot.last_poll_duration_seconds is not None:
-        yield GaugeMetricFamily(
-            "guestload_poll_duration_seconds",
-            "Wall time of the last poll, guest-agent calls included.",
-            value=snapshot.last_poll_duration_seconds,
-        )
-    if snapshot.last_success_timestamp_seconds is not None:
-        yield GaugeMetricFamily(
-            "guestload_last_poll_success_timestamp_seconds",
-            "Unix time at which the last successful poll finished.",
-            value=snapshot.last_success_timestamp_seconds,
-        )
-    calls = CounterMetricFamily(
-        "guestload_agent_calls",
-        "Guest-load calls by outcome (the agent state they produced).",
-        labels=("state",),
-    )
-    for state in AgentState:
-        calls.add_metric([state.value], float(snapshot.agent_calls_total.get(state, 0)))
-    yield calls
-    info_labels = {"version": __version__, **snapshot.build_info}
-    build_info = GaugeMetricFamily(
-        "guestload_build_info",
-        "Build and runtime facts; always 1.",
-        labels=tuple(info_labels),
-    )
-    build_info.add_metric(list(info_labels.values()), 1.0)
-    yield build_info
+# -- the same samples as prometheus_client families ----------------------------------------------
+
+
+def _family(spec: MetricSpec, labels: Sequence[str]) -> GaugeMetricFamily | CounterMetricFamily:
+    if spec.type is MetricType.COUNTER:
+        return CounterMetricFamily(spec.name, spec.help, labels=labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=labels)
+
+
+def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]:
+    """Every family for ``snapshot`` as prometheus_client builds them, in exposition order."""
+    per_vm = {
+        spec: _family(spec, spec.labels) for spec in vm_families(vcpu_collector=vcpu_collector)
+    }
+    for domain in snapshot.domains:
+        vm = vm_label_values(domain.identity)
+        for spec, extra, value in domain_samples(domain, vcpu_collector=vcpu_collector):
+            per_vm[spec].add_metric((*vm, *extra), value)
+    families: list[Metric] = list(per_vm.values())
+    for spec, samples in exporter_families(snapshot):
+        names = tuple(samples[0][0]) if samples else ()
+        family = _family(spec, names)
+        for labels, value in samples:
+            family.add_metric([labels[name] for name in names], value)
+        families.append(family)
+    return families
 
 
 class SnapshotCollector(Collector):
-    """A client_python collector over one fixed snapshot."""
+    """A prometheus_client collector over one fixed snapshot."""
 
     def __init__(self, snapshot: Snapshot, *, vcpu_collector: bool) -> None:
         self._snapshot = snapshot

@@ -11,52 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from guestload.collector import metric_families
-from guestload.model import (
-    AgentState,
-    DomainSample,
-    GuestLoad,
-    Identity,
-    Snapshot,
-    VcpuStat,
-    VcpuState,
-)
+from guestload.collector import ALL_FAMILIES
 
 #: The terminal width the CLI reference is rendered at.
 HELP_COLUMNS = 100
-
-_EVERY_FIELD = Snapshot(
-    source_up=True,
-    domains=(
-        DomainSample(
-            uuid="u",
-            domain_name="d",
-            identity=Identity(namespace="ns", name="vm", node="n"),
-            agent_state=AgentState.OK,
-            load=GuestLoad(one=1.0, five=1.0, fifteen=1.0),
-            vcpu_count=1,
-            vcpus=(
-                VcpuStat(
-                    id=0,
-                    state=VcpuState.RUNNING,
-                    time_seconds=1.0,
-                    wait_seconds=1.0,
-                    delay_seconds=1.0,
-                ),
-            ),
-        ),
-    ),
-    last_poll_duration_seconds=1.0,
-    last_success_timestamp_seconds=1.0,
-    build_info={
-        "python_version": "",
-        "libvirt_library_version": "",
-        "libvirt_daemon_version": "",
-        "load_method": "",
-        "uri": "",
-    },
-)
-"""A snapshot in which every family has a sample, so every label set is known."""
 
 
 def metrics_markdown() -> str:
@@ -74,11 +32,10 @@ def metrics_markdown() -> str:
         "| metric | type | labels | help |",
         "| --- | --- | --- | --- |",
     ]
-    for family in metric_families(_EVERY_FIELD, vcpu_collector=True):
-        name = family.name + ("_total" if family.type == "counter" else "")
-        labels = sorted({label for sample in family.samples for label in sample.labels})
-        help_text = family.documentation.replace("|", "\\|")
-        lines.append(f"| `{name}` | {family.type} | {', '.join(labels) or '—'} | {help_text} |")
+    for spec in ALL_FAMILIES:
+        labels = ", ".join(sorted(spec.labels)) or "—"
+        help_text = spec.help.replace("|", "\\|")
+        lines.append(f"| `{spec.sample_name}` | {spec.type} | {labels} | {help_text} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +62,7 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
         "",
     ]
     for title, text in sections:
-        lines += [f"## `{title}`", "", "```", text.rstrip("\n"), "```", ""]
+        lines += [f"## `{title}`", "", "```text", text.rstrip("\n"), "```", ""]
     return "\n".join(lines)
 
 
