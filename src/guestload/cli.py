@@ -390,6 +390,7 @@ def serve(
             ProcessCollector(registry=live_registry),
             PlatformCollector(registry=live_registry),
         ),
+        report_render_duration=True,
     )
     poller = make_poller(settings, source, cache)
     app = WebApp(cache=cache, is_ready=lambda: poller.ready, telemetry_path=settings.telemetry_path)

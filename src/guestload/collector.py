@@ -194,7 +194,15 @@ EXPORTER_FAMILIES = (
     BUILD_INFO,
 )
 ALL_FAMILIES = (*VM_FAMILIES, *VCPU_FAMILIES, *EXPORTER_FAMILIES)
-"""Every family in exposition order."""
+"""Every family of a snapshot, in exposition order."""
+
+RENDER_DURATION = MetricSpec(
+    "guestload_render_duration_seconds",
+    MetricType.GAUGE,
+    "Wall time spent rendering and compressing the last poll's exposition.",
+)
+LIVE_FAMILIES = (RENDER_DURATION,)
+"""Families measured at scrape time, after the snapshot's (see guestload.render)."""
 
 # -- samples -------------------------------------------------------------------------------------
 

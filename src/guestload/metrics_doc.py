@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from guestload.collector import ALL_FAMILIES
+from guestload.collector import ALL_FAMILIES, LIVE_FAMILIES
 
 #: The terminal width the CLI reference is rendered at.
 HELP_COLUMNS = 100
@@ -32,7 +32,7 @@ def metrics_markdown() -> str:
         "| metric | type | labels | help |",
         "| --- | --- | --- | --- |",
     ]
-    for spec in ALL_FAMILIES:
+    for spec in (*ALL_FAMILIES, *LIVE_FAMILIES):
         labels = ", ".join(sorted(spec.labels)) or "—"
         help_text = spec.help.replace("|", "\\|")
         lines.append(f"| `{spec.sample_name}` | {spec.type} | {labels} | {help_text} |")

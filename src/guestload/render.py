@@ -10,13 +10,17 @@ compressor state is kept so the live tail continues one valid gzip stream.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from guestload.collector import RENDER_DURATION
 from guestload.model import Snapshot
 from guestload.textformat import RenderedSnapshot, SnapshotWriter
 
@@ -57,12 +61,19 @@ class MetricsCache:
     """The latest snapshot's exposition in both formats, plain and gzip."""
 
     def __init__(
-        self, *, vcpu_collector: bool, live_collectors: tuple[Collector, ...] = ()
+        self,
+        *,
+        vcpu_collector: bool,
+        live_collectors: tuple[Collector, ...] = (),
+        report_render_duration: bool = False,
     ) -> None:
         self._writer = SnapshotWriter(vcpu_collector=vcpu_collector)
+        self._render_seconds: float | None = None
         self._live = CollectorRegistry(auto_describe=False)
         for collector in live_collectors:
             self._live.register(collector)
+        if report_render_duration:
+            self._live.register(_RenderDurationCollector(self))
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._encoded: dict[bool, _Encoded] = {}
@@ -93,11 +104,19 @@ class MetricsCache:
             if self._asked:
                 self._eager, self._asked = frozenset(self._asked), set()
             eager = self._eager
+        started = time.perf_counter()
         rendered = self._writer.render(snapshot)
         encoded = {fmt: _encode_rendered(rendered, openmetrics_format=fmt) for fmt in sorted(eager)}
+        took = time.perf_counter() - started
         with self._lock:
             self._snapshot = snapshot
             self._encoded = encoded
+            self._render_seconds = took
+
+    @property
+    def last_render_seconds(self) -> float | None:
+        """Wall time the last :meth:`update` spent rendering and compressing."""
+        return self._render_seconds
 
     def render(self, *, openmetrics_format: bool, gzip: bool) -> bytes:
         """The body for one scrape: cached snapshot exposition plus live process metrics."""
@@ -121,3 +140,15 @@ class MetricsCache:
             return encoded.body + tail
         compressor = encoded.gzip_state.copy()
         return encoded.gzip_prefix + compressor.compress(tail) + compressor.flush()
+
+
+class _RenderDurationCollector(Collector):
+    """The cache's own cost, live: poll duration does not include rendering."""
+
+    def __init__(self, cache: MetricsCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        seconds = self._cache.last_render_seconds
+        if seconds is not None:
+            yield GaugeMetricFamily(RENDER_DURATION.name, RENDER_DURATION.help, value=seconds)

@@ -33,7 +33,11 @@ TEST_DOMAIN_STATE = (
 )
 
 VARYING_VALUES = frozenset(
-    {"guestload_poll_duration_seconds", "guestload_last_poll_success_timestamp_seconds"}
+    {
+        "guestload_poll_duration_seconds",
+        "guestload_last_poll_success_timestamp_seconds",
+        "guestload_render_duration_seconds",
+    }
 )
 """Series whose value is a time: replaced by ``<varies>``."""
 VARYING_LABELS = frozenset(

@@ -153,3 +153,20 @@ def test_a_new_snapshot_replaces_the_old_one_entirely() -> None:
     for openmetrics in (False, True):
         body = cache.render(openmetrics_format=openmetrics, gzip=False)
         assert b"web-1" not in body
+
+
+def test_render_duration_is_reported_live_once_a_snapshot_was_rendered() -> None:
+    cache = MetricsCache(vcpu_collector=True, report_render_duration=True)
+    assert b"guestload_render_duration_seconds" not in cache.render(
+        openmetrics_format=False, gzip=False
+    )
+    cache.update(sample_snapshot())
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            cache.render(openmetrics_format=False, gzip=False).decode()
+        )
+    }
+    (sample,) = families["guestload_render_duration_seconds"].samples
+    assert sample.value == cache.last_render_seconds
+    assert 0 < sample.value < 5
