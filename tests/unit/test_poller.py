@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -54,23 +54,46 @@ def poller(source: FakeSource, clock: Clock, published: list[Snapshot]) -> Itera
 
 def make_poller(
     source: FakeSource,
-    clock: Clock,
+    clock: Callable[[], float],
     published: list[Snapshot],
     *,
+    interval: float = 30.0,
     agent_timeout: float = 0.2,
     concurrency: int = 4,
+    backoff_max: float = 240.0,
 ) -> Poller:
     return Poller(
         source=source,
         identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
-        poll_interval_seconds=30.0,
+        poll_interval_seconds=interval,
         agent_timeout_seconds=agent_timeout,
         concurrency=concurrency,
-        agent_backoff_max_seconds=240.0,
+        agent_backoff_max_seconds=backoff_max,
         on_snapshot=published.append,
         build_info={"python_version": "3.11"},
         clock=clock,
         wall_clock=lambda: 1_700_000_000.0,
+    )
+
+
+class SlowListing(FakeSource):
+    """Listing takes longer than :func:`back_to_back_poller`'s interval."""
+
+    def list_running_domains(self) -> list[DomainInventory]:
+        time.sleep(0.3)
+        return list(super().list_running_domains())
+
+
+def back_to_back_poller(source: FakeSource, published: list[Snapshot]) -> Poller:
+    """A real-clock poller whose polls overrun its 0.25 s interval on a SlowListing."""
+    return make_poller(
+        source,
+        time.monotonic,
+        published,
+        interval=0.25,
+        agent_timeout=0.1,
+        concurrency=2,
+        backoff_max=1.0,
     )
 
 
@@ -127,7 +150,7 @@ def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
 
     source.domains = [domain("hung"), domain("fine")]
     source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    poller = make_poller(source, time.monotonic, published)
     try:
         first = poller.poll()
         assert states(first) == {"hung": AgentState.TIMEOUT, "fine": AgentState.OK}
@@ -241,7 +264,7 @@ def test_run_polls_until_stopped_and_reacts_to_events(
 ) -> None:
     source.domains = [domain("a")]
     source.answers = {"a": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    poller = make_poller(source, time.monotonic, published)
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
@@ -308,15 +331,13 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
     # the hung call holds the only worker, so the healthy domain's call never starts.
     source.domains = [domain("hung"), domain("fine")]
     source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = Poller(
-        source=source,
-        identity=IdentityResolver(node="n", default_namespace="libvirt"),
-        poll_interval_seconds=1.0,
-        agent_timeout_seconds=0.2,
+    poller = make_poller(
+        source,
+        time.monotonic,
+        published,
+        interval=1.0,
         concurrency=1,
-        agent_backoff_max_seconds=1.0,
-        on_snapshot=published.append,
-        build_info={},
+        backoff_max=1.0,
     )
     try:
         poller.poll()  # both unknown: "hung" is asked first (sorted by UUID) and blocks
@@ -340,7 +361,7 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
 
     source.domains = [domain("a-slow"), domain("b-fast"), domain("c-fast")]
     source.answers = {"a-slow": slow, "b-fast": ok(2.0), "c-fast": ok(3.0)}
-    poller = make_poller(source, time.monotonic, published, concurrency=1)  # type: ignore[arg-type]
+    poller = make_poller(source, time.monotonic, published, concurrency=1)
     try:
         poller.poll()
         assert source.calls == ["a-slow", "b-fast", "c-fast"], "unknown agents in listing order"
@@ -354,22 +375,8 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
 def test_events_are_taken_even_when_polls_overrun_the_interval(
     published: list[Snapshot], caplog: pytest.LogCaptureFixture
 ) -> None:
-    class SlowListing(FakeSource):
-        def list_running_domains(self) -> list[DomainInventory]:
-            time.sleep(0.3)
-            return list(super().list_running_domains())
-
     source = SlowListing(domains=[domain("a")], answers={"a": ok(1.0)})
-    poller = Poller(
-        source=source,
-        identity=IdentityResolver(node="n", default_namespace="libvirt"),
-        poll_interval_seconds=0.25,
-        agent_timeout_seconds=0.1,
-        concurrency=2,
-        agent_backoff_max_seconds=1.0,
-        on_snapshot=published.append,
-        build_info={},
-    )
+    poller = back_to_back_poller(source, published)
     caplog.set_level("INFO", logger="guestload")
     thread = threading.Thread(target=poller.run)
     thread.start()
@@ -394,24 +401,10 @@ def test_events_are_taken_even_when_polls_overrun_the_interval(
 def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
     published: list[Snapshot],
 ) -> None:
-    class SlowListing(FakeSource):
-        def list_running_domains(self) -> list[DomainInventory]:
-            time.sleep(0.3)
-            return list(super().list_running_domains())
-
     # libvirt keeps listing "a" (as a listing taken just before it stopped would): only the
     # event can remove it, and polls run back to back, so a poll is always due.
     source = SlowListing(domains=[domain("a"), domain("b")], answers={"a": ok(1.0), "b": ok(2.0)})
-    poller = Poller(
-        source=source,
-        identity=IdentityResolver(node="n", default_namespace="libvirt"),
-        poll_interval_seconds=0.25,
-        agent_timeout_seconds=0.1,
-        concurrency=2,
-        agent_backoff_max_seconds=1.0,
-        on_snapshot=published.append,
-        build_info={},
-    )
+    poller = back_to_back_poller(source, published)
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
@@ -441,7 +434,7 @@ def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
 
     source.domains = [domain("hung"), domain("fine")]
     source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)  # type: ignore[arg-type]
+    poller = make_poller(source, time.monotonic, published)
     try:
         poller.poll()
         assert "hung" in poller._in_flight
