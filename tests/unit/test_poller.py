@@ -76,6 +76,24 @@ def make_poller(
     )
 
 
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set to let calls made by :func:`hanging_call` return; always set at teardown."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def hanging_call(release: threading.Event, answer: LoadReading) -> Callable[[], LoadReading]:
+    """A guest-load call that blocks (at most 10 s) until ``release`` is set."""
+
+    def hang() -> LoadReading:
+        release.wait(10)
+        return answer
+
+    return hang
+
+
 class SlowListing(FakeSource):
     """Listing takes longer than :func:`back_to_back_poller`'s interval."""
 
@@ -140,13 +158,9 @@ def test_an_agent_that_stops_answering_loses_its_load_at_once(
 
 
 def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
-    source: FakeSource, clock: Clock, published: list[Snapshot]
+    source: FakeSource, clock: Clock, published: list[Snapshot], release: threading.Event
 ) -> None:
-    release = threading.Event()
-
-    def hang() -> LoadReading:
-        release.wait(10)
-        return ok(9.0)
+    hang = hanging_call(release, ok(9.0))
 
     source.domains = [domain("hung"), domain("fine")]
     source.answers = {"hung": hang, "fine": ok(1.0)}
@@ -319,13 +333,9 @@ def test_two_domains_with_one_identity_export_one_and_count_the_other(
 
 
 def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
-    source: FakeSource, published: list[Snapshot]
+    source: FakeSource, published: list[Snapshot], release: threading.Event
 ) -> None:
-    release = threading.Event()
-
-    def hang() -> LoadReading:
-        release.wait(10)
-        return ok(9.0)
+    hang = hanging_call(release, ok(9.0))
 
     # One worker, a 1 s interval and a 0.2 s timeout: the poll's budget (0.8 s) ends while
     # the hung call holds the only worker, so the healthy domain's call never starts.
@@ -424,13 +434,9 @@ def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
 
 
 def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
-    source: FakeSource, published: list[Snapshot]
+    source: FakeSource, published: list[Snapshot], release: threading.Event
 ) -> None:
-    release = threading.Event()
-
-    def hang() -> LoadReading:
-        release.wait(10)
-        return ok(1.0)
+    hang = hanging_call(release, ok(1.0))
 
     source.domains = [domain("hung"), domain("fine")]
     source.answers = {"hung": hang, "fine": ok(1.0)}
