@@ -230,8 +230,9 @@ def test_churn_replaces_vms_and_sends_their_events() -> None:
     assert reading.load.fifteen < reading.load.one  # a VM that just booted: load rising
 
 
-def test_churn_thread_sends_events_without_polls() -> None:
-    source = SimulatedSource(simulation=Simulation(vms=5, churn_per_minute=600))
+def first_thread_events(simulation: Simulation) -> list[DomainEvent]:
+    """Events the source's own thread sends, unpolled, within three simulation steps."""
+    source = SimulatedSource(simulation=simulation)
     events: list[DomainEvent] = []
     source.set_event_listener(events.append)
     source.connect()
@@ -241,6 +242,11 @@ def test_churn_thread_sends_events_without_polls() -> None:
             time.sleep(0.1)
     finally:
         source.close()
+    return events
+
+
+def test_churn_thread_sends_events_without_polls() -> None:
+    events = first_thread_events(Simulation(vms=5, churn_per_minute=600))
     assert {e.kind for e in events} >= {EventKind.STOPPED, EventKind.STARTED}
 
 
@@ -318,16 +324,7 @@ def test_flaps_depend_only_on_the_seed_and_the_step() -> None:
 
 
 def test_flap_thread_sends_agent_events_without_polls() -> None:
-    source = SimulatedSource(simulation=Simulation(vms=5, agent_flaps_per_minute=60))
-    events: list[DomainEvent] = []
-    source.set_event_listener(events.append)
-    source.connect()
-    try:
-        deadline = time.monotonic() + 3 * STEP_SECONDS
-        while not events and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        source.close()
+    events = first_thread_events(Simulation(vms=5, agent_flaps_per_minute=60))
     assert {e.kind for e in events} == {EventKind.AGENT_DISCONNECTED}
 
 
