@@ -29,7 +29,7 @@ from bench.common import (
     write_results,
 )
 from guestload.settings import parse_duration
-from guestload.simulated_source import STEP_SECONDS, SimulatedSource, Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource, Simulation
 from guestload_lab.processes import ProcessRegistry
 
 TARGET_CPU_SHARE = 0.05

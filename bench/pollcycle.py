@@ -1,14 +1,14 @@
 """Poll-cycle wall time on a simulated host, with and without hung guest agents.
 
-Runs the exporter's own poller (``guestload.poller.Poller``, the code ``guestload serve`` runs)
-in this process against the simulated source, for a few poll intervals per case. A hung agent
-blocks its call until the agent timeout, as libvirt's response timeout does. For every healthy
-VM the benchmark records when each of its guest-load reads answered; the largest gap between
-two answers (or from the last answer to the end of the run) is the age its exported sample can
-reach. Target: no healthy VM's sample older than one interval (a VM is counted late when
-the gap exceeds 1.1 intervals: beyond scheduling jitter, it missed a poll).
+Runs the exporter's own poller (``guestload.polling.poller.Poller``, the code ``guestload
+serve`` runs) in this process against the simulated source, for a few poll intervals per case. A
+hung agent blocks its call until the agent timeout, as libvirt's response timeout does. For
+every healthy VM the benchmark records when each of its guest-load reads answered; the largest
+gap between two answers (or from the last answer to the end of the run) is the age its exported
+sample can reach. Target: no healthy VM's sample older than one interval (a VM is counted late
+when the gap exceeds 1.1 intervals: beyond scheduling jitter, it missed a poll).
 
-    python -m bench.pollcycle --vms 100,1000 --hung 0,10 --interval 30s --polls 4
+python -m bench.pollcycle --vms 100,1000 --hung 0,10 --interval 30s --polls 4
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 from bench.common import RESULTS_DIR, format_table, write_results
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainInventory, LoadReading, Snapshot
-from guestload.poller import Poller
+from guestload.polling.poller import Poller
 from guestload.settings import parse_duration
-from guestload.simulated_source import AgentBehaviour, AgentFailures, SimulatedSource, Simulation
-from guestload.source import EventListener
+from guestload.sources.protocol import EventListener
+from guestload.sources.simulated import AgentBehaviour, AgentFailures, SimulatedSource, Simulation
 
 LATE_FACTOR = 1.1
 """A healthy VM is late when two of its answers are more than 1.1 intervals apart: polls start

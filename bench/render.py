@@ -4,15 +4,15 @@ For each N, two polls of N simulated VMs (the simulated source's inventory and g
 interval apart, as the poller would publish them) become snapshots, and the second is rendered
 in this process, in turn:
 
-- by prometheus_client (``generate_latest`` over :class:`guestload.collector.SnapshotCollector`:
+- by prometheus_client (``generate_latest`` over :class:`bench.reference.SnapshotCollector`:
   what the metrics cache did before it had its own writer);
-- by :class:`guestload.textformat.SnapshotWriter` after it rendered the first poll, as in a
+- by :class:`guestload.exposition.writer.SnapshotWriter` after it rendered the first poll, as in a
   running exporter (each VM's label text is kept from the previous poll);
 - by a fresh writer (nothing kept: the first poll after start-up).
 
 Both outputs are checked equal byte for byte. Each figure is the median over ``--runs`` runs of
 the CPU time of one render (renders of small snapshots are repeated to last ~20 ms). Also
-timed: :func:`guestload.libvirt_source.parse_vcpu_stats` on a bulk stats record as libvirt
+timed: :func:`guestload.sources.libvirt.parse_vcpu_stats` on a bulk stats record as libvirt
 returns it for a running domain with 1 and 8 vCPUs.
 
     python -m bench.render --vms 100,1000,10000 --runs 5
@@ -34,12 +34,12 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import CollectorRegistry
 
 from bench.common import RESULTS_DIR, format_table, write_results
-from guestload.collector import SnapshotCollector
+from bench.reference import SnapshotCollector
+from guestload.exposition.writer import SnapshotWriter
 from guestload.identity import IdentityResolver
-from guestload.libvirt_source import parse_vcpu_stats
 from guestload.model import AgentState, DomainSample, Snapshot
-from guestload.simulated_source import SimulatedSource, Simulation
-from guestload.textformat import SnapshotWriter
+from guestload.sources.libvirt import parse_vcpu_stats
+from guestload.sources.simulated import SimulatedSource, Simulation
 
 TARGET_SECONDS_PER_RUN = 0.02
 """Small renders are repeated until one run takes about this long."""

@@ -2,8 +2,8 @@
 
 The simulated source is a function of its seed and of the number of 5 s steps since it
 connected: VMs replaced by churn, and in what order, depend on nothing else. So
-:class:`PopulationReplay` runs the same :class:`~guestload.simulated_source.SimulatedSource`
-with the same :class:`~guestload.simulated_source.Simulation` on a clock it moves one step at
+:class:`PopulationReplay` runs the same :class:`~guestload.sources.simulated.SimulatedSource`
+with the same :class:`~guestload.sources.simulated.Simulation` on a clock it moves one step at
 a time, and records the step each VM started and stopped at, and the steps its agent went
 away and came back at (agent flaps). A VM exists at step ``s`` when ``started <= s < stopped``.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.simulated_source import STEP_SECONDS, AgentBehaviour, SimulatedSource, Simulation
+from guestload.sources.simulated import STEP_SECONDS, AgentBehaviour, SimulatedSource, Simulation
 
 VmKey = tuple[str, str]
 """A VM as the exposition names it: (namespace, name)."""

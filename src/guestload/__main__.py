@@ -1,5 +1,5 @@
 """``python -m guestload``."""
 
-from guestload.cli import main
+from guestload.cli.main import main
 
 raise SystemExit(main())

@@ -1,8 +1,17 @@
-"""Domain -> the (namespace, name, node) labels a VM is known by."""
+"""Domain -> the (namespace, name, node) labels a VM is known by.
+
+Everything about naming VMs lives here: the platforms' metadata elements (KubeVirt, Nova) and
+how they are parsed into hints, which of them an identity mode reads, and how hints and domain
+names become labels. Pure: the libvirt source only fetches the elements this module names.
+"""
 
 from __future__ import annotations
 
 import enum
+import os
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guestload.model import DomainInventory, Identity
@@ -13,6 +22,15 @@ KUBEVIRT_UID_KEY = "kubevirt.uid"
 NOVA_NAME_KEY = "nova.name"
 NOVA_PROJECT_NAME_KEY = "nova.project.name"
 NOVA_PROJECT_UUID_KEY = "nova.project.uuid"
+
+KUBEVIRT_METADATA_NAMESPACE = "http://kubevirt.io"
+"""XML namespace of the ``<kubevirt>`` element KubeVirt writes into a domain's metadata."""
+
+NOVA_METADATA_NAMESPACES = (
+    "http://openstack.org/xmlns/libvirt/nova/1.1",
+    "http://openstack.org/xmlns/libvirt/nova/1.0",
+)
+"""XML namespaces of Nova's ``<nova:instance>`` element, newest first."""
 
 
 class IdentityMode(enum.StrEnum):
@@ -70,3 +88,68 @@ class IdentityResolver:
         if not name:
             return None
         return Identity(namespace=project or self.default_namespace, name=name, node=self.node)
+
+
+def parse_kubevirt_metadata(element_xml: str) -> dict[str, str]:
+    """Identity hints from KubeVirt's ``<kubevirt xmlns="http://kubevirt.io">`` element."""
+    try:
+        # The domain's own metadata, written by the host's management layer, not by the guest.
+        root = ET.fromstring(element_xml)  # noqa: S314
+    except ET.ParseError:
+        return {}
+    for child in root:
+        if child.tag.rpartition("}")[2] == "uid" and child.text and child.text.strip():
+            return {KUBEVIRT_UID_KEY: child.text.strip()}
+    return {}
+
+
+def parse_nova_metadata(element_xml: str) -> dict[str, str]:
+    """Identity hints from Nova's ``<nova:instance>`` element: instance name and project."""
+    try:
+        # The domain's own metadata, written by the host's management layer, not by the guest.
+        root = ET.fromstring(element_xml)  # noqa: S314
+    except ET.ParseError:
+        return {}
+    hints: dict[str, str] = {}
+    for child in root:
+        tag = child.tag.rpartition("}")[2]
+        if tag == "name" and child.text and child.text.strip():
+            hints[NOVA_NAME_KEY] = child.text.strip()
+        elif tag == "owner":
+            for owner in child:
+                if owner.tag.rpartition("}")[2] != "project":
+                    continue
+                if owner.text and owner.text.strip():
+                    hints[NOVA_PROJECT_NAME_KEY] = owner.text.strip()
+                if owner.get("uuid", "").strip():
+                    hints[NOVA_PROJECT_UUID_KEY] = owner.get("uuid", "").strip()
+    return hints if NOVA_NAME_KEY in hints else {}
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReader:
+    """One metadata element to read from each domain, and how to turn it into hints."""
+
+    namespace_uri: str
+    parse: Callable[[str], dict[str, str]]
+
+
+KUBEVIRT_METADATA = MetadataReader(KUBEVIRT_METADATA_NAMESPACE, parse_kubevirt_metadata)
+NOVA_METADATA = tuple(MetadataReader(uri, parse_nova_metadata) for uri in NOVA_METADATA_NAMESPACES)
+
+
+def metadata_readers_for(mode: IdentityMode) -> tuple[MetadataReader, ...]:
+    """The metadata an identity mode needs, in order of precedence (the first hit wins)."""
+    readers = {
+        IdentityMode.AUTO: (KUBEVIRT_METADATA, *NOVA_METADATA),
+        IdentityMode.KUBEVIRT: (KUBEVIRT_METADATA,),
+        IdentityMode.OPENSTACK: NOVA_METADATA,
+        IdentityMode.LIBVIRT: (),
+    }
+    return readers[mode]
+
+
+def default_node() -> str:
+    """The ``node`` label when ``--node`` is not given: ``$NODE_NAME`` (Kubernetes' downward API),
+    else the host name."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()

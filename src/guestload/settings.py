@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from guestload.simulated_source import Simulation
+from guestload.sources.simulated import Simulation
 
 DEFAULT_PORT: Final = 9977
 DEFAULT_LISTEN_ADDRESS: Final = f":{DEFAULT_PORT}"
@@ -84,7 +84,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "logfmt"
     web_config_file: str = ""
-    """TLS, basic auth and headers (:mod:`guestload.webconfig`); empty for plain HTTP."""
+    """TLS, basic auth and headers (:mod:`guestload.web.config`); empty for plain HTTP."""
     source: str = "libvirt"
     """``libvirt``, or ``simulated`` for load tests, demos and dashboard work."""
     simulation: Simulation = field(default_factory=Simulation)

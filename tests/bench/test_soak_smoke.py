@@ -12,11 +12,11 @@ from pathlib import Path
 from bench.staleness import PopulationReplay, check_scrape, exported_vms
 
 from bench import soak
+from guestload.exposition.cache import MetricsCache
 from guestload.identity import IdentityResolver
 from guestload.model import Snapshot
-from guestload.poller import Poller
-from guestload.render import MetricsCache
-from guestload.simulated_source import (
+from guestload.polling.poller import Poller
+from guestload.sources.simulated import (
     STEP_SECONDS,
     AgentBehaviour,
     AgentFailures,

@@ -25,9 +25,9 @@ import libvirt
 import pytest
 
 from guestload.identity import IdentityResolver
-from guestload.libvirt_source import LibvirtSource
 from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.multi_source import SocketGlobSource
+from guestload.sources.kubevirt_sockets import SocketGlobSource
+from guestload.sources.libvirt import LibvirtSource
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
 
 pytestmark = pytest.mark.daemon

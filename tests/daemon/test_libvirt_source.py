@@ -10,9 +10,9 @@ from collections.abc import Iterator, Sequence
 import libvirt
 import pytest
 
-from guestload.libvirt_source import LibvirtSource, format_libvirt_version
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
-from guestload.source import SourceUnavailableError
+from guestload.sources.libvirt import LibvirtSource, format_libvirt_version
+from guestload.sources.protocol import SourceUnavailableError
 from guestload_lab.libvirtd import TestDriverLibvirtd
 
 pytestmark = pytest.mark.daemon

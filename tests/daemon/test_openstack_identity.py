@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from guestload.cli import build_parser, make_poller, make_source, settings_from_args
-from guestload.render import MetricsCache
+from guestload.cli.main import build_parser, make_poller, make_source, settings_from_args
+from guestload.exposition.cache import MetricsCache
 from guestload_lab.libvirtd import TestDriverLibvirtd
 
 pytestmark = pytest.mark.daemon

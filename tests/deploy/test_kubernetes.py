@@ -20,8 +20,8 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
-from guestload.cli import build_parser, settings_from_args
-from guestload.multi_source import SOCKET_PLACEHOLDER
+from guestload.cli.main import build_parser, settings_from_args
+from guestload.sources.kubevirt_sockets import SOCKET_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZATION_DIR = ROOT / "deploy" / "kubernetes"

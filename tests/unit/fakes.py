@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from guestload.model import AgentState, DomainInventory, GuestLoad, LoadReading
-from guestload.source import EventListener, SourceUnavailableError
+from guestload.sources.protocol import EventListener, SourceUnavailableError
 
 Answer = LoadReading | Callable[[], LoadReading]
 

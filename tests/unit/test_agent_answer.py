@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestload.agent_answer import (
+from guestload.model import AgentState, GuestLoad, LoadReading
+from guestload.queries.load import (
     MAX_LOAD,
     MAX_PASSTHROUGH_REPLY_CHARS,
     classify_libvirt_error,
     parse_agent_passthrough,
     parse_guest_info_load,
 )
-from guestload.model import AgentState, GuestLoad, LoadReading
 
 
 @pytest.mark.parametrize(

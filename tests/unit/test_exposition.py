@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from guestload import __version__
+from guestload.exposition.cache import MetricsCache
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -25,7 +26,6 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.render import MetricsCache
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from guestload.cli import build_parser
-from guestload.metrics_doc import HELP_COLUMNS, cli_markdown, metrics_markdown
+from guestload.cli.docs import HELP_COLUMNS, cli_markdown, metrics_markdown
+from guestload.cli.main import build_parser
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
@@ -26,7 +26,7 @@ def test_metrics_doc_matches_the_code(request: pytest.FixtureRequest) -> None:
     _check(
         DOCS / "metrics.md",
         metrics_markdown(),
-        "python -m guestload.metrics_doc > docs/metrics.md",
+        "python -m guestload.cli.docs > docs/metrics.md",
         request,
     )
 
@@ -42,7 +42,7 @@ def test_cli_doc_matches_the_real_help(request: pytest.FixtureRequest) -> None:
     _check(
         DOCS / "cli.md",
         cli_markdown(build_parser()),
-        "python -m guestload.metrics_doc cli > docs/cli.md",
+        "python -m guestload.cli.docs cli > docs/cli.md",
         request,
     )
 

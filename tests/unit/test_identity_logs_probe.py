@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
+from guestload.cli.probe import print_probe
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter, LogfmtFormatter
 from guestload.model import AgentState, Identity, LoadReading
-from guestload.probe import print_probe
 from tests.unit.fakes import FakeSource, domain, ok
 from tests.unit.test_poller import Clock, make_poller
 

@@ -8,21 +8,19 @@ import libvirt
 import pytest
 
 from guestload.identity import (
+    KUBEVIRT_METADATA_NAMESPACE,
     KUBEVIRT_UID_KEY,
+    NOVA_METADATA_NAMESPACES,
     NOVA_NAME_KEY,
     NOVA_PROJECT_NAME_KEY,
     NOVA_PROJECT_UUID_KEY,
     IdentityMode,
     IdentityResolver,
-)
-from guestload.libvirt_source import (
-    KUBEVIRT_METADATA_NAMESPACE,
-    NOVA_METADATA_NAMESPACES,
-    LibvirtSource,
     metadata_readers_for,
     parse_nova_metadata,
 )
 from guestload.model import Identity
+from guestload.sources.libvirt import LibvirtSource
 from tests.unit.fakes import domain
 
 NOVA_ELEMENT = """<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">

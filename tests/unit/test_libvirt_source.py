@@ -9,16 +9,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from guestload.libvirt_source import (
-    GUEST_GET_LOAD_COMMAND,
-    GUEST_INFO_LOAD_MIN_VERSION,
-    LibvirtSource,
-    LoadMethod,
-    choose_load_method,
-    format_libvirt_version,
-    parse_kubevirt_metadata,
-    parse_vcpu_stats,
-)
+from guestload.identity import parse_kubevirt_metadata
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -28,7 +19,16 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.source import Source, SourceUnavailableError
+from guestload.sources.libvirt import (
+    GUEST_GET_LOAD_COMMAND,
+    GUEST_INFO_LOAD_MIN_VERSION,
+    LibvirtSource,
+    LoadMethod,
+    choose_load_method,
+    format_libvirt_version,
+    parse_vcpu_stats,
+)
+from guestload.sources.protocol import Source, SourceUnavailableError
 
 
 def test_vcpu_stats_of_a_qemu_domain() -> None:

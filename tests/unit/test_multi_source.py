@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.multi_source import SocketGlobSource, socket_uri
-from guestload.source import Source, SourceUnavailableError
+from guestload.sources.kubevirt_sockets import SocketGlobSource, socket_uri
+from guestload.sources.protocol import Source, SourceUnavailableError
 from tests.unit.fakes import FakeSource, domain, ok
 
 GLOB = "/pods/*/sock"

@@ -18,7 +18,7 @@ from guestload.model import (
     LoadReading,
     Snapshot,
 )
-from guestload.poller import Poller
+from guestload.polling.poller import Poller
 from tests.unit.fakes import FakeSource, domain, ok
 
 

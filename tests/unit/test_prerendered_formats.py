@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from guestload.exposition.cache import MetricsCache
 from guestload.model import Snapshot
-from guestload.render import MetricsCache
 
 
 def test_text_is_rendered_until_a_scraper_asks_for_something_else() -> None:

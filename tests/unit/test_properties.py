@@ -1,10 +1,10 @@
 """Hostile guest answers and label values: the exposition stays valid, other VMs unchanged.
 
 Each generated case runs the real path from an agent's answer to a scrape body: the answer is
-judged by :mod:`guestload.agent_answer`, a :class:`~guestload.poller.Poller` polls it next to two
-healthy VMs, the :class:`~guestload.render.MetricsCache` renders it, and prometheus_client's
-parsers (text and OpenMetrics) read it back; a sample of bodies also goes through
-``promtool check metrics``. The counts of cases that ran are printed.
+judged by :mod:`guestload.queries.load`, a :class:`~guestload.polling.poller.Poller` polls it
+next to two healthy VMs, the :class:`~guestload.exposition.cache.MetricsCache` renders it, and
+prometheus_client's parsers (text and OpenMetrics) read it back; a sample of bodies also goes
+through ``promtool check metrics``. The counts of cases that ran are printed.
 
 The unit run keeps the counts small (seconds); ``tests/security/test_properties_many.py`` runs
 the same checks with many more cases.
@@ -26,12 +26,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from guestload.agent_answer import (
-    MAX_LOAD,
-    MAX_PASSTHROUGH_REPLY_CHARS,
-    parse_agent_passthrough,
-    parse_guest_info_load,
-)
+from guestload.exposition.cache import MetricsCache
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.model import (
     AgentState,
@@ -41,8 +36,13 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.poller import Poller
-from guestload.render import MetricsCache
+from guestload.polling.poller import Poller
+from guestload.queries.load import (
+    MAX_LOAD,
+    MAX_PASSTHROUGH_REPLY_CHARS,
+    parse_agent_passthrough,
+    parse_guest_info_load,
+)
 from tests.unit.fakes import FakeSource, ok
 
 UNIT_CASES = 120

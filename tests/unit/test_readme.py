@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from guestload.cli import build_parser
+from guestload.cli.main import build_parser
 from guestload.model import AgentState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,37 @@ def test_every_agent_state_is_documented() -> None:
     assert {s.value for s in AgentState} <= documented
 
 
-def test_python_requirement_matches_the_package() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["requires-python"] == ">=3.11"
-    assert "Python >= 3.11" in README
+def test_python_requirement_is_the_same_everywhere() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    version = pyproject["project"]["requires-python"].removeprefix(">=")
+    assert f"Python >= {version}" in README
+    assert pyproject["tool"]["mypy"]["python_version"] == version
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + version.replace(".", "")
+
+
+def _layout_rows() -> dict[str, str]:
+    section = README.split("Layout", 1)[1]
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `([^`]+)` \| (.*) \|$", section, re.MULTILINE)
+    }
+
+
+def test_the_readme_layout_names_every_module_of_the_package() -> None:
+    rows = _layout_rows()
+    package = ROOT / "src" / "guestload"
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(ROOT).as_posix()
+        if path.parent == package:
+            assert relative in rows, f"{relative} is missing from the README's layout"
+        else:
+            folder = path.parent.relative_to(ROOT).as_posix() + "/"
+            assert folder in rows, f"{folder} is missing from the README's layout"
+            assert f"`{path.stem}`" in rows[folder], (
+                f"{relative} is not named in the README's row for {folder}"
+            )
+    for name in rows:
+        if name.startswith("src/guestload/"):
+            assert (ROOT / name).exists(), f"the README's layout names {name}, which does not exist"

@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 
-from guestload.cli import build_parser, main, make_source, settings_from_args
+from guestload.cli.main import build_parser, main, make_source, settings_from_args
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
-from guestload.poller import Poller
-from guestload.simulated_source import (
+from guestload.polling.poller import Poller
+from guestload.sources.simulated import (
     AGENT_AWAY_STEPS,
     BOOT_STEPS,
     STEP_SECONDS,

@@ -1,6 +1,6 @@
 """The exposition writer writes exactly what prometheus_client writes for the same families.
 
-prometheus_client's rendering of :func:`guestload.collector.metric_families` is the reference:
+prometheus_client's rendering of :func:`bench.reference.metric_families` is the reference:
 for generated snapshots (hostile label values, NaN, infinities, huge and negative values, no
 VMs, vCPU series on and off) both formats must be equal byte for byte, also when one writer
 renders several snapshots in turn and reuses label texts from the previous one.
@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+from bench.reference import SnapshotCollector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import exposition
@@ -21,16 +22,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from guestload import __version__
-from guestload.collector import (
+from guestload.exposition.schema import (
     ALL_FAMILIES,
     BUILD_INFO_LABELS,
     VM_LABELS,
     MetricSpec,
     MetricType,
-    SnapshotCollector,
     domain_samples,
     exporter_families,
 )
+from guestload.exposition.writer import SnapshotWriter, _VmLayout, format_value, header_lines
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -40,8 +41,7 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.simulated_source import SimulatedSource, Simulation
-from guestload.textformat import SnapshotWriter, _VmLayout, format_value, header_lines
+from guestload.sources.simulated import SimulatedSource, Simulation
 from tests.unit.test_exposition import sample_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"

@@ -17,18 +17,13 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from guestload.exposition.cache import MetricsCache
 from guestload.model import Snapshot
-from guestload.render import MetricsCache
 from guestload.settings import ListenAddress
-from guestload.web import ExporterServer, WebApp
-from guestload.webconfig import (
-    PLAIN_HTTP,
-    BasicAuthenticator,
-    ClientAuth,
-    TlsSettings,
-    WebSecurity,
-    build_ssl_context,
-)
+from guestload.web.basic_auth import BasicAuthenticator
+from guestload.web.reload import PLAIN_HTTP, WebSecurity
+from guestload.web.server import ExporterServer, WebApp
+from guestload.web.tls import ClientAuth, TlsSettings, build_ssl_context
 from tests.unit.certs import TlsFiles, make_tls_files
 
 REQUEST_TIMEOUT = 0.5

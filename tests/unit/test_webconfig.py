@@ -12,17 +12,12 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from guestload.cli import main
-from guestload.webconfig import (
-    BasicAuthenticator,
-    ClientAuth,
-    WebConfigError,
-    WebConfigReloader,
-    WebSecurity,
-    build_ssl_context,
-    load_web_config,
-    peer_has_allowed_san,
-)
+from guestload.cli.main import main
+from guestload.web.basic_auth import BasicAuthenticator
+from guestload.web.config import load_web_config
+from guestload.web.errors import WebConfigError
+from guestload.web.reload import WebConfigReloader, WebSecurity
+from guestload.web.tls import ClientAuth, build_ssl_context, peer_has_allowed_san
 from guestload_lab.waiting import wait_until
 from tests.unit.certs import TlsFiles, make_tls_files, openssl
 
@@ -230,7 +225,7 @@ def test_reloads_when_the_file_changes_and_keeps_the_old_config_when_it_is_bad(
         assert second.check(_basic("alice", b"second"))
         assert not second.check(_basic("alice", b"first"))
         records = _Records()
-        logging.getLogger("guestload.webconfig").addHandler(records)
+        logging.getLogger("guestload.web.reload").addHandler(records)
         try:
             path.write_text("basic_auth_users:\n  alice: second\n")  # a plaintext password
             wait_until(
@@ -240,7 +235,7 @@ def test_reloads_when_the_file_changes_and_keeps_the_old_config_when_it_is_bad(
                 what="one reload failure",
             )
         finally:
-            logging.getLogger("guestload.webconfig").removeHandler(records)
+            logging.getLogger("guestload.web.reload").removeHandler(records)
         assert reloader.current.authenticator is second
         errors = [r for r in records.records if r.levelno == logging.ERROR]
         assert "basic_auth_users.alice" in str(getattr(errors[0], "err", ""))

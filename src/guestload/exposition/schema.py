@@ -2,22 +2,17 @@
 
 This module is the one description of the metrics. :class:`MetricSpec` constants name each
 family with its type, help and labels; :func:`domain_samples` and :func:`exporter_families`
-say which samples a snapshot produces. Three readers share it: the exposition writer
-(:mod:`guestload.textformat`, what ``/metrics`` serves), the metrics reference
-(:mod:`guestload.metrics_doc`) and :func:`metric_families`, the same samples as
-prometheus_client families: the reference the writer's output is tested against. Pure: it
-reads only the snapshot it is given.
+say which samples a snapshot produces. The exposition writer (:mod:`guestload.exposition.writer`,
+what ``/metrics`` serves) and the metrics reference (:mod:`guestload.cli.docs`) read it. Pure:
+it reads only the snapshot it is given.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from guestload import __version__
 from guestload.model import AgentState, DomainSample, Identity, Snapshot
@@ -70,7 +65,7 @@ BUILD_INFO_LABELS = (
     "uri",
 )
 """``guestload_build_info``'s labels: the version and whatever the snapshot's build info holds
-(the Python version and the source's :meth:`~guestload.source.Source.describe`)."""
+(the Python version and the source's :meth:`~guestload.sources.protocol.Source.describe`)."""
 
 LOAD_HELP = (
     "Guest load average over {window}, as the guest kernel counts it (runnable plus "
@@ -202,7 +197,7 @@ RENDER_DURATION = MetricSpec(
     "Wall time spent rendering and compressing the last poll's exposition.",
 )
 LIVE_FAMILIES = (RENDER_DURATION,)
-"""Families measured at scrape time, after the snapshot's (see guestload.render)."""
+"""Families measured at scrape time, after the snapshot's (see guestload.exposition.cache)."""
 
 # -- samples -------------------------------------------------------------------------------------
 
@@ -268,42 +263,3 @@ def exporter_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[Labelle
     )
     families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
     return families
-
-
-# -- the same samples as prometheus_client families ----------------------------------------------
-
-
-def _family(spec: MetricSpec, labels: Sequence[str]) -> GaugeMetricFamily | CounterMetricFamily:
-    if spec.type is MetricType.COUNTER:
-        return CounterMetricFamily(spec.name, spec.help, labels=labels)
-    return GaugeMetricFamily(spec.name, spec.help, labels=labels)
-
-
-def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]:
-    """Every family for ``snapshot`` as prometheus_client builds them, in exposition order."""
-    per_vm = {
-        spec: _family(spec, spec.labels) for spec in vm_families(vcpu_collector=vcpu_collector)
-    }
-    for domain in snapshot.domains:
-        vm = vm_label_values(domain.identity)
-        for spec, extra, value in domain_samples(domain, vcpu_collector=vcpu_collector):
-            per_vm[spec].add_metric((*vm, *extra), value)
-    families: list[Metric] = list(per_vm.values())
-    for spec, samples in exporter_families(snapshot):
-        names = tuple(samples[0][0]) if samples else ()
-        family = _family(spec, names)
-        for labels, value in samples:
-            family.add_metric([labels[name] for name in names], value)
-        families.append(family)
-    return families
-
-
-class SnapshotCollector(Collector):
-    """A prometheus_client collector over one fixed snapshot."""
-
-    def __init__(self, snapshot: Snapshot, *, vcpu_collector: bool) -> None:
-        self._snapshot = snapshot
-        self._vcpu_collector = vcpu_collector
-
-    def collect(self) -> Iterator[Metric]:
-        yield from metric_families(self._snapshot, vcpu_collector=self._vcpu_collector)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, LoadReading
-from guestload.source import EventListener, Source, SourceUnavailableError
+from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class _Member:
 
 
 class SocketGlobSource:
-    """A :class:`guestload.source.Source` over every libvirt socket that matches a glob.
+    """A :class:`guestload.sources.protocol.Source` over every libvirt socket that matches a glob.
 
     ``make_source`` builds the source for one libvirt URI (a ``LibvirtSource`` in production,
     a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts

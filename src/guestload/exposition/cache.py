@@ -1,7 +1,7 @@
 """Exposition rendered once per snapshot and served as cached bytes.
 
 A snapshot's exposition (135k samples at 10k VMs) is written by
-:class:`~guestload.textformat.SnapshotWriter` when the snapshot is published, not per scrape.
+:class:`~guestload.exposition.writer.SnapshotWriter` when the snapshot is published, not per scrape.
 Process metrics (memory, CPU, file descriptors) must be live, so prometheus_client renders
 them per scrape (a few dozen samples) and they are appended; for gzip the cached body's
 compressor state is kept so the live tail continues one valid gzip stream.
@@ -20,9 +20,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from guestload.collector import RENDER_DURATION
+from guestload.exposition.schema import RENDER_DURATION
+from guestload.exposition.writer import RenderedSnapshot, SnapshotWriter
 from guestload.model import Snapshot
-from guestload.textformat import RenderedSnapshot, SnapshotWriter
 
 #: The classic text format; every Prometheus version parses it.
 TEXT_CONTENT_TYPE = exposition.CONTENT_TYPE_PLAIN_0_0_4

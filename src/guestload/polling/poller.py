@@ -32,8 +32,8 @@ from guestload.model import (
     LoadReading,
     Snapshot,
 )
-from guestload.source import Source, SourceUnavailableError
-from guestload.workers import DaemonPool
+from guestload.polling.workers import DaemonPool
+from guestload.sources.protocol import Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 

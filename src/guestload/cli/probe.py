@@ -7,7 +7,7 @@ import sys
 from typing import TextIO
 
 from guestload.model import DomainSample, Snapshot
-from guestload.poller import Poller
+from guestload.polling.poller import Poller
 
 _COLUMNS = ("NAMESPACE", "NAME", "NODE", "DOMAIN", "VCPUS", "LOAD1", "LOAD5", "LOAD15", "AGENT")
 

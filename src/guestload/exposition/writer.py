@@ -1,7 +1,7 @@
 """The snapshot's exposition in the Prometheus text format 0.0.4 and OpenMetrics 1.0.
 
 Byte for byte what prometheus_client 0.26 writes for the families of
-:mod:`guestload.collector` (the unit tests compare the two on generated snapshots), at a
+:mod:`guestload.exposition.schema` (the unit tests compare the two on generated snapshots), at a
 fraction of the cost: prometheus_client validates and escapes every label name and value of
 every sample (14 to 34 µs a sample); this writer escapes each VM's labels once, keeps the
 result between polls, and formats only the values (2 to 3 µs a sample, docs/performance.md).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from guestload.collector import (
+from guestload.exposition.schema import (
     ALL_FAMILIES,
     VM_LABELS,
     LabelledValue,

@@ -1,7 +1,7 @@
 """The libvirt source: domains, vCPU stats and guest load from a libvirt daemon.
 
 The only module of the exporter that imports ``libvirt``. It reads; judging errors and guest
-answers is left to :mod:`guestload.agent_answer`.
+answers is left to :mod:`guestload.queries.load`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import re
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,17 +20,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from guestload.agent_answer import (
-    classify_libvirt_error,
-    parse_agent_passthrough,
-    parse_guest_info_load,
-)
-from guestload.identity import (
-    NOVA_NAME_KEY,
-    NOVA_PROJECT_NAME_KEY,
-    NOVA_PROJECT_UUID_KEY,
-    IdentityMode,
-)
+from guestload.identity import KUBEVIRT_METADATA, MetadataReader
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -41,21 +30,17 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.source import EventListener, SourceUnavailableError
+from guestload.queries.load import (
+    classify_libvirt_error,
+    parse_agent_passthrough,
+    parse_guest_info_load,
+)
+from guestload.sources.protocol import EventListener, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
 GUEST_INFO_LOAD_MIN_VERSION = 11_002_000
 """libvirt 11.2.0 added ``VIR_DOMAIN_GUEST_INFO_LOAD``; library and daemon both need it."""
-
-KUBEVIRT_METADATA_NAMESPACE = "http://kubevirt.io"
-"""XML namespace of the ``<kubevirt>`` element KubeVirt writes into a domain's metadata."""
-
-NOVA_METADATA_NAMESPACES = (
-    "http://openstack.org/xmlns/libvirt/nova/1.1",
-    "http://openstack.org/xmlns/libvirt/nova/1.0",
-)
-"""XML namespaces of Nova's ``<nova:instance>`` element, newest first."""
 
 GUEST_GET_LOAD_COMMAND = '{"execute":"guest-get-load"}'
 
@@ -141,65 +126,6 @@ def parse_vcpu_stats(stats: Mapping[str, object]) -> tuple[int | None, tuple[Vcp
     return vcpu_count, tuple(vcpus)
 
 
-def parse_kubevirt_metadata(element_xml: str) -> dict[str, str]:
-    """Identity hints from KubeVirt's ``<kubevirt xmlns="http://kubevirt.io">`` element."""
-    try:
-        # The domain's own metadata, written by the host's management layer, not by the guest.
-        root = ET.fromstring(element_xml)  # noqa: S314
-    except ET.ParseError:
-        return {}
-    for child in root:
-        if child.tag.rpartition("}")[2] == "uid" and child.text and child.text.strip():
-            return {"kubevirt.uid": child.text.strip()}
-    return {}
-
-
-def parse_nova_metadata(element_xml: str) -> dict[str, str]:
-    """Identity hints from Nova's ``<nova:instance>`` element: instance name and project."""
-    try:
-        # The domain's own metadata, written by the host's management layer, not by the guest.
-        root = ET.fromstring(element_xml)  # noqa: S314
-    except ET.ParseError:
-        return {}
-    hints: dict[str, str] = {}
-    for child in root:
-        tag = child.tag.rpartition("}")[2]
-        if tag == "name" and child.text and child.text.strip():
-            hints[NOVA_NAME_KEY] = child.text.strip()
-        elif tag == "owner":
-            for owner in child:
-                if owner.tag.rpartition("}")[2] != "project":
-                    continue
-                if owner.text and owner.text.strip():
-                    hints[NOVA_PROJECT_NAME_KEY] = owner.text.strip()
-                if owner.get("uuid", "").strip():
-                    hints[NOVA_PROJECT_UUID_KEY] = owner.get("uuid", "").strip()
-    return hints if NOVA_NAME_KEY in hints else {}
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataReader:
-    """One metadata element to read from each domain, and how to turn it into hints."""
-
-    namespace_uri: str
-    parse: Callable[[str], dict[str, str]]
-
-
-KUBEVIRT_METADATA = MetadataReader(KUBEVIRT_METADATA_NAMESPACE, parse_kubevirt_metadata)
-NOVA_METADATA = tuple(MetadataReader(uri, parse_nova_metadata) for uri in NOVA_METADATA_NAMESPACES)
-
-
-def metadata_readers_for(mode: IdentityMode) -> tuple[MetadataReader, ...]:
-    """The metadata an identity mode needs, in order of precedence (the first hit wins)."""
-    readers = {
-        IdentityMode.AUTO: (KUBEVIRT_METADATA, *NOVA_METADATA),
-        IdentityMode.KUBEVIRT: (KUBEVIRT_METADATA,),
-        IdentityMode.OPENSTACK: NOVA_METADATA,
-        IdentityMode.LIBVIRT: (),
-    }
-    return readers[mode]
-
-
 def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / _NANOSECONDS
 
@@ -240,7 +166,7 @@ AgentCommand = Callable[[Any, str, int, int], Any]
 
 
 class LibvirtSource:
-    """A :class:`guestload.source.Source` reading from one libvirt connection URI.
+    """A :class:`guestload.sources.protocol.Source` reading from one libvirt connection URI.
 
     Remote connections send keepalives: a daemon that stops answering (hung, or its host
     gone) closes the connection after ``keepalive_interval_seconds * (keepalive_count + 1)``

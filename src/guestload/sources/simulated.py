@@ -10,7 +10,7 @@ and go, all with the events libvirt would send.
 Everything is a function of the seed and of the time since :meth:`SimulatedSource.connect`:
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
 the same load curves, however often they are read. Agent failures are reported through the
-same classification as libvirt's errors (:mod:`guestload.agent_answer`).
+same classification as libvirt's errors (:mod:`guestload.queries.load`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from guestload.agent_answer import classify_libvirt_error, parse_guest_info_load
+from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
     DomainEvent,
     DomainInventory,
@@ -33,7 +33,8 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.source import EventListener
+from guestload.queries.load import classify_libvirt_error, parse_guest_info_load
+from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
 """The kernel recomputes its load averages every 5 s; the simulation moves in the same steps."""
@@ -208,7 +209,7 @@ class _Vm:
         self.uuid = str(UUID(int=draws[0] << 64 | draws[1], version=4))
         namespace = NAMESPACES[draws[2] % len(NAMESPACES)]
         self.domain_name = f"{namespace}_vm-{index:05d}-{draws[2] >> 32:08x}"
-        self.inventory_metadata: Mapping[str, str] = {"kubevirt.uid": self.uuid}
+        self.inventory_metadata: Mapping[str, str] = {KUBEVIRT_UID_KEY: self.uuid}
         self.vcpus = _vcpu_count(_unit(draws[3]))
         self.behaviour = failures.behaviour(_unit(draws[4]))
         profile = _unit(draws[5])
@@ -306,7 +307,7 @@ def _vcpu_count(draw: float) -> int:
 
 
 class SimulatedSource:
-    """A :class:`guestload.source.Source` over simulated VMs (see the module's description).
+    """A :class:`~guestload.sources.protocol.Source` over simulated VMs (see the module).
 
     ``clock`` drives the simulation (tests pass a fake one). With churn or agent flaps, a
     daemon thread replaces VMs and disconnects agents on time and sends their events even

@@ -6,7 +6,7 @@ handshake and for sending its request line and headers, and ``request_timeout`` 
 the answer, so a slow client cannot hold a worker. One request per connection; only GET and
 HEAD; oversized request lines (414) and headers (431), garbage (400) and other methods (405)
 are answered, never a crash. TLS, basic authentication and extra response headers come from
-``--web.config.file`` (:mod:`guestload.webconfig`), taken afresh for every connection so a
+``--web.config.file`` (:mod:`guestload.web.config`), taken afresh for every connection so a
 reload applies to the next one.
 """
 
@@ -29,9 +29,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from guestload import __version__
-from guestload.render import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsCache
+from guestload.exposition.cache import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsCache
 from guestload.settings import ListenAddress
-from guestload.webconfig import BASIC_AUTH_REALM, PLAIN_HTTP, WebSecurity, peer_has_allowed_san
+from guestload.web.basic_auth import BASIC_AUTH_REALM
+from guestload.web.reload import PLAIN_HTTP, WebSecurity
+from guestload.web.tls import peer_has_allowed_san
 
 log = logging.getLogger(__name__)
 

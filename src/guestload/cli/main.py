@@ -7,7 +7,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -19,12 +18,11 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from guestload import __version__
-from guestload.identity import IdentityMode, IdentityResolver
+from guestload.cli.probe import print_probe
+from guestload.exposition.cache import MetricsCache
+from guestload.identity import IdentityMode, IdentityResolver, default_node, metadata_readers_for
 from guestload.logs import FORMATS, LEVELS, configure_logging
-from guestload.multi_source import SocketGlobSource
-from guestload.poller import Poller
-from guestload.probe import print_probe
-from guestload.render import MetricsCache
+from guestload.polling.poller import Poller
 from guestload.settings import (
     DEFAULT_LIBVIRT_URI,
     DEFAULT_LISTEN_ADDRESS,
@@ -36,10 +34,12 @@ from guestload.settings import (
     SettingsError,
     parse_duration,
 )
-from guestload.simulated_source import AgentFailures, SimulatedSource, Simulation
-from guestload.source import Source
-from guestload.web import ExporterServer, WebApp
-from guestload.webconfig import PLAIN_HTTP, WebConfigError, WebConfigReloader
+from guestload.sources.kubevirt_sockets import SocketGlobSource
+from guestload.sources.protocol import Source
+from guestload.sources.simulated import AgentFailures, SimulatedSource, Simulation
+from guestload.web.errors import WebConfigError
+from guestload.web.reload import PLAIN_HTTP, WebConfigReloader
+from guestload.web.server import ExporterServer, WebApp
 
 log = logging.getLogger("guestload")
 
@@ -135,10 +135,6 @@ def _add_simulated_flags(parser: argparse.ArgumentParser) -> None:
         help="simulated agents per minute that disconnect and reconnect 10 to 30 s later, "
         "with their agent events (default: 0)",
     )
-
-
-def _default_node() -> str:
-    return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -322,7 +318,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         concurrency=args.concurrency,
         agent_backoff_max_seconds=getattr(args, "backoff_max", 900.0),
         vcpu_collector=getattr(args, "vcpu_collector", True),
-        node=args.node if args.node is not None else _default_node(),
+        node=args.node if args.node is not None else default_node(),
         default_namespace=args.default_namespace,
         max_requests=getattr(args, "max_requests", 16),
         request_timeout_seconds=getattr(args, "request_timeout", 10.0),
@@ -347,10 +343,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def make_source(settings: Settings) -> Source:
     if settings.source == "simulated":
         return SimulatedSource(simulation=settings.simulation)
-    from guestload.libvirt_source import (  # noqa: PLC0415 - imports libvirt
-        LibvirtSource,
-        metadata_readers_for,
-    )
+    from guestload.sources.libvirt import LibvirtSource  # noqa: PLC0415 - imports libvirt
 
     readers = metadata_readers_for(IdentityMode(settings.identity_mode))
     if not settings.socket_glob:
