@@ -327,8 +327,10 @@ class ExporterServer(ThreadingHTTPServer):
             )
         finally:
             self._local.connection = None
-            self.shutdown_request(connection if connection is not None else request)
+            # Free the slot before the client can see the close: a client that reconnects at
+            # once must find it free.
             self._slots.release()
+            self.shutdown_request(connection if connection is not None else request)
 
     def _start_tls(
         self, raw: socket.socket, state: _Connection, *, client: str
