@@ -42,6 +42,7 @@ class BasicAuthenticator:
         self._cache_key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
+        self._decoy = _decoy_hash()  # made now, so no request pays for making it
 
     @property
     def enabled(self) -> bool:
@@ -64,7 +65,7 @@ class BasicAuthenticator:
                 self._cache.move_to_end(key)
                 return True
         with self._bcrypt_lock:
-            matches = bcrypt.checkpw(password, stored or _decoy_hash())
+            matches = bcrypt.checkpw(password, stored or self._decoy)
         if not (matches and stored is not None):
             return False
         with self._lock:
