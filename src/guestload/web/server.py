@@ -316,9 +316,10 @@ class ExporterServer(ThreadingHTTPServer):
                 security=self._security(), deadline=time.monotonic() + self.request_timeout
             )
             self._local.connection = state
+            ready = True
             if state.security.ssl_context is not None:
-                connection = self._start_tls(request, state, client=str(client_address[0]))
-            if connection is not None:
+                connection, ready = self._start_tls(request, state, client=str(client_address[0]))
+            if ready:
                 self.finish_request(connection, client_address)
         except Exception as error:  # noqa: BLE001 - one bad connection must not stop the server
             log.debug(
@@ -330,16 +331,19 @@ class ExporterServer(ThreadingHTTPServer):
             # Free the slot before the client can see the close: a client that reconnects at
             # once must find it free.
             self._slots.release()
-            self.shutdown_request(connection if connection is not None else request)
+            self.shutdown_request(connection)
 
     def _start_tls(
         self, raw: socket.socket, state: _Connection, *, client: str
-    ) -> ssl.SSLSocket | None:
-        """The TLS connection after a handshake finished before the deadline, else None."""
+    ) -> tuple[socket.socket, bool]:
+        """The connection to use and close, and whether a TLS handshake finished in time.
+
+        The caller closes the connection either way, after freeing its slot.
+        """
         context = state.security.ssl_context
         assert context is not None
         if not self._looks_like_tls(raw, state.deadline):
-            return None
+            return raw, False
         tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         tls.setblocking(False)
         poller = select.poll()
@@ -363,11 +367,9 @@ class ExporterServer(ThreadingHTTPServer):
                 raise ssl.SSLError("client certificate names none of client_allowed_sans")
         except (OSError, TimeoutError) as error:
             log.debug("TLS handshake failed", extra={"client": client, "err": str(error)})
-            with contextlib.suppress(OSError):
-                tls.close()
-            return None
+            return tls, False
         tls.setblocking(True)
-        return tls
+        return tls, True
 
     @staticmethod
     def _looks_like_tls(raw: socket.socket, deadline: float) -> bool:
