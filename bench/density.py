@@ -28,7 +28,7 @@ from bench.common import (
     scrape,
     write_results,
 )
-from guestload.settings import parse_duration
+from guestload.settings import Settings, parse_duration
 from guestload.sources.simulated import STEP_SECONDS, SimulatedSource, Simulation
 from guestload_lab.processes import ProcessRegistry
 
@@ -46,7 +46,7 @@ def simulation_cpu_per_poll(*, vms: int, interval: float, polls: int = 3) -> flo
     for _ in range(polls):
         clock[0] += interval
         for domain in source.list_running_domains():
-            source.read_guest_load(domain.uuid, 5.0)
+            source.query_guest(domain.uuid, Settings(node="bench").queries(), 5.0)
     return (time.process_time() - started) / polls
 
 

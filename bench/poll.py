@@ -7,10 +7,13 @@ Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from t
   makes — one ``getAllDomainStats(STATE|VCPU, RUNNING|NOWAIT)`` and one
   ``guestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)`` per domain (after setting the agent response
   timeout once) — and nothing else;
-* exporter: ``guestload serve`` against the same daemon, polling every ``--interval``.
+* exporter: ``guestload serve`` against the same daemon, polling every ``--interval``, with
+  its default queries (the load, and guest CPU time through ``guest-get-cpustats``);
+* exporter, load only: the same with ``--no-collector.guest-cpu``.
 
 Each phase's CPU time (user + system, every thread) over its window, divided by the
-domain-polls it made, gives CPU per domain-poll; the ratio exporter / bare is the overhead.
+domain-polls it made, gives CPU per domain-poll; the ratio exporter / bare is the overhead,
+and exporter / exporter-load-only is what asking guest CPU times costs (target: 1.3).
 Every VM and daemon started here is stopped at the end.
 
     python -m bench.poll --vms 5 --interval 2s --seconds 90 --rounds 2
@@ -50,6 +53,10 @@ from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import free_port
 
 TARGET_RATIO = 1.5
+TARGET_CPUSTATS_RATIO = 1.3
+"""Poll cost per domain with guest CPU times over the cost with the load alone."""
+EXPORTER_PHASES = {"exporter": (), "exporter_load_only": ("--no-collector.guest-cpu",)}
+"""Exporter phases and the extra flags each runs with."""
 _STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
 _STATS_FLAGS = (
     libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
@@ -127,7 +134,13 @@ def run_bare(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
 
 
 def run_exporter(
-    *, uri: str, interval: float, seconds: float, workdir: Path, registry: ProcessRegistry
+    *,
+    uri: str,
+    interval: float,
+    seconds: float,
+    workdir: Path,
+    registry: ProcessRegistry,
+    flags: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window."""
     port = free_port()
@@ -150,6 +163,7 @@ def run_exporter(
             "bench-node",
             "--log.level",
             "warn",
+            *flags,
         ],
         log_path=workdir / "guestload.log",
     )
@@ -225,19 +239,22 @@ def lab_vms(count: int, workdir: Path) -> Iterator[str]:
 def measure(
     *, uri: str, interval: float, seconds: float, rounds: int, workdir: Path
 ) -> dict[str, Any]:
-    phases: dict[str, list[dict[str, float]]] = {"bare": [], "exporter": []}
+    phases: dict[str, list[dict[str, float]]] = {"bare": []}
+    phases.update({name: [] for name in EXPORTER_PHASES})
     with ProcessRegistry() as registry:
         for round_number in range(rounds):
             phases["bare"].append(run_bare(uri=uri, interval=interval, seconds=seconds))
-            phases["exporter"].append(
-                run_exporter(
-                    uri=uri,
-                    interval=interval,
-                    seconds=seconds,
-                    workdir=workdir / f"round-{round_number}",
-                    registry=registry,
+            for name, flags in EXPORTER_PHASES.items():
+                phases[name].append(
+                    run_exporter(
+                        uri=uri,
+                        interval=interval,
+                        seconds=seconds,
+                        workdir=workdir / f"round-{round_number}-{name}",
+                        registry=registry,
+                        flags=flags,
+                    )
                 )
-            )
             print(f"round {round_number + 1} of {rounds} done", flush=True)
     per_domain = {
         name: [p["cpu_seconds"] / p["domain_polls"] for p in runs if p["domain_polls"] > 0]
@@ -253,12 +270,13 @@ def measure(
         "cpu_seconds_per_domain_poll": per_domain,
         "median_cpu_seconds_per_domain_poll": medians,
         "ratio": medians["exporter"] / medians["bare"],
+        "cpustats_ratio": medians["exporter"] / medians["exporter_load_only"],
     }
 
 
 def table(result: dict[str, Any]) -> str:
     rows: list[list[object]] = []
-    for name in ("bare", "exporter"):
+    for name in ("bare", *EXPORTER_PHASES):
         runs = result["phases"][name]
         rows.append(
             [
@@ -271,6 +289,8 @@ def table(result: dict[str, Any]) -> str:
     return (
         format_table(["phase", "domain-polls", "CPU s", "CPU ms per domain-poll (median)"], rows)
         + f"\n\noverhead ratio exporter / bare: {result['ratio']:.2f} (target <= {TARGET_RATIO})"
+        + "\nguest CPU times, exporter / exporter_load_only: "
+        + f"{result['cpustats_ratio']:.2f} (target <= {TARGET_CPUSTATS_RATIO})"
     )
 
 

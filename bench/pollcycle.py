@@ -25,9 +25,11 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, format_table, write_results
 from guestload.identity import IdentityResolver
-from guestload.model import AgentState, DomainInventory, LoadReading, Snapshot
+from guestload.model import AgentState, DomainInventory, QueryReading, Snapshot
 from guestload.polling.poller import Poller
-from guestload.settings import parse_duration
+from guestload.queries.load import LOAD
+from guestload.queries.query import GuestQuery
+from guestload.settings import Settings, parse_duration
 from guestload.sources.protocol import EventListener
 from guestload.sources.simulated import AgentBehaviour, AgentFailures, SimulatedSource, Simulation
 
@@ -37,7 +39,7 @@ exactly one interval apart, so anything beyond scheduling jitter means it missed
 
 
 class AnswerLog:
-    """Wraps a source and notes when each domain's guest-load call answered with a load."""
+    """Wraps a source and notes when each domain's load query answered with a load."""
 
     def __init__(self, source: SimulatedSource) -> None:
         self.source = source
@@ -53,13 +55,16 @@ class AnswerLog:
     def list_running_domains(self) -> Sequence[DomainInventory]:
         return self.source.list_running_domains()
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
-        reading = self.source.read_guest_load(uuid, timeout_seconds)
-        if reading.state is AgentState.OK:
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        readings = self.source.query_guest(uuid, queries, timeout_seconds)
+        reading = readings.get(LOAD.name)
+        if reading is not None and reading.state is AgentState.OK:
             answered = time.monotonic()
             with self._lock:
                 self.answers.setdefault(uuid, []).append(answered)
-        return reading
+        return readings
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         self.source.set_event_listener(listener)
@@ -90,6 +95,7 @@ def run_case(
     snapshots: list[Snapshot] = []
     poller = Poller(
         source=log,
+        queries=Settings(node="bench-node").queries(),
         identity=IdentityResolver(node="bench-node", default_namespace="libvirt"),
         poll_interval_seconds=interval,
         agent_timeout_seconds=agent_timeout,
@@ -128,7 +134,8 @@ def run_case(
     states: dict[str, int] = {}
     if final is not None:
         for domain in final.domains:
-            states[domain.agent_state.value] = states.get(domain.agent_state.value, 0) + 1
+            state = str(domain.state(LOAD.name))
+            states[state] = states.get(state, 0) + 1
     return {
         "vms": vms,
         "hung_share": hung_share,

@@ -12,14 +12,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from guestload.exposition.schema import (
-    MetricSpec,
-    MetricType,
-    domain_samples,
-    exporter_families,
-    vm_families,
-    vm_label_values,
-)
+from guestload.exposition.schema import MetricSet, MetricSpec, MetricType, vm_label_values
 from guestload.model import Snapshot
 
 
@@ -29,17 +22,15 @@ def _family(spec: MetricSpec, labels: Sequence[str]) -> GaugeMetricFamily | Coun
     return GaugeMetricFamily(spec.name, spec.help, labels=labels)
 
 
-def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]:
+def metric_families(snapshot: Snapshot, *, metric_set: MetricSet) -> list[Metric]:
     """Every family for ``snapshot`` as prometheus_client builds them, in exposition order."""
-    per_vm = {
-        spec: _family(spec, spec.labels) for spec in vm_families(vcpu_collector=vcpu_collector)
-    }
+    per_vm = {spec: _family(spec, spec.labels) for spec in metric_set.vm_families()}
     for domain in snapshot.domains:
         vm = vm_label_values(domain.identity)
-        for spec, extra, value in domain_samples(domain, vcpu_collector=vcpu_collector):
+        for spec, extra, value in metric_set.domain_samples(domain):
             per_vm[spec].add_metric((*vm, *extra), value)
     families: list[Metric] = list(per_vm.values())
-    for spec, samples in exporter_families(snapshot):
+    for spec, samples in metric_set.exporter_families(snapshot):
         names = tuple(samples[0][0]) if samples else ()
         family = _family(spec, names)
         for labels, value in samples:
@@ -51,9 +42,9 @@ def metric_families(snapshot: Snapshot, *, vcpu_collector: bool) -> list[Metric]
 class SnapshotCollector(Collector):
     """A prometheus_client collector over one fixed snapshot."""
 
-    def __init__(self, snapshot: Snapshot, *, vcpu_collector: bool) -> None:
+    def __init__(self, snapshot: Snapshot, *, metric_set: MetricSet) -> None:
         self._snapshot = snapshot
-        self._vcpu_collector = vcpu_collector
+        self._metric_set = metric_set
 
     def collect(self) -> Iterator[Metric]:
-        yield from metric_families(self._snapshot, vcpu_collector=self._vcpu_collector)
+        yield from metric_families(self._snapshot, metric_set=self._metric_set)

@@ -35,11 +35,17 @@ from prometheus_client.registry import CollectorRegistry
 
 from bench.common import RESULTS_DIR, format_table, write_results
 from bench.reference import SnapshotCollector
+from guestload.exposition.schema import MetricSet
 from guestload.exposition.writer import SnapshotWriter
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainSample, Snapshot
+from guestload.settings import Settings
 from guestload.sources.libvirt import parse_vcpu_stats
 from guestload.sources.simulated import SimulatedSource, Simulation
+
+QUERIES = Settings(node="bench-node").queries()
+"""The default queries: the load and guest CPU time."""
+METRIC_SET = MetricSet(queries=QUERIES)
 
 TARGET_SECONDS_PER_RUN = 0.02
 """Small renders are repeated until one run takes about this long."""
@@ -67,17 +73,17 @@ def poll_snapshots(vms: int) -> tuple[Snapshot, Snapshot]:
     snapshots = []
     for poll in (1, 2):
         domains = []
-        calls: dict[AgentState, int] = {}
+        calls: dict[tuple[str, AgentState], int] = {}
         for inventory in source.list_running_domains():
-            reading = source.read_guest_load(inventory.uuid, 5.0)
-            calls[reading.state] = calls.get(reading.state, 0) + 1
+            readings = source.query_guest(inventory.uuid, QUERIES, 5.0)
+            for name, reading in readings.items():
+                calls[(name, reading.state)] = calls.get((name, reading.state), 0) + 1
             domains.append(
                 DomainSample(
                     uuid=inventory.uuid,
                     domain_name=inventory.domain_name,
                     identity=resolver.resolve(inventory),
-                    agent_state=reading.state,
-                    load=reading.load,
+                    readings=readings,
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
                 )
@@ -99,7 +105,7 @@ def poll_snapshots(vms: int) -> tuple[Snapshot, Snapshot]:
 
 def prometheus_client_body(snapshot: Snapshot, *, openmetrics_format: bool) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, vcpu_collector=True))
+    registry.register(SnapshotCollector(snapshot, metric_set=METRIC_SET))
     if openmetrics_format:
         body: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
         return body
@@ -139,7 +145,7 @@ def measure_format(
     """Render ``snapshot`` each way in one format, after ``previous`` for the kept writer."""
     om = openmetrics_format
     reference = prometheus_client_body(snapshot, openmetrics_format=om)
-    kept = SnapshotWriter(vcpu_collector=True)
+    kept = SnapshotWriter(metric_set=METRIC_SET)
     writer_body(kept, previous, openmetrics_format=om)
     if writer_body(kept, snapshot, openmetrics_format=om) != reference:
         raise RuntimeError("the writer's exposition differs from prometheus_client's")
@@ -148,7 +154,7 @@ def measure_format(
         "prometheus_client": lambda: prometheus_client_body(snapshot, openmetrics_format=om),
         "writer": lambda: writer_body(kept, snapshot, openmetrics_format=om),
         "writer_first": lambda: writer_body(
-            SnapshotWriter(vcpu_collector=True), snapshot, openmetrics_format=om
+            SnapshotWriter(metric_set=METRIC_SET), snapshot, openmetrics_format=om
         ),
     }
     once = cpu_seconds_per_call(ways["prometheus_client"], repeat=1)

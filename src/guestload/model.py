@@ -8,22 +8,22 @@ from dataclasses import dataclass, field
 
 
 class AgentState(enum.StrEnum):
-    """Why a domain has (or has no) guest load. A fixed set: it is a label value."""
+    """Why a guest-agent query has (or has no) values. A fixed set: it is a label value."""
 
     OK = "ok"
-    """The agent answered with a valid load average."""
+    """The agent answered the query with valid values."""
     NOT_CONFIGURED = "not_configured"
     """The domain has no guest-agent channel."""
     NOT_CONNECTED = "not_connected"
     """The channel exists but no agent is listening (not started, exited, booting)."""
     UNSUPPORTED = "unsupported"
-    """The agent lacks guest-get-load (older than QEMU 10.0) or has it disabled."""
+    """The agent lacks the command (too old), has it disabled, or cannot run it on this guest."""
     TIMEOUT = "timeout"
     """The agent did not answer in time (hung, frozen, overloaded guest)."""
     NO_DATA = "no_data"
-    """The agent answered without load values."""
+    """The agent answered without values."""
     INVALID = "invalid"
-    """The agent answered with values that are not a load average (hostile or broken)."""
+    """The agent answered with values that are not what was asked for (hostile or broken)."""
     BUSY = "busy"
     """libvirt could not take the domain's job lock (migration, shutdown, another call)."""
     GONE = "gone"
@@ -42,15 +42,6 @@ class VcpuState(enum.StrEnum):
     OFFLINE = "offline"
     RUNNING = "running"
     BLOCKED = "blocked"
-
-
-@dataclass(frozen=True, slots=True)
-class GuestLoad:
-    """A guest's load average: runnable plus uninterruptible tasks, as the kernel counts them."""
-
-    one: float
-    five: float
-    fifteen: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +77,19 @@ class DomainInventory:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadReading:
-    """The outcome of one guest-load call: a load when ``state`` is OK, else the reason."""
+class QueryReading:
+    """The outcome of one guest-agent query: its value when ``state`` is OK, else the reason.
+
+    The value's type belongs to the query (see :mod:`guestload.queries`).
+    """
 
     state: AgentState
-    load: GuestLoad | None = None
+    value: object = None
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if (self.state is AgentState.OK) != (self.load is not None):
-            raise ValueError("a load is present exactly when the state is ok")
+        if (self.state is AgentState.OK) != (self.value is not None):
+            raise ValueError("a value is present exactly when the state is ok")
 
 
 class EventKind(enum.StrEnum):
@@ -120,10 +114,15 @@ class DomainSample:
     uuid: str
     domain_name: str
     identity: Identity
-    agent_state: AgentState
-    load: GuestLoad | None
+    readings: Mapping[str, QueryReading]
+    """Query name -> its last reading, whose value is what the query keeps to export."""
     vcpu_count: int | None
     vcpus: tuple[VcpuStat, ...]
+
+    def state(self, query: str) -> AgentState | None:
+        """The agent state of ``query`` for this domain; None where it is not asked."""
+        reading = self.readings.get(query)
+        return reading.state if reading is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +135,8 @@ class Snapshot:
     poll_failures_total: int = 0
     last_poll_duration_seconds: float | None = None
     last_success_timestamp_seconds: float | None = None
-    agent_calls_total: Mapping[AgentState, int] = field(default_factory=dict)
+    agent_calls_total: Mapping[tuple[str, AgentState], int] = field(default_factory=dict)
+    """(query, state) -> guest-agent queries that ended in that state."""
     build_info: Mapping[str, str] = field(default_factory=dict)
     identity_conflicts: int = 0
     """Running domains left out because another domain has the same namespace, name, node."""

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from guestload.queries.catalog import enabled_queries
+from guestload.queries.query import GuestQuery
 from guestload.sources.simulated import Simulation
 
 DEFAULT_PORT: Final = 9977
@@ -77,6 +79,10 @@ class Settings:
     concurrency: int = 8
     agent_backoff_max_seconds: float = 900.0
     vcpu_collector: bool = True
+    guest_cpu: bool = True
+    """Ask guest agents for CPU time by mode (``guest-get-cpustats``, agent passthrough)."""
+    guest_cpu_per_cpu: bool = False
+    """Export guest CPU time per guest CPU instead of summed over them."""
     node: str
     default_namespace: str = "libvirt"
     max_requests: int = 16
@@ -165,3 +171,7 @@ class Settings:
         for ok, flag, reason in checks:
             if not ok:
                 raise SettingsError(f"{flag} {reason}")
+
+    def queries(self) -> tuple[GuestQuery, ...]:
+        """The guest-agent queries asked of every domain."""
+        return enabled_queries(guest_cpu=self.guest_cpu, guest_cpu_per_cpu=self.guest_cpu_per_cpu)

@@ -57,7 +57,11 @@ def collect_rows(exporter: Exporter, prometheus: Prometheus) -> list[VmRow]:
         if "namespace" not in sample.labels:
             continue
         key = (sample.labels["namespace"], sample.labels["name"])
-        if sample.name == "guestload_agent_state" and sample.value == 1.0:
+        if (
+            sample.name == "guestload_agent_state"
+            and sample.value == 1.0
+            and sample.labels.get("query") == "load"
+        ):
             states[key] = sample.labels["state"]
         elif sample.name.startswith("kubevirt_vmi_guest_load_"):
             loads.setdefault(key, {})[sample.name.rsplit("_", 1)[1]] = sample.value

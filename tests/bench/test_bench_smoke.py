@@ -77,7 +77,8 @@ def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> 
     argv = ["--uri", "test:///default", "--interval", "1s", "--seconds", "2", "--rounds", "1"]
     assert poll.main([*argv, "--out", str(out)]) == 0
     result = _results(out)["result"]
-    for phase in ("bare", "exporter"):
+    for phase in ("bare", "exporter", "exporter_load_only"):
         (run,) = result["phases"][phase]
         assert run["domain_polls"] >= 1
         assert run["wall_seconds"] >= 2
+    assert result["cpustats_ratio"] > 0

@@ -13,6 +13,7 @@ from bench.staleness import PopulationReplay, check_scrape, exported_vms
 
 from bench import soak
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityResolver
 from guestload.model import Snapshot
 from guestload.polling.poller import Poller
@@ -23,6 +24,7 @@ from guestload.sources.simulated import (
     SimulatedSource,
     Simulation,
 )
+from tests.unit.fakes import LOAD_ONLY
 
 NODE = soak.NODE
 SIMULATION = Simulation(
@@ -38,10 +40,11 @@ def _expositions(simulation: Simulation, steps: list[int]) -> dict[int, str]:
     """What ``guestload serve`` would serve after a full poll at each of ``steps``."""
     now = [0.0]
     source = SimulatedSource(simulation=simulation, clock=lambda: now[0], churn_thread=False)
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     snapshots: list[Snapshot] = []
     poller = Poller(
         source=source,
+        queries=LOAD_ONLY,
         identity=IdentityResolver(node=NODE, default_namespace="libvirt"),
         poll_interval_seconds=STEP_SECONDS,
         agent_timeout_seconds=1.0,

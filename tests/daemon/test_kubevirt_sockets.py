@@ -29,6 +29,7 @@ from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource
 from guestload.sources.libvirt import LibvirtSource
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
+from tests.unit.fakes import ask_load
 
 pytestmark = pytest.mark.daemon
 
@@ -171,7 +172,7 @@ def test_every_launcher_socket_is_listed_and_named_the_kubevirt_way(node: Node) 
     for pod in pods:
         # Routed to the pod's own daemon, which answers for its domain (the test driver has
         # no guest agent): proof the call reached a live connection, not a lookup miss.
-        reading = node.source.read_guest_load(pod.domain_uuid, 1.0)
+        reading = ask_load(node.source, pod.domain_uuid, 1.0)
         assert reading.state is AgentState.UNSUPPORTED, reading
     versions = node.source.describe()
     assert versions["libvirt_daemon_version"] != "unknown"
@@ -190,7 +191,7 @@ def test_pods_that_come_and_go_are_picked_up_and_dropped(node: Node) -> None:
     first.delete()
     node.wait_for_event(EventKind.STOPPED, first.domain_uuid)
     assert node.names() == ["prod_web-2"]
-    assert node.source.read_guest_load(first.domain_uuid, 1.0).state is AgentState.GONE
+    assert ask_load(node.source, first.domain_uuid, 1.0).state is AgentState.GONE
     assert node.source.socket_paths == [str(second.socket_path)]
 
 
@@ -202,8 +203,8 @@ def test_a_crashed_daemon_degrades_only_its_own_domain_and_comes_back(node: Node
 
     flaky.crash()
     _wait(lambda: node.names() == ["prod_web-1"], "the crashed pod's domain is still listed")
-    assert node.source.read_guest_load(healthy.domain_uuid, 1.0).state is AgentState.UNSUPPORTED
-    assert node.source.read_guest_load(flaky.domain_uuid, 1.0).state is AgentState.GONE
+    assert ask_load(node.source, healthy.domain_uuid, 1.0).state is AgentState.UNSUPPORTED
+    assert ask_load(node.source, flaky.domain_uuid, 1.0).state is AgentState.GONE
 
     flaky.start()  # virt-launcher restarts its daemon on the same socket path
     _wait(

@@ -14,6 +14,7 @@ from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
 from guestload.sources.libvirt import LibvirtSource, format_libvirt_version
 from guestload.sources.protocol import SourceUnavailableError
 from guestload_lab.libvirtd import TestDriverLibvirtd
+from tests.unit.fakes import ask_load
 
 pytestmark = pytest.mark.daemon
 
@@ -83,15 +84,15 @@ def test_in_process_guest_load_is_unsupported_without_raising(
 ) -> None:
     inventory = _by_name(in_process_source.list_running_domains(), TEST_DOMAIN)
     for _ in range(2):  # the second call runs without setting the agent timeout again
-        reading = in_process_source.read_guest_load(inventory.uuid, 2.0)
+        reading = ask_load(in_process_source, inventory.uuid, 2.0)
         assert reading.state is AgentState.UNSUPPORTED
-        assert reading.load is None
+        assert reading.value is None
         assert "not supported by the connection driver" in reading.detail
     assert "libvirt" not in capfd.readouterr().err, "libvirt errors must not reach stderr"
 
 
 def test_guest_load_of_an_unknown_domain_is_gone(in_process_source: LibvirtSource) -> None:
-    reading = in_process_source.read_guest_load(str(uuid_module.uuid4()), 2.0)
+    reading = ask_load(in_process_source, str(uuid_module.uuid4()), 2.0)
     assert reading.state is AgentState.GONE
 
 
@@ -166,7 +167,7 @@ def test_closed_source_is_unavailable_and_close_is_idempotent() -> None:
     source.close()
     with pytest.raises(SourceUnavailableError, match="not connected"):
         source.list_running_domains()
-    assert source.read_guest_load(test_uuid, 1.0).state is AgentState.ERROR
+    assert ask_load(source, test_uuid, 1.0).state is AgentState.ERROR
     assert source.describe()["load_method"] == "unknown"
 
 
@@ -182,7 +183,7 @@ def test_listing_through_a_private_daemon(
 ) -> None:
     inventory = _by_name(daemon_source.list_running_domains(), TEST_DOMAIN)
     assert inventory.uuid == "6695eb01-f6a4-8304-79aa-97f2502e193f"
-    assert daemon_source.read_guest_load(inventory.uuid, 2.0).state is AgentState.UNSUPPORTED
+    assert ask_load(daemon_source, inventory.uuid, 2.0).state is AgentState.UNSUPPORTED
     description = daemon_source.describe()
     assert description["uri"] == test_driver_daemon.uri
     assert description["libvirt_daemon_version"] == format_libvirt_version(libvirt.getVersion())
@@ -211,7 +212,7 @@ def test_reconnect_after_the_daemon_is_killed_and_restarted(
     test_driver_daemon.kill()
     with pytest.raises(SourceUnavailableError):
         daemon_source.list_running_domains()
-    assert daemon_source.read_guest_load(test_uuid, 1.0).state is AgentState.ERROR
+    assert ask_load(daemon_source, test_uuid, 1.0).state is AgentState.ERROR
     daemon_source.close()
     with pytest.raises(SourceUnavailableError):
         daemon_source.connect()

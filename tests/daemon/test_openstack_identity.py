@@ -13,7 +13,9 @@ import pytest
 
 from guestload.cli.main import build_parser, make_poller, make_source, settings_from_args
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload_lab.libvirtd import TestDriverLibvirtd
+from tests.unit.fakes import LOAD_ONLY
 
 pytestmark = pytest.mark.daemon
 
@@ -119,7 +121,7 @@ def test_the_instance_uuid_is_exported_next_to_the_load_series_labels(compute: C
         ["serve", "--libvirt.uri", compute.daemon.uri, "--node", "compute-1"]
     )
     settings = settings_from_args(args)
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     poller = make_poller(settings, make_source(settings), cache)
     try:
         snapshot = poller.poll()
@@ -133,5 +135,5 @@ def test_the_instance_uuid_is_exported_next_to_the_load_series_labels(compute: C
     ) in text
     assert (
         'guestload_agent_state{name="web-1",namespace="shop",node="compute-1",'
-        'state="unsupported"} 1.0'
+        'query="load",state="unsupported"} 1.0'
     ) in text

@@ -29,7 +29,8 @@ GOLDEN = Path(__file__).parent / "golden" / "serve-test-driver.prom"
 NODE = "golden-node"
 DIRECT_URI = "test:///default"
 TEST_DOMAIN_STATE = (
-    f'guestload_agent_state{{name="test",namespace="libvirt",node="{NODE}",state="unsupported"}}'
+    f'guestload_agent_state{{name="test",namespace="libvirt",node="{NODE}",query="load",'
+    'state="unsupported"}'
 )
 
 VARYING_VALUES = frozenset(

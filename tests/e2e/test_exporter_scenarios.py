@@ -53,10 +53,10 @@ def exported_load(exporter: Exporter, spec: VmSpec) -> float | None:
 
 
 def agent_state(exporter: Exporter, spec: VmSpec) -> str | None:
-    """The ``state`` label of the VM's ``guestload_agent_state`` series whose value is 1."""
+    """The ``state`` label of the VM's load-query ``guestload_agent_state`` series at 1."""
     states = [
         sample.labels["state"]
-        for sample in exporter.samples("guestload_agent_state", **labels_of(spec))
+        for sample in exporter.samples("guestload_agent_state", query="load", **labels_of(spec))
         if sample.value == 1.0
     ]
     assert len(states) <= 1, states

@@ -74,7 +74,7 @@ def test_connection_refused_at_start_up_then_the_daemon_appears(
         metric_value(
             body,
             'guestload_agent_state{name="test",namespace="libvirt",node="test-node",'
-            'state="unsupported"}',
+            'query="load",state="unsupported"}',
         )
         == 1.0
     )

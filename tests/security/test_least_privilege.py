@@ -19,7 +19,8 @@ from tests.security.conftest import DaemonFactory, Exporters
 UNPRIVILEGED_USER = "nobody"
 UNPRIVILEGED_GROUP = "nogroup"
 TEST_DOMAIN_STATE = (
-    'guestload_agent_state{name="test",namespace="libvirt",node="test-node",state="unsupported"}'
+    'guestload_agent_state{name="test",namespace="libvirt",node="test-node",query="load",'
+    'state="unsupported"}'
 )
 
 pytestmark = pytest.mark.daemon

@@ -6,14 +6,32 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from guestload.model import AgentState, DomainInventory, GuestLoad, LoadReading
-from guestload.sources.protocol import EventListener, SourceUnavailableError
+from guestload.model import AgentState, DomainInventory, DomainSample, QueryReading
+from guestload.queries.load import LOAD, GuestLoad
+from guestload.queries.query import GuestQuery, run_queries
+from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
 
-Answer = LoadReading | Callable[[], LoadReading]
+Answer = QueryReading | Callable[[], QueryReading]
+"""The load query's answer, or a call that makes it (it may block, raise, or count)."""
 
 
-def ok(one: float, five: float = 0.0, fifteen: float = 0.0) -> LoadReading:
-    return LoadReading(state=AgentState.OK, load=GuestLoad(one=one, five=five, fifteen=fifteen))
+LOAD_ONLY: tuple[GuestQuery, ...] = (LOAD,)
+
+
+def ok(one: float, five: float = 0.0, fifteen: float = 0.0) -> QueryReading:
+    return QueryReading(state=AgentState.OK, value=GuestLoad(one=one, five=five, fifteen=fifteen))
+
+
+def load_of(sample: DomainSample) -> GuestLoad | None:
+    """The load a sample exports, or None."""
+    reading = sample.readings.get(LOAD.name)
+    value = reading.value if reading is not None else None
+    return value if isinstance(value, GuestLoad) else None
+
+
+def state_of(sample: DomainSample) -> AgentState | None:
+    """The load query's agent state of a sample."""
+    return sample.state(LOAD.name)
 
 
 @dataclass
@@ -22,6 +40,8 @@ class FakeSource:
 
     domains: list[DomainInventory] = field(default_factory=list)
     answers: dict[str, Answer] = field(default_factory=dict)
+    other_answers: dict[str, QueryReading] = field(default_factory=dict)
+    """Query name -> the answer every domain gives to queries other than the load."""
     reachable: bool = True
     calls: list[str] = field(default_factory=list)
     connects: int = 0
@@ -41,11 +61,21 @@ class FakeSource:
             raise SourceUnavailableError("connection lost")
         return list(self.domains)
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
         with self._lock:
             self.calls.append(uuid)
-        answer = self.answers.get(uuid, LoadReading(state=AgentState.NOT_CONNECTED))
-        return answer() if callable(answer) else answer
+
+        def ask(query: GuestQuery) -> QueryReading:
+            if query.name != LOAD.name:
+                return self.other_answers.get(
+                    query.name, QueryReading(state=AgentState.UNSUPPORTED)
+                )
+            answer = self.answers.get(uuid, QueryReading(state=AgentState.NOT_CONNECTED))
+            return answer() if callable(answer) else answer
+
+        return run_queries(queries, ask)
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         self.listener = listener
@@ -60,3 +90,14 @@ def domain(
     return DomainInventory(
         uuid=uuid, domain_name=name or f"vm-{uuid}", vcpu_count=vcpus, metadata=metadata or {}
     )
+
+
+def ask_load(source: Source, uuid: str, timeout_seconds: float) -> QueryReading:
+    """One domain's load reading through ``source``, asking the load query alone."""
+    return source.query_guest(uuid, LOAD_ONLY, timeout_seconds)[LOAD.name]
+
+
+def load_value(reading: QueryReading) -> GuestLoad:
+    """The load of an ok load reading (fails the test for anything else)."""
+    assert isinstance(reading.value, GuestLoad), reading
+    return reading.value

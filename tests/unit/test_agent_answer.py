@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestload.model import AgentState, GuestLoad, LoadReading
+from guestload.model import AgentState, QueryReading
+from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import (
     MAX_LOAD,
     MAX_PASSTHROUGH_REPLY_CHARS,
-    classify_libvirt_error,
+    GuestLoad,
     parse_agent_passthrough,
     parse_guest_info_load,
 )
+from tests.unit.fakes import load_value
 
 
 @pytest.mark.parametrize(
@@ -117,8 +119,8 @@ def test_classification_covers_every_libvirt_state() -> None:
 
 def test_guest_info_load_ok() -> None:
     reading = parse_guest_info_load({"load.1m": 1.5, "load.5m": 0.75, "load.15m": 0.0})
-    assert reading == LoadReading(
-        state=AgentState.OK, load=GuestLoad(one=1.5, five=0.75, fifteen=0.0)
+    assert reading == QueryReading(
+        state=AgentState.OK, value=GuestLoad(one=1.5, five=0.75, fifteen=0.0)
     )
 
 
@@ -127,15 +129,15 @@ def test_guest_info_load_accepts_ints_and_ignores_extra_keys() -> None:
         {"load.1m": 2, "load.5m": 1, "load.15m": 0, "hostname": "x", "load.30m": "junk"}
     )
     assert reading.state is AgentState.OK
-    assert reading.load == GuestLoad(one=2.0, five=1.0, fifteen=0.0)
-    assert isinstance(reading.load.one, float)
+    assert reading.value == GuestLoad(one=2.0, five=1.0, fifteen=0.0)
+    assert isinstance(load_value(reading).one, float)
 
 
 def test_guest_info_without_load_keys_is_no_data_never_zero() -> None:
     for info in ({}, {"hostname": "guest"}):
         reading = parse_guest_info_load(info)
         assert reading.state is AgentState.NO_DATA
-        assert reading.load is None
+        assert reading.value is None
 
 
 def test_guest_info_load_at_the_bound_is_accepted() -> None:
@@ -161,7 +163,7 @@ def test_guest_info_load_at_the_bound_is_accepted() -> None:
 def test_guest_info_hostile_value_is_invalid(value: object, detail_part: str) -> None:
     reading = parse_guest_info_load({"load.1m": 0.5, "load.5m": value, "load.15m": 0.5})
     assert reading.state is AgentState.INVALID
-    assert reading.load is None
+    assert reading.value is None
     assert "load.5m" in reading.detail
     assert detail_part in reading.detail
 
@@ -173,7 +175,7 @@ def test_guest_info_partial_keys_are_invalid() -> None:
 
 
 def test_guest_info_that_is_not_a_mapping_is_invalid() -> None:
-    reading = parse_guest_info_load([("load.1m", 1)])  # type: ignore[arg-type]
+    reading = parse_guest_info_load([("load.1m", 1)])
     assert reading.state is AgentState.INVALID
 
 
@@ -187,14 +189,14 @@ def test_detail_of_hostile_text_is_short_and_printable() -> None:
 
 def test_passthrough_ok_with_integers() -> None:
     reading = parse_agent_passthrough('{"return":{"load15m":0,"load5m":0,"load1m":0}}')
-    assert reading == LoadReading(
-        state=AgentState.OK, load=GuestLoad(one=0.0, five=0.0, fifteen=0.0)
+    assert reading == QueryReading(
+        state=AgentState.OK, value=GuestLoad(one=0.0, five=0.0, fifteen=0.0)
     )
 
 
 def test_passthrough_ok_with_floats() -> None:
     reading = parse_agent_passthrough('{"return":{"load1m":3.25,"load5m":2.5,"load15m":1.0}}')
-    assert reading.load == GuestLoad(one=3.25, five=2.5, fifteen=1.0)
+    assert reading.value == GuestLoad(one=3.25, five=2.5, fifteen=1.0)
 
 
 def test_passthrough_empty_return_is_no_data() -> None:
@@ -250,7 +252,7 @@ def test_passthrough_other_agent_error_is_error() -> None:
 def test_passthrough_malformed_reply_is_invalid(reply: str) -> None:
     reading = parse_agent_passthrough(reply)
     assert reading.state is AgentState.INVALID
-    assert reading.load is None
+    assert reading.value is None
     assert reading.detail
 
 
@@ -286,11 +288,11 @@ _agent_loads = st.fixed_dictionaries(
 )
 
 
-def _is_trustworthy(reading: LoadReading) -> bool:
+def _is_trustworthy(reading: QueryReading) -> bool:
     if reading.state is not AgentState.OK:
-        return reading.load is None
-    assert reading.load is not None
-    values = (reading.load.one, reading.load.five, reading.load.fifteen)
+        return reading.value is None
+    assert reading.value is not None
+    values = (load_value(reading).one, load_value(reading).five, load_value(reading).fifteen)
     return all(
         type(value) is float and math.isfinite(value) and 0 <= value <= MAX_LOAD for value in values
     )

@@ -17,15 +17,19 @@ from prometheus_client.registry import CollectorRegistry
 
 from guestload import __version__
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.model import (
     AgentState,
     DomainSample,
-    GuestLoad,
     Identity,
+    QueryReading,
     Snapshot,
     VcpuStat,
     VcpuState,
 )
+from guestload.queries.cpustats import CpuStatsQuery
+from guestload.queries.load import LOAD, GuestLoad
+from tests.unit.fakes import LOAD_ONLY
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 
@@ -39,8 +43,12 @@ def sample_snapshot() -> Snapshot:
                 uuid="u1",
                 domain_name="prod_web-1",
                 identity=Identity(namespace="prod", name="web-1", node=node),
-                agent_state=AgentState.OK,
-                load=GuestLoad(one=2.5, five=1.25, fifteen=0.5),
+                readings={
+                    "load": QueryReading(
+                        state=AgentState.OK, value=GuestLoad(one=2.5, five=1.25, fifteen=0.5)
+                    ),
+                    "cpustats": QueryReading(state=AgentState.OK, value=CPU_TIMES),
+                },
                 vcpu_count=2,
                 vcpus=(
                     VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
@@ -51,8 +59,10 @@ def sample_snapshot() -> Snapshot:
                 uuid="u2",
                 domain_name='odd "name"\\with\nnewline',
                 identity=Identity(namespace="libvirt", name='odd "name"\\with\nnewline', node=node),
-                agent_state=AgentState.UNSUPPORTED,
-                load=None,
+                readings={
+                    "load": QueryReading(state=AgentState.UNSUPPORTED),
+                    "cpustats": QueryReading(state=AgentState.NOT_CONNECTED),
+                },
                 vcpu_count=1,
                 vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
             ),
@@ -61,13 +71,20 @@ def sample_snapshot() -> Snapshot:
         poll_failures_total=1,
         last_poll_duration_seconds=0.125,
         last_success_timestamp_seconds=1_700_000_000.0,
-        agent_calls_total={AgentState.OK: 3, AgentState.UNSUPPORTED: 1},
+        agent_calls_total={("load", AgentState.OK): 3, ("load", AgentState.UNSUPPORTED): 1},
         build_info={"python_version": "3.11.7", "load_method": "guest_info"},
     )
 
 
+#: Guest CPU times of the first VM, as the agent reported them in its last answer (ms).
+CPU_TIMES = CpuStatsQuery().fold(
+    None, {0: {"user": 1500, "system": 250, "idle": 90_000, "iowait": 4_970}, 1: {"user": 10}}
+)
+QUERIES = (LOAD, CpuStatsQuery())
+
+
 def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:
-    cache = MetricsCache(vcpu_collector=vcpu)
+    cache = MetricsCache(metric_set=MetricSet(queries=QUERIES, vcpu_collector=vcpu))
     cache.update(sample_snapshot())
     return cache.render(openmetrics_format=openmetrics, gzip=False)
 
@@ -95,9 +112,15 @@ def test_load_series_exist_only_for_vms_whose_agent_answered() -> None:
         ({"namespace": "prod", "name": "web-1", "node": "node-1"}, 2.5)
     ]
     states = {
-        s.labels["name"]: s.labels["state"] for s in families["guestload_agent_state"].samples
+        (s.labels["name"], s.labels["query"]): s.labels["state"]
+        for s in families["guestload_agent_state"].samples
     }
-    assert states == {"web-1": "ok", 'odd "name"\\with\nnewline': "unsupported"}
+    assert states == {
+        ("web-1", "load"): "ok",
+        ("web-1", "cpustats"): "ok",
+        ('odd "name"\\with\nnewline', "load"): "unsupported",
+        ('odd "name"\\with\nnewline', "cpustats"): "not_connected",
+    }
 
 
 def test_vcpu_series_can_be_turned_off() -> None:
@@ -126,7 +149,9 @@ def test_openmetrics_has_the_same_samples_and_ends_with_eof() -> None:
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> None:
     live = ProcessCollector(registry=CollectorRegistry())
-    cache = MetricsCache(vcpu_collector=True, live_collectors=(live,))
+    cache = MetricsCache(
+        metric_set=MetricSet(queries=QUERIES, vcpu_collector=True), live_collectors=(live,)
+    )
     cache.update(sample_snapshot())
     plain = cache.render(openmetrics_format=openmetrics, gzip=False)
     packed = cache.render(openmetrics_format=openmetrics, gzip=True)
@@ -140,13 +165,15 @@ def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> 
 
 
 def test_before_the_first_poll_libvirt_is_reported_down() -> None:
-    body = MetricsCache(vcpu_collector=True).render(openmetrics_format=False, gzip=False)
+    body = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True)).render(
+        openmetrics_format=False, gzip=False
+    )
     assert b"guestload_libvirt_up 0.0" in body
     assert b"kubevirt_vmi_guest_load_1m{" not in body
 
 
 def test_a_new_snapshot_replaces_the_old_one_entirely() -> None:
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     cache.update(sample_snapshot())
     cache.render(openmetrics_format=True, gzip=False)  # fill the lazy OpenMetrics cache
     cache.update(Snapshot(source_up=True))
@@ -156,7 +183,9 @@ def test_a_new_snapshot_replaces_the_old_one_entirely() -> None:
 
 
 def test_render_duration_is_reported_live_once_a_snapshot_was_rendered() -> None:
-    cache = MetricsCache(vcpu_collector=True, report_render_duration=True)
+    cache = MetricsCache(
+        metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True), report_render_duration=True
+    )
     assert b"guestload_render_duration_seconds" not in cache.render(
         openmetrics_format=False, gzip=False
     )

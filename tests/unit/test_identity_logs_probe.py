@@ -11,7 +11,7 @@ import pytest
 from guestload.cli.probe import print_probe
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter, LogfmtFormatter
-from guestload.model import AgentState, Identity, LoadReading
+from guestload.model import AgentState, Identity, QueryReading
 from tests.unit.fakes import FakeSource, domain, ok
 from tests.unit.test_poller import Clock, make_poller
 
@@ -60,7 +60,7 @@ def test_probe_prints_a_table_and_json() -> None:
             domain("a", "prod_web-1", vcpus=2, metadata={KUBEVIRT_UID_KEY: "u"}),
             domain("b", "old"),
         ],
-        answers={"a": ok(2.5, 1.25, 0.5), "b": LoadReading(state=AgentState.UNSUPPORTED)},
+        answers={"a": ok(2.5, 1.25, 0.5), "b": QueryReading(state=AgentState.UNSUPPORTED)},
     )
     out = io.StringIO()
     assert print_probe(make_poller(source, Clock(), []), output="table", stream=out) == 0

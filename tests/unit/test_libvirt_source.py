@@ -14,21 +14,32 @@ from guestload.model import (
     AgentState,
     DomainEvent,
     EventKind,
-    GuestLoad,
-    LoadReading,
+    QueryReading,
     VcpuStat,
     VcpuState,
 )
+from guestload.queries.load import GUEST_INFO_LOAD_MIN_VERSION, LOAD, GuestLoad, LoadQuery
+from guestload.queries.query import GuestInfoCall
 from guestload.sources.libvirt import (
-    GUEST_GET_LOAD_COMMAND,
-    GUEST_INFO_LOAD_MIN_VERSION,
     LibvirtSource,
-    LoadMethod,
-    choose_load_method,
+    agent_command_json,
     format_libvirt_version,
+    guest_info_type,
     parse_vcpu_stats,
 )
 from guestload.sources.protocol import Source, SourceUnavailableError
+from tests.unit.fakes import ask_load
+
+GUEST_GET_LOAD_COMMAND = agent_command_json(LOAD)
+
+
+class _LoadWithoutBinding(LoadQuery):
+    """The load query as a Python binding without ``VIR_DOMAIN_GUEST_INFO_LOAD`` sees it."""
+
+    guest_info = GuestInfoCall(
+        type_constant="VIR_DOMAIN_GUEST_INFO_NOT_IN_THIS_BINDING",
+        min_libvirt_version=GUEST_INFO_LOAD_MIN_VERSION,
+    )
 
 
 def test_vcpu_stats_of_a_qemu_domain() -> None:
@@ -125,20 +136,20 @@ def test_format_libvirt_version() -> None:
 @pytest.mark.parametrize(
     ("library", "daemon", "binding", "expected"),
     [
-        (11_003_000, 11_003_000, True, LoadMethod.GUEST_INFO),
-        (GUEST_INFO_LOAD_MIN_VERSION, GUEST_INFO_LOAD_MIN_VERSION, True, LoadMethod.GUEST_INFO),
-        (11_003_000, 11_001_000, True, LoadMethod.AGENT_COMMAND),
-        (11_001_000, 11_003_000, True, LoadMethod.AGENT_COMMAND),
-        (11_003_000, 11_003_000, False, LoadMethod.AGENT_COMMAND),
+        (11_003_000, 11_003_000, True, True),
+        (GUEST_INFO_LOAD_MIN_VERSION, GUEST_INFO_LOAD_MIN_VERSION, True, True),
+        (11_003_000, 11_001_000, True, False),
+        (11_001_000, 11_003_000, True, False),
+        (11_003_000, 11_003_000, False, False),
     ],
 )
-def test_load_method_needs_library_daemon_and_binding(
-    library: int, daemon: int, binding: bool, expected: LoadMethod
+def test_guest_info_needs_library_daemon_and_binding(
+    library: int, daemon: int, binding: bool, expected: bool
 ) -> None:
-    method = choose_load_method(
-        library_version=library, daemon_version=daemon, binding_has_guest_info_load=binding
-    )
-    assert method is expected
+    query = LOAD if binding else _LoadWithoutBinding()
+    info_type = guest_info_type(query, library_version=library, daemon_version=daemon)
+    assert (info_type is not None) is expected
+    assert agent_command_json(query) == '{"execute":"guest-get-load"}'
 
 
 # -- the source with fake libvirt objects -----------------------------------------------------
@@ -347,9 +358,9 @@ def domain_of(rig: Rig, uuid: str = UUID_A) -> FakeDomain:
 
 
 def test_guest_info_load_with_the_response_timeout_set_once(rig: Rig) -> None:
-    first = rig.source.read_guest_load(UUID_A, 2.5)
-    second = rig.source.read_guest_load(UUID_A, 2.5)
-    expected = LoadReading(state=AgentState.OK, load=GuestLoad(one=1.0, five=0.5, fifteen=0.25))
+    first = ask_load(rig.source, UUID_A, 2.5)
+    second = ask_load(rig.source, UUID_A, 2.5)
+    expected = QueryReading(state=AgentState.OK, value=GuestLoad(one=1.0, five=0.5, fifteen=0.25))
     assert first == second == expected
     domain = domain_of(rig)
     assert domain.calls.count(("agentSetResponseTimeout", (3, 0))) == 1
@@ -359,8 +370,8 @@ def test_guest_info_load_with_the_response_timeout_set_once(rig: Rig) -> None:
 
 
 def test_a_new_timeout_is_set_again(rig: Rig) -> None:
-    rig.source.read_guest_load(UUID_A, 2.0)
-    rig.source.read_guest_load(UUID_A, 0.2)
+    ask_load(rig.source, UUID_A, 2.0)
+    ask_load(rig.source, UUID_A, 0.2)
     timeouts = [args for name, args in domain_of(rig).calls if name == "agentSetResponseTimeout"]
     assert timeouts == [(2, 0), (1, 0)]
 
@@ -369,8 +380,8 @@ def test_refused_response_timeout_falls_back_to_the_bounded_passthrough() -> Non
     domain = fake_domain(timeout_answer=raises(libvirt_error(29, "operation forbidden")))
     for rig in make_rig(domain):
         for _ in range(2):
-            reading = rig.source.read_guest_load(UUID_A, 4.0)
-            assert reading.load == GuestLoad(one=2.0, five=1.0, fifteen=0.5)
+            reading = ask_load(rig.source, UUID_A, 4.0)
+            assert reading.value == GuestLoad(one=2.0, five=1.0, fifteen=0.5)
         assert domain.count("agentSetResponseTimeout") == 1
         assert domain.count("guestInfo") == 0
         assert [(command, timeout) for _, command, timeout, _ in rig.agent.calls] == [
@@ -382,9 +393,9 @@ def test_refused_response_timeout_falls_back_to_the_bounded_passthrough() -> Non
 def test_transient_timeout_failure_is_retried_on_the_next_call() -> None:
     domain = fake_domain(timeout_answer=raises(libvirt_error(55, "domain is not running")))
     for rig in make_rig(domain):
-        rig.source.read_guest_load(UUID_A, 1.0)
+        ask_load(rig.source, UUID_A, 1.0)
         domain.timeout_answer = returns(0)
-        assert rig.source.read_guest_load(UUID_A, 1.0).state is AgentState.OK
+        assert ask_load(rig.source, UUID_A, 1.0).state is AgentState.OK
         assert domain.count("agentSetResponseTimeout") == 2
 
 
@@ -392,7 +403,7 @@ def test_an_older_daemon_uses_the_passthrough() -> None:
     domain = fake_domain()
     for rig in make_rig(domain, daemon_version=GUEST_INFO_LOAD_MIN_VERSION - 1_000):
         assert rig.source.describe()["load_method"] == "agent_command"
-        assert rig.source.read_guest_load(UUID_A, 5.0).state is AgentState.OK
+        assert ask_load(rig.source, UUID_A, 5.0).state is AgentState.OK
         assert domain.count("guestInfo") == 0
         assert domain.count("agentSetResponseTimeout") == 1
         assert len(rig.agent.calls) == 1
@@ -402,11 +413,11 @@ def test_passthrough_errors_are_classified() -> None:
     not_found = "The command guest-get-load has not been found"
     for rig in make_rig(fake_domain(), daemon_version=11_000_000):
         rig.agent.reply = raises(libvirt_error(113, not_found))
-        assert rig.source.read_guest_load(UUID_A, 5.0) == LoadReading(
+        assert ask_load(rig.source, UUID_A, 5.0) == QueryReading(
             state=AgentState.UNSUPPORTED, detail=not_found
         )
         rig.agent.reply = returns("{not json")
-        assert rig.source.read_guest_load(UUID_A, 5.0).state is AgentState.INVALID
+        assert ask_load(rig.source, UUID_A, 5.0).state is AgentState.INVALID
 
 
 @pytest.mark.parametrize(
@@ -433,18 +444,18 @@ def test_guest_info_outcomes_are_readings_never_exceptions(
     rig: Rig, answer: Answer, expected: AgentState
 ) -> None:
     domain_of(rig).guest_info_answer = answer
-    reading = rig.source.read_guest_load(UUID_A, 1.0)
+    reading = ask_load(rig.source, UUID_A, 1.0)
     assert reading.state is expected
-    assert reading.load is None
+    assert reading.value is None
 
 
 def test_a_vanished_domain_is_gone_and_looked_up_again(rig: Rig) -> None:
     domain_of(rig).guest_info_answer = raises(libvirt_error(42, "Domain not found"))
-    assert rig.source.read_guest_load(UUID_A, 1.0).state is AgentState.GONE
+    assert ask_load(rig.source, UUID_A, 1.0).state is AgentState.GONE
     domain_of(rig).guest_info_answer = returns({"load.1m": 0, "load.5m": 0, "load.15m": 0})
-    assert rig.source.read_guest_load(UUID_A, 1.0).state is AgentState.OK
+    assert ask_load(rig.source, UUID_A, 1.0).state is AgentState.OK
     assert rig.connection.lookups == 2
-    assert rig.source.read_guest_load("no-such-uuid", 1.0).state is AgentState.GONE
+    assert ask_load(rig.source, "no-such-uuid", 1.0).state is AgentState.GONE
 
 
 def test_listing_converts_stats_and_reads_metadata_once(rig: Rig) -> None:
@@ -473,11 +484,11 @@ def test_listing_converts_stats_and_reads_metadata_once(rig: Rig) -> None:
 
 def test_listing_refreshes_per_run_state_after_a_restart(rig: Rig) -> None:
     rig.source.list_running_domains()
-    rig.source.read_guest_load(UUID_A, 1.0)
+    ask_load(rig.source, UUID_A, 1.0)
     domain = domain_of(rig)
     domain.domain_id = 2  # destroyed and started again: a new QEMU process
     rig.source.list_running_domains()
-    rig.source.read_guest_load(UUID_A, 1.0)
+    ask_load(rig.source, UUID_A, 1.0)
     assert domain.count("metadata") == 2
     assert domain.count("agentSetResponseTimeout") == 2
 
@@ -512,7 +523,7 @@ def test_the_close_callback_marks_the_connection_lost(rig: Rig) -> None:
     rig.connection.close_callback(rig.connection, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)
     with pytest.raises(SourceUnavailableError, match="reason=eof"):
         rig.source.list_running_domains()
-    assert rig.source.read_guest_load(UUID_A, 1.0).state is AgentState.ERROR
+    assert ask_load(rig.source, UUID_A, 1.0).state is AgentState.ERROR
     rig.source.connect()
     assert len(rig.source.list_running_domains()) == 2
 
@@ -561,11 +572,11 @@ def test_events_reach_the_listener(
 
 
 def test_a_start_event_resets_the_per_run_state(rig: Rig) -> None:
-    rig.source.read_guest_load(UUID_A, 1.0)
+    ask_load(rig.source, UUID_A, 1.0)
     rig.connection.emit(
         libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_of(rig), libvirt.VIR_DOMAIN_EVENT_STARTED, 0
     )
-    rig.source.read_guest_load(UUID_A, 1.0)
+    ask_load(rig.source, UUID_A, 1.0)
     assert domain_of(rig).count("agentSetResponseTimeout") == 2
 
 

@@ -12,7 +12,7 @@ import pytest
 from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource, socket_uri
 from guestload.sources.protocol import Source, SourceUnavailableError
-from tests.unit.fakes import FakeSource, domain, ok
+from tests.unit.fakes import FakeSource, ask_load, domain, ok
 
 GLOB = "/pods/*/sock"
 TEMPLATE = "test+unix:///default?socket={socket}"
@@ -83,10 +83,10 @@ def test_listings_merge_and_loads_route_by_uuid(node: Node) -> None:
     node.source.connect()
     assert uuids(node) == ["a1", "b1", "b2"]
     assert node.made == [f"test+unix:///default?socket=/pods/{p}/sock" for p in ("pod-a", "pod-b")]
-    assert node.source.read_guest_load("a1", 1.0) == ok(1.0)
-    assert node.source.read_guest_load("b2", 1.0) == ok(2.0)
+    assert ask_load(node.source, "a1", 1.0) == ok(1.0)
+    assert ask_load(node.source, "b2", 1.0) == ok(2.0)
     assert (first.calls, second.calls) == (["a1"], ["b2"])
-    assert node.source.read_guest_load("zz", 1.0).state is AgentState.GONE
+    assert ask_load(node.source, "zz", 1.0).state is AgentState.GONE
 
 
 def test_sockets_appear_and_vanish_between_listings(node: Node) -> None:
@@ -97,7 +97,7 @@ def test_sockets_appear_and_vanish_between_listings(node: Node) -> None:
     assert uuids(node) == ["a1", "b1"]
     del node.sockets["/pods/pod-a/sock"]
     assert uuids(node) == ["b1"]
-    assert node.source.read_guest_load("a1", 1.0).state is AgentState.GONE
+    assert ask_load(node.source, "a1", 1.0).state is AgentState.GONE
     assert node.source.socket_paths == ["/pods/pod-b/sock"]
 
 
@@ -125,7 +125,7 @@ def test_a_dead_socket_degrades_only_its_domains_and_reconnects(node: Node) -> N
     assert uuids(node) == ["a1", "b1"]
     dead.reachable = False
     assert uuids(node) == ["a1"]
-    assert node.source.read_guest_load("b1", 1.0).state is AgentState.GONE
+    assert ask_load(node.source, "b1", 1.0).state is AgentState.GONE
     dead.reachable = True
     assert uuids(node) == ["a1"], "the reconnect waits for its back-off"
     node.now += 1.0

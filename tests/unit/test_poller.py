@@ -15,11 +15,11 @@ from guestload.model import (
     DomainEvent,
     DomainInventory,
     EventKind,
-    LoadReading,
+    QueryReading,
     Snapshot,
 )
 from guestload.polling.poller import Poller
-from tests.unit.fakes import FakeSource, domain, ok
+from tests.unit.fakes import LOAD_ONLY, FakeSource, domain, load_of, ok, state_of
 
 
 class Clock:
@@ -64,6 +64,7 @@ def make_poller(
 ) -> Poller:
     return Poller(
         source=source,
+        queries=LOAD_ONLY,
         identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
         poll_interval_seconds=interval,
         agent_timeout_seconds=agent_timeout,
@@ -84,10 +85,10 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def hanging_call(release: threading.Event, answer: LoadReading) -> Callable[[], LoadReading]:
+def hanging_call(release: threading.Event, answer: QueryReading) -> Callable[[], QueryReading]:
     """A guest-load call that blocks (at most 10 s) until ``release`` is set."""
 
-    def hang() -> LoadReading:
+    def hang() -> QueryReading:
         release.wait(10)
         return answer
 
@@ -115,8 +116,8 @@ def back_to_back_poller(source: FakeSource, published: list[Snapshot]) -> Poller
     )
 
 
-def states(snapshot: Snapshot) -> dict[str, AgentState]:
-    return {d.uuid: d.agent_state for d in snapshot.domains}
+def states(snapshot: Snapshot) -> dict[str, AgentState | None]:
+    return {d.uuid: state_of(d) for d in snapshot.domains}
 
 
 def test_a_poll_reads_every_running_domain(poller: Poller, source: FakeSource) -> None:
@@ -126,9 +127,10 @@ def test_a_poll_reads_every_running_domain(poller: Poller, source: FakeSource) -
     assert snapshot.source_up
     assert states(snapshot) == {"a": AgentState.OK, "b": AgentState.NOT_CONNECTED}
     by_uuid = {d.uuid: d for d in snapshot.domains}
-    assert by_uuid["a"].load is not None
-    assert by_uuid["a"].load.one == 0.5
-    assert by_uuid["b"].load is None
+    load = load_of(by_uuid["a"])
+    assert load is not None
+    assert load.one == 0.5
+    assert load_of(by_uuid["b"]) is None
     assert by_uuid["b"].vcpu_count == 4
     assert snapshot.polls_total == 1
     assert snapshot.last_success_timestamp_seconds == 1_700_000_000.0
@@ -151,10 +153,10 @@ def test_an_agent_that_stops_answering_loses_its_load_at_once(
     source.domains = [domain("a")]
     source.answers = {"a": ok(3.0)}
     poller.poll()
-    source.answers = {"a": LoadReading(state=AgentState.NO_DATA)}
+    source.answers = {"a": QueryReading(state=AgentState.NO_DATA)}
     (sample,) = poller.poll().domains
-    assert sample.agent_state is AgentState.NO_DATA
-    assert sample.load is None
+    assert state_of(sample) is AgentState.NO_DATA
+    assert load_of(sample) is None
 
 
 def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
@@ -172,7 +174,7 @@ def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
         assert states(second) == {"hung": AgentState.TIMEOUT, "fine": AgentState.OK}
         assert source.calls.count("hung") == 1, "a second call was queued behind a hung one"
         assert source.calls.count("fine") == 2
-        assert second.agent_calls_total[AgentState.TIMEOUT] == 2
+        assert second.agent_calls_total[("load", AgentState.TIMEOUT)] == 2
         release.set()
         time.sleep(0.05)
         third = poller.poll()
@@ -188,8 +190,8 @@ def test_absent_and_old_agents_are_rechecked_on_a_back_off(
 ) -> None:
     source.domains = [domain("old"), domain("absent"), domain("fine")]
     source.answers = {
-        "old": LoadReading(state=AgentState.UNSUPPORTED),
-        "absent": LoadReading(state=AgentState.NOT_CONFIGURED),
+        "old": QueryReading(state=AgentState.UNSUPPORTED),
+        "absent": QueryReading(state=AgentState.NOT_CONFIGURED),
         "fine": ok(1.0),
     }
     asked_at: list[float] = []
@@ -211,12 +213,13 @@ def test_an_agent_connected_event_ends_the_back_off_and_polls_that_domain(
     poller: Poller, source: FakeSource, clock: Clock
 ) -> None:
     source.domains = [domain("a"), domain("b")]
-    source.answers = {"a": LoadReading(state=AgentState.UNSUPPORTED), "b": ok(1.0)}
+    source.answers = {"a": QueryReading(state=AgentState.UNSUPPORTED), "b": ok(1.0)}
     poller.poll()
     clock.now += 5
     source.answers["a"] = ok(4.0)
     calls_before = list(source.calls)
     snapshot = poller.apply_events([DomainEvent(EventKind.AGENT_CONNECTED, "a")])
+    assert snapshot is not None
     assert source.calls[len(calls_before) :] == ["a"], "only the connected domain is asked"
     assert states(snapshot)["a"] is AgentState.OK
     assert snapshot.polls_total == 1, "an event refresh is not a poll"
@@ -235,9 +238,10 @@ def test_stop_and_agent_disconnect_events_remove_series_without_a_poll(
             DomainEvent(EventKind.AGENT_DISCONNECTED, "b"),
         ]
     )
+    assert snapshot is not None
     assert len(source.calls) == calls
     assert states(snapshot) == {"b": AgentState.NOT_CONNECTED}
-    assert snapshot.domains[0].load is None
+    assert load_of(snapshot.domains[0]) is None
 
 
 def test_a_lost_connection_drops_every_series_and_reconnects(
@@ -265,7 +269,7 @@ def test_a_lost_connection_drops_every_series_and_reconnects(
 def test_a_source_that_raises_marks_only_that_domain_as_error(
     poller: Poller, source: FakeSource
 ) -> None:
-    def broken() -> LoadReading:
+    def broken() -> QueryReading:
         raise RuntimeError("bug")
 
     source.domains = [domain("a"), domain("b")]
@@ -302,7 +306,7 @@ def test_state_changes_are_logged_once(
     poller: Poller, source: FakeSource, caplog: pytest.LogCaptureFixture
 ) -> None:
     source.domains = [domain("a", "vm-a")]
-    source.answers = {"a": LoadReading(state=AgentState.UNSUPPORTED, detail="too old")}
+    source.answers = {"a": QueryReading(state=AgentState.UNSUPPORTED, detail="too old")}
     caplog.set_level("INFO", logger="guestload")
     for _ in range(5):
         poller.poll()
@@ -365,7 +369,7 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
 def test_quick_healthy_agents_are_asked_before_slow_ones(
     source: FakeSource, published: list[Snapshot]
 ) -> None:
-    def slow() -> LoadReading:
+    def slow() -> QueryReading:
         time.sleep(0.05)
         return ok(1.0)
 

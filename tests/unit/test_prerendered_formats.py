@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
+from tests.unit.fakes import LOAD_ONLY
 
 
 def test_text_is_rendered_until_a_scraper_asks_for_something_else() -> None:
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     cache.update(Snapshot(source_up=True, polls_total=1))
     assert cache.prerendered_formats == {"text"}
 
 
 def test_a_prometheus_scraping_openmetrics_gets_it_rendered_with_the_poll() -> None:
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     cache.update(Snapshot(source_up=True, polls_total=1))
     cache.render(openmetrics_format=True, gzip=True)
     cache.update(Snapshot(source_up=True, polls_total=2))
@@ -26,7 +28,7 @@ def test_a_prometheus_scraping_openmetrics_gets_it_rendered_with_the_poll() -> N
 
 
 def test_both_formats_are_rendered_when_both_are_scraped() -> None:
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     cache.update(Snapshot(source_up=True, polls_total=1))
     cache.render(openmetrics_format=True, gzip=False)
     cache.render(openmetrics_format=False, gzip=False)

@@ -27,12 +27,13 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.model import (
     AgentState,
     DomainInventory,
     Identity,
-    LoadReading,
+    QueryReading,
     VcpuStat,
     VcpuState,
 )
@@ -40,10 +41,11 @@ from guestload.polling.poller import Poller
 from guestload.queries.load import (
     MAX_LOAD,
     MAX_PASSTHROUGH_REPLY_CHARS,
+    GuestLoad,
     parse_agent_passthrough,
     parse_guest_info_load,
 )
-from tests.unit.fakes import FakeSource, ok
+from tests.unit.fakes import LOAD_ONLY, FakeSource, ok
 
 UNIT_CASES = 120
 UNIT_PROMTOOL_SAMPLES = 8
@@ -106,10 +108,10 @@ class Answer:
     kind: str
     payload: object
 
-    def judge(self) -> LoadReading:
+    def judge(self) -> QueryReading:
         if self.kind == "guest_info":
-            return parse_guest_info_load(self.payload)  # type: ignore[arg-type]
-        return parse_agent_passthrough(self.payload)  # type: ignore[arg-type]
+            return parse_guest_info_load(self.payload)
+        return parse_agent_passthrough(self.payload)
 
 
 answers = st.one_of(
@@ -163,7 +165,7 @@ guests = st.builds(Guest, domain_name=label_values, kubevirt=st.booleans(), node
 class Exposition:
     text: str
     openmetrics: str
-    reading: LoadReading
+    reading: QueryReading
     victim: Identity
     healthy: dict[str, Identity] = field(default_factory=dict)
 
@@ -187,9 +189,10 @@ def expose(answer: Answer, guest: Guest) -> Exposition:
     for name, loads in HEALTHY.items():
         source.answers[name] = ok(*loads)
     resolver = IdentityResolver(node=guest.node, default_namespace=DEFAULT_NAMESPACE)
-    cache = MetricsCache(vcpu_collector=True)
+    cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     poller = Poller(
         source=source,
+        queries=LOAD_ONLY,
         identity=resolver,
         poll_interval_seconds=60.0,
         agent_timeout_seconds=5.0,
@@ -240,14 +243,16 @@ def check_exposition(exposition: Exposition) -> None:
             for family, index in LOAD_FAMILIES.items():
                 assert samples[(family, _vm_labels(identity))] == HEALTHY[name][index]
         victim = _vm_labels(exposition.victim)
-        state = frozenset({*victim, ("state", exposition.reading.state.value)})
+        state = frozenset({*victim, ("query", "load"), ("state", exposition.reading.state.value)})
         assert samples[("guestload_agent_state", state)] == 1.0
-        load = exposition.reading.load
+        load = exposition.reading.value
+        assert load is None or isinstance(load, GuestLoad)
         for family, index in LOAD_FAMILIES.items():
             value = samples.get((family, victim))
             if load is None:
                 assert value is None, f"{family} exported for a VM in state {state}"
             else:
+                assert value is not None
                 assert value == (load.one, load.five, load.fifteen)[index]
                 assert math.isfinite(value)
                 assert 0 <= value <= MAX_LOAD

@@ -23,6 +23,7 @@ from guestload.sources.simulated import (
     SimulatedSource,
     Simulation,
 )
+from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
 
 PROBE = (sys.executable, "-m", "guestload", "probe")
 
@@ -55,7 +56,7 @@ def test_the_same_seed_gives_the_same_vms_and_the_same_load_curves() -> None:
     for _ in range(5):
         listings = [s.list_running_domains() for s in sources]
         assert listings[0] == listings[1]
-        readings = [[s.read_guest_load(d.uuid, 1.0) for d in listings[0]] for s in sources]
+        readings = [[ask_load(s, d.uuid, 1.0) for d in listings[0]] for s in sources]
         assert readings[0] == readings[1]
         for clock in clocks:
             clock.now += 17.0
@@ -88,10 +89,10 @@ def test_load_changes_and_counters_only_grow() -> None:
     clock = FakeClock()
     source = _source(clock, vms=100)
     before = {d.uuid: d for d in source.list_running_domains()}
-    first = {u: source.read_guest_load(u, 1.0).load for u in before}
+    first = {u: load_value(ask_load(source, u, 1.0)) for u in before}
     clock.now += 10 * STEP_SECONDS
     after = {d.uuid: d for d in source.list_running_domains()}
-    second = {u: source.read_guest_load(u, 1.0).load for u in after}
+    second = {u: load_value(ask_load(source, u, 1.0)) for u in after}
     assert sum(first[u] != second[u] for u in first) > 90
     for uuid, domain in after.items():
         load = second[uuid]
@@ -109,7 +110,7 @@ def test_load_scales_with_vcpus() -> None:
     source = _source(FakeClock(), vms=2000)
     by_vcpus: dict[int, list[float]] = {}
     for domain in source.list_running_domains():
-        load = source.read_guest_load(domain.uuid, 1.0).load
+        load = load_value(ask_load(source, domain.uuid, 1.0))
         assert load is not None
         assert domain.vcpu_count is not None
         by_vcpus.setdefault(domain.vcpu_count, []).append(load.fifteen)
@@ -156,9 +157,9 @@ def test_failure_shares_are_honoured() -> None:
 def test_absent_and_old_agents_answer_as_libvirt_does() -> None:
     failures = AgentFailures(absent=0.3, old=0.3)
     source = _source(FakeClock(), vms=40, agent_failures=failures)
-    absent = source.read_guest_load(_uuid_with(source, AgentBehaviour.ABSENT), 1.0)
-    old = source.read_guest_load(_uuid_with(source, AgentBehaviour.OLD), 1.0)
-    healthy = source.read_guest_load(_uuid_with(source, AgentBehaviour.HEALTHY), 1.0)
+    absent = ask_load(source, _uuid_with(source, AgentBehaviour.ABSENT), 1.0)
+    old = ask_load(source, _uuid_with(source, AgentBehaviour.OLD), 1.0)
+    healthy = ask_load(source, _uuid_with(source, AgentBehaviour.HEALTHY), 1.0)
     assert absent.state is AgentState.NOT_CONFIGURED
     assert old.state is AgentState.UNSUPPORTED
     assert "guest-get-load has not been found" in old.detail
@@ -168,12 +169,12 @@ def test_absent_and_old_agents_answer_as_libvirt_does() -> None:
 def test_slow_agents_answer_within_the_timeout_and_hung_ones_time_out() -> None:
     source = _source(FakeClock(), vms=40, agent_failures=AgentFailures(slow=0.3, hung=0.3))
     started = time.monotonic()
-    slow = source.read_guest_load(_uuid_with(source, AgentBehaviour.SLOW), 0.4)
+    slow = ask_load(source, _uuid_with(source, AgentBehaviour.SLOW), 0.4)
     slow_seconds = time.monotonic() - started
     assert slow.state is AgentState.OK
     assert 0.2 <= slow_seconds < 0.4
     started = time.monotonic()
-    hung = source.read_guest_load(_uuid_with(source, AgentBehaviour.HUNG), 0.3)
+    hung = ask_load(source, _uuid_with(source, AgentBehaviour.HUNG), 0.3)
     assert time.monotonic() - started >= 0.3
     assert hung.state is AgentState.TIMEOUT
     assert "didn't respond to synchronization" in hung.detail
@@ -183,7 +184,7 @@ def test_close_releases_a_call_blocked_on_a_hung_agent() -> None:
     source = _source(FakeClock(), vms=40, agent_failures=AgentFailures(hung=0.5))
     hung = _uuid_with(source, AgentBehaviour.HUNG)
     results: list[AgentState] = []
-    thread = threading.Thread(target=lambda: results.append(source.read_guest_load(hung, 60).state))
+    thread = threading.Thread(target=lambda: results.append(ask_load(source, hung, 60).state))
     thread.start()
     time.sleep(0.1)
     source.close()
@@ -195,13 +196,13 @@ def test_close_releases_a_call_blocked_on_a_hung_agent() -> None:
 def test_agent_latency_delays_healthy_answers() -> None:
     source = _source(FakeClock(), vms=3, agent_latency_seconds=0.05)
     started = time.monotonic()
-    assert source.read_guest_load(_uuid_with(source, AgentBehaviour.HEALTHY), 1.0).load
+    assert load_value(ask_load(source, _uuid_with(source, AgentBehaviour.HEALTHY), 1.0))
     assert time.monotonic() - started >= 0.05
 
 
 def test_an_unknown_domain_is_gone() -> None:
     source = _source(FakeClock(), vms=3)
-    assert source.read_guest_load("no-such-uuid", 1.0).state is AgentState.GONE
+    assert ask_load(source, "no-such-uuid", 1.0).state is AgentState.GONE
 
 
 def test_churn_replaces_vms_and_sends_their_events() -> None:
@@ -219,15 +220,17 @@ def test_churn_replaces_vms_and_sends_their_events() -> None:
         DomainEvent(kind=EventKind.STOPPED, uuid=stopped),
         DomainEvent(kind=EventKind.STARTED, uuid=started),
     ]
-    assert source.read_guest_load(started, 1.0).state is AgentState.NOT_CONNECTED
-    assert source.read_guest_load(stopped, 1.0).state is AgentState.GONE
+    assert ask_load(source, started, 1.0).state is AgentState.NOT_CONNECTED
+    assert ask_load(source, stopped, 1.0).state is AgentState.GONE
     clock.now += BOOT_STEPS * STEP_SECONDS
     source.list_running_domains()
     assert DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=started) in events
-    reading = source.read_guest_load(started, 1.0)
+    reading = ask_load(source, started, 1.0)
     assert reading.state is AgentState.OK
-    assert reading.load is not None
-    assert reading.load.fifteen < reading.load.one  # a VM that just booted: load rising
+    assert reading.value is not None
+    assert (
+        load_value(reading).fifteen < load_value(reading).one
+    )  # a VM that just booted: load rising
 
 
 def first_thread_events(simulation: Simulation) -> list[DomainEvent]:
@@ -283,14 +286,14 @@ def test_flapping_agents_go_away_and_come_back_with_events() -> None:
     (event,) = events
     assert event.kind is EventKind.AGENT_DISCONNECTED
     assert event.uuid not in absent  # an agent without a channel cannot disconnect
-    reading = source.read_guest_load(event.uuid, 5.0)
+    reading = ask_load(source, event.uuid, 5.0)
     # Also a hung agent answers at once: its channel is gone.
     assert reading.state is AgentState.NOT_CONNECTED
     assert reading.detail == "Guest agent is not responding: QEMU guest agent is not connected"
     low, high = AGENT_AWAY_STEPS
     away = 1
     while DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid=event.uuid) not in events:
-        assert source.read_guest_load(event.uuid, 5.0).state is AgentState.NOT_CONNECTED
+        assert ask_load(source, event.uuid, 5.0).state is AgentState.NOT_CONNECTED
         clock.now += STEP_SECONDS
         source.list_running_domains()
         away += 1
@@ -300,7 +303,7 @@ def test_flapping_agents_go_away_and_come_back_with_events() -> None:
     assert [e.kind for e in events if e.uuid == event.uuid][-1] is EventKind.AGENT_CONNECTED
     behaviour = source.behaviours()[event.uuid]
     expected = AgentState.TIMEOUT if behaviour is AgentBehaviour.HUNG else AgentState.OK
-    assert source.read_guest_load(event.uuid, 0.01).state is expected
+    assert ask_load(source, event.uuid, 0.01).state is expected
     kinds = Counter(e.kind for e in events)
     assert kinds[EventKind.AGENT_DISCONNECTED] == away  # one more agent went away each step
 
@@ -336,6 +339,7 @@ def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
     snapshots: list[Snapshot] = []
     poller = Poller(
         source=source,
+        queries=LOAD_ONLY,
         identity=IdentityResolver(node="n", default_namespace="libvirt"),
         poll_interval_seconds=2.0,
         agent_timeout_seconds=0.2,
@@ -348,7 +352,7 @@ def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
         snapshot = poller.poll()
     finally:
         poller.close()
-    states = Counter(d.agent_state for d in snapshot.domains)
+    states = Counter(state_of(d) for d in snapshot.domains)
     hung = sum(b is AgentBehaviour.HUNG for b in source.behaviours().values())
     assert states == {AgentState.OK: 50 - hung, AgentState.TIMEOUT: hung}
     assert snapshot.build_info["load_method"] == "simulated"

@@ -23,24 +23,24 @@ from prometheus_client.utils import floatToGoString
 
 from guestload import __version__
 from guestload.exposition.schema import (
-    ALL_FAMILIES,
     BUILD_INFO_LABELS,
     VM_LABELS,
+    MetricSet,
     MetricSpec,
     MetricType,
-    domain_samples,
-    exporter_families,
 )
 from guestload.exposition.writer import SnapshotWriter, _VmLayout, format_value, header_lines
 from guestload.model import (
     AgentState,
     DomainSample,
-    GuestLoad,
     Identity,
+    QueryReading,
     Snapshot,
     VcpuStat,
     VcpuState,
 )
+from guestload.queries.catalog import ALL_QUERIES
+from guestload.queries.load import GuestLoad
 from guestload.sources.simulated import SimulatedSource, Simulation
 from tests.unit.test_exposition import sample_snapshot
 
@@ -50,7 +50,11 @@ GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 def reference(snapshot: Snapshot, *, vcpu_collector: bool, openmetrics_format: bool) -> bytes:
     """prometheus_client's exposition of the same families."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, vcpu_collector=vcpu_collector))
+    registry.register(
+        SnapshotCollector(
+            snapshot, metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+        )
+    )
     if openmetrics_format:
         body: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
         return body
@@ -91,8 +95,15 @@ domains = st.builds(
     uuid=label_values,
     domain_name=label_values,
     identity=identities,
-    agent_state=st.sampled_from(AgentState),
-    load=st.none() | st.builds(GuestLoad, one=numbers, five=numbers, fifteen=numbers),
+    readings=st.one_of(
+        st.builds(
+            lambda load: {"load": QueryReading(state=AgentState.OK, value=load)},
+            st.builds(GuestLoad, one=numbers, five=numbers, fifteen=numbers),
+        ),
+        st.sampled_from([s for s in AgentState if s is not AgentState.OK]).map(
+            lambda state: {"load": QueryReading(state=state)}
+        ),
+    ),
     vcpu_count=st.none() | st.integers(0, 64),
     vcpus=st.lists(vcpus, max_size=4).map(tuple),
 )
@@ -127,7 +138,9 @@ snapshots = st.builds(
 def test_both_formats_equal_prometheus_client_byte_for_byte(
     sequence: list[Snapshot], vcpu_collector: bool
 ) -> None:
-    writer = SnapshotWriter(vcpu_collector=vcpu_collector)
+    writer = SnapshotWriter(
+        metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+    )
     for snapshot in sequence:
         for openmetrics_format in (False, True):
             assert written(writer, snapshot, openmetrics_format=openmetrics_format) == reference(
@@ -140,7 +153,9 @@ def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collec
     """Realistic values (large vCPU counters in exponent form), the same VMs in two renders."""
     source = SimulatedSource(simulation=Simulation(vms=40, seed=7), churn_thread=False)
     source.connect()
-    writer = SnapshotWriter(vcpu_collector=vcpu_collector)
+    writer = SnapshotWriter(
+        metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+    )
     for poll in (1, 2):
         snapshot = Snapshot(
             source_up=True,
@@ -149,8 +164,11 @@ def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collec
                     uuid=inventory.uuid,
                     domain_name=inventory.domain_name,
                     identity=Identity("ns", inventory.domain_name, "node-1"),
-                    agent_state=AgentState.OK,
-                    load=GuestLoad(0.5 * poll, 1.25, 1e7 + poll),
+                    readings={
+                        "load": QueryReading(
+                            state=AgentState.OK, value=GuestLoad(0.5 * poll, 1.25, 1e7 + poll)
+                        )
+                    },
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
                 )
@@ -166,8 +184,8 @@ def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collec
 
 
 def test_an_empty_snapshot_has_every_family_header_and_no_vm_sample() -> None:
-    body = written(SnapshotWriter(vcpu_collector=True), Snapshot(source_up=False),
-                   openmetrics_format=False).decode()  # fmt: skip
+    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=True))
+    body = written(writer, Snapshot(source_up=False), openmetrics_format=False).decode()
     assert (
         body
         == reference(
@@ -231,16 +249,16 @@ def test_value_formats(value: float, text: str) -> None:
 
 
 def test_every_family_is_described_once() -> None:
-    names = [spec.sample_name for spec in ALL_FAMILIES]
+    names = [spec.sample_name for spec in MetricSet(queries=ALL_QUERIES).all_families()]
     assert len(set(names)) == len(names)
 
 
 def test_samples_carry_the_labels_their_family_declares() -> None:
     snapshot = sample_snapshot()
     for domain in snapshot.domains:
-        for spec, extra, _ in domain_samples(domain, vcpu_collector=True):
+        for spec, extra, _ in MetricSet(queries=ALL_QUERIES).domain_samples(domain):
             assert len(VM_LABELS) + len(extra) == len(spec.labels), spec.name
-    for spec, samples in exporter_families(snapshot):
+    for spec, samples in MetricSet(queries=ALL_QUERIES).exporter_families(snapshot):
         for labels, _ in samples:
             assert set(labels) <= set(spec.labels), spec.name
 

@@ -18,6 +18,7 @@ import bcrypt
 import pytest
 
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
 from guestload.settings import ListenAddress
 from guestload.web.basic_auth import BasicAuthenticator
@@ -25,6 +26,7 @@ from guestload.web.reload import PLAIN_HTTP, WebSecurity
 from guestload.web.server import ExporterServer, WebApp
 from guestload.web.tls import ClientAuth, TlsSettings, build_ssl_context
 from tests.unit.certs import TlsFiles, make_tls_files
+from tests.unit.fakes import LOAD_ONLY
 
 REQUEST_TIMEOUT = 0.5
 
@@ -63,7 +65,7 @@ def serve() -> Iterator[Serve]:
     servers: list[ExporterServer] = []
 
     def start(*, max_requests: int = 8, security: WebSecurity = PLAIN_HTTP) -> Running:
-        cache = MetricsCache(vcpu_collector=True)
+        cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
         cache.update(Snapshot(source_up=True, polls_total=1))
         ready = [False]
         current = [security]

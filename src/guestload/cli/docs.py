@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from guestload.exposition.schema import ALL_FAMILIES, LIVE_FAMILIES
+from guestload.exposition.schema import LIVE_FAMILIES, MetricSet
+from guestload.queries.catalog import ALL_QUERIES
 
 #: The terminal width the CLI reference is rendered at.
 HELP_COLUMNS = 100
@@ -27,12 +28,13 @@ def metrics_markdown() -> str:
         "",
         "Every series guestload exports besides the `process_*` and `python_info` series of the",
         "exporter process itself. The `kubevirt_vmi_vcpu_*` counters are left out with",
-        "`--no-collector.vcpu`.",
+        "`--no-collector.vcpu`, `guestload_guest_cpu_seconds_total` with",
+        "`--no-collector.guest-cpu`; `--collector.guest-cpu.per-cpu` adds a `cpu` label to it.",
         "",
         "| metric | type | labels | help |",
         "| --- | --- | --- | --- |",
     ]
-    for spec in (*ALL_FAMILIES, *LIVE_FAMILIES):
+    for spec in (*MetricSet(queries=ALL_QUERIES).all_families(), *LIVE_FAMILIES):
         labels = ", ".join(sorted(spec.labels)) or "—"
         help_text = spec.help.replace("|", "\\|")
         lines.append(f"| `{spec.sample_name}` | {spec.type} | {labels} | {help_text} |")

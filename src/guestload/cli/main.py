@@ -20,6 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 from guestload import __version__
 from guestload.cli.probe import print_probe
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityMode, IdentityResolver, default_node, metadata_readers_for
 from guestload.logs import FORMATS, LEVELS, configure_logging
 from guestload.polling.poller import Poller
@@ -217,8 +218,8 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="guestload",
-        description="Exports each libvirt VM's guest load average, read through the QEMU "
-        "guest agent, as Prometheus metrics.",
+        description="Exports each libvirt VM's guest load average and CPU time by mode, read "
+        "through the QEMU guest agent, as Prometheus metrics.",
     )
     parser.add_argument("--version", action="version", version=f"guestload {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait before re-asking an absent or too old agent (default: 15m)",
     )
     serve.add_argument(
+        "--collector.guest-cpu",
+        dest="guest_cpu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's "
+        "agent passthrough, which marks each domain tainted once per run; default: on)",
+    )
+    serve.add_argument(
+        "--collector.guest-cpu.per-cpu",
+        dest="guest_cpu_per_cpu",
+        action="store_true",
+        help="export guest CPU time per guest CPU (a cpu label) instead of summed per VM",
+    )
+    serve.add_argument(
         "--collector.vcpu",
         dest="vcpu_collector",
         action=argparse.BooleanOptionalAction,
@@ -318,6 +333,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         concurrency=args.concurrency,
         agent_backoff_max_seconds=getattr(args, "backoff_max", 900.0),
         vcpu_collector=getattr(args, "vcpu_collector", True),
+        guest_cpu=getattr(args, "guest_cpu", True),
+        guest_cpu_per_cpu=getattr(args, "guest_cpu_per_cpu", False),
         node=args.node if args.node is not None else default_node(),
         default_namespace=args.default_namespace,
         max_requests=getattr(args, "max_requests", 16),
@@ -358,6 +375,7 @@ def make_source(settings: Settings) -> Source:
 def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
     return Poller(
         source=source,
+        queries=settings.queries(),
         identity=IdentityResolver(
             node=settings.node,
             default_namespace=settings.default_namespace,
@@ -378,7 +396,7 @@ def serve(
     """Run until SIGTERM or SIGINT; SIGHUP re-reads ``web_config``."""
     live_registry = CollectorRegistry(auto_describe=False)
     cache = MetricsCache(
-        vcpu_collector=settings.vcpu_collector,
+        metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector),
         live_collectors=(
             ProcessCollector(registry=live_registry),
             PlatformCollector(registry=live_registry),

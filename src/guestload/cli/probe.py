@@ -8,12 +8,24 @@ from typing import TextIO
 
 from guestload.model import DomainSample, Snapshot
 from guestload.polling.poller import Poller
+from guestload.queries.load import LOAD, GuestLoad
 
 _COLUMNS = ("NAMESPACE", "NAME", "NODE", "DOMAIN", "VCPUS", "LOAD1", "LOAD5", "LOAD15", "AGENT")
 
 
+def _load(domain: DomainSample) -> GuestLoad | None:
+    reading = domain.readings.get(LOAD.name)
+    value = reading.value if reading is not None else None
+    return value if isinstance(value, GuestLoad) else None
+
+
+def _load_state(domain: DomainSample) -> str:
+    state = domain.state(LOAD.name)
+    return state.value if state is not None else "-"
+
+
 def _row(domain: DomainSample) -> tuple[str, ...]:
-    load = domain.load
+    load = _load(domain)
     values = (
         ("-", "-", "-")
         if load is None
@@ -26,7 +38,7 @@ def _row(domain: DomainSample) -> tuple[str, ...]:
         domain.domain_name,
         "-" if domain.vcpu_count is None else str(domain.vcpu_count),
         *values,
-        domain.agent_state.value,
+        _load_state(domain),
     )
 
 
@@ -52,9 +64,10 @@ def format_json(snapshot: Snapshot) -> str:
             "uuid": d.uuid,
             "vcpus": d.vcpu_count,
             "load": None
-            if d.load is None
-            else {"1m": d.load.one, "5m": d.load.five, "15m": d.load.fifteen},
-            "agent_state": d.agent_state.value,
+            if (load := _load(d)) is None
+            else {"1m": load.one, "5m": load.five, "15m": load.fifteen},
+            "agent_state": _load_state(d),
+            "agent_states": {name: reading.state.value for name, reading in d.readings.items()},
         }
         for d in sorted(snapshot.domains, key=lambda d: d.domain_name)
     ]

@@ -1,7 +1,8 @@
 """Exposition rendered once per snapshot and served as cached bytes.
 
 A snapshot's exposition (135k samples at 10k VMs) is written by
-:class:`~guestload.exposition.writer.SnapshotWriter` when the snapshot is published, not per scrape.
+:class:`~guestload.exposition.writer.SnapshotWriter` when the snapshot is published, not per
+scrape.
 Process metrics (memory, CPU, file descriptors) must be live, so prometheus_client renders
 them per scrape (a few dozen samples) and they are appended; for gzip the cached body's
 compressor state is kept so the live tail continues one valid gzip stream.
@@ -20,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from guestload.exposition.schema import RENDER_DURATION
+from guestload.exposition.schema import RENDER_DURATION, MetricSet
 from guestload.exposition.writer import RenderedSnapshot, SnapshotWriter
 from guestload.model import Snapshot
 
@@ -63,11 +64,11 @@ class MetricsCache:
     def __init__(
         self,
         *,
-        vcpu_collector: bool,
+        metric_set: MetricSet,
         live_collectors: tuple[Collector, ...] = (),
         report_render_duration: bool = False,
     ) -> None:
-        self._writer = SnapshotWriter(vcpu_collector=vcpu_collector)
+        self._writer = SnapshotWriter(metric_set=metric_set)
         self._render_seconds: float | None = None
         self._live = CollectorRegistry(auto_describe=False)
         for collector in live_collectors:

@@ -1,8 +1,9 @@
 """The metric set: every family guestload exports, and which samples a snapshot gives it.
 
 This module is the one description of the metrics. :class:`MetricSpec` constants name each
-family with its type, help and labels; :func:`domain_samples` and :func:`exporter_families`
-say which samples a snapshot produces. The exposition writer (:mod:`guestload.exposition.writer`,
+family with its type, help and labels (each guest-agent query names its own families in its
+module); a :class:`MetricSet` says which families one configuration exports and which samples
+a snapshot gives them. The exposition writer (:mod:`guestload.exposition.writer`,
 what ``/metrics`` serves) and the metrics reference (:mod:`guestload.cli.docs`) read it. Pure:
 it reads only the snapshot it is given.
 """
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from guestload import __version__
 from guestload.model import AgentState, DomainSample, Identity, Snapshot
+
+if TYPE_CHECKING:
+    from guestload.queries.query import GuestQuery
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -67,38 +72,15 @@ BUILD_INFO_LABELS = (
 """``guestload_build_info``'s labels: the version and whatever the snapshot's build info holds
 (the Python version and the source's :meth:`~guestload.sources.protocol.Source.describe`)."""
 
-LOAD_HELP = (
-    "Guest load average over {window}, as the guest kernel counts it (runnable plus "
-    "uninterruptible tasks), read from the QEMU guest agent (guest-get-load) at each poll."
-)
-
 # -- per VM --------------------------------------------------------------------------------------
 
-LOAD_1M = MetricSpec(
-    "kubevirt_vmi_guest_load_1m",
-    MetricType.GAUGE,
-    LOAD_HELP.format(window="1 minute"),
-    VM_LABELS,
-)
-LOAD_5M = MetricSpec(
-    "kubevirt_vmi_guest_load_5m",
-    MetricType.GAUGE,
-    LOAD_HELP.format(window="5 minutes"),
-    VM_LABELS,
-)
-LOAD_15M = MetricSpec(
-    "kubevirt_vmi_guest_load_15m",
-    MetricType.GAUGE,
-    LOAD_HELP.format(window="15 minutes"),
-    VM_LABELS,
-)
 AGENT_STATE = MetricSpec(
     "guestload_agent_state",
     MetricType.GAUGE,
-    "Outcome of the last guest-load call for a running VM: 1 for the current state "
-    "(ok, not_configured, not_connected, unsupported, timeout, no_data, invalid, busy, "
+    "Outcome of the last call of each guest-agent query for a running VM: 1 for the current "
+    "state (ok, not_configured, not_connected, unsupported, timeout, no_data, invalid, busy, "
     "gone, error).",
-    (*VM_LABELS, "state"),
+    (*VM_LABELS, "query", "state"),
 )
 DOMAIN_INFO = MetricSpec(
     "guestload_domain_info",
@@ -126,7 +108,8 @@ VCPU_WAIT = MetricSpec(
     VCPU_LABELS,
 )
 
-VM_FAMILIES = (LOAD_1M, LOAD_5M, LOAD_15M, AGENT_STATE, DOMAIN_INFO)
+VM_FAMILIES = (AGENT_STATE, DOMAIN_INFO)
+"""Per-VM families of every configuration; the queries' own come before them."""
 VCPU_FAMILIES = (VCPU_SECONDS, VCPU_DELAY, VCPU_WAIT)
 """Left out with ``--no-collector.vcpu``."""
 
@@ -167,8 +150,8 @@ LAST_POLL_SUCCESS = MetricSpec(
 AGENT_CALLS = MetricSpec(
     "guestload_agent_calls",
     MetricType.COUNTER,
-    "Guest-load calls by outcome (the agent state they produced).",
-    ("state",),
+    "Guest-agent queries by query and outcome (the agent state they produced).",
+    ("query", "state"),
 )
 BUILD_INFO = MetricSpec(
     "guestload_build_info",
@@ -188,9 +171,6 @@ EXPORTER_FAMILIES = (
     AGENT_CALLS,
     BUILD_INFO,
 )
-ALL_FAMILIES = (*VM_FAMILIES, *VCPU_FAMILIES, *EXPORTER_FAMILIES)
-"""Every family of a snapshot, in exposition order."""
-
 RENDER_DURATION = MetricSpec(
     "guestload_render_duration_seconds",
     MetricType.GAUGE,
@@ -212,54 +192,73 @@ def vm_label_values(identity: Identity) -> tuple[str, str, str]:
     return (identity.namespace, identity.name, identity.node)
 
 
-def vm_families(*, vcpu_collector: bool) -> tuple[MetricSpec, ...]:
-    """The per-VM families exported, in exposition order (each present even when empty)."""
-    return (*VM_FAMILIES, *VCPU_FAMILIES) if vcpu_collector else VM_FAMILIES
+@dataclass(frozen=True, slots=True)
+class MetricSet:
+    """The families one configuration exports: its guest-agent queries' and the rest."""
 
+    queries: Sequence[GuestQuery]
+    vcpu_collector: bool = True
 
-def domain_samples(domain: DomainSample, *, vcpu_collector: bool) -> Iterator[VmSample]:
-    """One VM's samples; its own labels' values are :func:`vm_label_values`."""
-    yield AGENT_STATE, (domain.agent_state.value,), 1.0
-    yield DOMAIN_INFO, (domain.domain_name, domain.uuid), 1.0
-    load = domain.load
-    if load is not None:
-        yield LOAD_1M, (), load.one
-        yield LOAD_5M, (), load.five
-        yield LOAD_15M, (), load.fifteen
-    if not vcpu_collector:
-        return
-    for vcpu in domain.vcpus:
-        vcpu_id = str(vcpu.id)
-        if vcpu.time_seconds is not None:
-            yield VCPU_SECONDS, (vcpu_id, vcpu.state.value), vcpu.time_seconds
-        if vcpu.delay_seconds is not None:
-            yield VCPU_DELAY, (vcpu_id,), vcpu.delay_seconds
-        if vcpu.wait_seconds is not None:
-            yield VCPU_WAIT, (vcpu_id,), vcpu.wait_seconds
+    def vm_families(self) -> tuple[MetricSpec, ...]:
+        """The per-VM families, in exposition order (each present even when empty)."""
+        query_families = tuple(spec for query in self.queries for spec in query.families)
+        vcpu_families = VCPU_FAMILIES if self.vcpu_collector else ()
+        return (*query_families, *VM_FAMILIES, *vcpu_families)
 
+    def all_families(self) -> tuple[MetricSpec, ...]:
+        """Every family of a snapshot, in exposition order."""
+        return (*self.vm_families(), *EXPORTER_FAMILIES)
 
-def exporter_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
-    """The exporter's own families with their samples, in exposition order.
+    def domain_samples(self, domain: DomainSample) -> Iterator[VmSample]:
+        """One VM's samples; its own labels' values are :func:`vm_label_values`."""
+        for query in self.queries:
+            reading = domain.readings.get(query.name)
+            if reading is None:
+                continue
+            yield AGENT_STATE, (query.name, reading.state.value), 1.0
+            if reading.state is AgentState.OK:
+                yield from query.samples(reading.value)
+        yield DOMAIN_INFO, (domain.domain_name, domain.uuid), 1.0
+        if not self.vcpu_collector:
+            return
+        for vcpu in domain.vcpus:
+            vcpu_id = str(vcpu.id)
+            if vcpu.time_seconds is not None:
+                yield VCPU_SECONDS, (vcpu_id, vcpu.state.value), vcpu.time_seconds
+            if vcpu.delay_seconds is not None:
+                yield VCPU_DELAY, (vcpu_id,), vcpu.delay_seconds
+            if vcpu.wait_seconds is not None:
+                yield VCPU_WAIT, (vcpu_id,), vcpu.wait_seconds
 
-    A family whose value is not known yet (no poll finished) is left out entirely.
-    """
-    families: list[tuple[MetricSpec, list[LabelledValue]]] = [
-        (LIBVIRT_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
-        (DOMAINS, [({}, float(len(snapshot.domains) + snapshot.identity_conflicts))]),
-        (IDENTITY_CONFLICTS, [({}, float(snapshot.identity_conflicts))]),
-        (POLLS, [({}, float(snapshot.polls_total))]),
-        (POLL_FAILURES, [({}, float(snapshot.poll_failures_total))]),
-    ]
-    if snapshot.last_poll_duration_seconds is not None:
-        families.append((POLL_DURATION, [({}, snapshot.last_poll_duration_seconds)]))
-    if snapshot.last_success_timestamp_seconds is not None:
-        families.append((LAST_POLL_SUCCESS, [({}, snapshot.last_success_timestamp_seconds)]))
-    calls = snapshot.agent_calls_total
-    families.append(
-        (
-            AGENT_CALLS,
-            [({"state": state.value}, float(calls.get(state, 0))) for state in AgentState],
+    def exporter_families(self, snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
+        """The exporter's own families with their samples, in exposition order.
+
+        A family whose value is not known yet (no poll finished) is left out entirely.
+        """
+        families: list[tuple[MetricSpec, list[LabelledValue]]] = [
+            (LIBVIRT_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
+            (DOMAINS, [({}, float(len(snapshot.domains) + snapshot.identity_conflicts))]),
+            (IDENTITY_CONFLICTS, [({}, float(snapshot.identity_conflicts))]),
+            (POLLS, [({}, float(snapshot.polls_total))]),
+            (POLL_FAILURES, [({}, float(snapshot.poll_failures_total))]),
+        ]
+        if snapshot.last_poll_duration_seconds is not None:
+            families.append((POLL_DURATION, [({}, snapshot.last_poll_duration_seconds)]))
+        if snapshot.last_success_timestamp_seconds is not None:
+            families.append((LAST_POLL_SUCCESS, [({}, snapshot.last_success_timestamp_seconds)]))
+        calls = snapshot.agent_calls_total
+        families.append(
+            (
+                AGENT_CALLS,
+                [
+                    (
+                        {"query": query.name, "state": state.value},
+                        float(calls.get((query.name, state), 0)),
+                    )
+                    for query in self.queries
+                    for state in AgentState
+                ],
+            )
         )
-    )
-    families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
-    return families
+        families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
+        return families

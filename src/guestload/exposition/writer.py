@@ -19,13 +19,10 @@ import re
 from collections.abc import Mapping
 
 from guestload.exposition.schema import (
-    ALL_FAMILIES,
     VM_LABELS,
     LabelledValue,
+    MetricSet,
     MetricSpec,
-    domain_samples,
-    exporter_families,
-    vm_families,
     vm_label_values,
 )
 from guestload.model import Identity, Snapshot
@@ -170,18 +167,16 @@ class SnapshotWriter:
     replaces them with its own when done.
     """
 
-    def __init__(self, *, vcpu_collector: bool) -> None:
-        self._vcpu_collector = vcpu_collector
-        self._layouts = tuple(
-            _VmLayout(spec) for spec in vm_families(vcpu_collector=vcpu_collector)
-        )
-        self._headers = {spec: header_lines(spec) for spec in ALL_FAMILIES}
+    def __init__(self, *, metric_set: MetricSet) -> None:
+        self._metric_set = metric_set
+        self._layouts = tuple(_VmLayout(spec) for spec in metric_set.vm_families())
+        self._headers = {spec: header_lines(spec) for spec in metric_set.all_families()}
         self._vm_text: dict[Identity, str] = {}
         self._fragments: dict[MetricSpec, _Fragments] = {}
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
         """Format ``snapshot``'s samples; :meth:`RenderedSnapshot.body` joins them per format."""
-        vcpu_collector = self._vcpu_collector
+        domain_samples = self._metric_set.domain_samples
         previous_vm = self._vm_text
         vm_text: dict[Identity, str] = {}
         families = {
@@ -194,7 +189,7 @@ class SnapshotWriter:
             if vm is None:
                 vm = previous_vm.get(identity) or vm_labels_text(identity)
                 vm_text[identity] = vm
-            for spec, extra, value in domain_samples(domain, vcpu_collector=vcpu_collector):
+            for spec, extra, value in domain_samples(domain):
                 family = families[spec]
                 if extra:
                     before, after = family.fragments.get(extra) or family.around(extra)
@@ -206,7 +201,7 @@ class SnapshotWriter:
         self._vm_text = vm_text
         self._fragments = {spec: family.fragments for spec, family in families.items()}
         blocks = [(self._headers[spec], "".join(family.lines)) for spec, family in families.items()]
-        for spec, samples in exporter_families(snapshot):
+        for spec, samples in self._metric_set.exporter_families(snapshot):
             blocks.append((self._headers[spec], _exporter_lines(spec, samples)))
         return RenderedSnapshot(blocks)
 

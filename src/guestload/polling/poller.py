@@ -1,11 +1,13 @@
 """Polls a source on a schedule and turns what it finds into snapshots.
 
 Guest-agent calls are the risky part: libvirt runs one agent call per domain at a time and a
-call to a hung agent can block for a long time. So calls run in a bounded worker pool, a domain
-never has two calls outstanding (a call still running makes the domain ``timeout`` instead of
-queueing another), answers from calls that overran are discarded, and agents that are absent
-or too old are re-checked on an exponential back-off instead of every poll. Events from the
-source make changes prompt; the periodic poll stays the source of truth.
+call to a hung agent can block for a long time. So each poll makes one worker call per domain
+that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls run in a bounded
+worker pool, a domain never has two calls outstanding (a call still running makes its queries
+``timeout`` instead of queueing another), answers from calls that overran are discarded, and a
+query whose agent lacks it or is absent is re-asked on an exponential back-off of its own
+instead of every poll. Each query keeps its own state per domain. Events from the source make
+changes prompt; the periodic poll stays the source of truth.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from guestload.model import (
     DomainSample,
     EventKind,
     Identity,
-    LoadReading,
+    QueryReading,
     Snapshot,
 )
 from guestload.polling.workers import DaemonPool
+from guestload.queries.query import GuestQuery
 from guestload.sources.protocol import Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -53,19 +56,42 @@ def _put_uuid(answered: queue.SimpleQueue[str], uuid: str, _future: object) -> N
 
 
 @dataclass(slots=True)
-class _Track:
-    """What the poller remembers about one running domain between polls."""
+class _QueryTrack:
+    """What the poller remembers about one query of one domain between polls."""
 
-    reading: LoadReading | None = None
+    reading: QueryReading | None = None
+    """The last reading; when ok, its value is what the query keeps (see ``GuestQuery.fold``)."""
+    kept: object = None
+    """The query's kept value, also while the query fails, so a counter resumes where it was."""
     next_check: float = 0.0
     backoff: float = 0.0
     logged_state: AgentState | None = None
+
+
+@dataclass(slots=True)
+class _Track:
+    """What the poller remembers about one running domain between polls."""
+
+    domain_name: str = ""
+    queries: dict[str, _QueryTrack] = field(default_factory=dict)
     last_call_seconds: float = 0.0
+
+    def healthy(self) -> bool | None:
+        """True when every query answered ok last time, None before any answer."""
+        readings = [q.reading for q in self.queries.values() if q.reading is not None]
+        if not readings:
+            return None
+        return all(reading.state is AgentState.OK for reading in readings)
+
+
+Readings = Mapping[str, QueryReading]
 
 
 @dataclass(slots=True)
 class _Call:
-    future: Future[LoadReading]
+    future: Future[Readings]
+    queries: tuple[str, ...]
+    """The names of the queries the call asks."""
     started: list[float] = field(default_factory=list)
     """Clock readings taken by the worker: when the call started and, once over, ended."""
 
@@ -77,6 +103,7 @@ class Poller:
         self,
         *,
         source: Source,
+        queries: Sequence[GuestQuery],
         identity: IdentityResolver,
         poll_interval_seconds: float,
         agent_timeout_seconds: float,
@@ -88,6 +115,8 @@ class Poller:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
+        self._queries = tuple(queries)
+        self._query_by_name = {query.name: query for query in self._queries}
         self._identity = identity
         self._interval = poll_interval_seconds
         self._agent_timeout = agent_timeout_seconds
@@ -101,7 +130,7 @@ class Poller:
         self._inventory: Sequence[DomainInventory] = ()
         self._tracks: dict[str, _Track] = {}
         self._in_flight: dict[str, _Call] = {}
-        self._agent_calls: Counter[AgentState] = Counter()
+        self._agent_calls: Counter[tuple[str, AgentState]] = Counter()
         self._polls_total = 0
         self._poll_failures_total = 0
         self._last_duration: float | None = None
@@ -150,11 +179,7 @@ class Poller:
             events = self._drain_events()
             due = now >= next_poll
             if events and self._connected:
-                refresh, removed = self._absorb_events(events)
-                if refresh and not due:
-                    self.poll(only=refresh)
-                elif removed:
-                    self._publish()  # before a due poll too: removals must not wait for it
+                self.apply_events(events, poll_due=due)
             if due:
                 snapshot = self.poll()
                 if snapshot.source_up:
@@ -169,7 +194,7 @@ class Poller:
                 self._wake.clear()
 
     def poll(self, *, only: Collection[str] | None = None) -> Snapshot:
-        """List domains and read guest loads now; ``only`` limits the agent calls to those UUIDs.
+        """List domains and ask their agents now; ``only`` limits the agent calls to those UUIDs.
 
         Returns (and publishes) the new snapshot. A full poll (``only`` is None) counts in
         ``polls_total``; a targeted refresh after an event does not.
@@ -188,19 +213,27 @@ class Poller:
             return self._fail(error, started=started, full=full)
         self._inventory = inventory
         self._forget_missing({d.uuid for d in inventory})
-        self._read_loads(inventory, only=only)
+        self._ask_agents(inventory, only=only)
         if full:
             self._last_duration = self._clock() - started
             self._last_success = self._wall_clock()
             self._ready = True
         return self._publish()
 
-    def apply_events(self, events: Sequence[DomainEvent]) -> Snapshot:
-        """Act on source events at once: drop stopped domains, refresh (re)connected agents."""
-        refresh, _removed = self._absorb_events(events)
-        if refresh:
+    def apply_events(
+        self, events: Sequence[DomainEvent], *, poll_due: bool = False
+    ) -> Snapshot | None:
+        """Act on source events at once: drop stopped domains, ask (re)connected agents.
+
+        Returns the snapshot published, if any. With ``poll_due`` the agents are left to the
+        full poll about to run; removals are published before it all the same.
+        """
+        refresh, removed = self._absorb_events(events)
+        if refresh and not poll_due:
             return self.poll(only=refresh)
-        return self._publish()
+        if removed:
+            return self._publish()
+        return None
 
     # -- internals ----------------------------------------------------------------------
 
@@ -221,10 +254,9 @@ class Poller:
             elif event.kind is EventKind.AGENT_DISCONNECTED:
                 track = self._tracks.get(event.uuid)
                 if track is not None:
-                    reading = LoadReading(
-                        state=AgentState.NOT_CONNECTED, detail="agent disconnected"
-                    )
-                    self._record(event.uuid, track, reading, now=self._clock())
+                    gone = QueryReading(state=AgentState.NOT_CONNECTED, detail="agent disconnected")
+                    readings = dict.fromkeys(self._query_by_name, gone)
+                    self._record(event.uuid, track, readings, now=self._clock())
                     removed = True
                 refresh.discard(event.uuid)
             else:
@@ -232,7 +264,8 @@ class Poller:
                 refresh.add(event.uuid)
                 track = self._tracks.get(event.uuid)
                 if track is not None:
-                    track.next_check, track.backoff = 0.0, 0.0
+                    for query_track in track.queries.values():
+                        query_track.next_check, query_track.backoff = 0.0, 0.0
         if stopped:
             before = len(self._inventory)
             self._inventory = [d for d in self._inventory if d.uuid not in stopped]
@@ -280,7 +313,7 @@ class Poller:
         for uuid in [u for u, c in self._in_flight.items() if u not in live and c.future.done()]:
             del self._in_flight[uuid]
 
-    def _read_loads(
+    def _ask_agents(
         self, inventory: Sequence[DomainInventory], *, only: Collection[str] | None
     ) -> None:
         now = self._clock()
@@ -288,51 +321,59 @@ class Poller:
         # Domains that answered last time go first, so a crowd of slow agents cannot delay them.
         ordered = sorted(inventory, key=lambda d: self._priority(d.uuid))
         for domain in ordered:
-            track = self._tracks.setdefault(domain.uuid, _Track())
+            track = self._tracks.get(domain.uuid)
+            if track is None:
+                track = self._tracks[domain.uuid] = _Track(
+                    queries={name: _QueryTrack() for name in self._query_by_name}
+                )
+            track.domain_name = domain.domain_name
             if only is not None and domain.uuid not in only:
+                continue
+            due = tuple(
+                query for query in self._queries if not _backing_off(track.queries[query.name], now)
+            )
+            if not due:
                 continue
             previous = self._in_flight.get(domain.uuid)
             if previous is not None and not previous.future.done():
-                reading = LoadReading(
-                    state=AgentState.TIMEOUT, detail="previous guest-load call still running"
+                still = QueryReading(
+                    state=AgentState.TIMEOUT, detail="previous guest-agent call still running"
                 )
-                self._record(domain.uuid, track, reading, now=now)
+                self._record(domain.uuid, track, {q.name: still for q in due}, now=now)
                 continue
             self._in_flight.pop(domain.uuid, None)
-            if (
-                track.reading is not None
-                and track.reading.state in SLOW_RECHECK_STATES
-                and now < track.next_check
-            ):
-                continue
-            calls[domain.uuid] = self._submit(domain.uuid)
-        for uuid, reading in self._collect(calls).items():
+            calls[domain.uuid] = self._submit(domain.uuid, due)
+        for uuid, readings in self._collect(calls).items():
             if (known := self._tracks.get(uuid)) is not None:
-                self._record(uuid, known, reading, now=self._clock())
+                self._record(uuid, known, readings, now=self._clock())
 
     def _priority(self, uuid: str) -> tuple[int, float]:
         """Healthy and quick agents first; unknown next; failing ones last."""
         track = self._tracks.get(uuid)
-        if track is None or track.reading is None:
+        healthy = track.healthy() if track is not None else None
+        if track is None or healthy is None:
             return (1, 0.0)
-        healthy = track.reading.state is AgentState.OK
         return (0 if healthy else 2, track.last_call_seconds)
 
-    def _submit(self, uuid: str) -> _Call:
+    def _submit(self, uuid: str, queries: tuple[GuestQuery, ...]) -> _Call:
         started: list[float] = []
 
-        def call() -> LoadReading:
+        def call() -> Readings:
             started.append(self._clock())
             try:
-                return self._source.read_guest_load(uuid, self._agent_timeout)
+                return self._source.query_guest(uuid, queries, self._agent_timeout)
             finally:
                 started.append(self._clock())
 
-        record = _Call(future=self._workers.submit(call), started=started)
+        record = _Call(
+            future=self._workers.submit(call),
+            queries=tuple(query.name for query in queries),
+            started=started,
+        )
         self._in_flight[uuid] = record
         return record
 
-    def _collect(self, calls: Mapping[str, _Call]) -> dict[str, LoadReading]:
+    def _collect(self, calls: Mapping[str, _Call]) -> dict[str, Readings]:
         """Wait for the calls: each up to its own timeout, all within the poll's budget.
 
         Answers arrive through a queue (cost per answer, not per pending call); pending calls
@@ -341,12 +382,12 @@ class Poller:
         budget_end = self._clock() + max(
             2 * self._agent_timeout, POLL_BUDGET_SHARE * self._interval
         )
-        call_limit = self._agent_timeout + min(CALL_GRACE_SECONDS, self._agent_timeout)
+        grace = min(CALL_GRACE_SECONDS, self._agent_timeout)
         answered: queue.SimpleQueue[str] = queue.SimpleQueue()
         for uuid, call in calls.items():
             call.future.add_done_callback(functools.partial(_put_uuid, answered, uuid))
         pending = dict(calls)
-        readings: dict[str, LoadReading] = {}
+        readings: dict[str, Readings] = {}
         next_check = self._clock() + OVERDUE_CHECK_SECONDS
         while pending:
             try:
@@ -356,15 +397,17 @@ class Poller:
             if done is not None:
                 if done in pending:
                     call = pending.pop(done)
-                    readings[done] = self._result(call.future)
+                    readings[done] = self._result(call)
                     self._in_flight.pop(done, None)
                     self._note_duration(done, call)
                 continue
             now = self._clock()
             next_check = now + OVERDUE_CHECK_SECONDS
             for uuid, call in list(pending.items()):
+                # Each query of the call may take the agent timeout.
+                call_limit = self._agent_timeout * len(call.queries) + grace
                 if call.started and now - call.started[0] > call_limit:
-                    reading = LoadReading(
+                    reading = QueryReading(
                         state=AgentState.TIMEOUT,
                         detail=f"no answer within {self._agent_timeout:g}s",
                     )
@@ -373,13 +416,13 @@ class Poller:
                     # Never started: drop it, or it would delay the next poll's calls too.
                     if call.future.cancel():
                         self._in_flight.pop(uuid, None)
-                    reading = LoadReading(
+                    reading = QueryReading(
                         state=AgentState.TIMEOUT,
                         detail="not asked: every worker was busy until the poll's deadline",
                     )
                 else:
                     continue
-                readings[uuid] = reading
+                readings[uuid] = dict.fromkeys(call.queries, reading)
                 del pending[uuid]
         return readings
 
@@ -390,35 +433,51 @@ class Poller:
             track.last_call_seconds = ended - call.started[0]
 
     @staticmethod
-    def _result(future: Future[LoadReading]) -> LoadReading:
+    def _result(call: _Call) -> Readings:
+        """The call's readings; a query the source did not answer (a source bug) is an error."""
         try:
-            return future.result()
+            readings = dict(call.future.result())
         except Exception as error:  # noqa: BLE001 - a source bug must not stop the poll
-            return LoadReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
+            failed = QueryReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
+            return dict.fromkeys(call.queries, failed)
+        missing = QueryReading(state=AgentState.ERROR, detail="the source gave no answer")
+        return {name: readings.get(name, missing) for name in call.queries}
 
-    def _record(self, uuid: str, track: _Track, reading: LoadReading, *, now: float) -> None:
-        self._agent_calls[reading.state] += 1
-        track.reading = reading
-        if reading.state in SLOW_RECHECK_STATES:
-            track.backoff = min(max(track.backoff * 2, self._interval), self._backoff_max)
-            track.next_check = now + track.backoff
-        else:
-            track.backoff, track.next_check = 0.0, 0.0
-        if reading.state is not track.logged_state:
-            log.info(
-                "guest agent state changed",
-                extra={
-                    "uuid": uuid,
-                    "domain": self._domain_name(uuid),
-                    "from": track.logged_state.value if track.logged_state else "none",
-                    "to": reading.state.value,
-                    "detail": reading.detail,
-                },
-            )
-            track.logged_state = reading.state
-
-    def _domain_name(self, uuid: str) -> str:
-        return next((d.domain_name for d in self._inventory if d.uuid == uuid), "")
+    def _record(self, uuid: str, track: _Track, readings: Readings, *, now: float) -> None:
+        for name, reading in readings.items():
+            query_track = track.queries.get(name)
+            if query_track is None:
+                continue
+            self._agent_calls[(name, reading.state)] += 1
+            kept = reading
+            if reading.state is AgentState.OK:
+                query_track.kept = self._query_by_name[name].fold(query_track.kept, reading.value)
+                kept = QueryReading(state=AgentState.OK, value=query_track.kept)
+            query_track.reading = kept
+            if reading.state in SLOW_RECHECK_STATES:
+                backoff = max(query_track.backoff * 2, self._interval)
+                query_track.backoff = min(backoff, self._backoff_max)
+                query_track.next_check = now + query_track.backoff
+            else:
+                query_track.backoff, query_track.next_check = 0.0, 0.0
+            if reading.state is not query_track.logged_state:
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "guest agent state changed",
+                        extra={
+                            "uuid": uuid,
+                            "domain": track.domain_name,
+                            "query": name,
+                            "from": (
+                                query_track.logged_state.value
+                                if query_track.logged_state
+                                else "none"
+                            ),
+                            "to": reading.state.value,
+                            "detail": reading.detail,
+                        },
+                    )
+                query_track.logged_state = reading.state
 
     def _publish(self, *, source_up: bool | None = None) -> Snapshot:
         domains: list[DomainSample] = []
@@ -427,7 +486,14 @@ class Poller:
         # UUID order makes the same domain win every poll when two resolve to one identity.
         for inventory in sorted(self._inventory, key=lambda d: d.uuid):
             track = self._tracks.get(inventory.uuid)
-            if track is None or track.reading is None:
+            if track is None:
+                continue
+            readings = {
+                name: query_track.reading
+                for name, query_track in track.queries.items()
+                if query_track.reading is not None
+            }
+            if not readings:
                 continue
             identity = self._identity.resolve(inventory)
             if identity in owners:
@@ -439,8 +505,7 @@ class Poller:
                     uuid=inventory.uuid,
                     domain_name=inventory.domain_name,
                     identity=identity,
-                    agent_state=track.reading.state,
-                    load=track.reading.load,
+                    readings=readings,
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
                 )
@@ -468,3 +533,12 @@ class Poller:
                 extra={"domains": ",".join(sorted(conflicts))},
             )
         self._logged_conflicts = conflicts
+
+
+def _backing_off(track: _QueryTrack, now: float) -> bool:
+    """True while a query whose agent is absent or too old waits for its next check."""
+    return (
+        track.reading is not None
+        and track.reading.state in SLOW_RECHECK_STATES
+        and now < track.next_check
+    )

@@ -3,7 +3,7 @@
 KubeVirt runs one libvirt daemon per VM, inside the VM's virt-launcher pod, listening on a
 socket in the pod's ``libvirt-runtime`` emptyDir. From the node, those sockets are found with a
 glob over the kubelet's pods directory. :class:`SocketGlobSource` keeps one source per socket
-it finds: listings are merged, guest-load calls are routed to the socket that listed the
+it finds: listings are merged, guest-agent calls are routed to the socket that listed the
 domain, a socket that fails only loses its own domains (and is reconnected on a back-off), and
 sockets are re-scanned in the background so VMs that start or stop are noticed between polls.
 """
@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, LoadReading
+from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, QueryReading
+from guestload.queries.query import GuestQuery
 from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -218,13 +219,16 @@ class SocketGlobSource:
             }
         return merged
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
         """Ask the socket that listed the domain; a domain no socket lists is gone."""
         with self._lock:
             member = self._routes.get(uuid)
         if member is None:
-            return LoadReading(state=AgentState.GONE, detail="domain not found on any socket")
-        return member.source.read_guest_load(uuid, timeout_seconds)
+            gone = QueryReading(state=AgentState.GONE, detail="domain not found on any socket")
+            return dict.fromkeys((query.name for query in queries), gone)
+        return member.source.query_guest(uuid, queries, timeout_seconds)
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Forward every socket's domain events (and sockets appearing or vanishing)."""

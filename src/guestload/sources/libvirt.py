@@ -1,13 +1,14 @@
-"""The libvirt source: domains, vCPU stats and guest load from a libvirt daemon.
+"""The libvirt source: domains, vCPU stats and guest-agent answers from a libvirt daemon.
 
 The only module of the exporter that imports ``libvirt``. It reads; judging errors and guest
-answers is left to :mod:`guestload.queries.load`.
+answers is left to :mod:`guestload.queries`.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import json
 import logging
 import math
 import re
@@ -26,23 +27,17 @@ from guestload.model import (
     DomainEvent,
     DomainInventory,
     EventKind,
-    LoadReading,
+    QueryReading,
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.load import (
-    classify_libvirt_error,
-    parse_agent_passthrough,
-    parse_guest_info_load,
-)
+from guestload.queries.agent import classify_libvirt_error
+from guestload.queries.load import LOAD
+from guestload.queries.query import GuestQuery, run_queries
 from guestload.sources.protocol import EventListener, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
-GUEST_INFO_LOAD_MIN_VERSION = 11_002_000
-"""libvirt 11.2.0 added ``VIR_DOMAIN_GUEST_INFO_LOAD``; library and daemon both need it."""
-
-GUEST_GET_LOAD_COMMAND = '{"execute":"guest-get-load"}'
 
 DEFAULT_KEEPALIVE_INTERVAL_SECONDS = 5
 DEFAULT_KEEPALIVE_COUNT = 3
@@ -68,26 +63,36 @@ _PERMANENT_TIMEOUT_REFUSALS = frozenset(
 )
 
 
-class LoadMethod(enum.StrEnum):
-    """How the guest load is read; decided once per connection."""
+class CallMethod(enum.StrEnum):
+    """How a guest-agent query is called on a connection; decided once per connection."""
 
     GUEST_INFO = "guest_info"
-    """``virDomainGetGuestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)``, libvirt >= 11.2."""
+    """``virDomainGetGuestInfo`` with the query's type (e.g. LOAD, libvirt >= 11.2)."""
     AGENT_COMMAND = "agent_command"
-    """The agent passthrough ``guest-get-load``, for older libraries or daemons."""
+    """The agent passthrough of the query's command."""
 
 
-def choose_load_method(
-    *, library_version: int, daemon_version: int, binding_has_guest_info_load: bool
-) -> LoadMethod:
-    """Use guest info only when the library, the daemon and the Python binding all know LOAD."""
+def guest_info_type(query: GuestQuery, *, library_version: int, daemon_version: int) -> int | None:
+    """The libvirt guest-info type to read ``query`` with, or None for the agent passthrough.
+
+    Guest info is used only when the library, the daemon and the Python binding all have it.
+    """
+    call = query.guest_info
+    if call is None:
+        return None
+    constant = getattr(libvirt, call.type_constant, None)
     if (
-        binding_has_guest_info_load
-        and library_version >= GUEST_INFO_LOAD_MIN_VERSION
-        and daemon_version >= GUEST_INFO_LOAD_MIN_VERSION
+        isinstance(constant, int)
+        and library_version >= call.min_libvirt_version
+        and daemon_version >= call.min_libvirt_version
     ):
-        return LoadMethod.GUEST_INFO
-    return LoadMethod.AGENT_COMMAND
+        return constant
+    return None
+
+
+def agent_command_json(query: GuestQuery) -> str:
+    """The passthrough text that runs ``query``'s agent command."""
+    return json.dumps({"execute": query.agent_command}, separators=(",", ":"))
 
 
 def format_libvirt_version(version: int) -> str:
@@ -149,7 +154,7 @@ class _Session:
     """One open connection and its per-connection caches."""
 
     connection: Any
-    load_method: LoadMethod
+    library_version: int
     daemon_version: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     handles: dict[str, _DomainHandle] = field(default_factory=dict)
@@ -157,6 +162,16 @@ class _Session:
     close_callback_registered: bool = False
     lost_reason: str | None = None
     """Set by the close callback when libvirt reports the connection gone."""
+
+    def guest_info_type(self, query: GuestQuery) -> int | None:
+        return guest_info_type(
+            query, library_version=self.library_version, daemon_version=self.daemon_version
+        )
+
+    def method(self, query: GuestQuery) -> CallMethod:
+        if self.guest_info_type(query) is None:
+            return CallMethod.AGENT_COMMAND
+        return CallMethod.GUEST_INFO
 
 
 OpenConnection = Callable[[str], Any]
@@ -211,13 +226,10 @@ class LibvirtSource:
                 f"cannot read the libvirt daemon version uri={self._uri}: "
                 f"{error.get_error_message()}"
             ) from error
-        load_method = choose_load_method(
+        session = _Session(
+            connection=connection,
             library_version=int(libvirt.getVersion()),
             daemon_version=daemon_version,
-            binding_has_guest_info_load=hasattr(libvirt, "VIR_DOMAIN_GUEST_INFO_LOAD"),
-        )
-        session = _Session(
-            connection=connection, load_method=load_method, daemon_version=daemon_version
         )
         self._start_keepalive(connection)
         self._subscribe(session)
@@ -227,7 +239,7 @@ class LibvirtSource:
             "connected to libvirt uri=%s daemon_version=%s load_method=%s",
             self._uri,
             format_libvirt_version(daemon_version),
-            load_method,
+            session.method(LOAD),
         )
 
     def close(self) -> None:
@@ -282,35 +294,52 @@ class LibvirtSource:
             session.handles = handles
         return inventories
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
-        """Ask one domain's guest agent for its load; failures come back classified.
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        """Ask one domain's guest agent ``queries``; failures come back classified.
 
-        Guest info is used when the connection has it and the domain's agent response timeout
-        could be set; otherwise the passthrough, bounded by its own timeout.
+        A query is read through guest info where the connection has its type and the domain's
+        agent response timeout could be set; otherwise through the passthrough, bounded by its
+        own timeout.
         """
         session = self._session
         if session is None or session.lost_reason is not None:
-            return LoadReading(state=AgentState.ERROR, detail="not connected to libvirt")
+            failed = QueryReading(state=AgentState.ERROR, detail="not connected to libvirt")
+            return dict.fromkeys((query.name for query in queries), failed)
         timeout = _whole_seconds(timeout_seconds)
         try:
             handle = self._handle(session, uuid)
             bounded = _bounded_by_response_timeout(handle, timeout)
-            if session.load_method is LoadMethod.GUEST_INFO and bounded:
-                info = handle.domain.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_LOAD, 0)
-                return parse_guest_info_load(info)
-            reply = self._agent_command(handle.domain, GUEST_GET_LOAD_COMMAND, timeout, 0)
-            return parse_agent_passthrough(reply)
-        except libvirt.libvirtError as error:
-            state = classify_libvirt_error(
-                code=error.get_error_code() or 0, message=error.get_error_message() or ""
-            )
-            if state is AgentState.GONE:
-                with session.lock:
-                    session.handles.pop(uuid, None)
-            return LoadReading(state=state, detail=error.get_error_message() or "")
-        except Exception as error:
-            logger.debug("guest load call failed uuid=%s", uuid, exc_info=True)
-            return LoadReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
+        except Exception as error:  # noqa: BLE001 - classified, never raised
+            failed = self._failure(session, uuid, error)
+            return dict.fromkeys((query.name for query in queries), failed)
+
+        def ask(query: GuestQuery) -> QueryReading:
+            try:
+                info_type = session.guest_info_type(query)
+                if info_type is not None and bounded:
+                    return query.parse_guest_info(handle.domain.guestInfo(info_type, 0))
+                command = agent_command_json(query)
+                return query.parse_agent_reply(
+                    self._agent_command(handle.domain, command, timeout, 0)
+                )
+            except Exception as error:  # noqa: BLE001 - classified, never raised
+                return self._failure(session, uuid, error)
+
+        return run_queries(queries, ask)
+
+    def _failure(self, session: _Session, uuid: str, error: Exception) -> QueryReading:
+        if not isinstance(error, libvirt.libvirtError):
+            logger.debug("guest agent call failed uuid=%s", uuid, exc_info=error)
+            return QueryReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
+        state = classify_libvirt_error(
+            code=error.get_error_code() or 0, message=error.get_error_message() or ""
+        )
+        if state is AgentState.GONE:
+            with session.lock:
+                session.handles.pop(uuid, None)
+        return QueryReading(state=state, detail=error.get_error_message() or "")
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Deliver lifecycle and agent events to ``listener``, from libvirt's event thread."""
@@ -324,7 +353,7 @@ class LibvirtSource:
             "libvirt_daemon_version": (
                 format_libvirt_version(session.daemon_version) if session else "unknown"
             ),
-            "load_method": str(session.load_method) if session else "unknown",
+            "load_method": str(session.method(LOAD)) if session else "unknown",
             "uri": self._uri,
         }
 

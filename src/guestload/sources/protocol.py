@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from guestload.model import DomainEvent, DomainInventory, LoadReading
+from guestload.model import DomainEvent, DomainInventory, QueryReading
+from guestload.queries.query import GuestQuery
 
 
 class SourceUnavailableError(Exception):
@@ -16,7 +17,7 @@ EventListener = Callable[[DomainEvent], None]
 
 
 class Source(Protocol):
-    """A hypervisor connection. Implementations are thread-safe for ``read_guest_load``."""
+    """A hypervisor connection. Implementations are thread-safe for ``query_guest``."""
 
     def connect(self) -> None:
         """Open the connection; raise SourceUnavailableError when that fails."""
@@ -30,8 +31,16 @@ class Source(Protocol):
         Raises SourceUnavailableError when the connection is lost.
         """
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
-        """Ask one domain's guest agent for its load. Never raises: failures are classified."""
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        """Ask one domain's guest agent ``queries``, in order: query name -> reading.
+
+        Never raises: failures are classified. Each call to the agent may take up to
+        ``timeout_seconds``; after a reading in an agent-wide state
+        (:data:`~guestload.queries.query.AGENT_WIDE_STATES`) the remaining queries get the
+        same state without a call.
+        """
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Deliver domain and agent lifecycle events to ``listener`` (from any thread)."""

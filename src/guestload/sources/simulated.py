@@ -9,13 +9,15 @@ and go, all with the events libvirt would send.
 
 Everything is a function of the seed and of the time since :meth:`SimulatedSource.connect`:
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
-the same load curves, however often they are read. Agent failures are reported through the
-same classification as libvirt's errors (:mod:`guestload.queries.load`).
+the same load curves, however often they are read. Agents answer with the texts real ones
+send, judged by the queries' own parsers; failures go through the same classification as
+libvirt's errors (:mod:`guestload.queries.agent`).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 import threading
@@ -29,11 +31,12 @@ from guestload.model import (
     DomainEvent,
     DomainInventory,
     EventKind,
-    LoadReading,
+    QueryReading,
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.load import classify_libvirt_error, parse_guest_info_load
+from guestload.queries.agent import classify_libvirt_error
+from guestload.queries.query import GuestQuery, run_queries
 from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
@@ -56,15 +59,19 @@ _BURST_CHANCE = 0.002
 _MASK64 = (1 << 64) - 1
 _FLAP_SALT = 0x666C6170
 
-# What libvirt says in each failure case (measured with real VMs; see agent_answer).
+# What libvirt says in each failure case (measured with real VMs; see queries.agent).
 _VIR_ERR_NO_DOMAIN = 42
 _VIR_ERR_ARGUMENT_UNSUPPORTED = 74
 _VIR_ERR_AGENT_UNRESPONSIVE = 86
 _VIR_ERR_AGENT_COMMAND_FAILED = 113
 _NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
 _NOT_CONNECTED = "Guest agent is not responding: QEMU guest agent is not connected"
-_NOT_FOUND = "internal error: unable to execute QEMU agent command 'guest-get-load': "
-_NOT_FOUND += "The command guest-get-load has not been found"
+_NOT_FOUND = (
+    "internal error: unable to execute QEMU agent command '{command}': "
+    "The command {command} has not been found"
+)
+_OLD_AGENT_LACKS = frozenset({"guest-get-load"})
+"""Commands the simulated old agent (QEMU 7.2, as Debian 12 ships) does not have."""
 _NO_SYNC = (
     "Guest agent is not responding: QEMU guest agent didn't respond to synchronization "
     "within '{seconds}' seconds"
@@ -289,6 +296,39 @@ class _Vm:
             metadata=self.inventory_metadata,
         )
 
+    def agent_answer(self, query: GuestQuery) -> object:
+        """What a healthy agent answers ``query`` with: libvirt's guest info where the query
+        has a typed API, else the agent's raw reply (an unknown command's error for others)."""
+        if query.agent_command == "guest-get-load":
+            return {
+                f"load.{window}": round(value, 2)
+                for window, value in zip(("1m", "5m", "15m"), self.loads, strict=True)
+            }
+        if query.agent_command == "guest-get-cpustats":
+            return json.dumps({"return": self._cpustats()})
+        return json.dumps(
+            {"error": {"class": "CommandNotFound", "desc": f"{query.agent_command} not found"}}
+        )
+
+    def _cpustats(self) -> list[dict[str, object]]:
+        """Per guest CPU, the mode times in milliseconds a Linux agent would report."""
+        entries: list[dict[str, object]] = []
+        for cpu, weight in enumerate(self.vcpu_weights):
+            busy = self.busy * weight
+            iowait = self.uptime * weight * self.wait_share
+            entries.append(
+                {
+                    "cpu": cpu,
+                    "type": "linux",
+                    "user": int(busy * 800),
+                    "system": int(busy * 200),
+                    "idle": int(max(self.uptime - busy - iowait, 0.0) * 1000),
+                    "iowait": int(iowait * 1000),
+                    "steal": int(busy * self.delay_share * 1000),
+                }
+            )
+        return entries
+
     def agent_connected(self, step: int) -> bool:
         return (
             self.behaviour is not AgentBehaviour.ABSENT
@@ -370,36 +410,48 @@ class SimulatedSource:
         self._deliver(events)
         return inventories
 
-    def read_guest_load(self, uuid: str, timeout_seconds: float) -> LoadReading:
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
         with self._lock:
             vm = self._vms.get(uuid)
-            if vm is None:
-                return _libvirt_error(_VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
-            step = self._step()
-            vm.advance(step)
-            behaviour = vm.behaviour
-            connected = vm.agent_connected(step)
-            info = {
-                f"load.{window}": round(value, 2)
-                for window, value in zip(("1m", "5m", "15m"), vm.loads, strict=True)
-            }
-        if behaviour is AgentBehaviour.ABSENT:
-            return _libvirt_error(_VIR_ERR_ARGUMENT_UNSUPPORTED, _NOT_CONFIGURED)
-        if not connected:
-            return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
-        if behaviour is AgentBehaviour.HUNG:
-            # libvirt's agent response timeout: the call returns when it expires, not before.
-            self._closing.wait(timeout_seconds)
-            seconds = max(1, math.ceil(timeout_seconds))
-            return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
-        delay = self._simulation.agent_latency_seconds
-        if behaviour is AgentBehaviour.SLOW:
-            delay = max(delay, timeout_seconds / 2)
-        if delay > 0:
-            self._closing.wait(delay)
-        if behaviour is AgentBehaviour.OLD:
-            return _libvirt_error(_VIR_ERR_AGENT_COMMAND_FAILED, _NOT_FOUND)
-        return parse_guest_info_load(info)
+            if vm is not None:
+                step = self._step()
+                vm.advance(step)
+                behaviour = vm.behaviour
+                connected = vm.agent_connected(step)
+                answers = {query.name: vm.agent_answer(query) for query in queries}
+        if vm is None:
+            gone = _libvirt_error(_VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
+            return dict.fromkeys((query.name for query in queries), gone)
+        waited = False
+
+        def ask(query: GuestQuery) -> QueryReading:
+            nonlocal waited
+            if behaviour is AgentBehaviour.ABSENT:
+                return _libvirt_error(_VIR_ERR_ARGUMENT_UNSUPPORTED, _NOT_CONFIGURED)
+            if not connected:
+                return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
+            if behaviour is AgentBehaviour.HUNG:
+                # libvirt's agent response timeout: the call returns when it expires.
+                self._closing.wait(timeout_seconds)
+                seconds = max(1, math.ceil(timeout_seconds))
+                return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
+            delay = self._simulation.agent_latency_seconds
+            if behaviour is AgentBehaviour.SLOW:
+                delay = max(delay, timeout_seconds / 2)
+            if delay > 0 and not waited:
+                waited = True  # one answer time per call, as one agent round trip
+                self._closing.wait(delay)
+            if behaviour is AgentBehaviour.OLD and query.agent_command in _OLD_AGENT_LACKS:
+                message = _NOT_FOUND.format(command=query.agent_command)
+                return _libvirt_error(_VIR_ERR_AGENT_COMMAND_FAILED, message)
+            answer = answers[query.name]
+            if query.guest_info is not None:
+                return query.parse_guest_info(answer)
+            return query.parse_agent_reply(answer)
+
+        return run_queries(queries, ask)
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         self._listener = listener
@@ -507,6 +559,6 @@ class SimulatedSource:
             listener(event)
 
 
-def _libvirt_error(code: int, message: str) -> LoadReading:
+def _libvirt_error(code: int, message: str) -> QueryReading:
     """The reading the libvirt source would make of this libvirt error."""
-    return LoadReading(state=classify_libvirt_error(code=code, message=message), detail=message)
+    return QueryReading(state=classify_libvirt_error(code=code, message=message), detail=message)

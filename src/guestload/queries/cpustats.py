@@ -1,0 +1,202 @@
+"""The guest's own CPU time by mode: ``guest-get-cpustats`` (Linux guests).
+
+The agent reads the guest's ``/proc/stat`` and answers one entry per guest CPU with the time
+spent in each mode, in milliseconds: ``{"return": [{"cpu": 0, "type": "linux", "user": 200,
+"system": 1840, "idle": 0, "iowait": 87520, ...}]}``. It tells a CPU queue (user and system
+time) from an I/O stall (iowait: the vCPU idles while tasks wait for a disk) and shows what
+the guest lost to the host (steal). QEMU's agent has it since 7.1; libvirt has no typed API
+for it, so it goes through the agent passthrough, which marks each domain tainted
+(``custom-ga-command``) once per run.
+
+Exported per VM as a counter summed over the guest's CPUs, or per guest CPU on request. The
+exporter keeps the counter monotonic itself: a counter that goes backwards (the guest
+rebooted) counts again from zero, and a CPU that goes away keeps what it had counted, so a
+CPU unplug is not mistaken for a reset of the sum. ``guest`` and ``guest_nice`` are left out:
+Linux already counts them in ``user`` and ``nice``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSample
+from guestload.model import AgentState, QueryReading
+from guestload.queries.agent import invalid, reply_return, short
+from guestload.queries.query import GuestQuery
+
+MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+"""The modes exported, in the order of Linux's ``/proc/stat``."""
+
+MAX_GUEST_CPUS = 8192
+"""The most guest CPUs accepted in one answer (QEMU allows at most a few thousand vCPUs)."""
+
+MAX_REPLY_CHARS = 4 * 1024 * 1024
+"""Longest reply parsed: about 250 characters per CPU at :data:`MAX_GUEST_CPUS`, with room."""
+
+MAX_MILLISECONDS = 2**63 - 1
+"""qemu-ga's counters are unsigned 64-bit; above the signed range is broken or hostile."""
+
+_LINUX = "linux"
+
+GUEST_CPU_HELP = (
+    "Guest CPU time by mode as the guest kernel counts it, read from the QEMU guest agent "
+    "(guest-get-cpustats){scope}. Monotonic: a guest reboot counts as a counter reset."
+)
+GUEST_CPU_SECONDS = MetricSpec(
+    "guestload_guest_cpu_seconds",
+    MetricType.COUNTER,
+    GUEST_CPU_HELP.format(scope=", summed over the guest's CPUs"),
+    (*VM_LABELS, "mode"),
+)
+GUEST_CPU_SECONDS_PER_CPU = MetricSpec(
+    "guestload_guest_cpu_seconds",
+    MetricType.COUNTER,
+    GUEST_CPU_HELP.format(scope=", per guest CPU"),
+    (*VM_LABELS, "cpu", "mode"),
+)
+
+CpuMilliseconds = Mapping[int, Mapping[str, int]]
+"""Guest CPU -> mode -> milliseconds, as one answer reports them."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestCpuTimes:
+    """What is kept per domain: the last answer, and the monotonic seconds counted so far."""
+
+    last: CpuMilliseconds
+    """The last milliseconds of every guest CPU ever reported, so a CPU that comes back
+    online counts only what it grew by."""
+    online: frozenset[int]
+    """The guest CPUs of the latest answer."""
+    seconds: Mapping[int, Mapping[str, float]]
+    """Guest CPU -> mode -> seconds counted; CPUs no longer reported keep their count."""
+    totals: Mapping[str, float]
+    """Mode -> seconds counted over every guest CPU (summed once here, not at each render)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CpuStatsQuery(GuestQuery):
+    """Guest CPU time by mode, summed over the guest's CPUs unless ``per_cpu``."""
+
+    per_cpu: bool = False
+
+    name = "cpustats"
+    agent_command = "guest-get-cpustats"
+    max_reply_chars = MAX_REPLY_CHARS
+
+    @property
+    def families(self) -> tuple[MetricSpec, ...]:
+        return (GUEST_CPU_SECONDS_PER_CPU if self.per_cpu else GUEST_CPU_SECONDS,)
+
+    def parse_agent_reply(self, reply: object) -> QueryReading:
+        return parse_cpustats_reply(reply)
+
+    def fold(self, previous: object | None, value: object) -> object:
+        if not isinstance(value, Mapping):
+            return previous
+        return accumulate(previous if isinstance(previous, GuestCpuTimes) else None, value)
+
+    def samples(self, value: object) -> Iterator[VmSample]:
+        if not isinstance(value, GuestCpuTimes):
+            return
+        if self.per_cpu:
+            for cpu in sorted(value.online):
+                counted = value.seconds[cpu]
+                for mode in MODES:
+                    if mode in counted:
+                        yield GUEST_CPU_SECONDS_PER_CPU, (str(cpu), mode), counted[mode]
+            return
+        for mode, seconds in value.totals.items():
+            yield GUEST_CPU_SECONDS, (mode,), seconds
+
+
+def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> GuestCpuTimes:
+    """Count ``answer`` on top of ``previous``: what each counter grew by since the last answer.
+
+    A counter seen for the first time (the first answer, a CPU plugged in) counts its whole
+    value; one that went backwards was reset (a reboot) and counts its whole value too.
+    """
+    last: CpuMilliseconds = previous.last if previous is not None else {}
+    seconds = {cpu: dict(modes) for cpu, modes in (previous.seconds if previous else {}).items()}
+    for cpu, modes in answer.items():
+        before = last.get(cpu, {})
+        counted = seconds.setdefault(cpu, {})
+        for mode, milliseconds in modes.items():
+            old = before.get(mode)
+            grown = milliseconds if old is None or milliseconds < old else milliseconds - old
+            counted[mode] = counted.get(mode, 0.0) + grown / 1000.0
+    totals: dict[str, float] = {}
+    for mode in MODES:
+        per_cpu = [modes[mode] for modes in seconds.values() if mode in modes]
+        if per_cpu:
+            totals[mode] = sum(per_cpu)
+    return GuestCpuTimes(
+        last={**last, **answer}, online=frozenset(answer), seconds=seconds, totals=totals
+    )
+
+
+def parse_cpustats_reply(reply: object) -> QueryReading:
+    """Judge the agent's raw ``guest-get-cpustats`` reply.
+
+    The value of an ``ok`` reading maps each guest CPU to its modes' milliseconds. Entries of
+    other types than ``linux`` are skipped (none but Linux is defined); an answer with none is
+    no data. Anything malformed makes the whole answer invalid: a partial answer would make
+    the sum jump.
+    """
+    answer = reply_return(reply, max_chars=MAX_REPLY_CHARS)
+    if isinstance(answer, QueryReading):
+        return answer
+    if not isinstance(answer, list) or len(answer) > MAX_GUEST_CPUS:
+        return invalid(
+            "reply has no 'return' list"
+            if not isinstance(answer, list)
+            else f"{len(answer)} CPUs exceed {MAX_GUEST_CPUS}"
+        )
+    cpus: dict[int, dict[str, int]] = {}
+    for entry in answer:
+        parsed = _parse_entry(entry)
+        if isinstance(parsed, QueryReading):
+            return parsed
+        if parsed is None:
+            continue
+        cpu, modes = parsed
+        if cpu in cpus:
+            return invalid(f"cpu {cpu} is reported twice")
+        cpus[cpu] = modes
+    if not cpus:
+        return QueryReading(state=AgentState.NO_DATA, detail="agent answered without Linux CPUs")
+    return QueryReading(state=AgentState.OK, value=cpus)
+
+
+def _parse_entry(entry: object) -> tuple[int, dict[str, int]] | QueryReading | None:
+    """One CPU's number and modes, an invalid reading, or None for a non-Linux entry."""
+    if not isinstance(entry, dict):
+        return invalid(f"a CPU entry is a {type(entry).__name__}, not an object")
+    if entry.get("type") != _LINUX:
+        return None
+    cpu = entry.get("cpu")
+    if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < MAX_GUEST_CPUS:
+        return invalid(f"cpu {short(cpu)} is not a CPU number")
+    modes: dict[str, int] = {}
+    for mode in MODES:
+        if mode in entry:
+            milliseconds = _as_milliseconds(entry[mode])
+            if isinstance(milliseconds, str):
+                return invalid(f"cpu {cpu} {mode} {milliseconds}")
+            modes[mode] = milliseconds
+    return cpu, modes
+
+
+def _as_milliseconds(value: object) -> int | str:
+    """``value`` as a millisecond counter, or why it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"is a {type(value).__name__}, not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is not finite ({short(value)})"
+    if value < 0:
+        return f"is negative ({short(value)})"
+    if value > MAX_MILLISECONDS:
+        return f"is above {MAX_MILLISECONDS} ({short(value)})"
+    return int(value)

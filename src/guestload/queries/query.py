@@ -1,0 +1,103 @@
+"""What a guest-agent query is: what to call, how to judge the answer, which series it feeds.
+
+A query is one question to a guest's agent (its load average, its CPU times). It names the
+agent command behind it and, where libvirt has a typed API for it, that API; it parses the
+untrusted answer of either into a :class:`QueryReading`; and it turns a reading's value into
+samples of its own metric families. The sources run queries, the poller schedules them and
+keeps each one's state per domain, the exposition writes their samples: adding a query adds
+one module here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from guestload.exposition.schema import MetricSpec, VmSample
+from guestload.model import AgentState, QueryReading
+
+#: States that describe the agent or the domain rather than one query. After one query ends
+#: in such a state, the domain's other queries are not asked in the same call: they would
+#: only wait for the same timeout or get the same refusal.
+AGENT_WIDE_STATES = frozenset(
+    {
+        AgentState.NOT_CONFIGURED,
+        AgentState.NOT_CONNECTED,
+        AgentState.TIMEOUT,
+        AgentState.BUSY,
+        AgentState.GONE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestInfoCall:
+    """``virDomainGetGuestInfo`` with one info type, where library, daemon and binding have it."""
+
+    type_constant: str
+    """The name of the libvirt constant for the type, e.g. ``VIR_DOMAIN_GUEST_INFO_LOAD``."""
+    min_libvirt_version: int
+    """The first libvirt version (packed, major * 1,000,000 + minor * 1,000) that has it."""
+
+
+class GuestQuery(abc.ABC):
+    """One question to a guest agent. Instances are immutable and shared by every domain."""
+
+    name: str
+    """Its ``query`` label value, e.g. ``load``."""
+    agent_command: str
+    """The agent command (passthrough), e.g. ``guest-get-load``."""
+    guest_info: GuestInfoCall | None = None
+    """libvirt's typed API for the same answer, preferred where available."""
+    max_reply_chars: int = 64 * 1024
+    """Longest passthrough reply parsed; longer ones are invalid."""
+
+    @property
+    @abc.abstractmethod
+    def families(self) -> tuple[MetricSpec, ...]:
+        """The per-VM families this query feeds, in exposition order."""
+
+    def parse_guest_info(self, info: object) -> QueryReading:
+        """Judge a typed guest-info answer. Only queries with :attr:`guest_info` get one."""
+        raise NotImplementedError(f"query {self.name} has no guest info call")
+
+    @abc.abstractmethod
+    def parse_agent_reply(self, reply: object) -> QueryReading:
+        """Judge the agent's raw passthrough reply. Never raises: bad input is ``invalid``."""
+
+    def fold(self, previous: object | None, value: object) -> object:
+        """The value to export after ``value`` was read, given the last one kept (or None).
+
+        Stateless queries export what they read; counters use this to stay monotonic.
+        """
+        del previous
+        return value
+
+    @abc.abstractmethod
+    def samples(self, value: object) -> Iterator[VmSample]:
+        """The samples of a kept value: family, label values after the VM's, value."""
+
+
+def run_queries(
+    queries: Sequence[GuestQuery], ask: Callable[[GuestQuery], QueryReading]
+) -> dict[str, QueryReading]:
+    """Ask each query in turn with ``ask``: query name -> reading.
+
+    After a reading in an agent-wide state, the remaining queries get that state without a
+    call, so a hung agent costs one timeout per domain, not one per query.
+    """
+    readings: dict[str, QueryReading] = {}
+    stopped: tuple[str, QueryReading] | None = None
+    for query in queries:
+        if stopped is None:
+            reading = ask(query)
+            if reading.state in AGENT_WIDE_STATES:
+                stopped = (query.name, reading)
+        else:
+            first, failed = stopped
+            reading = QueryReading(
+                state=failed.state, detail=f"not asked: query {first} ended {failed.state}"
+            )
+        readings[query.name] = reading
+    return readings
