@@ -173,11 +173,14 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                 Panel(
                     kind="bargauge",
                     title="Running VMs by guest agent state",
-                    description="ok: the agent reports a load average; any other state: no load.",
+                    description=(
+                        "Per agent query (load: the load average; cpustats: the guest's CPU "
+                        "statistics). ok: the agent answers it; any other state: no data."
+                    ),
                     queries=(
                         Query(
-                            f"count by (state) (guestload_agent_state{{{exporter}, {vm}}})",
-                            "{{state}}",
+                            f"count by (query, state) (guestload_agent_state{{{exporter}, {vm}}})",
+                            "{{query}} {{state}}",
                             instant=True,
                         ),
                     ),
@@ -189,11 +192,28 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                     description="Running VMs whose agent does not report a load average, and why.",
                     queries=(
                         Query(
-                            f'guestload_agent_state{{{exporter}, {vm}, state!="ok"}}',
+                            f'guestload_agent_state{{{exporter}, {vm}, query="load", state!="ok"}}',
                             instant=True,
                         ),
                     ),
-                    width=16,
+                    width=8,
+                ),
+                Panel(
+                    kind="table",
+                    title="VMs without guest CPU statistics",
+                    description=(
+                        "Running VMs whose agent does not report CPU statistics (Windows, an "
+                        "old or restricted agent): their CPU busy share comes from the host's "
+                        "vCPU run time, and iowait and steal are unknown."
+                    ),
+                    queries=(
+                        Query(
+                            f"guestload_agent_state{{{exporter}, {vm}, "
+                            'query="cpustats", state!="ok"}',
+                            instant=True,
+                        ),
+                    ),
+                    width=8,
                 ),
             ],
         ),
@@ -258,9 +278,9 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                             "{{instance}} poll failures",
                         ),
                         Query(
-                            "sum by (state) (rate(guestload_agent_calls_total"
+                            "sum by (query, state) (rate(guestload_agent_calls_total"
                             f"{{{exporter}}}[$__rate_interval]))",
-                            "agent calls {{state}}",
+                            "agent {{query}} calls {{state}}",
                         ),
                     ),
                     unit="ops",

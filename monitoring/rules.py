@@ -253,7 +253,7 @@ def _exporter_alerts(settings: Settings) -> list[AlertingRule]:
         AlertingRule(
             alert="GuestLoadUnavailable",
             expr=(
-                f'guestload_agent_state{{{selector}, state!="ok"}} == 1\n'
+                f'guestload_agent_state{{{selector}, query="load", state!="ok"}} == 1\n'
                 f"  unless on ({VM})\n"
                 "kubevirt_vmi_guest_load_1m"
             ),
