@@ -15,6 +15,21 @@ VCPU_COUNT = "kubevirt_vmi_vcpu_count"
 VCPU_QUEUE = "kubevirt_vmi_guest_vcpu_queue"
 LOAD_PER_VCPU = "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio"
 DELAY_RATIO_PREFIX = "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate"
+GUEST_BUSY_PREFIX = "namespace_name_node:guestload_guest_cpu_busy:ratio_rate"
+GUEST_IOWAIT_PREFIX = "namespace_name_node:guestload_guest_cpu_iowait:ratio_rate"
+GUEST_STEAL_PREFIX = "namespace_name_node:guestload_guest_cpu_steal:ratio_rate"
+HOST_BUSY_PREFIX = "namespace_name_node:kubevirt_vmi_vcpu_busy:ratio_rate"
+CPU_BUSY_PREFIX = "namespace_name_node:vmi_cpu_busy:ratio_rate"
+CONTENTION_PREFIX = "namespace_name_node:vmi_cpu_contention:ratio_rate"
+PRESSURE_CAUSE = "namespace_name_node:guestload_pressure_cause:info"
+CAUSES = ("cpu", "io", "host", "none")
+"""The values of the cause label of PRESSURE_CAUSE."""
+
+GUEST_CPU = "guestload_guest_cpu_seconds_total"
+BUSY_MODES = "user|nice|system|irq|softirq"
+"""Guest CPU modes that are guest work. Steal is the host's, idle and iowait are no work."""
+COUNTED_TWICE = "guest|guestnice"
+"""Modes Linux already counts inside user and nice; summing them too would count them twice."""
 
 _VM_TEXT = "{{ $labels.namespace }}/{{ $labels.name }}"
 _NODE_TEXT = "{{ $labels.node }}"
@@ -74,6 +89,33 @@ class RuleGroup:
 def delay_ratio_record(settings: Settings) -> str:
     """The name of the vCPU delay ratio rule; its window comes from the settings."""
     return DELAY_RATIO_PREFIX + settings.window("vcpu_rate")
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The names of the window-dependent recording rules (the window is in each name)."""
+
+    delay: str
+    guest_busy: str
+    guest_iowait: str
+    guest_steal: str
+    host_busy: str
+    cpu_busy: str
+    contention: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Records:
+        """The names for the vCPU rate window of *settings*."""
+        window = settings.window("vcpu_rate")
+        return cls(
+            delay=DELAY_RATIO_PREFIX + window,
+            guest_busy=GUEST_BUSY_PREFIX + window,
+            guest_iowait=GUEST_IOWAIT_PREFIX + window,
+            guest_steal=GUEST_STEAL_PREFIX + window,
+            host_busy=HOST_BUSY_PREFIX + window,
+            cpu_busy=CPU_BUSY_PREFIX + window,
+            contention=CONTENTION_PREFIX + window,
+        )
 
 
 def build_groups(settings: Settings) -> tuple[RuleGroup, ...]:
@@ -146,7 +188,121 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
                 ")"
             ),
         ),
+        *_cpu_share_rules(settings),
+        _cause_rule(settings),
     ]
+
+
+def _guest_share(modes: str, window: str) -> str:
+    """The share of the guest's CPU time spent in *modes* (a label matcher)."""
+    return (
+        f"sum by ({VM}) (\n"
+        f"  rate({GUEST_CPU}{{mode{modes}}}[{window}])\n"
+        ")\n"
+        f"  / on ({VM})\n"
+        f"sum by ({VM}) (\n"
+        f'  rate({GUEST_CPU}{{mode!~"{COUNTED_TWICE}"}}[{window}])\n'
+        ")"
+    )
+
+
+def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
+    window = settings.window("vcpu_rate")
+    records = Records.of(settings)
+    return [
+        # From the guest's own CPU statistics (guest-get-cpustats), summed over its CPUs. The
+        # total leaves out guest and guestnice, which Linux already counts in user and nice.
+        # Busy leaves out steal: time the host ran something else is host contention, and
+        # counting it as busy would call a starved guest CPU-bound.
+        RecordingRule(record=records.guest_busy, expr=_guest_share(f'=~"{BUSY_MODES}"', window)),
+        RecordingRule(record=records.guest_iowait, expr=_guest_share('="iowait"', window)),
+        RecordingRule(record=records.guest_steal, expr=_guest_share('="steal"', window)),
+        # From the host: the vCPU threads' run time per online vCPU, for guests without CPU
+        # statistics (Windows, an old or blocked agent). A vCPU's counter moves to a new
+        # series when its state label changes, so the states are summed per job; max by
+        # then keeps one job's copy when guestload and virt-handler both export it.
+        RecordingRule(
+            record=records.host_busy,
+            expr=(
+                f"sum by ({VM}) (\n"
+                f"  max by ({VM}, id) (\n"
+                "    sum without (state) (\n"
+                f"      rate(kubevirt_vmi_vcpu_seconds_total[{window}])\n"
+                "    )\n"
+                "  )\n"
+                ")\n"
+                f"  / on ({VM})\n"
+                f"{VCPU_COUNT}"
+            ),
+        ),
+        # One busy share per VM: the guest's view where it has one, else the host's; the
+        # source label says which.
+        RecordingRule(
+            record=records.cpu_busy,
+            expr=(
+                f'label_replace({records.guest_busy}, "source", "guest", "", "")\n'
+                f"  or on ({VM})\n"
+                f'label_replace({records.host_busy}, "source", "host", "", "")'
+            ),
+        ),
+        # Host contention seen from both sides: the vCPU delay (host) and the steal time
+        # (guest) measure the same wait; the larger one counts.
+        RecordingRule(
+            record=records.contention,
+            expr=(
+                f"max by ({VM}) (\n"
+                f'    label_replace({records.delay}, "source", "host", "", "")\n'
+                "  or\n"
+                f'    label_replace({records.guest_steal}, "source", "guest", "", "")\n'
+                ")"
+            ),
+        ),
+    ]
+
+
+def _cause_rule(settings: Settings) -> RecordingRule:
+    """One series per cause that holds for a VM whose queue is high; several when mixed."""
+    records = Records.of(settings)
+    queue = settings.alert("GuestVCPUQueueHighWarning").threshold("queue")
+    busy = settings.cause("busy_share")
+    contention = settings.cause("contention_share")
+    high = f"{VCPU_QUEUE} > {queue}"
+    conditions = {
+        "cpu": f"{records.cpu_busy} >= {busy}",
+        "io": _io_condition(settings, indent="    "),
+        "host": f"{records.contention} > {contention}",
+    }
+    parts = [
+        "label_replace(\n"
+        f"  group by ({VM}) (\n"
+        f"    {high}\n"
+        f"      and on ({VM})\n"
+        f"    {condition}\n"
+        "  ),\n"
+        f'  "cause", "{cause}", "", ""\n'
+        ")"
+        for cause, condition in conditions.items()
+    ]
+    none = f'label_replace(\n  group by ({VM}) ({high}),\n  "cause", "none", "", ""\n)'
+    return RecordingRule(
+        record=PRESSURE_CAUSE, expr="\nor\n".join(parts) + f"\nor on ({VM})\n" + none
+    )
+
+
+def _io_condition(settings: Settings, *, indent: str = "") -> str:
+    """The VMs whose vCPUs idle on I/O: busy share low and, where the guest reports CPU
+    statistics, iowait share high too (a missing iowait series keeps the VM in)."""
+    records = Records.of(settings)
+    busy = settings.cause("busy_share")
+    iowait = settings.cause("iowait_share")
+    lines = [
+        "(",
+        f"  {records.cpu_busy} < {busy}",
+        f"    unless on ({VM})",
+        f"  {records.guest_iowait} < {iowait}",
+        ")",
+    ]
+    return f"\n{indent}".join(lines)
 
 
 def _guest_alerts(settings: Settings) -> list[AlertingRule]:

@@ -30,6 +30,7 @@ EXPORTER_METRICS = frozenset(
         "kubevirt_vmi_vcpu_seconds_total",
         "kubevirt_vmi_vcpu_delay_seconds_total",
         "kubevirt_vmi_vcpu_wait_seconds_total",
+        "guestload_guest_cpu_seconds_total",
         "guestload_agent_state",
         "guestload_libvirt_up",
         "guestload_poll_duration_seconds",

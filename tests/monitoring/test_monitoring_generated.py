@@ -111,7 +111,7 @@ def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
 
 def test_every_setting_has_a_reason() -> None:
     config = load_yaml(CONFIG)
-    settings = [*config["windows"].values()]
+    settings = [*config["windows"].values(), *config["causes"].values()]
     for alert in config["alerts"].values():
         settings += [alert["for"], *alert["thresholds"].values()]
     for setting in settings:

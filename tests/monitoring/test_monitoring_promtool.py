@@ -34,6 +34,8 @@ def test_promtool_test_files_exist() -> None:
         "saturation-alerts.test.yml",
         "contention-alerts.test.yml",
         "exporter-alerts.test.yml",
+        "cpu-shares.test.yml",
+        "causes.test.yml",
     }
 
 
