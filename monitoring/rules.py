@@ -220,19 +220,25 @@ def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
         # From the host: the vCPU threads' run time per online vCPU, for guests without CPU
         # statistics (Windows, an old or blocked agent). A vCPU's counter moves to a new
         # series when its state label changes, so the states are summed per job; max by
-        # then keeps one job's copy when guestload and virt-handler both export it.
+        # then keeps one job's copy when guestload and virt-handler both export it. Only
+        # for VMs with vCPU samples a window ago: over a younger series rate() does not
+        # extrapolate back before the first sample, and a busy new VM would look idle.
         RecordingRule(
             record=records.host_busy,
             expr=(
-                f"sum by ({VM}) (\n"
-                f"  max by ({VM}, id) (\n"
-                "    sum without (state) (\n"
-                f"      rate(kubevirt_vmi_vcpu_seconds_total[{window}])\n"
+                "(\n"
+                f"  sum by ({VM}) (\n"
+                f"    max by ({VM}, id) (\n"
+                "      sum without (state) (\n"
+                f"        rate(kubevirt_vmi_vcpu_seconds_total[{window}])\n"
+                "      )\n"
                 "    )\n"
                 "  )\n"
+                f"    / on ({VM})\n"
+                f"  {VCPU_COUNT}\n"
                 ")\n"
-                f"  / on ({VM})\n"
-                f"{VCPU_COUNT}"
+                f"  and on ({VM})\n"
+                f"group by ({VM}) (kubevirt_vmi_vcpu_seconds_total offset {window})"
             ),
         ),
         # One busy share per VM: the guest's view where it has one, else the host's; the
