@@ -118,6 +118,32 @@ class Records:
         )
 
 
+def _vm_query(record: str, found: str, missing: str) -> str:
+    """A template printing *found* with the alerting VM's *record* in `.`, else *missing*."""
+    return (
+        f"{{{{ with printf \"{record}{{namespace='%s', name='%s', node='%s'}}\" "
+        "$labels.namespace $labels.name $labels.node | query }}"
+        f"{found}{{{{ else }}}}{missing}{{{{ end }}}}"
+    )
+
+
+_SHARE = '{{ . | first | value | printf "%.2f" }}'
+
+
+def breakdown(settings: Settings) -> str:
+    """The sentence every guest alert ends with: where the VM's CPU time went."""
+    records = Records.of(settings)
+    window = settings.window("vcpu_rate")
+    busy = _vm_query(
+        records.cpu_busy, f'{_SHARE} ({{{{ . | first | label "source" }}}} view)', "unknown"
+    )
+    iowait = _vm_query(records.guest_iowait, _SHARE, "unknown (no guest CPU statistics)")
+    contention = _vm_query(records.contention, _SHARE, "unknown")
+    return (
+        f"Breakdown over {window}: CPU busy {busy}, iowait {iowait}, host contention {contention}."
+    )
+
+
 def build_groups(settings: Settings) -> tuple[RuleGroup, ...]:
     """Every rule group of the bundle."""
     return (
@@ -314,9 +340,14 @@ def _io_condition(settings: Settings, *, indent: str = "") -> str:
 def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     warning = settings.alert("GuestVCPUQueueHighWarning")
     critical = settings.alert("GuestVCPUQueueHighCritical")
+    stall = settings.alert("GuestIOStall")
     saturation = settings.alert("GuestVCPUSaturation")
     contention = settings.alert("GuestVCPUHostContention")
     window = settings.window("vcpu_rate")
+    busy_share = settings.cause("busy_share")
+    iowait_share = settings.cause("iowait_share")
+    explain = breakdown(settings)
+    io_cause = f'{PRESSURE_CAUSE}{{cause="io"}}'
     alerts = []
     for name, level in (
         ("GuestVCPUQueueHighWarning", warning),
@@ -326,30 +357,49 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
         alerts.append(
             AlertingRule(
                 alert=name,
-                expr=f"{VCPU_QUEUE} > {queue}",
+                # A queue of tasks blocked on I/O while the vCPUs idle is GuestIOStall's.
+                expr=f"{VCPU_QUEUE} > {queue}\n  unless on ({VM})\n{io_cause}",
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",
                 description=(
                     f"VM {_VM_TEXT} on node {_NODE_TEXT} has {_VALUE_TEXT} runnable tasks "
                     f"beyond its vCPUs (1-minute guest load minus vCPU count), above the "
-                    f"{level.severity} threshold of {queue}."
+                    f"{level.severity} threshold of {queue}. {explain}"
                 ),
                 runbook_url=settings.runbook_url(name),
             )
         )
+    alerts.append(
+        AlertingRule(
+            alert="GuestIOStall",
+            expr=f"{VCPU_QUEUE}\n  and on ({VM})\n{io_cause}",
+            for_=stall.for_.value,
+            severity=stall.severity,
+            summary=f"Guest {_VM_TEXT} is stalled on I/O, not short of CPU.",
+            description=(
+                f"VM {_VM_TEXT} on node {_NODE_TEXT} has had {_VALUE_TEXT} tasks beyond its "
+                f"vCPUs in its 1-minute load for {stall.for_.value} while its vCPUs were "
+                f"mostly idle (CPU busy share below {busy_share}; iowait share at least "
+                f"{iowait_share} where the guest reports it): the tasks are blocked on I/O, "
+                f"and more vCPUs would not help. {explain}"
+            ),
+            runbook_url=settings.runbook_url("GuestIOStall"),
+        )
+    )
     per_vcpu = saturation.threshold("load_per_vcpu")
     alerts.append(
         AlertingRule(
             alert="GuestVCPUSaturation",
-            expr=f"{LOAD_PER_VCPU} > {per_vcpu}",
+            # The same load made of tasks blocked on I/O is not a lack of vCPUs.
+            expr=f"{LOAD_PER_VCPU} > {per_vcpu}\n  unless on ({VM})\n{_io_condition(settings)}",
             for_=saturation.for_.value,
             severity=saturation.severity,
             summary=f"Guest {_VM_TEXT} has more than {per_vcpu} runnable tasks per vCPU.",
             description=(
                 f"VM {_VM_TEXT} on node {_NODE_TEXT} has had a 5-minute guest load of "
                 f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}: "
-                "its workload needs more vCPUs than it has."
+                f"its workload needs more vCPUs than it has. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUSaturation"),
         )
@@ -371,7 +421,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 f"The vCPUs of VM {_VM_TEXT} spent a share of {_VALUE_TEXT} of their time "
                 f"({window} rate) runnable but waiting for a CPU of node {_NODE_TEXT}, above "
                 f"{delay}, for {contention.for_.value} while the guest had work to run: the "
-                "host is overcommitted, not the guest."
+                f"host is overcommitted, not the guest. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUHostContention"),
         )

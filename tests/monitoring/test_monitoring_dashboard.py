@@ -163,8 +163,9 @@ def test_queue_panel_draws_the_alert_thresholds() -> None:
     drawn = {step["value"] for step in steps if step["value"] is not None}
     alerts = {rule["alert"]: rule["expr"] for rule in alerting_rules()}
     for name in ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical"):
-        threshold = float(alerts[name].rsplit(">", 1)[1])
-        assert threshold in drawn
+        match = re.match(r"kubevirt_vmi_guest_vcpu_queue > ([\d.]+)\n", alerts[name])
+        assert match, alerts[name]
+        assert float(match[1]) in drawn
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
 
 

@@ -27,6 +27,7 @@ GUEST_ALERTS = {
     "GuestVCPUQueueHighCritical",
     "GuestVCPUSaturation",
     "GuestVCPUHostContention",
+    "GuestIOStall",
 }
 DELAY_RATIO = "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate10m"
 SHELL_VARIABLES = {"$NAMESPACE": "shop", "$NAME": "db", "$NODE": "node-a"}
