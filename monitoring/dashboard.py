@@ -1,4 +1,4 @@
-"""The Grafana dashboard: guest load against vCPUs, run-queue, contention, agent and exporter."""
+"""The Grafana dashboard: guest load against vCPUs, run-queue, causes, agent and exporter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-from monitoring.rules import LOAD_PER_VCPU, VCPU_COUNT, VCPU_QUEUE, delay_ratio_record
+from monitoring.rules import (
+    LOAD_PER_VCPU,
+    PRESSURE_CAUSE,
+    VCPU_COUNT,
+    VCPU_QUEUE,
+    Records,
+    delay_ratio_record,
+)
 from monitoring.settings import Settings
 
 UID = "guestload-vmi-load"
@@ -74,7 +81,8 @@ def render_dashboard(settings: Settings) -> str:
         "title": "guestload / VM guest load",
         "description": (
             "Guest load average of libvirt and KubeVirt VMs read through the QEMU guest agent, "
-            "against each VM's vCPUs; host contention; guest agent and exporter health."
+            "against each VM's vCPUs; where the CPU time went and the cause of long queues "
+            "(cpu, io, host); guest agent and exporter health."
         ),
         "tags": ["guestload", "kubevirt", "libvirt", "vm"],
         "editable": True,
@@ -166,6 +174,10 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                     height=9,
                 ),
             ],
+        ),
+        (
+            "Why is it slow: where the CPU time went",
+            _cause_panels(settings),
         ),
         (
             "Guest agent",
@@ -287,6 +299,73 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                     width=8,
                 ),
             ],
+        ),
+    ]
+
+
+def _cause_panels(settings: Settings) -> list[Panel]:
+    vm = VM_SELECTOR
+    records = Records.of(settings)
+    window = settings.window("vcpu_rate")
+    busy = _number(settings.cause("busy_share"))
+    iowait = _number(settings.cause("iowait_share"))
+    contention = _number(settings.cause("contention_share"))
+    return [
+        Panel(
+            kind="timeseries",
+            title="CPU busy share",
+            description=(
+                f"Share of the VM's CPU time spent on guest work ({window} rate): from the "
+                "guest's CPU statistics (guest view), else from the host's vCPU run time "
+                f"(host view). A long queue with the share below the line ({busy}) is tasks "
+                "blocked on I/O, not waiting for a vCPU."
+            ),
+            queries=(Query(f"{records.cpu_busy}{{{vm}}}", f"{VM_LEGEND} {{{{source}}}} view"),),
+            unit="percentunit",
+            thresholds=(("orange", busy),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="iowait share",
+            description=(
+                "Share of the VM's CPU time idle while I/O was outstanding, from the guest's "
+                f"CPU statistics only. Above the line ({iowait}) with the CPU idle: the queue "
+                "is tasks waiting for storage."
+            ),
+            queries=(Query(f"{records.guest_iowait}{{{vm}}}", VM_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", iowait),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Host contention share (delay or steal)",
+            description=(
+                "Share of time the vCPUs were runnable but waited for a host CPU: the larger "
+                "of the vCPU delay ratio and the guest's steal share. Above the line "
+                f"({contention}) the host is a cause."
+            ),
+            queries=(Query(f"{records.contention}{{{vm}}}", VM_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", contention),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Long queues by cause",
+            description=(
+                "VMs whose run-queue is above the warning threshold, by the cause the rules "
+                "name: cpu (vCPUs busy), io (blocked on I/O, vCPUs idle), host (waiting for "
+                "a host CPU), none (vCPUs idle without iowait). A VM can have two causes."
+            ),
+            queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
+        ),
+        Panel(
+            kind="table",
+            title="VMs with a long queue and its cause",
+            description="One row per VM and cause now; a VM with two causes has two rows.",
+            queries=(Query(f"{PRESSURE_CAUSE}{{{vm}}}", instant=True),),
         ),
     ]
 
