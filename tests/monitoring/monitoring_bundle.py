@@ -79,6 +79,19 @@ def promtool() -> str:
     return path
 
 
+def npm_tool(name: str) -> Path:
+    """A command from monitoring/package-lock.json, installed with `npm ci` when missing."""
+    tool = MONITORING / "node_modules" / ".bin" / name
+    if not tool.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail(f"npm is not installed: {name} needs Node.js >= 20 with npm")
+        result = run([npm, "ci", "--no-audit", "--no-fund"], cwd=MONITORING)
+        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}{result.stderr}"
+        assert tool.exists(), f"npm ci did not install {name}"
+    return tool
+
+
 def run(
     command: Sequence[str | Path], *, cwd: Path = REPOSITORY
 ) -> subprocess.CompletedProcess[str]:
