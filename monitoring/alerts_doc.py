@@ -63,6 +63,10 @@ def render_tables(*, settings: Settings, groups: Sequence[RuleGroup]) -> str:
         f"| (recording rules) | window `{key}` | {setting.value} | {_cell(setting.why)} |"
         for key, setting in settings.windows.items()
     ]
+    lines += [
+        f"| (cause rules) | `{key}` | {setting.value} | {_cell(setting.why)} |"
+        for key, setting in settings.causes.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""The Grafana dashboard: guest load against vCPUs, run-queue, contention, agent and exporter."""
+"""The Grafana dashboard: guest load against vCPUs, run-queue, causes, agent and exporter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-from monitoring.rules import LOAD_PER_VCPU, VCPU_COUNT, VCPU_QUEUE, delay_ratio_record
+from monitoring.rules import (
+    LOAD_PER_VCPU,
+    PRESSURE_CAUSE,
+    VCPU_COUNT,
+    VCPU_QUEUE,
+    Records,
+    delay_ratio_record,
+)
 from monitoring.settings import Settings
 
 UID = "guestload-vmi-load"
@@ -74,7 +81,8 @@ def render_dashboard(settings: Settings) -> str:
         "title": "guestload / VM guest load",
         "description": (
             "Guest load average of libvirt and KubeVirt VMs read through the QEMU guest agent, "
-            "against each VM's vCPUs; host contention; guest agent and exporter health."
+            "against each VM's vCPUs; where the CPU time went and the cause of long queues "
+            "(cpu, io, host); guest agent and exporter health."
         ),
         "tags": ["guestload", "kubevirt", "libvirt", "vm"],
         "editable": True,
@@ -168,16 +176,23 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
             ],
         ),
         (
+            "Why is it slow: where the CPU time went",
+            _cause_panels(settings),
+        ),
+        (
             "Guest agent",
             [
                 Panel(
                     kind="bargauge",
                     title="Running VMs by guest agent state",
-                    description="ok: the agent reports a load average; any other state: no load.",
+                    description=(
+                        "Per agent query (load: the load average; cpustats: the guest's CPU "
+                        "statistics). ok: the agent answers it; any other state: no data."
+                    ),
                     queries=(
                         Query(
-                            f"count by (state) (guestload_agent_state{{{exporter}, {vm}}})",
-                            "{{state}}",
+                            f"count by (query, state) (guestload_agent_state{{{exporter}, {vm}}})",
+                            "{{query}} {{state}}",
                             instant=True,
                         ),
                     ),
@@ -189,11 +204,28 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                     description="Running VMs whose agent does not report a load average, and why.",
                     queries=(
                         Query(
-                            f'guestload_agent_state{{{exporter}, {vm}, state!="ok"}}',
+                            f'guestload_agent_state{{{exporter}, {vm}, query="load", state!="ok"}}',
                             instant=True,
                         ),
                     ),
-                    width=16,
+                    width=8,
+                ),
+                Panel(
+                    kind="table",
+                    title="VMs without guest CPU statistics",
+                    description=(
+                        "Running VMs whose agent does not report CPU statistics (Windows, an "
+                        "old or restricted agent): their CPU busy share comes from the host's "
+                        "vCPU run time, and iowait and steal are unknown."
+                    ),
+                    queries=(
+                        Query(
+                            f"guestload_agent_state{{{exporter}, {vm}, "
+                            'query="cpustats", state!="ok"}',
+                            instant=True,
+                        ),
+                    ),
+                    width=8,
                 ),
             ],
         ),
@@ -258,15 +290,82 @@ def _sections(settings: Settings) -> list[tuple[str, list[Panel]]]:
                             "{{instance}} poll failures",
                         ),
                         Query(
-                            "sum by (state) (rate(guestload_agent_calls_total"
+                            "sum by (query, state) (rate(guestload_agent_calls_total"
                             f"{{{exporter}}}[$__rate_interval]))",
-                            "agent calls {{state}}",
+                            "agent {{query}} calls {{state}}",
                         ),
                     ),
                     unit="ops",
                     width=8,
                 ),
             ],
+        ),
+    ]
+
+
+def _cause_panels(settings: Settings) -> list[Panel]:
+    vm = VM_SELECTOR
+    records = Records.of(settings)
+    window = settings.window("vcpu_rate")
+    busy = _number(settings.cause("busy_share"))
+    iowait = _number(settings.cause("iowait_share"))
+    contention = _number(settings.cause("contention_share"))
+    return [
+        Panel(
+            kind="timeseries",
+            title="CPU busy share",
+            description=(
+                f"Share of the VM's CPU time spent on guest work ({window} rate): from the "
+                "guest's CPU statistics (guest view), else from the host's vCPU run time "
+                f"(host view). A long queue with the share below the line ({busy}) is tasks "
+                "blocked on I/O, not waiting for a vCPU."
+            ),
+            queries=(Query(f"{records.cpu_busy}{{{vm}}}", f"{VM_LEGEND} {{{{source}}}} view"),),
+            unit="percentunit",
+            thresholds=(("orange", busy),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="iowait share",
+            description=(
+                "Share of the VM's CPU time idle while I/O was outstanding, from the guest's "
+                f"CPU statistics only. Above the line ({iowait}) with the CPU idle: the queue "
+                "is tasks waiting for storage."
+            ),
+            queries=(Query(f"{records.guest_iowait}{{{vm}}}", VM_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", iowait),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Host contention share (delay or steal)",
+            description=(
+                "Share of time the vCPUs were runnable but waited for a host CPU: the larger "
+                "of the vCPU delay ratio and the guest's steal share. Above the line "
+                f"({contention}) the host is a cause."
+            ),
+            queries=(Query(f"{records.contention}{{{vm}}}", VM_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", contention),),
+            width=8,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Long queues by cause",
+            description=(
+                "VMs whose run-queue is above the warning threshold, by the cause the rules "
+                "name: cpu (vCPUs busy), io (blocked on I/O, vCPUs idle), host (waiting for "
+                "a host CPU), none (vCPUs idle without iowait). A VM can have two causes."
+            ),
+            queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
+        ),
+        Panel(
+            kind="table",
+            title="VMs with a long queue and its cause",
+            description="One row per VM and cause now; a VM with two causes has two rows.",
+            queries=(Query(f"{PRESSURE_CAUSE}{{{vm}}}", instant=True),),
         ),
     ]
 
@@ -324,7 +423,6 @@ def _variables() -> list[dict[str, Any]]:
             "label": "Data source",
             "type": "datasource",
             "query": "prometheus",
-            "current": {},
             "hide": 0,
             "refresh": 1,
             "regex": "",
@@ -343,13 +441,12 @@ def _variables() -> list[dict[str, Any]]:
                 "label": name.capitalize(),
                 "type": "query",
                 "datasource": DATASOURCE,
-                "definition": query,
                 "query": {"query": query, "refId": f"{name}-variable"},
                 "refresh": 2,
                 "includeAll": True,
                 "multi": True,
                 "allValue": ".*",
-                "current": {},
+                "current": {"text": "All", "value": "$__all"},
                 "sort": 1,
                 "hide": 0,
                 "regex": "",

@@ -15,6 +15,21 @@ VCPU_COUNT = "kubevirt_vmi_vcpu_count"
 VCPU_QUEUE = "kubevirt_vmi_guest_vcpu_queue"
 LOAD_PER_VCPU = "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio"
 DELAY_RATIO_PREFIX = "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate"
+GUEST_BUSY_PREFIX = "namespace_name_node:guestload_guest_cpu_busy:ratio_rate"
+GUEST_IOWAIT_PREFIX = "namespace_name_node:guestload_guest_cpu_iowait:ratio_rate"
+GUEST_STEAL_PREFIX = "namespace_name_node:guestload_guest_cpu_steal:ratio_rate"
+HOST_BUSY_PREFIX = "namespace_name_node:kubevirt_vmi_vcpu_busy:ratio_rate"
+CPU_BUSY_PREFIX = "namespace_name_node:vmi_cpu_busy:ratio_rate"
+CONTENTION_PREFIX = "namespace_name_node:vmi_cpu_contention:ratio_rate"
+PRESSURE_CAUSE = "namespace_name_node:guestload_pressure_cause:info"
+CAUSES = ("cpu", "io", "host", "none")
+"""The values of the cause label of PRESSURE_CAUSE."""
+
+GUEST_CPU = "guestload_guest_cpu_seconds_total"
+BUSY_MODES = "user|nice|system|irq|softirq"
+"""Guest CPU modes that are guest work. Steal is the host's, idle and iowait are no work."""
+COUNTED_TWICE = "guest|guestnice"
+"""Modes Linux already counts inside user and nice; summing them too would count them twice."""
 
 _VM_TEXT = "{{ $labels.namespace }}/{{ $labels.name }}"
 _NODE_TEXT = "{{ $labels.node }}"
@@ -74,6 +89,59 @@ class RuleGroup:
 def delay_ratio_record(settings: Settings) -> str:
     """The name of the vCPU delay ratio rule; its window comes from the settings."""
     return DELAY_RATIO_PREFIX + settings.window("vcpu_rate")
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The names of the window-dependent recording rules (the window is in each name)."""
+
+    delay: str
+    guest_busy: str
+    guest_iowait: str
+    guest_steal: str
+    host_busy: str
+    cpu_busy: str
+    contention: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Records:
+        """The names for the vCPU rate window of *settings*."""
+        window = settings.window("vcpu_rate")
+        return cls(
+            delay=DELAY_RATIO_PREFIX + window,
+            guest_busy=GUEST_BUSY_PREFIX + window,
+            guest_iowait=GUEST_IOWAIT_PREFIX + window,
+            guest_steal=GUEST_STEAL_PREFIX + window,
+            host_busy=HOST_BUSY_PREFIX + window,
+            cpu_busy=CPU_BUSY_PREFIX + window,
+            contention=CONTENTION_PREFIX + window,
+        )
+
+
+def _vm_query(record: str, found: str, missing: str) -> str:
+    """A template printing *found* with the alerting VM's *record* in `.`, else *missing*."""
+    return (
+        f"{{{{ with printf \"{record}{{namespace='%s', name='%s', node='%s'}}\" "
+        "$labels.namespace $labels.name $labels.node | query }}"
+        f"{found}{{{{ else }}}}{missing}{{{{ end }}}}"
+    )
+
+
+_SHARE = '{{ . | first | value | printf "%.2f" }}'
+
+
+def breakdown(settings: Settings) -> str:
+    """The sentence every guest alert ends with: where the VM's CPU time went."""
+    records = Records.of(settings)
+    window = settings.window("vcpu_rate")
+    busy = _vm_query(
+        records.cpu_busy, f'{_SHARE} ({{{{ . | first | label "source" }}}} view)', "unknown"
+    )
+    iowait = _vm_query(records.guest_iowait, _SHARE, "unknown (no guest CPU statistics)")
+    contention = _vm_query(records.contention, _SHARE, "unknown")
+    return (
+        f"Breakdown over {window}: CPU busy {busy}, iowait {iowait}, host contention {contention}."
+    )
 
 
 def build_groups(settings: Settings) -> tuple[RuleGroup, ...]:
@@ -146,15 +214,140 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
                 ")"
             ),
         ),
+        *_cpu_share_rules(settings),
+        _cause_rule(settings),
     ]
+
+
+def _guest_share(modes: str, window: str) -> str:
+    """The share of the guest's CPU time spent in *modes* (a label matcher)."""
+    return (
+        f"sum by ({VM}) (\n"
+        f"  rate({GUEST_CPU}{{mode{modes}}}[{window}])\n"
+        ")\n"
+        f"  / on ({VM})\n"
+        f"sum by ({VM}) (\n"
+        f'  rate({GUEST_CPU}{{mode!~"{COUNTED_TWICE}"}}[{window}])\n'
+        ")"
+    )
+
+
+def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
+    window = settings.window("vcpu_rate")
+    records = Records.of(settings)
+    return [
+        # From the guest's own CPU statistics (guest-get-cpustats), summed over its CPUs. The
+        # total leaves out guest and guestnice, which Linux already counts in user and nice.
+        # Busy leaves out steal: time the host ran something else is host contention, and
+        # counting it as busy would call a starved guest CPU-bound.
+        RecordingRule(record=records.guest_busy, expr=_guest_share(f'=~"{BUSY_MODES}"', window)),
+        RecordingRule(record=records.guest_iowait, expr=_guest_share('="iowait"', window)),
+        RecordingRule(record=records.guest_steal, expr=_guest_share('="steal"', window)),
+        # From the host: the vCPU threads' run time per online vCPU, for guests without CPU
+        # statistics (Windows, an old or blocked agent). A vCPU's counter moves to a new
+        # series when its state label changes, so the states are summed per job; max by
+        # then keeps one job's copy when guestload and virt-handler both export it. Only
+        # for VMs with vCPU samples a window ago: over a younger series rate() does not
+        # extrapolate back before the first sample, and a busy new VM would look idle.
+        RecordingRule(
+            record=records.host_busy,
+            expr=(
+                "(\n"
+                f"  sum by ({VM}) (\n"
+                f"    max by ({VM}, id) (\n"
+                "      sum without (state) (\n"
+                f"        rate(kubevirt_vmi_vcpu_seconds_total[{window}])\n"
+                "      )\n"
+                "    )\n"
+                "  )\n"
+                f"    / on ({VM})\n"
+                f"  {VCPU_COUNT}\n"
+                ")\n"
+                f"  and on ({VM})\n"
+                f"group by ({VM}) (kubevirt_vmi_vcpu_seconds_total offset {window})"
+            ),
+        ),
+        # One busy share per VM: the guest's view where it has one, else the host's; the
+        # source label says which.
+        RecordingRule(
+            record=records.cpu_busy,
+            expr=(
+                f'label_replace({records.guest_busy}, "source", "guest", "", "")\n'
+                f"  or on ({VM})\n"
+                f'label_replace({records.host_busy}, "source", "host", "", "")'
+            ),
+        ),
+        # Host contention seen from both sides: the vCPU delay (host) and the steal time
+        # (guest) measure the same wait; the larger one counts.
+        RecordingRule(
+            record=records.contention,
+            expr=(
+                f"max by ({VM}) (\n"
+                f'    label_replace({records.delay}, "source", "host", "", "")\n'
+                "  or\n"
+                f'    label_replace({records.guest_steal}, "source", "guest", "", "")\n'
+                ")"
+            ),
+        ),
+    ]
+
+
+def _cause_rule(settings: Settings) -> RecordingRule:
+    """One series per cause that holds for a VM whose queue is high; several when mixed."""
+    records = Records.of(settings)
+    queue = settings.alert("GuestVCPUQueueHighWarning").threshold("queue")
+    busy = settings.cause("busy_share")
+    contention = settings.cause("contention_share")
+    high = f"{VCPU_QUEUE} > {queue}"
+    conditions = {
+        "cpu": f"{records.cpu_busy} >= {busy}",
+        "io": _io_condition(settings, indent="    "),
+        "host": f"{records.contention} > {contention}",
+    }
+    parts = [
+        "label_replace(\n"
+        f"  group by ({VM}) (\n"
+        f"    {high}\n"
+        f"      and on ({VM})\n"
+        f"    {condition}\n"
+        "  ),\n"
+        f'  "cause", "{cause}", "", ""\n'
+        ")"
+        for cause, condition in conditions.items()
+    ]
+    none = f'label_replace(\n  group by ({VM}) ({high}),\n  "cause", "none", "", ""\n)'
+    return RecordingRule(
+        record=PRESSURE_CAUSE, expr="\nor\n".join(parts) + f"\nor on ({VM})\n" + none
+    )
+
+
+def _io_condition(settings: Settings, *, indent: str = "") -> str:
+    """The VMs whose vCPUs idle on I/O: busy share low and, where the guest reports CPU
+    statistics, iowait share high too (a missing iowait series keeps the VM in)."""
+    records = Records.of(settings)
+    busy = settings.cause("busy_share")
+    iowait = settings.cause("iowait_share")
+    lines = [
+        "(",
+        f"  {records.cpu_busy} < {busy}",
+        f"    unless on ({VM})",
+        f"  {records.guest_iowait} < {iowait}",
+        ")",
+    ]
+    return f"\n{indent}".join(lines)
 
 
 def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     warning = settings.alert("GuestVCPUQueueHighWarning")
     critical = settings.alert("GuestVCPUQueueHighCritical")
+    stall = settings.alert("GuestIOStall")
     saturation = settings.alert("GuestVCPUSaturation")
     contention = settings.alert("GuestVCPUHostContention")
     window = settings.window("vcpu_rate")
+    busy_share = settings.cause("busy_share")
+    iowait_share = settings.cause("iowait_share")
+    explain = breakdown(settings)
+    io_cause = f'{PRESSURE_CAUSE}{{cause="io"}}'
     alerts = []
     for name, level in (
         ("GuestVCPUQueueHighWarning", warning),
@@ -164,30 +357,49 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
         alerts.append(
             AlertingRule(
                 alert=name,
-                expr=f"{VCPU_QUEUE} > {queue}",
+                # A queue of tasks blocked on I/O while the vCPUs idle is GuestIOStall's.
+                expr=f"{VCPU_QUEUE} > {queue}\n  unless on ({VM})\n{io_cause}",
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",
                 description=(
                     f"VM {_VM_TEXT} on node {_NODE_TEXT} has {_VALUE_TEXT} runnable tasks "
                     f"beyond its vCPUs (1-minute guest load minus vCPU count), above the "
-                    f"{level.severity} threshold of {queue}."
+                    f"{level.severity} threshold of {queue}. {explain}"
                 ),
                 runbook_url=settings.runbook_url(name),
             )
         )
+    alerts.append(
+        AlertingRule(
+            alert="GuestIOStall",
+            expr=f"{VCPU_QUEUE}\n  and on ({VM})\n{io_cause}",
+            for_=stall.for_.value,
+            severity=stall.severity,
+            summary=f"Guest {_VM_TEXT} is stalled on I/O, not short of CPU.",
+            description=(
+                f"VM {_VM_TEXT} on node {_NODE_TEXT} has had {_VALUE_TEXT} tasks beyond its "
+                f"vCPUs in its 1-minute load for {stall.for_.value} while its vCPUs were "
+                f"mostly idle (CPU busy share below {busy_share}; iowait share at least "
+                f"{iowait_share} where the guest reports it): the tasks are blocked on I/O, "
+                f"and more vCPUs would not help. {explain}"
+            ),
+            runbook_url=settings.runbook_url("GuestIOStall"),
+        )
+    )
     per_vcpu = saturation.threshold("load_per_vcpu")
     alerts.append(
         AlertingRule(
             alert="GuestVCPUSaturation",
-            expr=f"{LOAD_PER_VCPU} > {per_vcpu}",
+            # The same load made of tasks blocked on I/O is not a lack of vCPUs.
+            expr=f"{LOAD_PER_VCPU} > {per_vcpu}\n  unless on ({VM})\n{_io_condition(settings)}",
             for_=saturation.for_.value,
             severity=saturation.severity,
             summary=f"Guest {_VM_TEXT} has more than {per_vcpu} runnable tasks per vCPU.",
             description=(
                 f"VM {_VM_TEXT} on node {_NODE_TEXT} has had a 5-minute guest load of "
                 f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}: "
-                "its workload needs more vCPUs than it has."
+                f"its workload needs more vCPUs than it has. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUSaturation"),
         )
@@ -209,7 +421,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 f"The vCPUs of VM {_VM_TEXT} spent a share of {_VALUE_TEXT} of their time "
                 f"({window} rate) runnable but waiting for a CPU of node {_NODE_TEXT}, above "
                 f"{delay}, for {contention.for_.value} while the guest had work to run: the "
-                "host is overcommitted, not the guest."
+                f"host is overcommitted, not the guest. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUHostContention"),
         )

@@ -51,6 +51,7 @@ class Settings:
     runbook_url_template: str
     exporter_selector: str
     windows: Mapping[str, Reasoned]
+    causes: Mapping[str, Reasoned]
     alerts: Mapping[str, AlertSettings]
 
     def alert(self, name: str) -> AlertSettings:
@@ -66,6 +67,13 @@ class Settings:
             return self.windows[key].value
         except KeyError:
             raise SettingsError(f"missing window {key!r}") from None
+
+    def cause(self, key: str) -> str:
+        """The cause threshold named *key*, as the PromQL literal it appears as."""
+        try:
+            return self.causes[key].value
+        except KeyError:
+            raise SettingsError(f"missing cause threshold {key!r}") from None
 
     def runbook_url(self, alertname: str) -> str:
         """The runbook address of *alertname*."""
@@ -85,6 +93,10 @@ def load_settings(path: Path) -> Settings:
         windows={
             key: _duration(_reasoned(value, f"windows.{key}"), f"windows.{key}")
             for key, value in _mapping(document.get("windows"), "windows").items()
+        },
+        causes={
+            key: _share(_reasoned(value, f"causes.{key}"), f"causes.{key}")
+            for key, value in _mapping(document.get("causes"), "causes").items()
         },
         alerts={
             name: _alert(value, f"alerts.{name}")
@@ -114,6 +126,16 @@ def _reasoned(raw: object, where: str) -> Reasoned:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise SettingsError(f"{where}.value must be a number or a duration")
     return Reasoned(value=str(value), why=_text(document.get("why"), f"{where}.why"))
+
+
+def _share(setting: Reasoned, where: str) -> Reasoned:
+    try:
+        share = float(setting.value)
+    except ValueError:
+        share = -1.0
+    if not 0 < share < 1:
+        raise SettingsError(f"{where}.value must be a share between 0 and 1")
+    return setting
 
 
 def _duration(setting: Reasoned, where: str) -> Reasoned:

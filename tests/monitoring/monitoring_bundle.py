@@ -30,6 +30,7 @@ EXPORTER_METRICS = frozenset(
         "kubevirt_vmi_vcpu_seconds_total",
         "kubevirt_vmi_vcpu_delay_seconds_total",
         "kubevirt_vmi_vcpu_wait_seconds_total",
+        "guestload_guest_cpu_seconds_total",
         "guestload_agent_state",
         "guestload_libvirt_up",
         "guestload_poll_duration_seconds",
@@ -76,6 +77,19 @@ def promtool() -> str:
             "(scripts/install-system-deps installs it)"
         )
     return path
+
+
+def npm_tool(name: str) -> Path:
+    """A command from monitoring/package-lock.json, installed with `npm ci` when missing."""
+    tool = MONITORING / "node_modules" / ".bin" / name
+    if not tool.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail(f"npm is not installed: {name} needs Node.js >= 20 with npm")
+        result = run([npm, "ci", "--no-audit", "--no-fund"], cwd=MONITORING)
+        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}{result.stderr}"
+        assert tool.exists(), f"npm ci did not install {name}"
+    return tool
 
 
 def run(

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from tests.monitoring.monitoring_bundle import (
+    CONFIG,
     DASHBOARD,
     EXPORTER_METRICS,
     alerting_rules,
     check_promql,
+    load_yaml,
     metric_names,
     recorded_metrics,
 )
@@ -163,8 +165,9 @@ def test_queue_panel_draws_the_alert_thresholds() -> None:
     drawn = {step["value"] for step in steps if step["value"] is not None}
     alerts = {rule["alert"]: rule["expr"] for rule in alerting_rules()}
     for name in ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical"):
-        threshold = float(alerts[name].rsplit(">", 1)[1])
-        assert threshold in drawn
+        match = re.match(r"kubevirt_vmi_guest_vcpu_queue > ([\d.]+)\n", alerts[name])
+        assert match, alerts[name]
+        assert float(match[1]) in drawn
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
 
 
@@ -172,11 +175,41 @@ def test_dashboard_has_every_panel_the_issue_asks_for() -> None:
     for fragment in (
         "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio",
         "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate10m",
+        "namespace_name_node:vmi_cpu_busy:ratio_rate10m{",
+        "namespace_name_node:guestload_guest_cpu_iowait:ratio_rate10m{",
+        "namespace_name_node:vmi_cpu_contention:ratio_rate10m{",
+        "count by (cause) (namespace_name_node:guestload_pressure_cause:info{",
         "topk(10, kubevirt_vmi_guest_vcpu_queue",
         "guestload_agent_state",
+        'query="load", state!="ok"',
+        'query="cpustats", state!="ok"',
+        "count by (query, state) (guestload_agent_state",
+        "sum by (query, state) (rate(guestload_agent_calls_total",
         "up{",
         "guestload_libvirt_up",
         "guestload_poll_duration_seconds",
         "guestload_last_poll_success_timestamp_seconds",
     ):
         _panel_with(fragment)
+
+
+@pytest.mark.parametrize(
+    ("record", "setting"),
+    [
+        ("namespace_name_node:vmi_cpu_busy:ratio_rate10m{", "busy_share"),
+        ("namespace_name_node:guestload_guest_cpu_iowait:ratio_rate10m{", "iowait_share"),
+        ("namespace_name_node:vmi_cpu_contention:ratio_rate10m{", "contention_share"),
+    ],
+)
+def test_breakdown_panels_draw_the_cause_thresholds_as_shares(record: str, setting: str) -> None:
+    panel = _panel_with(record)
+    defaults = panel["fieldConfig"]["defaults"]
+    drawn = {step["value"] for step in defaults["thresholds"]["steps"] if step["value"]}
+    assert drawn == {float(load_yaml(CONFIG)["causes"][setting]["value"])}
+    assert defaults["unit"] == "percentunit"
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
+
+
+def test_busy_share_panel_names_its_source_in_the_legend() -> None:
+    panel = _panel_with("namespace_name_node:vmi_cpu_busy:ratio_rate10m{")
+    assert "{{source}}" in panel["targets"][0]["legendFormat"]

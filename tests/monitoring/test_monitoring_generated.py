@@ -70,7 +70,7 @@ def test_a_threshold_change_in_config_reaches_every_generated_file(copy_of_bundl
     status, output = _generate("--root", copy_of_bundle)
     assert status == 0, output
     regenerated = (copy_of_bundle / RULE_FILE.relative_to(REPOSITORY)).read_text(encoding="utf-8")
-    assert "expr: kubevirt_vmi_guest_vcpu_queue > 25" in regenerated
+    assert "kubevirt_vmi_guest_vcpu_queue > 25\n" in regenerated
     status, output = _generate("--check", "--root", copy_of_bundle)
     assert status == 0, output
 
@@ -94,14 +94,29 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
 
 
 def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
-    """The seed's contract: queue > 10 warning and > 20 critical with no `for`."""
+    """The seed's contract: queue > 10 warning and > 20 critical with no `for`, except where
+    the rules call the queue's cause io; then GuestIOStall fires after 5 minutes."""
     by_name = {rule["alert"]: rule for rule in alerting_rules()}
+    io = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'
     expected = {
-        "GuestVCPUQueueHighWarning": ("kubevirt_vmi_guest_vcpu_queue > 10", None, "warning"),
-        "GuestVCPUQueueHighCritical": ("kubevirt_vmi_guest_vcpu_queue > 20", None, "critical"),
+        "GuestVCPUQueueHighWarning": (
+            f"kubevirt_vmi_guest_vcpu_queue > 10 unless on (namespace, name, node) {io}",
+            None,
+            "warning",
+        ),
+        "GuestVCPUQueueHighCritical": (
+            f"kubevirt_vmi_guest_vcpu_queue > 20 unless on (namespace, name, node) {io}",
+            None,
+            "critical",
+        ),
+        "GuestIOStall": (
+            f"kubevirt_vmi_guest_vcpu_queue and on (namespace, name, node) {io}",
+            "5m",
+            "warning",
+        ),
     }
     for name, (expr, for_, severity) in expected.items():
-        assert by_name[name]["expr"] == expr
+        assert one_line(by_name[name]["expr"]) == expr
         assert by_name[name].get("for") == for_
         assert by_name[name]["labels"]["severity"] == severity
     assert by_name["GuestVCPUSaturation"]["for"] == "15m"
@@ -111,7 +126,7 @@ def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
 
 def test_every_setting_has_a_reason() -> None:
     config = load_yaml(CONFIG)
-    settings = [*config["windows"].values()]
+    settings = [*config["windows"].values(), *config["causes"].values()]
     for alert in config["alerts"].values():
         settings += [alert["for"], *alert["thresholds"].values()]
     for setting in settings:

@@ -34,6 +34,9 @@ def test_promtool_test_files_exist() -> None:
         "saturation-alerts.test.yml",
         "contention-alerts.test.yml",
         "exporter-alerts.test.yml",
+        "cpu-shares.test.yml",
+        "causes.test.yml",
+        "io-stall-alerts.test.yml",
     }
 
 
@@ -142,5 +145,101 @@ def test_the_seed_expressions_fail_the_shipped_tests(
     (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
     shutil.copytree(MONITORING / "tests", tmp_path / "tests")
     result = run([promtool(), "test", "rules", tmp_path / "tests" / "recording.test.yml"])
+    assert result.returncode != 0
+    assert symptom in result.stderr
+
+
+_GUEST_BUSY = "namespace_name_node:guestload_guest_cpu_busy:ratio_rate10m"
+_HOST_BUSY = "namespace_name_node:kubevirt_vmi_vcpu_busy:ratio_rate10m"
+_IO_CAUSE = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'
+_VM = "namespace, name, node"
+_DB_BUSY_0625 = (
+    f'exp: {{__name__="{_GUEST_BUSY}", name="db", namespace="shop", node="node-a"}} 6.25E-01'
+)
+
+
+def _guest_share(modes: str, total: str) -> str:
+    return (
+        f"sum by ({_VM}) (rate(guestload_guest_cpu_seconds_total{{mode=~{modes!r}}}[10m]))"
+        f" / on ({_VM}) "
+        f"sum by ({_VM}) (rate(guestload_guest_cpu_seconds_total{{mode=~{total!r}}}[10m]))"
+    ).replace("'", '"')
+
+
+@pytest.mark.parametrize(
+    ("rule", "mutant", "test_file", "symptom"),
+    [
+        (
+            _GUEST_BUSY,
+            _guest_share("user|nice|system|irq|softirq", ".+"),
+            "cpu-shares.test.yml",
+            _DB_BUSY_0625,
+        ),
+        (
+            _GUEST_BUSY,
+            _guest_share("user|nice|system|irq|softirq|steal", "[^g].*"),
+            "cpu-shares.test.yml",
+            _DB_BUSY_0625,
+        ),
+        (
+            _HOST_BUSY,
+            f"sum by ({_VM}) (max by ({_VM}, id) "
+            f"(rate(kubevirt_vmi_vcpu_seconds_total[10m]))) / on ({_VM}) kubevirt_vmi_vcpu_count",
+            "cpu-shares.test.yml",
+            f'exp: {{__name__="{_HOST_BUSY}", name="win", namespace="shop", node="node-a"}} 5E-01',
+        ),
+        (
+            "GuestVCPUQueueHighWarning",
+            "kubevirt_vmi_guest_vcpu_queue > 10",
+            "queue-alerts.test.yml",
+            "name: An I/O-stalled VM (busy 0.02, iowait 0.98) with a queue of 25 fires neither",
+        ),
+        (
+            "GuestVCPUQueueHighWarning",
+            "kubevirt_vmi_guest_vcpu_queue > 10 and on (namespace, name, node) "
+            "namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3",
+            "queue-alerts.test.yml",
+            "name: A guest starved by its host (busy 0.25, steal 0.75) keeps its queue alert",
+        ),
+        (
+            "GuestIOStall",
+            f"kubevirt_vmi_guest_vcpu_queue > 10 and on ({_VM}) "
+            "namespace_name_node:vmi_cpu_busy:ratio_rate10m < 0.3",
+            "io-stall-alerts.test.yml",
+            "name: Idle vCPUs starved by the host (steal 0.75, no iowait) do not fire",
+        ),
+        (
+            "GuestVCPUSaturation",
+            "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2",
+            "saturation-alerts.test.yml",
+            "name: A small VM whose load is tasks blocked on I/O on idle vCPUs never fires",
+        ),
+    ],
+    ids=[
+        "busy-counting-guest-time-twice",
+        "busy-counting-steal",
+        "host-busy-losing-a-state-change",
+        "queue-alert-without-io-gate",
+        "queue-alert-failing-closed-on-busy",
+        "io-stall-without-iowait",
+        "saturation-without-io-gate",
+    ],
+)
+def test_plausible_wrong_cause_rules_fail_the_shipped_tests(
+    tmp_path: Path, rule: str, mutant: str, test_file: str, symptom: str
+) -> None:
+    """Each mutant is a plausible wrong rule: a named case of the shipped tests catches it."""
+    (tmp_path / "rules").mkdir()
+    document = load_yaml(RULE_FILE)
+    replaced = 0
+    for group in document["groups"]:
+        for candidate in group["rules"]:
+            if rule in (candidate.get("record"), candidate.get("alert")):
+                candidate["expr"] = mutant
+                replaced += 1
+    assert replaced == 1
+    (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
+    shutil.copytree(MONITORING / "tests", tmp_path / "tests")
+    result = run([promtool(), "test", "rules", tmp_path / "tests" / test_file])
     assert result.returncode != 0
     assert symptom in result.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,11 @@ import pytest
 
 from tests.monitoring.monitoring_bundle import (
     ALERTS_DOC,
-    MONITORING,
     REPOSITORY,
     RUNBOOKS,
     alerting_rules,
     check_promql,
+    npm_tool,
     one_line,
     rules,
     run,
@@ -27,10 +26,10 @@ GUEST_ALERTS = {
     "GuestVCPUQueueHighCritical",
     "GuestVCPUSaturation",
     "GuestVCPUHostContention",
+    "GuestIOStall",
 }
 DELAY_RATIO = "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate10m"
 SHELL_VARIABLES = {"$NAMESPACE": "shop", "$NAME": "db", "$NODE": "node-a"}
-MARKDOWNLINT = MONITORING / "node_modules" / ".bin" / "markdownlint-cli2"
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -116,23 +115,12 @@ def test_every_promql_in_the_runbooks_is_valid(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _markdownlint() -> Path:
-    """markdownlint-cli2 from monitoring/package-lock.json, installed with npm when missing."""
-    if not MARKDOWNLINT.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is not installed: the runbook lint needs Node.js >= 20 with npm")
-        result = run([npm, "ci", "--no-audit", "--no-fund"], cwd=MONITORING)
-        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}{result.stderr}"
-    return MARKDOWNLINT
-
-
 def test_every_document_passes_markdownlint() -> None:
     documents = [*sorted((REPOSITORY / "docs").rglob("*.md")), REPOSITORY / "README.md"]
     assert ALERTS_DOC in documents
     result = run(
         [
-            _markdownlint(),
+            npm_tool("markdownlint-cli2"),
             "--config",
             "monitoring/.markdownlint-cli2.jsonc",
             *(str(d.relative_to(REPOSITORY)) for d in documents),

@@ -24,6 +24,9 @@ def test_shipped_config_loads_with_every_alert() -> None:
     assert settings.alert("GuestVCPUQueueHighWarning").threshold("queue") == "10"
     assert settings.alert("GuestVCPUQueueHighCritical").threshold("queue") == "20"
     assert settings.window("vcpu_rate") == "10m"
+    assert settings.cause("busy_share") == "0.3"
+    assert settings.cause("iowait_share") == "0.1"
+    assert settings.cause("contention_share") == "0.2"
     assert settings.runbook_url("X").endswith("/docs/runbooks/X.md")
 
 
@@ -36,6 +39,9 @@ def test_shipped_config_loads_with_every_alert() -> None:
         (lambda c: c.update(runbook_url_template="https://example.org/runbooks"), "{alertname}"),
         (lambda c: c["windows"]["vcpu_rate"].update(value=True), "number or a duration"),
         (lambda c: c.pop("alerts"), "alerts must be a mapping"),
+        (lambda c: c["causes"]["busy_share"].update(value=30), "between 0 and 1"),
+        (lambda c: c["causes"]["iowait_share"].update(value="10m"), "between 0 and 1"),
+        (lambda c: c.pop("causes"), "causes must be a mapping"),
     ],
     ids=[
         "reason-missing",
@@ -44,6 +50,9 @@ def test_shipped_config_loads_with_every_alert() -> None:
         "url-without-name",
         "bool",
         "no-alerts",
+        "share-as-percent",
+        "share-as-duration",
+        "no-causes",
     ],
 )
 def test_invalid_config_is_rejected_with_the_setting_named(
@@ -61,3 +70,5 @@ def test_unknown_threshold_or_alert_is_an_error() -> None:
         settings.alert("GuestVCPUSaturation").threshold("nope")
     with pytest.raises(SettingsError, match="no settings for alert 'Nope'"):
         settings.alert("Nope")
+    with pytest.raises(SettingsError, match="missing cause threshold 'nope'"):
+        settings.cause("nope")
