@@ -1,8 +1,12 @@
 """Tiny VMs under TCG: domain XML, boot, destroy, and commands through the guest agent.
 
-Guests boot the Debian kernel straight into the lab's initramfs (no disk, no NIC, no
-graphics). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines ``/dev/kvm``
-opens but Linux guests die under it.
+Guests boot the Debian kernel straight into the lab's initramfs (no NIC, no graphics, and no
+disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines
+``/dev/kvm`` opens but Linux guests die under it.
+
+Two causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``) and a
+guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
+throttled disk count in the load average while the vCPU idles).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from guestload_lab.waiting import wait_until
 
 KUBEVIRT_NAMESPACE_URI = "http://kubevirt.io"
 AGENT_COMMAND_TIMEOUT_SECONDS = 5
+DISK_MIB = 64
+"""Size of the raw file behind a VM's throttled disk."""
+DISK_READER_COMMAND = "dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct"
+"""What each disk reader repeats: direct reads wait for the disk in uninterruptible sleep."""
+DISK_READER_PIDS = "/run/guestload-disk-readers.pids"
+"""Where the guest keeps the pids of its disk-reader loops."""
 
 
 _CONNECTION_ERROR_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
@@ -63,6 +73,9 @@ class VmSpec:
     """``stress-ng --cpu N`` started by ``/init`` at boot (0: none)."""
     kubevirt_uid: str | None = None
     """Adds KubeVirt's ``<kubevirt xmlns="http://kubevirt.io"><uid>`` metadata."""
+    disk_iops: int | None = None
+    """Adds ``/dev/vda``: a 64 MiB raw virtio disk (``cache='none'``) limited to this many
+    I/O operations per second in total (None: no disk)."""
 
     @staticmethod
     def kubevirt(namespace: str, vmi: str, uid: str, **settings: Any) -> VmSpec:
@@ -70,10 +83,14 @@ class VmSpec:
         return VmSpec(name=f"{namespace}_{vmi}", kubevirt_uid=uid, **settings)
 
 
-def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
-    """The libvirt domain XML for ``spec``."""
+def domain_xml(
+    spec: VmSpec, image: GuestImage, *, serial_log: Path, disk: Path | None = None
+) -> str:
+    """The libvirt domain XML for ``spec``; ``disk`` is the raw file behind ``disk_iops``."""
     if spec.memory_mib < 96:
         raise ValueError("a guest needs at least 96 MiB (160 MiB with stress-ng in its image)")
+    if (spec.disk_iops is None) != (disk is None):
+        raise ValueError("a disk file goes with disk_iops, and only with it")
     # Without a channel there is no port to wait for: /init skips the agent.
     agent = spec.agent if spec.channel else AgentKind.NONE
     cmdline = (
@@ -91,6 +108,14 @@ def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
         channel = (
             "<channel type='unix'><source mode='bind'/>"
             f"<target type='virtio' name={quoteattr(AGENT_PORT_NAME)}/></channel>"
+        )
+    disk_element = ""
+    if spec.disk_iops is not None and disk is not None:
+        disk_element = (
+            "<disk type='file' device='disk'>"
+            "<driver name='qemu' type='raw' cache='none'/>"
+            f"<source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>"
+            f"<iotune><total_iops_sec>{spec.disk_iops}</total_iops_sec></iotune></disk>"
         )
     serial = quoteattr(str(serial_log))
     return f"""<domain type='qemu'>
@@ -110,6 +135,7 @@ def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
   <devices>
     <serial type='file'><source path={serial}/><target port='0'/></serial>
     <console type='file'><source path={serial}/><target type='serial' port='0'/></console>
+    {disk_element}
     {channel}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
@@ -154,11 +180,16 @@ class Hypervisor:
                 self._connection = None
 
     def create(self, spec: VmSpec, image: GuestImage, *, log_dir: Path) -> LabVm:
-        """Boot a transient domain for ``spec``; its serial console goes to ``log_dir``."""
+        """Boot a transient domain for ``spec``; its serial console (and disk) go to ``log_dir``."""
         log_dir.mkdir(parents=True, exist_ok=True)
         serial_log = log_dir / f"{spec.name}.serial.log"
         serial_log.unlink(missing_ok=True)
-        xml = domain_xml(spec, image, serial_log=serial_log)
+        disk = None
+        if spec.disk_iops is not None:
+            disk = log_dir / f"{spec.name}.vda.raw"
+            with disk.open("wb") as raw:
+                raw.truncate(DISK_MIB * 1024 * 1024)
+        xml = domain_xml(spec, image, serial_log=serial_log, disk=disk)
         domain = self.connection().createXML(xml, 0)
         return LabVm(hypervisor=self, spec=spec, uuid=domain.UUIDString(), serial_log=serial_log)
 
@@ -302,6 +333,25 @@ class LabVm:
     def stop_stress(self) -> None:
         """Kill every stress-ng process in the guest."""
         self.guest_exec(["/bin/busybox", "killall", "-9", "stress-ng"])
+
+    def start_disk_readers(self, readers: int = 16) -> None:
+        """Start ``readers`` endless loops of direct 4 KiB reads from the guest's ``/dev/vda``.
+
+        On a throttled disk (``VmSpec.disk_iops``) every reader spends its time in
+        uninterruptible sleep: each one adds 1 to the load average's queue, not to CPU use.
+        """
+        loop = f"while true; do {DISK_READER_COMMAND}; done"
+        script = (
+            f"for reader in $(seq {readers}); do"
+            f" ({loop}) </dev/null >/dev/null 2>&1 & echo $! >>{DISK_READER_PIDS};"
+            " done"
+        )
+        self.guest_exec(["/bin/busybox", "sh", "-c", script])
+
+    def stop_disk_readers(self) -> None:
+        """End the reader loops, then their reads (each ends once its pending read completes)."""
+        script = f"kill -9 $(cat {DISK_READER_PIDS}); rm -f {DISK_READER_PIDS}; killall -9 dd"
+        self.guest_exec(["/bin/busybox", "sh", "-c", script])
 
     def signal_agent(self, signal_name: str) -> None:
         """Send ``signal_name`` (e.g. ``KILL``, ``STOP``) to the guest's qemu-ga, through itself."""
