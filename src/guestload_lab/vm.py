@@ -4,9 +4,10 @@ Guests boot the Debian kernel straight into the lab's initramfs (no NIC, no grap
 disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines
 ``/dev/kvm`` opens but Linux guests die under it.
 
-Two causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``) and a
+Three causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
 guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
-throttled disk count in the load average while the vCPU idles).
+throttled disk count in the load average while the vCPU idles) and host contention
+(``VmSpec.host_cpu``: VMs pinned to one host CPU wait for it, seen in ``vcpu.N.delay``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class VmSpec:
     disk_iops: int | None = None
     """Adds ``/dev/vda``: a 64 MiB raw virtio disk (``cache='none'``) limited to this many
     I/O operations per second in total (None: no disk)."""
+    host_cpu: int | None = None
+    """Pins every vCPU and the emulator threads to this host CPU (None: not pinned)."""
 
     @staticmethod
     def kubevirt(namespace: str, vmi: str, uid: str, **settings: Any) -> VmSpec:
@@ -117,12 +120,19 @@ def domain_xml(
             f"<source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>"
             f"<iotune><total_iops_sec>{spec.disk_iops}</total_iops_sec></iotune></disk>"
         )
+    cputune = ""
+    if spec.host_cpu is not None:
+        pins = "".join(
+            f"<vcpupin vcpu='{vcpu}' cpuset='{spec.host_cpu}'/>" for vcpu in range(spec.vcpus)
+        )
+        cputune = f"<cputune>{pins}<emulatorpin cpuset='{spec.host_cpu}'/></cputune>"
     serial = quoteattr(str(serial_log))
     return f"""<domain type='qemu'>
   <name>{escape(spec.name)}</name>
   {metadata}
   <memory unit='MiB'>{spec.memory_mib}</memory>
   <vcpu>{spec.vcpus}</vcpu>
+  {cputune}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(image.kernel))}</kernel>
