@@ -363,6 +363,29 @@ class LabVm:
         script = f"kill -9 $(cat {DISK_READER_PIDS}); rm -f {DISK_READER_PIDS}; killall -9 dd"
         self.guest_exec(["/bin/busybox", "sh", "-c", script])
 
+    def cpu_stats(self) -> list[dict[str, Any]]:
+        """``guest-get-cpustats`` through agent passthrough: one entry per guest CPU.
+
+        Linux entries carry ``cpu`` and the ``/proc/stat`` counters ``user``, ``nice``,
+        ``system``, ``idle``, ``iowait``, ``irq``, ``softirq``, ``steal``, ``guest`` and
+        ``guestnice`` in milliseconds. Passthrough taints the domain (``custom-ga-command``).
+        """
+        stats: list[dict[str, Any]] = self.agent_command("guest-get-cpustats")
+        return stats
+
+    def vcpu_sample(self) -> VcpuSample:
+        """The domain's vCPU counters from libvirt's bulk stats, with the time of reading."""
+        domain = self.domain()
+        ((_, stats),) = self.hypervisor.connection().domainListGetStats(
+            [domain], libvirt.VIR_DOMAIN_STATS_VCPU
+        )
+        count = int(stats["vcpu.current"])
+        return VcpuSample(
+            at=time.monotonic(),
+            time_ns=tuple(int(stats[f"vcpu.{vcpu}.time"]) for vcpu in range(count)),
+            delay_ns=tuple(int(stats[f"vcpu.{vcpu}.delay"]) for vcpu in range(count)),
+        )
+
     def signal_agent(self, signal_name: str) -> None:
         """Send ``signal_name`` (e.g. ``KILL``, ``STOP``) to the guest's qemu-ga, through itself."""
         self.guest_exec(["/bin/busybox", "sh", "-c", f"kill -{signal_name} $(pidof qemu-ga)"])
@@ -370,6 +393,31 @@ class LabVm:
     def console_tail(self, lines: int = 15) -> str:
         """The last lines of the serial console."""
         return "\n".join(self.console_text().splitlines()[-lines:])
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuSample:
+    """A domain's ``vcpu.N.time`` (running) and ``vcpu.N.delay`` (waiting for a host CPU)."""
+
+    at: float
+    """``time.monotonic()`` when the counters were read."""
+    time_ns: tuple[int, ...]
+    delay_ns: tuple[int, ...]
+
+    def busy_share(self, later: VcpuSample) -> float:
+        """Share of the wall time between the samples the vCPUs ran, averaged over vCPUs."""
+        return _rate(self.time_ns, later.time_ns, later.at - self.at)
+
+    def delay_ratio(self, later: VcpuSample) -> float:
+        """Share of the wall time between the samples the vCPUs waited for a host CPU."""
+        return _rate(self.delay_ns, later.delay_ns, later.at - self.at)
+
+
+def _rate(before: Sequence[int], after: Sequence[int], seconds: float) -> float:
+    if len(before) != len(after) or not before or seconds <= 0:
+        raise ValueError("samples of different vCPU counts, or not in time order")
+    gained = sum(late - early for early, late in zip(before, after, strict=True))
+    return gained / 1e9 / seconds / len(before)
 
 
 def wait_all_agents(vms: Iterable[LabVm], timeout: float = 90.0) -> dict[str, float]:
