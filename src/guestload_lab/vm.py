@@ -2,7 +2,8 @@
 
 Guests boot the Debian kernel straight into the lab's initramfs (no NIC, no graphics, and no
 disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines
-``/dev/kvm`` opens but Linux guests die under it.
+``/dev/kvm`` opens but Linux guests die under it. ACPI is on: without its tables the kernel
+brings up one CPU only, whatever ``<vcpu>`` says.
 
 Three causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
 guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
@@ -139,6 +140,7 @@ def domain_xml(
     <initrd>{escape(str(image.initrd))}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>
+  <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
