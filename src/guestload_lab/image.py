@@ -1,10 +1,10 @@
 """The guest's initramfs: busybox, two guest agents, stress-ng and the virtio modules.
 
-The guest has no disk: the kernel boots straight into this initramfs, whose ``/init`` loads
-the virtio modules, finds the guest-agent port and, as the kernel command line says, starts
-qemu-ga 10.0 (``guestload.agent=current``, the default), the old qemu-ga 7.2
-(``guestload.agent=old``) or no agent (``guestload.agent=none``), and optionally
-``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
+The kernel boots straight into this initramfs (a disk, when a VM has one, is only read by
+load generators), whose ``/init`` loads the virtio modules, finds the guest-agent port and, as
+the kernel command line says, starts qemu-ga 10.0 (``guestload.agent=current``, the default),
+the old qemu-ga 7.2 (``guestload.agent=old``) or no agent (``guestload.agent=none``), and
+optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
 everything that goes into it, so a second build is a file lookup.
 """
 
@@ -29,8 +29,12 @@ MODULE_ORDER = (
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_console",
+    "virtio_blk",
 )
-"""The virtio modules of Debian's cloud kernel, in the order ``insmod`` needs them."""
+"""The virtio modules of Debian's cloud kernel, in the order ``insmod`` needs them.
+
+``virtio_blk`` (needing only virtio and virtio_ring) gives a guest with a disk its ``/dev/vda``.
+"""
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 GUEST_AGENT_PATH = "/usr/sbin/qemu-ga"

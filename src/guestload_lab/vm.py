@@ -1,8 +1,14 @@
 """Tiny VMs under TCG: domain XML, boot, destroy, and commands through the guest agent.
 
-Guests boot the Debian kernel straight into the lab's initramfs (no disk, no NIC, no
-graphics). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines ``/dev/kvm``
-opens but Linux guests die under it.
+Guests boot the Debian kernel straight into the lab's initramfs (no NIC, no graphics, and no
+disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on our machines
+``/dev/kvm`` opens but Linux guests die under it. ACPI is on: without its tables the kernel
+brings up one CPU only, whatever ``<vcpu>`` says.
+
+Three causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
+guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
+throttled disk count in the load average while the vCPU idles) and host contention
+(``VmSpec.host_cpu``: VMs pinned to one host CPU wait for it, seen in ``vcpu.N.delay``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ from guestload_lab.waiting import wait_until
 
 KUBEVIRT_NAMESPACE_URI = "http://kubevirt.io"
 AGENT_COMMAND_TIMEOUT_SECONDS = 5
+DISK_MIB = 64
+"""Size of the raw file behind a VM's throttled disk."""
+DISK_READER_COMMAND = "dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct"
+"""What each disk reader repeats: direct reads wait for the disk in uninterruptible sleep."""
+DISK_READER_PIDS = "/run/guestload-disk-readers.pids"
+"""Where the guest keeps the pids of its disk-reader loops."""
 
 
 _CONNECTION_ERROR_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
@@ -63,6 +75,11 @@ class VmSpec:
     """``stress-ng --cpu N`` started by ``/init`` at boot (0: none)."""
     kubevirt_uid: str | None = None
     """Adds KubeVirt's ``<kubevirt xmlns="http://kubevirt.io"><uid>`` metadata."""
+    disk_iops: int | None = None
+    """Adds ``/dev/vda``: a 64 MiB raw virtio disk (``cache='none'``) limited to this many
+    I/O operations per second in total (None: no disk)."""
+    host_cpu: int | None = None
+    """Pins every vCPU and the emulator threads to this host CPU (None: not pinned)."""
 
     @staticmethod
     def kubevirt(namespace: str, vmi: str, uid: str, **settings: Any) -> VmSpec:
@@ -70,10 +87,14 @@ class VmSpec:
         return VmSpec(name=f"{namespace}_{vmi}", kubevirt_uid=uid, **settings)
 
 
-def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
-    """The libvirt domain XML for ``spec``."""
+def domain_xml(
+    spec: VmSpec, image: GuestImage, *, serial_log: Path, disk: Path | None = None
+) -> str:
+    """The libvirt domain XML for ``spec``; ``disk`` is the raw file behind ``disk_iops``."""
     if spec.memory_mib < 96:
         raise ValueError("a guest needs at least 96 MiB (160 MiB with stress-ng in its image)")
+    if (spec.disk_iops is None) != (disk is None):
+        raise ValueError("a disk file goes with disk_iops, and only with it")
     # Without a channel there is no port to wait for: /init skips the agent.
     agent = spec.agent if spec.channel else AgentKind.NONE
     cmdline = (
@@ -92,24 +113,41 @@ def domain_xml(spec: VmSpec, image: GuestImage, *, serial_log: Path) -> str:
             "<channel type='unix'><source mode='bind'/>"
             f"<target type='virtio' name={quoteattr(AGENT_PORT_NAME)}/></channel>"
         )
+    disk_element = ""
+    if spec.disk_iops is not None and disk is not None:
+        disk_element = (
+            "<disk type='file' device='disk'>"
+            "<driver name='qemu' type='raw' cache='none'/>"
+            f"<source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>"
+            f"<iotune><total_iops_sec>{spec.disk_iops}</total_iops_sec></iotune></disk>"
+        )
+    cputune = ""
+    if spec.host_cpu is not None:
+        pins = "".join(
+            f"<vcpupin vcpu='{vcpu}' cpuset='{spec.host_cpu}'/>" for vcpu in range(spec.vcpus)
+        )
+        cputune = f"<cputune>{pins}<emulatorpin cpuset='{spec.host_cpu}'/></cputune>"
     serial = quoteattr(str(serial_log))
     return f"""<domain type='qemu'>
   <name>{escape(spec.name)}</name>
   {metadata}
   <memory unit='MiB'>{spec.memory_mib}</memory>
   <vcpu>{spec.vcpus}</vcpu>
+  {cputune}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(image.kernel))}</kernel>
     <initrd>{escape(str(image.initrd))}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>
+  <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
     <serial type='file'><source path={serial}/><target port='0'/></serial>
     <console type='file'><source path={serial}/><target type='serial' port='0'/></console>
+    {disk_element}
     {channel}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
@@ -154,11 +192,16 @@ class Hypervisor:
                 self._connection = None
 
     def create(self, spec: VmSpec, image: GuestImage, *, log_dir: Path) -> LabVm:
-        """Boot a transient domain for ``spec``; its serial console goes to ``log_dir``."""
+        """Boot a transient domain for ``spec``; its serial console (and disk) go to ``log_dir``."""
         log_dir.mkdir(parents=True, exist_ok=True)
         serial_log = log_dir / f"{spec.name}.serial.log"
         serial_log.unlink(missing_ok=True)
-        xml = domain_xml(spec, image, serial_log=serial_log)
+        disk = None
+        if spec.disk_iops is not None:
+            disk = log_dir / f"{spec.name}.vda.raw"
+            with disk.open("wb") as raw:
+                raw.truncate(DISK_MIB * 1024 * 1024)
+        xml = domain_xml(spec, image, serial_log=serial_log, disk=disk)
         domain = self.connection().createXML(xml, 0)
         return LabVm(hypervisor=self, spec=spec, uuid=domain.UUIDString(), serial_log=serial_log)
 
@@ -303,6 +346,48 @@ class LabVm:
         """Kill every stress-ng process in the guest."""
         self.guest_exec(["/bin/busybox", "killall", "-9", "stress-ng"])
 
+    def start_disk_readers(self, readers: int = 16) -> None:
+        """Start ``readers`` endless loops of direct 4 KiB reads from the guest's ``/dev/vda``.
+
+        On a throttled disk (``VmSpec.disk_iops``) every reader spends its time in
+        uninterruptible sleep: each one adds 1 to the load average's queue, not to CPU use.
+        """
+        loop = f"while true; do {DISK_READER_COMMAND}; done"
+        script = (
+            f"for reader in $(seq {readers}); do"
+            f" ({loop}) </dev/null >/dev/null 2>&1 & echo $! >>{DISK_READER_PIDS};"
+            " done"
+        )
+        self.guest_exec(["/bin/busybox", "sh", "-c", script])
+
+    def stop_disk_readers(self) -> None:
+        """End the reader loops, then their reads (each ends once its pending read completes)."""
+        script = f"kill -9 $(cat {DISK_READER_PIDS}); rm -f {DISK_READER_PIDS}; killall -9 dd"
+        self.guest_exec(["/bin/busybox", "sh", "-c", script])
+
+    def cpu_stats(self) -> list[dict[str, Any]]:
+        """``guest-get-cpustats`` through agent passthrough: one entry per guest CPU.
+
+        Linux entries carry ``cpu`` and the ``/proc/stat`` counters ``user``, ``nice``,
+        ``system``, ``idle``, ``iowait``, ``irq``, ``softirq``, ``steal``, ``guest`` and
+        ``guestnice`` in milliseconds. Passthrough taints the domain (``custom-ga-command``).
+        """
+        stats: list[dict[str, Any]] = self.agent_command("guest-get-cpustats")
+        return stats
+
+    def vcpu_sample(self) -> VcpuSample:
+        """The domain's vCPU counters from libvirt's bulk stats, with the time of reading."""
+        domain = self.domain()
+        ((_, stats),) = self.hypervisor.connection().domainListGetStats(
+            [domain], libvirt.VIR_DOMAIN_STATS_VCPU
+        )
+        count = int(stats["vcpu.current"])
+        return VcpuSample(
+            at=time.monotonic(),
+            time_ns=tuple(int(stats[f"vcpu.{vcpu}.time"]) for vcpu in range(count)),
+            delay_ns=tuple(int(stats[f"vcpu.{vcpu}.delay"]) for vcpu in range(count)),
+        )
+
     def signal_agent(self, signal_name: str) -> None:
         """Send ``signal_name`` (e.g. ``KILL``, ``STOP``) to the guest's qemu-ga, through itself."""
         self.guest_exec(["/bin/busybox", "sh", "-c", f"kill -{signal_name} $(pidof qemu-ga)"])
@@ -310,6 +395,31 @@ class LabVm:
     def console_tail(self, lines: int = 15) -> str:
         """The last lines of the serial console."""
         return "\n".join(self.console_text().splitlines()[-lines:])
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuSample:
+    """A domain's ``vcpu.N.time`` (running) and ``vcpu.N.delay`` (waiting for a host CPU)."""
+
+    at: float
+    """``time.monotonic()`` when the counters were read."""
+    time_ns: tuple[int, ...]
+    delay_ns: tuple[int, ...]
+
+    def busy_share(self, later: VcpuSample) -> float:
+        """Share of the wall time between the samples the vCPUs ran, averaged over vCPUs."""
+        return _rate(self.time_ns, later.time_ns, later.at - self.at)
+
+    def delay_ratio(self, later: VcpuSample) -> float:
+        """Share of the wall time between the samples the vCPUs waited for a host CPU."""
+        return _rate(self.delay_ns, later.delay_ns, later.at - self.at)
+
+
+def _rate(before: Sequence[int], after: Sequence[int], seconds: float) -> float:
+    if len(before) != len(after) or not before or seconds <= 0:
+        raise ValueError("samples of different vCPU counts, or not in time order")
+    gained = sum(late - early for early, late in zip(before, after, strict=True))
+    return gained / 1e9 / seconds / len(before)
 
 
 def wait_all_agents(vms: Iterable[LabVm], timeout: float = 90.0) -> dict[str, float]:
