@@ -269,9 +269,18 @@ def measure(
         "phases": phases,
         "cpu_seconds_per_domain_poll": per_domain,
         "median_cpu_seconds_per_domain_poll": medians,
-        "ratio": medians["exporter"] / medians["bare"],
-        "cpustats_ratio": medians["exporter"] / medians["exporter_load_only"],
+        "ratio": _ratio(medians["exporter"], medians["bare"]),
+        "cpustats_ratio": _ratio(medians["exporter"], medians["exporter_load_only"]),
     }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``; None when the window was too short to measure any CPU."""
+    return numerator / denominator if denominator > 0 else None
+
+
+def _format_ratio(ratio: float | None) -> str:
+    return "n/a (no CPU time measured)" if ratio is None else f"{ratio:.2f}"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -288,9 +297,10 @@ def table(result: dict[str, Any]) -> str:
         )
     return (
         format_table(["phase", "domain-polls", "CPU s", "CPU ms per domain-poll (median)"], rows)
-        + f"\n\noverhead ratio exporter / bare: {result['ratio']:.2f} (target <= {TARGET_RATIO})"
+        + f"\n\noverhead ratio exporter / bare: {_format_ratio(result['ratio'])}"
+        + f" (target <= {TARGET_RATIO})"
         + "\nguest CPU times, exporter / exporter_load_only: "
-        + f"{result['cpustats_ratio']:.2f} (target <= {TARGET_CPUSTATS_RATIO})"
+        + f"{_format_ratio(result['cpustats_ratio'])} (target <= {TARGET_CPUSTATS_RATIO})"
     )
 
 

@@ -64,7 +64,7 @@ from guestload_lab.processes import ProcessRegistry, pid_alive
 NODE = "bench-node"
 DEFAULT_FAILURES = "absent=1%,old=1%,slow=0.05%,hung=0.05%"
 _GAUGE = re.compile(r"^(guestload_\w+|process_resident_memory_bytes) (\S+)$", re.M)
-_STATE = re.compile(r'^guestload_agent_state\{[^\n]*state="(\w+)"[^\n]*\} 1\.0$', re.M)
+_STATE = re.compile(r'^guestload_agent_state\{[^\n]*query="load",state="(\w+)"[^\n]*\} 1\.0$', re.M)
 _MAX_EXAMPLES = 20
 
 

@@ -48,7 +48,7 @@ class ExportedVms:
     uuids: Mapping[VmKey, str]
     """VM -> ``uuid`` label of its ``guestload_domain_info``."""
     states: Mapping[VmKey, tuple[str, ...]]
-    """VM -> the ``state`` labels of its ``guestload_agent_state`` series."""
+    """VM -> the ``state`` labels of its load query's ``guestload_agent_state`` series."""
     with_load: frozenset[VmKey]
     """VMs with at least one ``kubevirt_vmi_guest_load_*`` series."""
 
@@ -68,7 +68,7 @@ def exported_vms(text: str) -> ExportedVms:
         series[key] = series.get(key, 0) + 1
         if name == "guestload_domain_info":
             uuids[key] = labels.get("uuid", "")
-        elif name == "guestload_agent_state":
+        elif name == "guestload_agent_state" and labels.get("query") == "load":
             states.setdefault(key, []).append(labels.get("state", ""))
         elif name.startswith(_LOAD_FAMILY_PREFIX):
             with_load.add(key)

@@ -81,4 +81,6 @@ def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> 
         (run,) = result["phases"][phase]
         assert run["domain_polls"] >= 1
         assert run["wall_seconds"] >= 2
-    assert result["cpustats_ratio"] > 0
+    # Two-second windows may measure no CPU at all (10 ms clock ticks): then no ratio.
+    for ratio in ("ratio", "cpustats_ratio"):
+        assert result[ratio] is None or result[ratio] > 0
