@@ -268,11 +268,12 @@ def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
             ),
         ),
         # One busy share per VM: the guest's view where it has one, else the host's; the
-        # source label says which.
+        # source label says which. ">= 0" drops a guest share that is not a number (0 / 0:
+        # CPU statistics that have not moved since the first poll), so the host's is used.
         RecordingRule(
             record=records.cpu_busy,
             expr=(
-                f'label_replace({records.guest_busy}, "source", "guest", "", "")\n'
+                f'label_replace({records.guest_busy} >= 0, "source", "guest", "", "")\n'
                 f"  or on ({VM})\n"
                 f'label_replace({records.host_busy}, "source", "host", "", "")'
             ),
@@ -348,17 +349,31 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     iowait_share = settings.cause("iowait_share")
     explain = breakdown(settings)
     io_cause = f'{PRESSURE_CAUSE}{{cause="io"}}'
+    grace = settings.window("unknown_busy_grace")
+    records = Records.of(settings)
     alerts = []
     for name, level in (
         ("GuestVCPUQueueHighWarning", warning),
         ("GuestVCPUQueueHighCritical", critical),
     ):
         queue = level.threshold("queue")
+        # Not known yet: no busy share (or NaN, before two polls of CPU statistics), and the
+        # queue has not been high for the whole grace.
+        busy_unknown = (
+            f"(\n  group by ({VM}) ({VCPU_QUEUE})\n    unless on ({VM})\n"
+            f"  ({records.cpu_busy} >= 0)\n    unless on ({VM})\n"
+            f"  (\n    min_over_time({VCPU_QUEUE}[{grace}]) > {queue}\n"
+            f"      and on ({VM})\n    {VCPU_QUEUE} offset {grace}\n  )\n)"
+        )
         alerts.append(
             AlertingRule(
                 alert=name,
-                # A queue of tasks blocked on I/O while the vCPUs idle is GuestIOStall's.
-                expr=f"{VCPU_QUEUE} > {queue}\n  unless on ({VM})\n{io_cause}",
+                # A queue of tasks blocked on I/O while the vCPUs idle is GuestIOStall's; a
+                # queue whose cause cannot be told yet waits for it (unknown_busy_grace).
+                expr=(
+                    f"{VCPU_QUEUE} > {queue}\n  unless on ({VM})\n{io_cause}"
+                    f"\n  unless on ({VM})\n{busy_unknown}"
+                ),
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",

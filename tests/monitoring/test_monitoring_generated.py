@@ -98,14 +98,25 @@ def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
     the rules call the queue's cause io; then GuestIOStall fires after 5 minutes."""
     by_name = {rule["alert"]: rule for rule in alerting_rules()}
     io = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'
+    vm = "on (namespace, name, node)"
+    queue = "kubevirt_vmi_guest_vcpu_queue"
+
+    def unknown(threshold: int) -> str:
+        """No busy share yet, and the queue not long for the whole grace."""
+        return (
+            f"(group by (namespace, name, node) ({queue}) unless {vm} "
+            f"(namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0) unless {vm} "
+            f"(min_over_time({queue}[10m]) > {threshold} and {vm} {queue} offset 10m))"
+        )
+
     expected = {
         "GuestVCPUQueueHighWarning": (
-            f"kubevirt_vmi_guest_vcpu_queue > 10 unless on (namespace, name, node) {io}",
+            f"{queue} > 10 unless {vm} {io} unless {vm} {unknown(10)}",
             None,
             "warning",
         ),
         "GuestVCPUQueueHighCritical": (
-            f"kubevirt_vmi_guest_vcpu_queue > 20 unless on (namespace, name, node) {io}",
+            f"{queue} > 20 unless {vm} {io} unless {vm} {unknown(20)}",
             None,
             "critical",
         ),
