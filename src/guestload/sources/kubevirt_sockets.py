@@ -24,12 +24,6 @@ from guestload.sources.protocol import EventListener, Source, SourceUnavailableE
 
 log = logging.getLogger(__name__)
 
-#: Where a virt-launcher's libvirt daemon listens, seen from the node.
-DEFAULT_KUBEVIRT_SOCKET_GLOB = (
-    "/var/lib/kubelet/pods/*/volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
-)
-#: How virt-launcher itself connects to its daemon (root and non-root launchers alike).
-DEFAULT_SOCKET_URI_TEMPLATE = "qemu+unix:///session?socket={socket}"
 #: The placeholder in the URI template that is replaced by a socket's path.
 SOCKET_PLACEHOLDER = "{socket}"
 
