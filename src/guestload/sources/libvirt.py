@@ -1,7 +1,9 @@
 """The libvirt source: domains, vCPU stats and guest-agent answers from a libvirt daemon.
 
 The only module of the exporter that imports ``libvirt``. It reads; judging errors and guest
-answers is left to :mod:`guestload.queries`.
+answers is left to :mod:`guestload.queries`. Connecting, listing, agent calls and events stay
+together because they share one session (connection, domain handles, callbacks) and libvirt's
+process-wide event loop, and keeping them here keeps the ``libvirt`` import in one place.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Everything is a function of the seed and of the time since :meth:`SimulatedSourc
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
 the same load curves, however often they are read. Agents answer with the texts real ones
 send, judged by the queries' own parsers; failures go through the same classification as
-libvirt's errors (:mod:`guestload.queries.agent`).
+libvirt's errors (:mod:`guestload.queries.agent`). The VMs, their agents' misbehaviour and
+the churn stay in one module because all are drawn from those same hashes: a replay of the
+simulation depends on every draw being made in one place.
 """
 
 from __future__ import annotations
