@@ -29,7 +29,7 @@ PLAIN_NAMESPACE = "libvirt"
 """The exporter's namespace for domains KubeVirt did not create."""
 
 STRESS_WORKERS = 4
-"""The seed's case: ``stress-ng --cpu 4`` in a 1-vCPU guest."""
+"""The basic overload: ``stress-ng --cpu 4`` in a 1-vCPU guest, four runnable tasks per vCPU."""
 HEAVY_WORKERS = 32
 """Measured: passes a queue of 20 at ~65 s in a 1-vCPU TCG guest (16 levels off near 15)."""
 

@@ -171,7 +171,7 @@ def test_queue_panel_draws_the_alert_thresholds() -> None:
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
 
 
-def test_dashboard_has_every_panel_the_issue_asks_for() -> None:
+def test_dashboard_shows_load_causes_agent_states_and_exporter_health() -> None:
     for fragment in (
         "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio",
         "namespace_name_node:kubevirt_vmi_vcpu_delay:ratio_rate10m",

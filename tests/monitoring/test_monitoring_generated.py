@@ -93,8 +93,8 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
         assert annotations["runbook_url"] == runbook_template.format(alertname=rule["alert"])
 
 
-def test_alert_thresholds_and_durations_are_those_of_the_issue() -> None:
-    """The seed's contract: queue > 10 warning and > 20 critical with no `for`, except where
+def test_queue_alerts_fire_at_once_above_10_and_20_and_io_stalls_after_5m() -> None:
+    """The alerting contract: queue > 10 warning and > 20 critical with no `for`, except where
     the rules call the queue's cause io; then GuestIOStall fires after 5 minutes."""
     by_name = {rule["alert"]: rule for rule in alerting_rules()}
     io = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'

@@ -117,7 +117,7 @@ def test_every_alert_is_tested_firing_and_silent_with_its_annotations() -> None:
 
 
 @pytest.mark.parametrize(
-    ("record", "seed_expr", "symptom"),
+    ("record", "naive_expr", "symptom"),
     [
         (
             "kubevirt_vmi_guest_vcpu_queue",
@@ -132,16 +132,17 @@ def test_every_alert_is_tested_firing_and_silent_with_its_annotations() -> None:
     ],
     ids=["queue-without-matching", "count-without-distinct-ids"],
 )
-def test_the_seed_expressions_fail_the_shipped_tests(
-    tmp_path: Path, record: str, seed_expr: str, symptom: str
+def test_naive_expressions_fail_the_shipped_tests(
+    tmp_path: Path, record: str, naive_expr: str, symptom: str
 ) -> None:
-    """The tests catch the seed's naive rules: unmatched `-` and counting series, not vCPUs."""
+    """The rule tests catch naive recording rules: `-` without vector matching, and counting
+    series instead of vCPUs."""
     (tmp_path / "rules").mkdir()
     document = load_yaml(RULE_FILE)
     for group in document["groups"]:
         for rule in group["rules"]:
             if rule.get("record") == record:
-                rule["expr"] = seed_expr
+                rule["expr"] = naive_expr
     (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
     shutil.copytree(MONITORING / "tests", tmp_path / "tests")
     result = run([promtool(), "test", "rules", tmp_path / "tests" / "recording.test.yml"])

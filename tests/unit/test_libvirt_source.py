@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ import libvirt
 import pytest
 
 from guestload.identity import parse_kubevirt_metadata
+from guestload.logs import JsonFormatter
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -629,6 +631,21 @@ def test_describe_after_connect(rig: Rig) -> None:
         "load_method": "guest_info",
         "uri": URI,
     }
+
+
+def test_the_connect_line_carries_its_facts_as_json_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="guestload")
+    for _rig in make_rig(fake_domain()):
+        pass
+    record = next(r for r in caplog.records if r.getMessage() == "connected to libvirt")
+    fields = json.loads(JsonFormatter().format(record))
+    assert (fields["uri"], fields["daemon_version"], fields["load_method"]) == (
+        URI,
+        "11.3.0",
+        "guest_info",
+    )
 
 
 def test_libvirt_source_is_a_source() -> None:

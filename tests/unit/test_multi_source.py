@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterable
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from guestload.logs import JsonFormatter
 from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource, socket_uri
 from guestload.sources.protocol import Source, SourceUnavailableError
@@ -68,6 +70,19 @@ def test_a_node_without_sockets_is_up_and_empty(node: Node) -> None:
     node.source.connect()
     assert node.source.list_running_domains() == []
     assert node.source.describe()["uri"] == f"test+unix:///default?socket={GLOB}"
+
+
+def test_socket_log_lines_carry_the_socket_as_a_json_field(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.add("pod-a", "a1")
+    caplog.set_level("INFO", logger="guestload")
+    node.source.connect()
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    found = next(line for line in lines if line["msg"] == "libvirt socket found")
+    watching = next(line for line in lines if line["msg"] == "watching libvirt sockets")
+    assert found["socket"] == "/pods/pod-a/sock"
+    assert (watching["glob"], watching["sockets"]) == (GLOB, 1)
 
 
 def test_listing_before_connect_is_unavailable(node: Node) -> None:

@@ -84,10 +84,6 @@ class MetricsCache:
         """Formats rendered as soon as a snapshot arrives: those scrapers asked for lately."""
 
     @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
-
-    @property
     def prerendered_formats(self) -> frozenset[str]:
         """The formats the current snapshot is cached in (``text``, ``openmetrics``)."""
         with self._lock:

@@ -8,6 +8,10 @@ worker pool, a domain never has two calls outstanding (a call still running make
 query whose agent lacks it or is absent is re-asked on an exponential back-off of its own
 instead of every poll. Each query keeps its own state per domain. Events from the source make
 changes prompt; the periodic poll stays the source of truth.
+
+The schedule, the in-flight guard, the back-off and the events are one module because they all
+read and change the same per-domain tracks within one poll; apart, they would share that state
+through each other's internals.
 """
 
 from __future__ import annotations

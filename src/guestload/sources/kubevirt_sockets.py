@@ -24,12 +24,6 @@ from guestload.sources.protocol import EventListener, Source, SourceUnavailableE
 
 log = logging.getLogger(__name__)
 
-#: Where a virt-launcher's libvirt daemon listens, seen from the node.
-DEFAULT_KUBEVIRT_SOCKET_GLOB = (
-    "/var/lib/kubelet/pods/*/volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
-)
-#: How virt-launcher itself connects to its daemon (root and non-root launchers alike).
-DEFAULT_SOCKET_URI_TEMPLATE = "qemu+unix:///session?socket={socket}"
 #: The placeholder in the URI template that is replaced by a socket's path.
 SOCKET_PLACEHOLDER = "{socket}"
 
@@ -134,7 +128,8 @@ class SocketGlobSource:
             )
             self._watcher.start()
         log.info(
-            "watching libvirt sockets glob=%s sockets=%d", self._socket_glob, len(self._members)
+            "watching libvirt sockets",
+            extra={"glob": self._socket_glob, "sockets": len(self._members)},
         )
 
     def close(self) -> None:
@@ -165,14 +160,14 @@ class SocketGlobSource:
                         if self._routes.get(uuid) is member:
                             del self._routes[uuid]
             for member in vanished:
-                log.info("libvirt socket gone socket=%s", member.socket_path)
+                log.info("libvirt socket gone", extra={"socket": member.socket_path})
                 _release(member)
                 self._announce(EventKind.STOPPED, member.uuids)
             for path in sorted(found - known):
                 try:
                     address = _SocketAddress(path)
                 except OSError as error:  # vanished between the glob and the open
-                    log.debug("libvirt socket unusable socket=%s err=%s", path, error)
+                    log.debug("libvirt socket unusable", extra={"socket": path, "err": str(error)})
                     continue
                 member = _Member(
                     socket_path=path,
@@ -182,7 +177,7 @@ class SocketGlobSource:
                 member.source.set_event_listener(self._forward)
                 with self._lock:
                     self._members[path] = member
-                log.info("libvirt socket found socket=%s", path)
+                log.info("libvirt socket found", extra={"socket": path})
                 if self._try_connect(member):
                     self._announce(
                         EventKind.STARTED, [d.uuid for d in self._list_member(member) or ()]
@@ -203,10 +198,12 @@ class SocketGlobSource:
             for inventory in self._list_member(member) or ():
                 if inventory.uuid in routes:
                     log.debug(
-                        "domain listed on two sockets uuid=%s kept=%s skipped=%s",
-                        inventory.uuid,
-                        routes[inventory.uuid].socket_path,
-                        member.socket_path,
+                        "domain listed on two sockets",
+                        extra={
+                            "uuid": inventory.uuid,
+                            "kept": routes[inventory.uuid].socket_path,
+                            "skipped": member.socket_path,
+                        },
                     )
                     continue
                 routes[inventory.uuid] = member
@@ -265,7 +262,8 @@ class SocketGlobSource:
         except SourceUnavailableError as error:
             if member.reconnect_delay == 0.0:
                 log.warning(
-                    "cannot connect to libvirt socket socket=%s err=%s", member.socket_path, error
+                    "cannot connect to libvirt socket",
+                    extra={"socket": member.socket_path, "err": str(error)},
                 )
             member.reconnect_delay = min(
                 max(member.reconnect_delay * 2, RECONNECT_INITIAL_SECONDS), RECONNECT_MAX_SECONDS
@@ -273,7 +271,7 @@ class SocketGlobSource:
             member.next_attempt = now + member.reconnect_delay
             return False
         if member.reconnect_delay:
-            log.info("libvirt socket reconnected socket=%s", member.socket_path)
+            log.info("libvirt socket reconnected", extra={"socket": member.socket_path})
         member.connected = True
         member.reconnect_delay, member.next_attempt = 0.0, 0.0
         return True
@@ -283,7 +281,9 @@ class SocketGlobSource:
         try:
             inventory = member.source.list_running_domains()
         except SourceUnavailableError as error:
-            log.warning("libvirt socket failed socket=%s err=%s", member.socket_path, error)
+            log.warning(
+                "libvirt socket failed", extra={"socket": member.socket_path, "err": str(error)}
+            )
             member.source.close()
             member.connected = False
             member.uuids = frozenset()
@@ -307,7 +307,9 @@ class SocketGlobSource:
             try:
                 self.rescan()
             except Exception:
-                log.exception("re-scanning libvirt sockets failed glob=%s", self._socket_glob)
+                log.exception(
+                    "re-scanning libvirt sockets failed", extra={"glob": self._socket_glob}
+                )
 
 
 def _release(member: _Member) -> None:

@@ -1,7 +1,9 @@
 """The libvirt source: domains, vCPU stats and guest-agent answers from a libvirt daemon.
 
 The only module of the exporter that imports ``libvirt``. It reads; judging errors and guest
-answers is left to :mod:`guestload.queries`.
+answers is left to :mod:`guestload.queries`. Connecting, listing, agent calls and events stay
+together because they share one session (connection, domain handles, callbacks) and libvirt's
+process-wide event loop, and keeping them here keeps the ``libvirt`` import in one place.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.sources.protocol import EventListener, SourceUnavailableError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 DEFAULT_KEEPALIVE_INTERVAL_SECONDS = 5
@@ -235,11 +237,13 @@ class LibvirtSource:
         self._subscribe(session)
         with self._lock:
             self._session = session
-        logger.info(
-            "connected to libvirt uri=%s daemon_version=%s load_method=%s",
-            self._uri,
-            format_libvirt_version(daemon_version),
-            session.method(LOAD),
+        log.info(
+            "connected to libvirt",
+            extra={
+                "uri": self._uri,
+                "daemon_version": format_libvirt_version(daemon_version),
+                "load_method": session.method(LOAD),
+            },
         )
 
     def close(self) -> None:
@@ -254,7 +258,7 @@ class LibvirtSource:
         if session.close_callback_registered:
             _ignore_libvirt_errors(connection.unregisterCloseCallback)
         _ignore_libvirt_errors(connection.close)
-        logger.debug("closed libvirt connection uri=%s", self._uri)
+        log.debug("closed libvirt connection", extra={"uri": self._uri})
 
     def list_running_domains(self) -> Sequence[DomainInventory]:
         """Every running domain with its vCPU stats, from one bulk stats call."""
@@ -289,7 +293,7 @@ class LibvirtSource:
                 handles[uuid] = handle
             except Exception:
                 # One odd domain must not hide the others.
-                logger.debug("skipping domain in listing uri=%s", self._uri, exc_info=True)
+                log.debug("skipping domain in listing", extra={"uri": self._uri}, exc_info=True)
         with session.lock:
             session.handles = handles
         return inventories
@@ -331,7 +335,7 @@ class LibvirtSource:
 
     def _failure(self, session: _Session, uuid: str, error: Exception) -> QueryReading:
         if not isinstance(error, libvirt.libvirtError):
-            logger.debug("guest agent call failed uuid=%s", uuid, exc_info=error)
+            log.debug("guest agent call failed", extra={"uuid": uuid}, exc_info=error)
             return QueryReading(state=AgentState.ERROR, detail=f"{type(error).__name__}: {error}")
         state = classify_libvirt_error(
             code=error.get_error_code() or 0, message=error.get_error_message() or ""
@@ -390,7 +394,7 @@ class LibvirtSource:
         try:
             connection.setKeepAlive(*self._keepalive)
         except libvirt.libvirtError as error:
-            logger.debug("no keepalive uri=%s error=%s", self._uri, error.get_error_message())
+            log.debug("no keepalive", extra={"uri": self._uri, "err": error.get_error_message()})
 
     def _subscribe(self, session: _Session) -> None:
         """Register the close callback and event callbacks; a refusal only costs promptness."""
@@ -398,15 +402,16 @@ class LibvirtSource:
 
         def on_close(_connection: Any, reason: int, _opaque: object) -> None:
             session.lost_reason = _CLOSE_REASONS.get(reason, str(reason))
-            logger.info(
-                "libvirt connection closed uri=%s reason=%s", self._uri, session.lost_reason
+            log.info(
+                "libvirt connection closed",
+                extra={"uri": self._uri, "reason": session.lost_reason},
             )
 
         try:
             connection.registerCloseCallback(on_close, None)
             session.close_callback_registered = True
         except libvirt.libvirtError as error:
-            logger.debug("no close callback uri=%s error=%s", self._uri, error)
+            log.debug("no close callback", extra={"uri": self._uri, "err": str(error)})
 
         def on_lifecycle(
             _connection: Any, domain: Any, event: int, detail: int, _opaque: object
@@ -430,7 +435,7 @@ class LibvirtSource:
                 callback_id = connection.domainEventRegisterAny(None, event_id, callback, None)
                 session.event_callback_ids.append(int(callback_id))
             except libvirt.libvirtError as error:
-                logger.debug("no events uri=%s events=%s error=%s", self._uri, name, error)
+                log.debug("no events", extra={"uri": self._uri, "events": name, "err": str(error)})
 
     def _deliver(self, session: _Session, kind: EventKind, domain: Any) -> None:
         try:
@@ -443,7 +448,9 @@ class LibvirtSource:
             if listener is not None:
                 listener(DomainEvent(kind=kind, uuid=uuid))
         except Exception:
-            logger.exception("domain event listener failed uri=%s kind=%s", self._uri, kind)
+            log.exception(
+                "domain event listener failed", extra={"uri": self._uri, "event": kind.value}
+            )
 
 
 _CLOSE_REASONS = {
@@ -493,7 +500,7 @@ def _fetch_metadata(domain: Any, readers: Sequence[MetadataReader]) -> Mapping[s
         except libvirt.libvirtError as error:
             if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                 continue
-            logger.debug("domain metadata unavailable error=%s", error)
+            log.debug("domain metadata unavailable", extra={"err": str(error)})
             return None
         hints = reader.parse(str(element))
         if hints:
@@ -513,7 +520,7 @@ def _bounded_by_response_timeout(handle: _DomainHandle, timeout: int) -> bool:
         except libvirt.libvirtError as error:
             if error.get_error_code() not in _PERMANENT_TIMEOUT_REFUSALS:
                 return False  # e.g. the domain stopped: the load call itself reports that
-            logger.debug("agent response timeout refused error=%s", error.get_error_message())
+            log.debug("agent response timeout refused", extra={"err": error.get_error_message()})
             handle.agent_timeout_refused = True
         else:
             handle.agent_timeout_refused = False
@@ -532,7 +539,7 @@ def _ignore_libvirt_errors(call: Any, *args: object) -> None:
     try:
         call(*args)
     except libvirt.libvirtError as error:
-        logger.debug("ignored libvirt error during close error=%s", error)
+        log.debug("ignored libvirt error during close", extra={"err": str(error)})
 
 
 def _ignore_error(_context: object, _error: object) -> None:
@@ -542,7 +549,7 @@ def _ignore_error(_context: object, _error: object) -> None:
 def _run_event_loop() -> None:
     while True:
         if libvirt.virEventRunDefaultImpl() < 0:
-            logger.error("libvirt event loop iteration failed")
+            log.error("libvirt event loop iteration failed")
             time.sleep(_EVENT_LOOP_RETRY_SECONDS)
 
 

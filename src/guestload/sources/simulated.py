@@ -11,7 +11,9 @@ Everything is a function of the seed and of the time since :meth:`SimulatedSourc
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
 the same load curves, however often they are read. Agents answer with the texts real ones
 send, judged by the queries' own parsers; failures go through the same classification as
-libvirt's errors (:mod:`guestload.queries.agent`).
+libvirt's errors (:mod:`guestload.queries.agent`). The VMs, their agents' misbehaviour and
+the churn stay in one module because all are drawn from those same hashes: a replay of the
+simulation depends on every draw being made in one place.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.agent import classify_libvirt_error
+from guestload.queries.agent import (
+    VIR_ERR_AGENT_COMMAND_FAILED,
+    VIR_ERR_AGENT_UNRESPONSIVE,
+    VIR_ERR_ARGUMENT_UNSUPPORTED,
+    VIR_ERR_NO_DOMAIN,
+    classify_libvirt_error,
+)
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.sources.protocol import EventListener
 
@@ -60,10 +68,6 @@ _MASK64 = (1 << 64) - 1
 _FLAP_SALT = 0x666C6170
 
 # What libvirt says in each failure case (measured with real VMs; see queries.agent).
-_VIR_ERR_NO_DOMAIN = 42
-_VIR_ERR_ARGUMENT_UNSUPPORTED = 74
-_VIR_ERR_AGENT_UNRESPONSIVE = 86
-_VIR_ERR_AGENT_COMMAND_FAILED = 113
 _NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
 _NOT_CONNECTED = "Guest agent is not responding: QEMU guest agent is not connected"
 _NOT_FOUND = (
@@ -422,21 +426,21 @@ class SimulatedSource:
                 connected = vm.agent_connected(step)
                 answers = {query.name: vm.agent_answer(query) for query in queries}
         if vm is None:
-            gone = _libvirt_error(_VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
+            gone = _libvirt_error(VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
             return dict.fromkeys((query.name for query in queries), gone)
         waited = False
 
         def ask(query: GuestQuery) -> QueryReading:
             nonlocal waited
             if behaviour is AgentBehaviour.ABSENT:
-                return _libvirt_error(_VIR_ERR_ARGUMENT_UNSUPPORTED, _NOT_CONFIGURED)
+                return _libvirt_error(VIR_ERR_ARGUMENT_UNSUPPORTED, _NOT_CONFIGURED)
             if not connected:
-                return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
+                return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
             if behaviour is AgentBehaviour.HUNG:
                 # libvirt's agent response timeout: the call returns when it expires.
                 self._closing.wait(timeout_seconds)
                 seconds = max(1, math.ceil(timeout_seconds))
-                return _libvirt_error(_VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
+                return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
             delay = self._simulation.agent_latency_seconds
             if behaviour is AgentBehaviour.SLOW:
                 delay = max(delay, timeout_seconds / 2)
@@ -445,7 +449,7 @@ class SimulatedSource:
                 self._closing.wait(delay)
             if behaviour is AgentBehaviour.OLD and query.agent_command in _OLD_AGENT_LACKS:
                 message = _NOT_FOUND.format(command=query.agent_command)
-                return _libvirt_error(_VIR_ERR_AGENT_COMMAND_FAILED, message)
+                return _libvirt_error(VIR_ERR_AGENT_COMMAND_FAILED, message)
             answer = answers[query.name]
             if query.guest_info is not None:
                 return query.parse_guest_info(answer)

@@ -44,10 +44,6 @@ class BasicAuthenticator:
         self._bcrypt_lock = threading.Lock()
         self._decoy = _decoy_hash()  # made now, so no request pays for making it
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
-
     def check(self, authorization: str | None) -> bool:
         """True when the header names a configured user with the right password."""
         credentials = _basic_credentials(authorization)
