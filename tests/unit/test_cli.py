@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guestload import __version__
-from guestload.cli.main import build_parser, main, settings_from_args
+from guestload.cli.flags import build_parser, settings_from_args
+from guestload.cli.main import main
 from guestload.settings import ListenAddress, Settings, SettingsError, parse_duration
 
 

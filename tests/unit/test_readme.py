@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from guestload.cli.main import build_parser
+from guestload.cli.flags import build_parser
 from guestload.model import AgentState
 
 ROOT = Path(__file__).resolve().parents[2]
