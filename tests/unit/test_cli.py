@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest
 
 from guestload import __version__
-from guestload.cli.flags import build_parser, settings_from_args
+from guestload.cli.flags import (
+    PROBE_LOG_LEVEL,
+    build_parser,
+    field_default,
+    settings_from_args,
+)
 from guestload.cli.main import main
-from guestload.settings import ListenAddress, Settings, SettingsError, parse_duration
+from guestload.identity import IdentityMode
+from guestload.settings import (
+    ListenAddress,
+    Settings,
+    SettingsError,
+    SourceKind,
+    format_duration,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +70,35 @@ def test_settings_are_frozen() -> None:
 
 
 @pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0s"),
+        (0.002, "2ms"),
+        (5.0, "5s"),
+        (120.0, "120s"),
+        (590.0, "590s"),
+        (630.0, "630s"),
+        (900.0, "15m"),
+        (7200.0, "2h"),
+    ],
+)
+def test_durations_print_the_way_users_type_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+def test_enum_flags_give_enum_members() -> None:
+    args = build_parser().parse_args(
+        ["probe", "--node", "n", "--source", "simulated", "--identity.mode", "openstack"]
+    )
+    settings = settings_from_args(args)
+    assert settings.source is SourceKind.SIMULATED
+    assert settings.identity_mode is IdentityMode.OPENSTACK
+    assert settings.log_level == PROBE_LOG_LEVEL
+    assert settings.poll_interval_seconds == field_default("poll_interval_seconds")
+
+
+@pytest.mark.parametrize(
     ("argv", "flag"),
     [
         (["serve", "--collector.interval", "0"], "--collector.interval"),
@@ -70,6 +112,9 @@ def test_settings_are_frozen() -> None:
         (["serve", "--node", " "], "--node"),
         (["serve", "--no-such-flag"], "--no-such-flag"),
         (["probe", "--output", "xml"], "--output"),
+        (["probe", "--identity.mode", "nova"], "--identity.mode"),
+        (["probe", "--source", "qemu"], "--source"),
+        (["serve", "--simulated.agent-latency", "fast"], "--simulated.agent-latency"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(

@@ -16,9 +16,9 @@ from prometheus_client.registry import CollectorRegistry
 from guestload import __version__
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
-from guestload.identity import IdentityMode, IdentityResolver, metadata_readers_for
+from guestload.identity import IdentityResolver, metadata_readers_for
 from guestload.polling.poller import Poller
-from guestload.settings import Settings
+from guestload.settings import Settings, SourceKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource
 from guestload.sources.protocol import Source
 from guestload.sources.simulated import SimulatedSource
@@ -32,11 +32,11 @@ EXIT_FAILURE: Final = 1
 
 def make_source(settings: Settings) -> Source:
     """The configured hypervisor: simulated, one libvirt URI, or one per matching socket."""
-    if settings.source == "simulated":
+    if settings.source is SourceKind.SIMULATED:
         return SimulatedSource(simulation=settings.simulation)
     from guestload.sources.libvirt import LibvirtSource  # noqa: PLC0415 - imports libvirt
 
-    readers = metadata_readers_for(IdentityMode(settings.identity_mode))
+    readers = metadata_readers_for(settings.identity_mode)
     if not settings.socket_glob:
         return LibvirtSource(uri=settings.libvirt_uri, metadata_readers=readers)
     return SocketGlobSource(
@@ -54,7 +54,7 @@ def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) 
         identity=IdentityResolver(
             node=settings.node,
             default_namespace=settings.default_namespace,
-            mode=IdentityMode(settings.identity_mode),
+            mode=settings.identity_mode,
         ),
         poll_interval_seconds=settings.poll_interval_seconds,
         agent_timeout_seconds=settings.agent_timeout_seconds,

@@ -1,26 +1,27 @@
-"""The command's flags and the :class:`~guestload.settings.Settings` they build."""
+"""The command's flags and the :class:`~guestload.settings.Settings` they build.
+
+Each flag is bound to the Settings field it sets (``simulation.vms`` for a field of a nested
+dataclass): its default is that field's default, its choices come from the field's enum, its
+parser from the field's type, and its help shows the default as users type it.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import enum
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Any, Final, NoReturn, get_type_hints
 
 from guestload import __version__
 from guestload.identity import default_node
 from guestload.logs import FORMATS, LEVELS
-from guestload.settings import (
-    DEFAULT_LIBVIRT_URI,
-    DEFAULT_LISTEN_ADDRESS,
-    DEFAULT_SOCKET_URI_TEMPLATE,
-    IDENTITY_MODES,
-    SOURCES,
-    ListenAddress,
-    Settings,
-    parse_duration,
-)
-from guestload.sources.simulated import AgentFailures, Simulation
+from guestload.settings import ListenAddress, Settings, format_duration, parse_duration
+from guestload.sources.simulated import AgentFailures
 
-EXIT_USAGE = 2
+EXIT_USAGE: Final = 2
+PROBE_LOG_LEVEL: Final = "warn"
+"""``probe`` prints its answer on stdout; only warnings and errors go to stderr."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,163 +31,235 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"guestload: error: {message} (see '{self.prog} --help')\n")
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse`` with its ValueError shown as argparse's one-line error."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
 
 
-def _listen_address(text: str) -> ListenAddress:
-    try:
-        return ListenAddress.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _enum_member(kind: type[enum.StrEnum]) -> Callable[[str], object]:
+    """The member named ``text``; other texts pass through for argparse's choices error."""
+    return lambda text: kind(text) if text in tuple(kind) else text
 
 
-def _agent_failures(text: str) -> AgentFailures:
-    try:
-        return AgentFailures.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+_PARSERS: Final[dict[object, Callable[[str], object]]] = {
+    int: int,
+    float: float,
+    ListenAddress: _argument_type(ListenAddress.parse),
+    AgentFailures: _argument_type(AgentFailures.parse),
+}
+
+
+def _owner_and_name(path: str) -> tuple[type[Any], str]:
+    """The dataclass that holds the field at ``path`` (``simulation.vms``), and its name."""
+    owner: type[Any] = Settings
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = get_type_hints(owner)[parent]
+    return owner, name
+
+
+def field_type(path: str) -> Any:
+    """The declared type of the Settings field at ``path``."""
+    owner, name = _owner_and_name(path)
+    return get_type_hints(owner)[name]
+
+
+def field_default(path: str) -> object:
+    """The default of the Settings field at ``path``; None for a field without one."""
+    owner, name = _owner_and_name(path)
+    spec = next(f for f in fields(owner) if f.name == name)
+    if spec.default is not MISSING:
+        return spec.default
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return None
+
+
+def is_duration(path: str) -> bool:
+    """Fields in seconds are set with durations (``30s``, ``2m``)."""
+    return path.endswith("_seconds")
+
+
+def shown_default(path: str, value: object) -> str:
+    """``value`` of the field at ``path`` as the help shows it."""
+    if is_duration(path) and isinstance(value, float):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, AgentFailures) and value == AgentFailures():
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+_UNSET: Final = object()
+
+
+def _flag(
+    parser: argparse.ArgumentParser,
+    name: str,
+    path: str,
+    help_text: str,
+    *,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    default: object = _UNSET,
+) -> None:
+    """Add flag ``name`` setting field ``path``; ``%(default)s`` in the help shows the default."""
+    kind = field_type(path)
+    value = field_default(path) if default is _UNSET else default
+    shown = shown_default(path, value).replace("%", "%%")
+    options: dict[str, Any] = {
+        "dest": path,
+        "default": value,
+        "help": help_text.replace("%(default)s", shown),
+    }
+    if kind is bool:
+        # On by default: the flag's --no- form turns it off.
+        options["action"] = argparse.BooleanOptionalAction if value else "store_true"
+    elif isinstance(kind, type) and issubclass(kind, enum.StrEnum):
+        options["choices"] = tuple(member.value for member in kind)
+        options["type"] = _enum_member(kind)
+    elif choices is not None:
+        options["choices"] = choices
+    else:
+        options["type"] = (
+            _argument_type(parse_duration) if is_duration(path) else _PARSERS.get(kind)
+        )
+        if metavar is None and kind in (int, float):
+            metavar = "DURATION" if is_duration(path) else "N"
+        options["metavar"] = metavar
+    parser.add_argument(name, **options)
 
 
 def _add_simulated_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _flag(
+        parser,
         "--source",
-        choices=SOURCES,
-        default="libvirt",
-        help="where VMs come from: libvirt, or simulated VMs for load tests, demos and "
+        "source",
+        "where VMs come from: libvirt, or simulated VMs for load tests, demos and "
         "dashboard work (default: %(default)s)",
     )
-    parser.add_argument(
-        "--simulated.vms",
-        dest="simulated_vms",
-        type=int,
-        default=Simulation().vms,
-        metavar="N",
-        help="simulated VMs (default: %(default)s)",
-    )
-    parser.add_argument(
+    _flag(parser, "--simulated.vms", "simulation.vms", "simulated VMs (default: %(default)s)")
+    _flag(
+        parser,
         "--simulated.seed",
-        dest="simulated_seed",
-        type=int,
-        default=Simulation().seed,
-        metavar="N",
-        help="seed of the simulation: the same seed gives the same VMs and load curves "
+        "simulation.seed",
+        "seed of the simulation: the same seed gives the same VMs and load curves "
         "(default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--simulated.agent-failures",
-        dest="simulated_agent_failures",
-        type=_agent_failures,
-        default=AgentFailures(),
+        "simulation.agent_failures",
+        "shares of misbehaving agents, e.g. absent=2%%,old=3%%,slow=5%%,hung=10%% "
+        "(default: %(default)s)",
         metavar="SHARES",
-        help="shares of misbehaving agents, e.g. absent=2%%,old=3%%,slow=5%%,hung=10%% "
-        "(default: none)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--simulated.churn",
-        dest="simulated_churn",
-        type=float,
-        default=0.0,
+        "simulation.churn_per_minute",
+        "simulated VMs replaced per minute, with their lifecycle and agent events "
+        "(default: %(default)s)",
         metavar="PER_MINUTE",
-        help="simulated VMs replaced per minute, with their lifecycle and agent events "
-        "(default: 0)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--simulated.agent-latency",
-        dest="simulated_agent_latency",
-        type=_duration,
-        default=0.0,
-        metavar="DURATION",
-        help="how long a healthy simulated agent takes to answer (default: 0s)",
+        "simulation.agent_latency_seconds",
+        "how long a healthy simulated agent takes to answer (default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--simulated.agent-flaps",
-        dest="simulated_agent_flaps",
-        type=float,
-        default=0.0,
+        "simulation.agent_flaps_per_minute",
+        "simulated agents per minute that disconnect and reconnect 10 to 30 s later, "
+        "with their agent events (default: %(default)s)",
         metavar="PER_MINUTE",
-        help="simulated agents per minute that disconnect and reconnect 10 to 30 s later, "
-        "with their agent events (default: 0)",
     )
 
 
-def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _add_source_flags(parser: argparse.ArgumentParser, *, log_level: str) -> None:
+    _flag(
+        parser,
         "--libvirt.uri",
-        dest="libvirt_uri",
-        default=DEFAULT_LIBVIRT_URI,
+        "libvirt_uri",
+        "libvirt connection URI; needs a read-write connection (default: %(default)s)",
         metavar="URI",
-        help="libvirt connection URI; needs a read-write connection (default: %(default)s)",
     )
     _add_simulated_flags(parser)
-    parser.add_argument(
+    _flag(
+        parser,
         "--libvirt.socket-glob",
-        dest="socket_glob",
-        default="",
-        metavar="PATTERN",
-        help="connect to every libvirt socket matching this absolute glob, re-scanned as "
+        "socket_glob",
+        "connect to every libvirt socket matching this absolute glob, re-scanned as "
         "sockets come and go, instead of --libvirt.uri (KubeVirt: one daemon per VM pod)",
+        metavar="PATTERN",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--libvirt.socket-uri-template",
-        dest="socket_uri_template",
-        default=DEFAULT_SOCKET_URI_TEMPLATE,
-        metavar="URI",
-        help="libvirt URI for each socket found by --libvirt.socket-glob; {socket} is "
+        "socket_uri_template",
+        "libvirt URI for each socket found by --libvirt.socket-glob; {socket} is "
         "replaced by its path (default: %(default)s)",
+        metavar="URI",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--collector.agent-timeout",
-        dest="agent_timeout",
-        type=_duration,
-        default=5.0,
-        metavar="DURATION",
-        help="how long one guest-agent call may take (default: 5s)",
+        "agent_timeout_seconds",
+        "how long one guest-agent call may take (default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--collector.concurrency",
-        dest="concurrency",
-        type=int,
-        default=8,
-        metavar="N",
-        help="guest-agent calls in parallel (default: %(default)s)",
+        "concurrency",
+        "guest-agent calls in parallel (default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--node",
-        default=None,
-        help="value of the node label (default: $NODE_NAME, else the host name)",
+        "node",
+        "value of the node label (default: $NODE_NAME, else the host name)",
+        metavar="NODE",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--identity.default-namespace",
-        dest="default_namespace",
-        default="libvirt",
+        "default_namespace",
+        "namespace label for domains not created by KubeVirt (default: %(default)s)",
         metavar="NAMESPACE",
-        help="namespace label for domains not created by KubeVirt (default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--identity.mode",
-        dest="identity_mode",
-        choices=IDENTITY_MODES,
-        default="auto",
-        help="how VMs are named: KubeVirt or Nova (OpenStack) domain metadata, or the plain "
+        "identity_mode",
+        "how VMs are named: KubeVirt or Nova (OpenStack) domain metadata, or the plain "
         "domain name; auto tries KubeVirt, then Nova, then plain (default: %(default)s)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--log.level",
-        dest="log_level",
+        "log_level",
+        f"log level (default: {field_default('log_level')} for serve, {PROBE_LOG_LEVEL} for probe)",
         choices=LEVELS,
-        default=None,
-        help="log level (default: info for serve, warn for probe)",
+        default=log_level,
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--log.format",
-        dest="log_format",
+        "log_format",
+        "log line format on stderr (default: %(default)s)",
         choices=FORMATS,
-        default="logfmt",
-        help="log line format on stderr (default: %(default)s)",
     )
 
 
@@ -203,84 +276,73 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the exporter", description="Poll libvirt and serve /metrics."
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--web.listen-address",
-        dest="listen_address",
-        type=_listen_address,
-        default=ListenAddress.parse(DEFAULT_LISTEN_ADDRESS),
+        "listen_address",
+        "address to serve on (default: %(default)s)",
         metavar="HOST:PORT",
-        help=f"address to serve on (default: {DEFAULT_LISTEN_ADDRESS})",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--web.telemetry-path",
-        dest="telemetry_path",
-        default="/metrics",
+        "telemetry_path",
+        "path of the metrics endpoint (default: %(default)s)",
         metavar="PATH",
-        help="path of the metrics endpoint (default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--web.max-requests",
-        dest="max_requests",
-        type=int,
-        default=16,
-        metavar="N",
-        help="concurrent HTTP requests; more get 503 (default: %(default)s)",
+        "max_requests",
+        "concurrent HTTP requests; more get 503 (default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--web.request-timeout",
-        dest="request_timeout",
-        type=_duration,
-        default=10.0,
-        metavar="DURATION",
-        help="how long a client may take to send its request (default: 10s)",
+        "request_timeout_seconds",
+        "how long a client may take to send its request (default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--web.config.file",
-        dest="web_config_file",
-        default="",
-        metavar="FILE",
-        help="TLS, basic authentication and response headers, in the Prometheus exporters' web "
+        "web_config_file",
+        "TLS, basic authentication and response headers, in the Prometheus exporters' web "
         "configuration format; re-read on SIGHUP and when it or its certificates change",
+        metavar="FILE",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--collector.interval",
-        dest="interval",
-        type=_duration,
-        default=120.0,
-        metavar="DURATION",
-        help="time between polls (default: 120s)",
+        "poll_interval_seconds",
+        "time between polls (default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--collector.agent-backoff-max",
-        dest="backoff_max",
-        type=_duration,
-        default=900.0,
-        metavar="DURATION",
-        help="longest wait before re-asking an absent or too old agent (default: 15m)",
+        "agent_backoff_max_seconds",
+        "longest wait before re-asking an absent or too old agent (default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--collector.guest-cpu",
-        dest="guest_cpu",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's "
-        "agent passthrough, which marks each domain tainted once per run; default: on)",
+        "guest_cpu",
+        "ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's "
+        "agent passthrough, which marks each domain tainted once per run; default: %(default)s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--collector.guest-cpu.per-cpu",
-        dest="guest_cpu_per_cpu",
-        action="store_true",
-        help="export guest CPU time per guest CPU (a cpu label) instead of summed per VM",
+        "guest_cpu_per_cpu",
+        "export guest CPU time per guest CPU (a cpu label) instead of summed per VM",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--collector.vcpu",
-        dest="vcpu_collector",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="export the kubevirt_vmi_vcpu_* counters (off where KubeVirt's virt-handler "
-        "already exports them; default: on)",
+        "vcpu_collector",
+        "export the kubevirt_vmi_vcpu_* counters (off where KubeVirt's virt-handler "
+        "already exports them; default: %(default)s)",
     )
-    _add_source_flags(serve)
+    _add_source_flags(serve, log_level=str(field_default("log_level")))
 
     probe = commands.add_parser(
         "probe",
@@ -294,40 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="table",
         help="a table for people or JSON for programs (default: %(default)s)",
     )
-    _add_source_flags(probe)
+    _add_source_flags(probe, log_level=PROBE_LOG_LEVEL)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Validate the parsed flags as a whole; raises SettingsError naming the flag."""
-    return Settings(
-        libvirt_uri=args.libvirt_uri,
-        listen_address=getattr(args, "listen_address", ListenAddress.parse(DEFAULT_LISTEN_ADDRESS)),
-        telemetry_path=getattr(args, "telemetry_path", "/metrics"),
-        poll_interval_seconds=getattr(args, "interval", 120.0),
-        agent_timeout_seconds=args.agent_timeout,
-        concurrency=args.concurrency,
-        agent_backoff_max_seconds=getattr(args, "backoff_max", 900.0),
-        vcpu_collector=getattr(args, "vcpu_collector", True),
-        guest_cpu=getattr(args, "guest_cpu", True),
-        guest_cpu_per_cpu=getattr(args, "guest_cpu_per_cpu", False),
-        node=args.node if args.node is not None else default_node(),
-        default_namespace=args.default_namespace,
-        max_requests=getattr(args, "max_requests", 16),
-        request_timeout_seconds=getattr(args, "request_timeout", 10.0),
-        web_config_file=getattr(args, "web_config_file", ""),
-        log_level=args.log_level or ("warn" if args.command == "probe" else "info"),
-        log_format=args.log_format,
-        source=args.source,
-        simulation=Simulation(
-            vms=args.simulated_vms,
-            seed=args.simulated_seed,
-            agent_failures=args.simulated_agent_failures,
-            churn_per_minute=args.simulated_churn,
-            agent_latency_seconds=args.simulated_agent_latency,
-            agent_flaps_per_minute=args.simulated_agent_flaps,
-        ),
-        identity_mode=args.identity_mode,
-        socket_glob=args.socket_glob,
-        socket_uri_template=args.socket_uri_template,
-    )
+    """Settings from the parsed flags; raises SettingsError naming the flag.
+
+    Fields without a flag in the subcommand keep their defaults; ``--node`` left out means
+    ``$NODE_NAME``, else the host name.
+    """
+    names = {spec.name for spec in fields(Settings)}
+    values: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        head, dot, tail = dest.partition(".")
+        if head not in names:
+            continue
+        if dot:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            values[head] = value
+    for head, given in nested.items():
+        values[head] = field_type(head)(**given)
+    if values.get("node") is None:
+        values["node"] = default_node()
+    return Settings(**values)
