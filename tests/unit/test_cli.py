@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import fields
+
 import pytest
 
 from guestload import __version__
@@ -10,6 +13,7 @@ from guestload.cli.flags import (
     build_parser,
     field_default,
     settings_from_args,
+    shown_default,
 )
 from guestload.cli.main import main
 from guestload.identity import IdentityMode
@@ -21,6 +25,7 @@ from guestload.settings import (
     format_duration,
     parse_duration,
 )
+from guestload.sources.simulated import Simulation
 
 
 @pytest.mark.parametrize(
@@ -63,10 +68,52 @@ def test_node_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings_from_args(build_parser().parse_args(["probe"])).node == "from-env"
 
 
-def test_settings_are_frozen() -> None:
-    settings = Settings(node="n")
-    with pytest.raises(AttributeError):
-        settings.node = "other"  # type: ignore[misc]
+def _flags(command: str) -> dict[str, argparse.Action]:
+    """The flags of ``command`` by the field (dest) they set."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in subparsers.choices[command]._actions if a.dest != "help"}
+
+
+def _field_paths() -> set[str]:
+    """Every Settings field, with the simulation's fields as ``simulation.<name>``."""
+    paths = {spec.name for spec in fields(Settings) if spec.name != "simulation"}
+    return paths | {f"simulation.{spec.name}" for spec in fields(Simulation)}
+
+
+def test_every_settings_field_has_a_serve_flag_and_every_flag_sets_a_field() -> None:
+    assert set(_flags("serve")) == _field_paths()
+
+
+def test_probe_has_the_source_flags_of_serve_and_its_output() -> None:
+    serve, probe = _flags("serve"), _flags("probe")
+    assert set(probe) - set(serve) == {"output"}
+    assert {o for dest in probe for o in probe[dest].option_strings} - {
+        o for dest in serve for o in serve[dest].option_strings
+    } == {"--output"}
+
+
+def test_flag_defaults_are_the_settings_defaults() -> None:
+    for dest, action in _flags("serve").items():
+        assert action.default == field_default(dest), dest
+    for dest, action in _flags("probe").items():
+        if dest not in ("output", "log_level"):
+            assert action.default == field_default(dest), dest
+    assert _flags("probe")["log_level"].default == PROBE_LOG_LEVEL != field_default("log_level")
+
+
+def test_each_flag_help_shows_the_settings_default() -> None:
+    for dest, action in _flags("serve").items():
+        default = field_default(dest)
+        assert action.help is not None
+        if dest == "node":
+            assert "(default: $NODE_NAME, else the host name)" in action.help
+        elif dest == "log_level":
+            assert f"(default: {default} for serve, {PROBE_LOG_LEVEL} for probe)" in action.help
+        elif default == "" or default is False:
+            assert "default:" not in action.help, dest
+        else:
+            assert f"default: {shown_default(dest, default)})" in action.help, dest
 
 
 @pytest.mark.parametrize(
