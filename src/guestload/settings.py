@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from guestload.identity import IdentityMode
 from guestload.queries.catalog import enabled_queries
 from guestload.queries.query import GuestQuery
 from guestload.sources.simulated import Simulation
 
-DEFAULT_PORT: Final = 9977
-DEFAULT_LISTEN_ADDRESS: Final = f":{DEFAULT_PORT}"
-DEFAULT_LIBVIRT_URI: Final = "qemu:///system"
-SOURCES: Final = ("libvirt", "simulated")
 MAX_SIMULATED_VMS: Final = 100_000
-DEFAULT_SOCKET_URI_TEMPLATE: Final = "qemu+unix:///session?socket={socket}"
-IDENTITY_MODES: Final = ("auto", "kubevirt", "openstack", "libvirt")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SECONDS_UP_TO: Final = 600.0
+"""Durations shorter than this read in seconds (``120s``), longer ones in minutes (``15m``)."""
+
+
+class SourceKind(enum.StrEnum):
+    """Where VMs come from (``--source``)."""
+
+    LIBVIRT = "libvirt"
+    SIMULATED = "simulated"
+    """Simulated VMs for load tests, demos and dashboard work."""
 
 
 class SettingsError(ValueError):
@@ -42,6 +48,22 @@ def parse_duration(text: str) -> float:
     if position == 0 or position != len(stripped):
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 2m, 500ms)")
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way users type it, read back by :func:`parse_duration`.
+
+    Below a second in ``ms``; from ten minutes on in whole hours or minutes (``1h``, ``15m``)
+    where they divide it; otherwise in seconds (``5s``, ``120s``).
+    """
+    if seconds < 1.0 and seconds != 0.0:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= _SECONDS_UP_TO:
+        for unit in ("h", "m"):
+            count = seconds / _UNIT_SECONDS[unit]
+            if count == int(count):
+                return f"{count:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +91,13 @@ class ListenAddress:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Everything the exporter's behaviour depends on. Built by the CLI, never mutated."""
+    """Everything the exporter's behaviour depends on. Built by the CLI, never mutated.
 
-    libvirt_uri: str = DEFAULT_LIBVIRT_URI
-    listen_address: ListenAddress = ListenAddress(host="", port=DEFAULT_PORT)
+    Each field's default here is the default of the flag that sets it (:mod:`guestload.cli.flags`).
+    """
+
+    libvirt_uri: str = "qemu:///system"
+    listen_address: ListenAddress = ListenAddress(host="", port=9977)
     telemetry_path: str = "/metrics"
     poll_interval_seconds: float = 120.0
     agent_timeout_seconds: float = 5.0
@@ -91,14 +116,13 @@ class Settings:
     log_format: str = "logfmt"
     web_config_file: str = ""
     """TLS, basic auth and headers (:mod:`guestload.web.config`); empty for plain HTTP."""
-    source: str = "libvirt"
-    """``libvirt``, or ``simulated`` for load tests, demos and dashboard work."""
+    source: SourceKind = SourceKind.LIBVIRT
     simulation: Simulation = field(default_factory=Simulation)
     """What the simulated source simulates; unused with libvirt."""
-    identity_mode: str = "auto"
+    identity_mode: IdentityMode = IdentityMode.AUTO
     socket_glob: str = ""
     """When set, one connection per matching libvirt socket instead of ``libvirt_uri``."""
-    socket_uri_template: str = DEFAULT_SOCKET_URI_TEMPLATE
+    socket_uri_template: str = "qemu+unix:///session?socket={socket}"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
@@ -131,7 +155,11 @@ class Settings:
                 "must be positive",
             ),
             (bool(self.libvirt_uri.strip()), "--libvirt.uri", "must not be empty"),
-            (self.source in SOURCES, "--source", f"must be one of {', '.join(SOURCES)}"),
+            (
+                self.source in tuple(SourceKind),
+                "--source",
+                f"must be one of {', '.join(SourceKind)}",
+            ),
             (
                 0 <= self.simulation.vms <= MAX_SIMULATED_VMS,
                 "--simulated.vms",
@@ -153,9 +181,9 @@ class Settings:
                 "must be at least 0 and shorter than --collector.agent-timeout",
             ),
             (
-                self.identity_mode in IDENTITY_MODES,
+                self.identity_mode in tuple(IdentityMode),
                 "--identity.mode",
-                f"must be one of {', '.join(IDENTITY_MODES)}",
+                f"must be one of {', '.join(IdentityMode)}",
             ),
             (
                 "{socket}" in self.socket_uri_template,

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from guestload.cli.main import build_parser, make_poller, make_source, settings_from_args
+from guestload.cli.daemon import make_poller, make_source
+from guestload.cli.flags import build_parser, settings_from_args
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload_lab.libvirtd import TestDriverLibvirtd

@@ -20,7 +20,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
-from guestload.cli.main import build_parser, settings_from_args
+from guestload.cli.flags import build_parser, settings_from_args
 from guestload.sources.kubevirt_sockets import SOCKET_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guestload.cli.main import build_parser, settings_from_args
+from guestload.cli.flags import build_parser, settings_from_args
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 UNIT = SYSTEMD_DIR / "guestload.service"

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import fields
+
 import pytest
 
 from guestload import __version__
-from guestload.cli.main import build_parser, main, settings_from_args
-from guestload.settings import ListenAddress, Settings, SettingsError, parse_duration
+from guestload.cli.flags import (
+    PROBE_LOG_LEVEL,
+    build_parser,
+    field_default,
+    settings_from_args,
+    shown_default,
+)
+from guestload.cli.main import main
+from guestload.identity import IdentityMode
+from guestload.settings import (
+    ListenAddress,
+    Settings,
+    SettingsError,
+    SourceKind,
+    format_duration,
+    parse_duration,
+)
+from guestload.sources.simulated import Simulation
 
 
 @pytest.mark.parametrize(
@@ -49,10 +68,81 @@ def test_node_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings_from_args(build_parser().parse_args(["probe"])).node == "from-env"
 
 
-def test_settings_are_frozen() -> None:
-    settings = Settings(node="n")
-    with pytest.raises(AttributeError):
-        settings.node = "other"  # type: ignore[misc]
+def _flags(command: str) -> dict[str, argparse.Action]:
+    """The flags of ``command`` by the field (dest) they set."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in subparsers.choices[command]._actions if a.dest != "help"}
+
+
+def _field_paths() -> set[str]:
+    """Every Settings field, with the simulation's fields as ``simulation.<name>``."""
+    paths = {spec.name for spec in fields(Settings) if spec.name != "simulation"}
+    return paths | {f"simulation.{spec.name}" for spec in fields(Simulation)}
+
+
+def test_every_settings_field_has_a_serve_flag_and_every_flag_sets_a_field() -> None:
+    assert set(_flags("serve")) == _field_paths()
+
+
+def test_probe_has_the_source_flags_of_serve_and_its_output() -> None:
+    serve, probe = _flags("serve"), _flags("probe")
+    assert set(probe) - set(serve) == {"output"}
+    assert {o for dest in probe for o in probe[dest].option_strings} - {
+        o for dest in serve for o in serve[dest].option_strings
+    } == {"--output"}
+
+
+def test_flag_defaults_are_the_settings_defaults() -> None:
+    for dest, action in _flags("serve").items():
+        assert action.default == field_default(dest), dest
+    for dest, action in _flags("probe").items():
+        if dest not in ("output", "log_level"):
+            assert action.default == field_default(dest), dest
+    assert _flags("probe")["log_level"].default == PROBE_LOG_LEVEL != field_default("log_level")
+
+
+def test_each_flag_help_shows_the_settings_default() -> None:
+    for dest, action in _flags("serve").items():
+        default = field_default(dest)
+        assert action.help is not None
+        if dest == "node":
+            assert "(default: $NODE_NAME, else the host name)" in action.help
+        elif dest == "log_level":
+            assert f"(default: {default} for serve, {PROBE_LOG_LEVEL} for probe)" in action.help
+        elif default == "" or default is False:
+            assert "default:" not in action.help, dest
+        else:
+            assert f"default: {shown_default(dest, default)})" in action.help, dest
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0s"),
+        (0.002, "2ms"),
+        (5.0, "5s"),
+        (120.0, "120s"),
+        (590.0, "590s"),
+        (630.0, "630s"),
+        (900.0, "15m"),
+        (7200.0, "2h"),
+    ],
+)
+def test_durations_print_the_way_users_type_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+def test_enum_flags_give_enum_members() -> None:
+    args = build_parser().parse_args(
+        ["probe", "--node", "n", "--source", "simulated", "--identity.mode", "openstack"]
+    )
+    settings = settings_from_args(args)
+    assert settings.source is SourceKind.SIMULATED
+    assert settings.identity_mode is IdentityMode.OPENSTACK
+    assert settings.log_level == PROBE_LOG_LEVEL
+    assert settings.poll_interval_seconds == field_default("poll_interval_seconds")
 
 
 @pytest.mark.parametrize(
@@ -69,6 +159,9 @@ def test_settings_are_frozen() -> None:
         (["serve", "--node", " "], "--node"),
         (["serve", "--no-such-flag"], "--no-such-flag"),
         (["probe", "--output", "xml"], "--output"),
+        (["probe", "--identity.mode", "nova"], "--identity.mode"),
+        (["probe", "--source", "qemu"], "--source"),
+        (["serve", "--simulated.agent-latency", "fast"], "--simulated.agent-latency"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(

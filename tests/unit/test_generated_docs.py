@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from guestload.cli.docs import HELP_COLUMNS, cli_markdown, metrics_markdown
-from guestload.cli.main import build_parser
+from guestload.cli.flags import build_parser
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"

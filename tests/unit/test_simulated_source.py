@@ -10,7 +10,9 @@ from collections import Counter
 
 import pytest
 
-from guestload.cli.main import build_parser, main, make_source, settings_from_args
+from guestload.cli.daemon import make_source
+from guestload.cli.flags import build_parser, settings_from_args
+from guestload.cli.main import main
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.polling.poller import Poller

@@ -71,7 +71,7 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["cli"]:
-        from guestload.cli.main import build_parser  # noqa: PLC0415 - cli imports this module's peers
+        from guestload.cli.flags import build_parser  # noqa: PLC0415 - cli imports this module's peers
 
         sys.stdout.write(cli_markdown(build_parser()))
     elif not args:

@@ -1,0 +1,144 @@
+"""``guestload serve``'s lifecycle: source, poller, cache and web server, signals, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import threading
+from types import FrameType
+from typing import Final
+
+from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from guestload import __version__
+from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
+from guestload.identity import IdentityResolver, metadata_readers_for
+from guestload.polling.poller import Poller
+from guestload.settings import Settings, SourceKind
+from guestload.sources.kubevirt_sockets import SocketGlobSource
+from guestload.sources.protocol import Source
+from guestload.sources.simulated import SimulatedSource
+from guestload.web.reload import PLAIN_HTTP, WebConfigReloader
+from guestload.web.server import ExporterServer, WebApp
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILURE: Final = 1
+
+
+def make_source(settings: Settings) -> Source:
+    """The configured hypervisor: simulated, one libvirt URI, or one per matching socket."""
+    if settings.source is SourceKind.SIMULATED:
+        return SimulatedSource(simulation=settings.simulation)
+    from guestload.sources.libvirt import LibvirtSource  # noqa: PLC0415 - imports libvirt
+
+    readers = metadata_readers_for(settings.identity_mode)
+    if not settings.socket_glob:
+        return LibvirtSource(uri=settings.libvirt_uri, metadata_readers=readers)
+    return SocketGlobSource(
+        socket_glob=settings.socket_glob,
+        uri_template=settings.socket_uri_template,
+        make_source=lambda uri: LibvirtSource(uri=uri, metadata_readers=readers),
+    )
+
+
+def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
+    """A poller of ``source`` that publishes each snapshot to ``cache`` (if any)."""
+    return Poller(
+        source=source,
+        queries=settings.queries(),
+        identity=IdentityResolver(
+            node=settings.node,
+            default_namespace=settings.default_namespace,
+            mode=settings.identity_mode,
+        ),
+        poll_interval_seconds=settings.poll_interval_seconds,
+        agent_timeout_seconds=settings.agent_timeout_seconds,
+        concurrency=settings.concurrency,
+        agent_backoff_max_seconds=settings.agent_backoff_max_seconds,
+        on_snapshot=cache.update if cache is not None else (lambda _snapshot: None),
+        build_info={"python_version": platform.python_version()},
+    )
+
+
+def serve(
+    settings: Settings, source: Source, *, web_config: WebConfigReloader | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads ``web_config``."""
+    live_registry = CollectorRegistry(auto_describe=False)
+    cache = MetricsCache(
+        metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector),
+        live_collectors=(
+            ProcessCollector(registry=live_registry),
+            PlatformCollector(registry=live_registry),
+        ),
+        report_render_duration=True,
+    )
+    poller = make_poller(settings, source, cache)
+    app = WebApp(cache=cache, is_ready=lambda: poller.ready, telemetry_path=settings.telemetry_path)
+    try:
+        server = ExporterServer(
+            settings.listen_address,
+            app=app,
+            max_requests=settings.max_requests,
+            request_timeout=settings.request_timeout_seconds,
+            security=lambda: web_config.current if web_config is not None else PLAIN_HTTP,
+        )
+    except OSError as error:
+        log.error(
+            "cannot listen", extra={"address": str(settings.listen_address), "err": str(error)}
+        )
+        return EXIT_FAILURE
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        poller.stop()
+
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        if web_config is None:
+            log.info("SIGHUP: no --web.config.file to re-read")
+        else:
+            web_config.request_reload()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    if web_config is not None:
+        web_config.start()
+    web_thread = threading.Thread(
+        target=server.serve_forever, args=(0.1,), name="guestload-http", daemon=True
+    )
+    web_thread.start()
+    log.info(
+        "listening",
+        extra={"address": str(settings.listen_address), "path": settings.telemetry_path},
+    )
+    try:
+        poller.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+        poller.close()
+        if web_config is not None:
+            web_config.stop()
+    return 0
+
+
+def run(settings: Settings, *, web_config: WebConfigReloader | None = None) -> int:
+    """Log the start, then serve the configured source until stopped."""
+    log.info(
+        "starting guestload",
+        extra={
+            "version": __version__,
+            "source": settings.source,
+            "uri": settings.libvirt_uri,
+            "node": settings.node,
+        },
+    )
+    if os.geteuid() == 0:
+        log.warning("running as root; guestload needs only read-write access to the libvirt socket")
+    return serve(settings, make_source(settings), web_config=web_config)
