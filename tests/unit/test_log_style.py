@@ -26,16 +26,6 @@ from guestload.logs import JsonFormatter
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "guestload"
 
-#: Modules whose logging still breaks a rule, relative to ``src/guestload/``. An entry is
-#: allowed its violations until they are gone, and is then stale: the test fails until the
-#: entry is removed, so the list only shrinks.
-PENDING_CONVERSION: frozenset[str] = frozenset(
-    {
-        # Logs through the package logger, ``logging.getLogger("guestload")``, rather than
-        # its own ``logging.getLogger(__name__)``.
-        "cli/main.py",
-    }
-)
 
 LOGGER_NAME = "log"
 LEVEL_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical"})
@@ -173,17 +163,7 @@ def _package_violations() -> dict[str, list[str]]:
 
 
 def test_the_package_logs_constant_messages_with_fields() -> None:
-    found = _package_violations()
-    unexpected = {
-        module: lines for module, lines in found.items() if module not in PENDING_CONVERSION
-    }
-    assert unexpected == {}
-
-
-def test_every_pending_module_still_has_something_to_convert() -> None:
-    found = _package_violations()
-    assert all((PACKAGE / module).is_file() for module in PENDING_CONVERSION)
-    assert sorted(PENDING_CONVERSION - found.keys()) == []
+    assert _package_violations() == {}
 
 
 def test_the_walk_reaches_the_modules_that_log() -> None:
