@@ -156,7 +156,9 @@ def test_a_load_series_while_the_agent_is_away_is_caught_and_after_it_is_back_is
 
 
 def test_labels_with_escapes_are_read_whole() -> None:
-    line = 'guestload_agent_state{name="a\\"b\\\\,c=\\"d",namespace="x",query="load",state="ok"} 1.0\n'
+    line = (
+        'guestload_agent_state{name="a\\"b\\\\,c=\\"d",namespace="x",query="load",state="ok"} 1.0\n'
+    )
     exported = exported_vms(line)
     assert exported.series == {("x", 'a\\"b\\\\,c=\\"d'): 1}
     assert exported.states == {("x", 'a\\"b\\\\,c=\\"d'): ("ok",)}
