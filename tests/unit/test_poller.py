@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from guestload.identity import IdentityResolver
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -19,15 +18,8 @@ from guestload.model import (
     Snapshot,
 )
 from guestload.polling.poller import Poller
-from tests.unit.fakes import LOAD_ONLY, FakeSource, domain, load_of, ok, state_of
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import FakeSource, domain, load_of, ok, state_of
+from tests.unit.pollers import Clock, make_poller
 
 
 @pytest.fixture
@@ -50,31 +42,6 @@ def poller(source: FakeSource, clock: Clock, published: list[Snapshot]) -> Itera
     poller = make_poller(source, clock, published)
     yield poller
     poller.close()
-
-
-def make_poller(
-    source: FakeSource,
-    clock: Callable[[], float],
-    published: list[Snapshot],
-    *,
-    interval: float = 30.0,
-    agent_timeout: float = 0.2,
-    concurrency: int = 4,
-    backoff_max: float = 240.0,
-) -> Poller:
-    return Poller(
-        source=source,
-        queries=LOAD_ONLY,
-        identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
-        poll_interval_seconds=interval,
-        agent_timeout_seconds=agent_timeout,
-        concurrency=concurrency,
-        agent_backoff_max_seconds=backoff_max,
-        on_snapshot=published.append,
-        build_info={"python_version": "3.11"},
-        clock=clock,
-        wall_clock=lambda: 1_700_000_000.0,
-    )
 
 
 @pytest.fixture
