@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from guestload.identity import IdentityResolver
@@ -18,6 +19,24 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Published(list[Snapshot]):
+    """The snapshots a poller published, in order; a test can wait for the one it expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = threading.Condition()
+
+    def append(self, snapshot: Snapshot) -> None:
+        with self._changed:
+            super().append(snapshot)
+            self._changed.notify_all()
+
+    def wait_for(self, expected: Callable[[list[Snapshot]], bool], timeout: float = 5.0) -> bool:
+        """Whether ``expected`` held for the published snapshots within ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: expected(self), timeout)
 
 
 def make_poller(
