@@ -14,7 +14,7 @@ import pytest
 from guestload_lab.services import Exporter, Monitoring
 from guestload_lab.vm import VmSpec
 from guestload_lab.waiting import wait_until
-from tests.e2e.conftest import (
+from tests.e2e.lab import (
     LATE_SPEC,
     NAMESPACE,
     NODE,

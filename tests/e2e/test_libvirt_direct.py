@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from guestload_lab.waiting import wait_until
-from tests.e2e.conftest import Lab
+from tests.e2e.lab import Lab
 
 pytestmark = pytest.mark.e2e
 

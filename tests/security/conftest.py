@@ -9,55 +9,14 @@ of the test, whatever happened.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import Exporter
-
-GUESTLOAD = Path(sys.executable).parent / "guestload"
-START_TIMEOUT_SECONDS = 20.0
-NODE = "test-node"
-
-
-@dataclass
-class Exporters:
-    """Starts ``guestload serve`` processes in ``folder``; all stopped at the end of the test."""
-
-    folder: Path
-    registry: ProcessRegistry
-    started: list[Exporter] = field(default_factory=list)
-
-    def start(
-        self,
-        *args: str,
-        user: str | None = None,
-        group: str | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Exporter:
-        """``guestload serve`` polling every second with ``args`` added to its flags."""
-        exporter = Exporter(
-            libvirt_uri=None,
-            node=NODE,
-            workdir=self.folder,
-            registry=self.registry,
-            interval="1s",
-            agent_timeout="500ms",
-            extra_args=args,
-            name=f"guestload-{len(self.started)}",
-            user=user,
-            group=group,
-            env=env,
-        )
-        self.started.append(exporter)
-        exporter.start(START_TIMEOUT_SECONDS)
-        return exporter
+from tests.security.exporters import DaemonFactory, Exporters
 
 
 @pytest.fixture
@@ -65,9 +24,6 @@ def exporters(tmp_path: Path) -> Iterator[Exporters]:
     tmp_path.chmod(0o755)  # readable for an exporter running as another user
     with ProcessRegistry() as registry:
         yield Exporters(folder=tmp_path, registry=registry)
-
-
-DaemonFactory = Callable[..., TestDriverLibvirtd]
 
 
 @pytest.fixture
@@ -97,7 +53,3 @@ def make_daemon(daemon_folder: Path) -> Iterator[DaemonFactory]:
         for daemon in daemons:
             daemon.kill()
             daemon.stop()
-
-
-def command_output(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=60)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.exposition import metric_value
-from tests.security.conftest import DaemonFactory, Exporters
+from tests.security.exporters import DaemonFactory, Exporters
 
 STOP_LIMIT_SECONDS = 2.0
 

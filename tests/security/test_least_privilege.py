@@ -14,7 +14,7 @@ import pytest
 
 from guestload_lab.services import Exporter
 from tests.exposition import metric_value
-from tests.security.conftest import DaemonFactory, Exporters
+from tests.security.exporters import DaemonFactory, Exporters
 
 UNPRIVILEGED_USER = "nobody"
 UNPRIVILEGED_GROUP = "nogroup"

@@ -13,7 +13,7 @@ from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter, LogfmtFormatter
 from guestload.model import AgentState, Identity, QueryReading
 from tests.unit.fakes import FakeSource, domain, ok
-from tests.unit.test_poller import Clock, make_poller
+from tests.unit.pollers import Clock, make_poller
 
 RESOLVER = IdentityResolver(node="node-1", default_namespace="libvirt")
 

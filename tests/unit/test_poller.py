@@ -6,10 +6,10 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import wait as wait_futures
 
 import pytest
 
-from guestload.identity import IdentityResolver
 from guestload.model import (
     AgentState,
     DomainEvent,
@@ -19,15 +19,8 @@ from guestload.model import (
     Snapshot,
 )
 from guestload.polling.poller import Poller
-from tests.unit.fakes import LOAD_ONLY, FakeSource, domain, load_of, ok, state_of
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import FakeSource, domain, load_of, ok, state_of
+from tests.unit.pollers import Clock, Published, make_poller
 
 
 @pytest.fixture
@@ -36,8 +29,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def published() -> list[Snapshot]:
-    return []
+def published() -> Published:
+    return Published()
 
 
 @pytest.fixture
@@ -46,35 +39,10 @@ def source() -> FakeSource:
 
 
 @pytest.fixture
-def poller(source: FakeSource, clock: Clock, published: list[Snapshot]) -> Iterator[Poller]:
+def poller(source: FakeSource, clock: Clock, published: Published) -> Iterator[Poller]:
     poller = make_poller(source, clock, published)
     yield poller
     poller.close()
-
-
-def make_poller(
-    source: FakeSource,
-    clock: Callable[[], float],
-    published: list[Snapshot],
-    *,
-    interval: float = 30.0,
-    agent_timeout: float = 0.2,
-    concurrency: int = 4,
-    backoff_max: float = 240.0,
-) -> Poller:
-    return Poller(
-        source=source,
-        queries=LOAD_ONLY,
-        identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
-        poll_interval_seconds=interval,
-        agent_timeout_seconds=agent_timeout,
-        concurrency=concurrency,
-        agent_backoff_max_seconds=backoff_max,
-        on_snapshot=published.append,
-        build_info={"python_version": "3.11"},
-        clock=clock,
-        wall_clock=lambda: 1_700_000_000.0,
-    )
 
 
 @pytest.fixture
@@ -103,7 +71,7 @@ class SlowListing(FakeSource):
         return list(super().list_running_domains())
 
 
-def back_to_back_poller(source: FakeSource, published: list[Snapshot]) -> Poller:
+def back_to_back_poller(source: FakeSource, published: Published) -> Poller:
     """A real-clock poller whose polls overrun its 0.25 s interval on a SlowListing."""
     return make_poller(
         source,
@@ -160,7 +128,7 @@ def test_an_agent_that_stops_answering_loses_its_load_at_once(
 
 
 def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
-    source: FakeSource, clock: Clock, published: list[Snapshot], release: threading.Event
+    source: FakeSource, clock: Clock, published: Published, release: threading.Event
 ) -> None:
     hang = hanging_call(release, ok(9.0))
 
@@ -278,7 +246,7 @@ def test_a_source_that_raises_marks_only_that_domain_as_error(
 
 
 def test_run_polls_until_stopped_and_reacts_to_events(
-    source: FakeSource, published: list[Snapshot]
+    source: FakeSource, published: Published
 ) -> None:
     source.domains = [domain("a")]
     source.answers = {"a": ok(1.0)}
@@ -286,14 +254,10 @@ def test_run_polls_until_stopped_and_reacts_to_events(
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not published and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert published.wait_for(bool), "no snapshot published"
         assert source.listener is not None, "run subscribes to events"
         source.listener(DomainEvent(EventKind.STOPPED, "a"))
-        while time.monotonic() < deadline and published[-1].domains:
-            time.sleep(0.01)
-        assert published[-1].domains == ()
+        assert published.wait_for(lambda snapshots: snapshots[-1].domains == ())
     finally:
         poller.stop()
         thread.join(5)
@@ -337,7 +301,7 @@ def test_two_domains_with_one_identity_export_one_and_count_the_other(
 
 
 def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
-    source: FakeSource, published: list[Snapshot], release: threading.Event
+    source: FakeSource, published: Published, release: threading.Event
 ) -> None:
     hang = hanging_call(release, ok(9.0))
 
@@ -357,7 +321,7 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
         poller.poll()  # both unknown: "hung" is asked first (sorted by UUID) and blocks
         assert states(published[-1])["fine"] is AgentState.TIMEOUT
         release.set()
-        time.sleep(0.1)
+        assert wait_futures([poller._in_flight["hung"].future], timeout=5).done
         snapshot = poller.poll()
         assert states(snapshot) == {"hung": AgentState.OK, "fine": AgentState.OK}
         assert source.calls.count("fine") == 1, "the dropped call must not run late"
@@ -367,7 +331,7 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
 
 
 def test_quick_healthy_agents_are_asked_before_slow_ones(
-    source: FakeSource, published: list[Snapshot]
+    source: FakeSource, published: Published
 ) -> None:
     def slow() -> QueryReading:
         time.sleep(0.05)
@@ -387,7 +351,7 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
 
 
 def test_events_are_taken_even_when_polls_overrun_the_interval(
-    published: list[Snapshot], caplog: pytest.LogCaptureFixture
+    published: Published, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = SlowListing(domains=[domain("a")], answers={"a": ok(1.0)})
     poller = back_to_back_poller(source, published)
@@ -413,7 +377,7 @@ def test_events_are_taken_even_when_polls_overrun_the_interval(
 
 
 def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
-    published: list[Snapshot],
+    published: Published,
 ) -> None:
     # libvirt keeps listing "a" (as a listing taken just before it stopped would): only the
     # event can remove it, and polls run back to back, so a poll is always due.
@@ -422,23 +386,24 @@ def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not published and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert published.wait_for(bool), "no snapshot published"
         assert source.listener is not None
         seen = len(published)
         source.listener(DomainEvent(EventKind.STOPPED, "a"))
-        time.sleep(1.0)
+        reached = published.wait_for(
+            lambda snapshots: any(states(s) == {"b": AgentState.OK} for s in snapshots[seen:]),
+            timeout=1.0,
+        )
     finally:
         poller.stop()
         thread.join(5)
         poller.close()
     after = [states(s) for s in published[seen:]]
-    assert {"b": AgentState.OK} in after, f"the stop never reached a snapshot: {after}"
+    assert reached, f"the stop never reached a snapshot within a second: {after}"
 
 
 def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
-    source: FakeSource, published: list[Snapshot], release: threading.Event
+    source: FakeSource, published: Published, release: threading.Event
 ) -> None:
     hang = hanging_call(release, ok(1.0))
 
@@ -450,7 +415,7 @@ def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
         assert "hung" in poller._in_flight
         source.domains = [domain("fine")]
         release.set()
-        time.sleep(0.05)
+        assert wait_futures([poller._in_flight["hung"].future], timeout=5).done
         poller.poll()
         assert "hung" not in poller._in_flight, "a finished call for a gone domain is kept"
     finally:

@@ -235,24 +235,48 @@ def test_churn_replaces_vms_and_sends_their_events() -> None:
     )  # a VM that just booted: load rising
 
 
-def first_thread_events(simulation: Simulation) -> list[DomainEvent]:
-    """Events the source's own thread sends, unpolled, within three simulation steps."""
-    source = SimulatedSource(simulation=simulation)
+class SteppingClock:
+    """A clock one simulation step further on at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += STEP_SECONDS
+        return self.now
+
+
+def first_thread_events(simulation: Simulation, kinds: set[EventKind]) -> list[DomainEvent]:
+    """Events the source's own thread sends, unpolled, until it has sent each of ``kinds``.
+
+    On a :class:`SteppingClock` the thread finds a step due as soon as it starts, so the test
+    waits for its events, not for a real step to pass.
+    """
+    source = SimulatedSource(simulation=simulation, clock=SteppingClock())
     events: list[DomainEvent] = []
-    source.set_event_listener(events.append)
+    arrived = threading.Condition()
+
+    def listen(event: DomainEvent) -> None:
+        with arrived:
+            events.append(event)
+            arrived.notify_all()
+
+    source.set_event_listener(listen)
     source.connect()
     try:
-        deadline = time.monotonic() + 3 * STEP_SECONDS
-        while not events and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with arrived:
+            sent = arrived.wait_for(lambda: kinds <= {e.kind for e in events}, timeout=5)
+            assert sent, f"the thread sent {events}, not each of {kinds}"
+            return list(events)
     finally:
         source.close()
-    return events
 
 
 def test_churn_thread_sends_events_without_polls() -> None:
-    events = first_thread_events(Simulation(vms=5, churn_per_minute=600))
-    assert {e.kind for e in events} >= {EventKind.STOPPED, EventKind.STARTED}
+    events = first_thread_events(
+        Simulation(vms=5, churn_per_minute=600), {EventKind.STOPPED, EventKind.STARTED}
+    )
+    assert {e.kind for e in events} == {EventKind.STOPPED, EventKind.STARTED}
 
 
 def _flap_events(seed: int, steps: int) -> list[DomainEvent]:
@@ -329,7 +353,9 @@ def test_flaps_depend_only_on_the_seed_and_the_step() -> None:
 
 
 def test_flap_thread_sends_agent_events_without_polls() -> None:
-    events = first_thread_events(Simulation(vms=5, agent_flaps_per_minute=60))
+    events = first_thread_events(
+        Simulation(vms=5, agent_flaps_per_minute=60), {EventKind.AGENT_DISCONNECTED}
+    )
     assert {e.kind for e in events} == {EventKind.AGENT_DISCONNECTED}
 
 

@@ -42,7 +42,7 @@ from guestload.model import (
 from guestload.queries.catalog import ALL_QUERIES
 from guestload.queries.load import GuestLoad
 from guestload.sources.simulated import SimulatedSource, Simulation
-from tests.unit.test_exposition import sample_snapshot
+from tests.unit.snapshots import sample_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 

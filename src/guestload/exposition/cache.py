@@ -25,8 +25,9 @@ from guestload.exposition.schema import RENDER_DURATION, MetricSet
 from guestload.exposition.writer import RenderedSnapshot, SnapshotWriter
 from guestload.model import Snapshot
 
-#: The classic text format; every Prometheus version parses it.
-TEXT_CONTENT_TYPE = exposition.CONTENT_TYPE_PLAIN_0_0_4
+#: The classic text format (0.0.4) the writer writes; every Prometheus version parses it.
+#: Spelled out: prometheus_client's ``CONTENT_TYPE_LATEST`` moved on to 1.0.0 in later releases.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
 OPENMETRICS_EOF = b"# EOF\n"
 #: zlib level for cached bodies: level 1 is ~5x faster than 9 for a few % more bytes.

@@ -1,0 +1,76 @@
+"""The snapshot behind the golden exposition ``tests/unit/golden/metrics.prom``.
+
+Two VMs on one node: one whose agent answered both queries, one with an odd name whose agent
+answered neither; vCPU statistics, poll counters and build information filled in.
+"""
+
+from __future__ import annotations
+
+from guestload.exposition.cache import MetricsCache
+from guestload.exposition.schema import MetricSet
+from guestload.model import (
+    AgentState,
+    DomainSample,
+    Identity,
+    QueryReading,
+    Snapshot,
+    VcpuStat,
+    VcpuState,
+)
+from guestload.queries.cpustats import CpuStatsQuery
+from guestload.queries.load import LOAD, GuestLoad
+
+
+def sample_snapshot() -> Snapshot:
+    node = "node-1"
+    return Snapshot(
+        source_up=True,
+        domains=(
+            DomainSample(
+                uuid="u1",
+                domain_name="prod_web-1",
+                identity=Identity(namespace="prod", name="web-1", node=node),
+                readings={
+                    "load": QueryReading(
+                        state=AgentState.OK, value=GuestLoad(one=2.5, five=1.25, fifteen=0.5)
+                    ),
+                    "cpustats": QueryReading(state=AgentState.OK, value=CPU_TIMES),
+                },
+                vcpu_count=2,
+                vcpus=(
+                    VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
+                    VcpuStat(1, VcpuState.BLOCKED, 3.0, None, None),
+                ),
+            ),
+            DomainSample(
+                uuid="u2",
+                domain_name='odd "name"\\with\nnewline',
+                identity=Identity(namespace="libvirt", name='odd "name"\\with\nnewline', node=node),
+                readings={
+                    "load": QueryReading(state=AgentState.UNSUPPORTED),
+                    "cpustats": QueryReading(state=AgentState.NOT_CONNECTED),
+                },
+                vcpu_count=1,
+                vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
+            ),
+        ),
+        polls_total=3,
+        poll_failures_total=1,
+        last_poll_duration_seconds=0.125,
+        last_success_timestamp_seconds=1_700_000_000.0,
+        agent_calls_total={("load", AgentState.OK): 3, ("load", AgentState.UNSUPPORTED): 1},
+        build_info={"python_version": "3.11.7", "load_method": "guest_info"},
+    )
+
+
+#: Guest CPU times of the first VM, as the agent reported them in its last answer (ms).
+CPU_TIMES = CpuStatsQuery().fold(
+    None, {0: {"user": 1500, "system": 250, "idle": 90_000, "iowait": 4_970}, 1: {"user": 10}}
+)
+QUERIES = (LOAD, CpuStatsQuery())
+
+
+def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:
+    cache = MetricsCache(metric_set=MetricSet(queries=QUERIES, vcpu_collector=vcpu))
+    cache.update(sample_snapshot())
+    return cache.render(openmetrics_format=openmetrics, gzip=False)
