@@ -1,9 +1,11 @@
-"""The one-command demo: three real VMs, guestload, Prometheus, Alertmanager, and a live view.
+"""The one-command demo: four real VMs, guestload, Prometheus, Alertmanager, and a live view.
 
 ``python -m guestload_lab demo`` installs what is missing, boots an idle VM, a VM running
-``stress-ng`` and a VM without a guest agent under a private libvirt daemon, starts guestload,
-Prometheus (with the project's rules) and Alertmanager (delivering to a local webhook), prints
-their URLs and redraws a table of every VM until Ctrl-C; then it stops everything it started.
+``stress-ng``, a VM whose tasks wait on a throttled disk and a VM without a guest agent under a
+private libvirt daemon, starts guestload, Prometheus (with the project's rules) and
+Alertmanager (delivering to a local webhook), prints their URLs and redraws a table of every
+VM until Ctrl-C: its load, queue, where its CPU time goes, the cause the rules name for a long
+queue, and the alerts firing. Then it stops everything it started.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from guestload_lab.vm import Hypervisor, VmSpec, wait_all_agents
 
 NAMESPACE = "demo"
 NODE = "demo-node"
+DISK_IOPS = 5
+"""The stalled VM's disk: 5 I/O operations a second, as a badly throttled volume."""
+DISK_READERS = 32
+"""Tasks waiting on that disk: enough for a queue above 10 in a 1-vCPU guest within a minute."""
+BUSY = "namespace_name_node:vmi_cpu_busy:ratio_rate10m"
+IOWAIT = "namespace_name_node:guestload_guest_cpu_iowait:ratio_rate10m"
+CAUSE = "namespace_name_node:guestload_pressure_cause:info"
 REFRESH_SECONDS = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
@@ -44,6 +53,11 @@ class VmRow:
     vcpus: int | None = None
     load: tuple[float, float, float] | None = None
     queue: float | None = None
+    busy: float | None = None
+    """Share of vCPU time spent running guest work (the rules' busy share)."""
+    iowait: float | None = None
+    causes: tuple[str, ...] = ()
+    """What the rules name as the cause of a long queue: cpu, io, host or none."""
     alerts: tuple[str, ...] = ()
 
 
@@ -67,12 +81,18 @@ def collect_rows(exporter: Exporter, prometheus: Prometheus) -> list[VmRow]:
             loads.setdefault(key, {})[sample.name.rsplit("_", 1)[1]] = sample.value
         elif sample.name == "kubevirt_vmi_vcpu_seconds_total":
             vcpus.setdefault(key, set()).add(sample.labels["id"])
-    queues: dict[tuple[str, str], float] = {}
+    recorded: dict[str, dict[tuple[str, str], float]] = {}
+    causes: dict[tuple[str, str], list[str]] = {}
     firing: dict[tuple[str, str], list[str]] = {}
     try:
-        for item in prometheus.query("kubevirt_vmi_guest_vcpu_queue"):
+        for series in ("kubevirt_vmi_guest_vcpu_queue", BUSY, IOWAIT):
+            for item in prometheus.query(series):
+                labels = item["metric"]
+                key = (labels["namespace"], labels["name"])
+                recorded.setdefault(series, {})[key] = float(item["value"][1])
+        for item in prometheus.query(CAUSE):
             labels = item["metric"]
-            queues[(labels["namespace"], labels["name"])] = float(item["value"][1])
+            causes.setdefault((labels["namespace"], labels["name"]), []).append(labels["cause"])
         for alert in prometheus.alerts():
             labels = alert["labels"]
             if alert["state"] == "firing" and "name" in labels:
@@ -91,7 +111,10 @@ def collect_rows(exporter: Exporter, prometheus: Prometheus) -> list[VmRow]:
                 agent_state=states[key],
                 vcpus=len(vcpus[key]) if key in vcpus else None,
                 load=row_load,
-                queue=queues.get(key),
+                queue=recorded.get("kubevirt_vmi_guest_vcpu_queue", {}).get(key),
+                busy=recorded.get(BUSY, {}).get(key),
+                iowait=recorded.get(IOWAIT, {}).get(key),
+                causes=tuple(sorted(causes.get(key, []))),
                 alerts=tuple(sorted(firing.get(key, []))),
             )
         )
@@ -111,14 +134,16 @@ def render(
     lines += [
         "",
         f"{'VM':<26} {'vCPUs':>5} {'load 1m':>8} {'5m':>6} {'15m':>6} {'queue':>6}"
-        f"  {'agent':<15} firing alerts",
+        f" {'busy':>5} {'iowait':>6}  {'cause':<9} {'agent':<15} firing alerts",
     ]
     for row in rows:
         load = row.load or (None, None, None)
         lines.append(
             f"{row.namespace + '/' + row.name:<26} {row.vcpus if row.vcpus else '-':>5}"
             f" {number(load[0]):>8} {number(load[1]):>6} {number(load[2]):>6}"
-            f" {number(row.queue):>6}  {row.agent_state:<15} {', '.join(row.alerts) or '-'}"
+            f" {number(row.queue):>6} {number(row.busy):>5} {number(row.iowait):>6}"
+            f"  {','.join(row.causes) or '-':<9} {row.agent_state:<15}"
+            f" {', '.join(row.alerts) or '-'}"
         )
     if not rows:
         lines.append("(waiting for the exporter's first poll)")
@@ -152,11 +177,20 @@ def run_demo(*, workdir: Path, stress_workers: int, duration: float | None, out:
         stressed = hypervisor.create(
             VmSpec.kubevirt(NAMESPACE, "stressed", str(uuid.uuid4())), full, log_dir=serial
         )
+        stalled = hypervisor.create(
+            VmSpec.kubevirt(NAMESPACE, "io-stalled", str(uuid.uuid4()), disk_iops=DISK_IOPS),
+            slim,
+            log_dir=serial,
+        )
         no_agent = hypervisor.create(VmSpec(name="no-agent", channel=False), slim, log_dir=serial)
-        wait_all_agents([idle, stressed], timeout=180.0)
+        wait_all_agents([idle, stressed, stalled], timeout=180.0)
         no_agent.wait_booted(timeout=120.0)
         stressed.start_stress(stress_workers, seconds=3600)
-        say(f"3 VMs booted (TCG); stress-ng --cpu {stress_workers} started in {stressed.name}")
+        stalled.start_disk_readers(DISK_READERS)
+        say(
+            f"4 VMs booted (TCG); stress-ng --cpu {stress_workers} started in {stressed.name},"
+            f" {DISK_READERS} direct readers of a {DISK_IOPS}-IOPS disk in {stalled.name}"
+        )
 
         monitoring = Monitoring.start(
             libvirt_uri=daemon.uri,
@@ -197,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m guestload_lab", description="guestload's real-VM lab."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="three VMs, the exporter and alerting, live")
+    demo = commands.add_parser("demo", help="four VMs, the exporter and alerting, live")
     demo.add_argument(
         "--workdir", type=Path, help="keep the lab's files here (default: a temp dir)"
     )

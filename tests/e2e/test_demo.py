@@ -14,7 +14,7 @@ from guestload_lab.processes import pid_alive
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_shows_three_vms_and_cleans_up(tmp_path: Path) -> None:
+def test_demo_shows_four_vms_and_cleans_up(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = subprocess.run(
         [
@@ -41,9 +41,12 @@ def test_demo_shows_three_vms_and_cleans_up(tmp_path: Path) -> None:
         assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+", last_view, re.MULTILINE)
     assert re.search(r"^demo/idle +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
     assert re.search(r"^demo/stressed +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
+    assert re.search(r"^demo/io-stalled +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
     assert re.search(
-        r"^libvirt/no-agent +1 +- +- +- +- +not_configured", last_view, re.MULTILINE
+        r"^libvirt/no-agent +1 +- +- +- +- +- +- +- +not_configured", last_view, re.MULTILINE
     ), last_view
+    header = next(line for line in last_view.splitlines() if line.startswith("VM "))
+    assert header.split()[6:10] == ["busy", "iowait", "cause", "agent"]
     qemu_pid_files = list((workdir / "libvirt" / "run" / "qemu").glob("*.pid"))
     assert not any(pid_alive(int(path.read_text())) for path in qemu_pid_files)
     assert not (workdir / "libvirt" / "run" / "libvirt-sock").exists()
