@@ -21,7 +21,7 @@ from pathlib import Path
 DEFAULT_CACHE_DIR = Path(os.environ.get("GUESTLOAD_LAB_CACHE", "/var/cache/guestload-lab"))
 """Downloads and unpacked packages; ``GUESTLOAD_LAB_CACHE`` overrides it."""
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-system-deps"
 
 KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.1\.0-(\d+)-cloud-amd64)$")

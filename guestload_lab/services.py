@@ -32,7 +32,7 @@ from guestload_lab.waiting import wait_until as wait_until  # noqa: PLC0414 - re
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_RULE_FILE = REPO_ROOT / "monitoring" / "rules" / "guestload.rules.yml"
 
 
