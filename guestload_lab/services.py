@@ -583,9 +583,19 @@ class Monitoring:
         workdir: Path,
         registry: ProcessRegistry,
         webhook: WebhookReceiver,
+        exporter_args: Sequence[str] = (),
     ) -> Monitoring:
-        """Start all three and wait until Prometheus has scraped guestload."""
-        exporter = Exporter(libvirt_uri=libvirt_uri, node=node, workdir=workdir, registry=registry)
+        """Start all three and wait until Prometheus has scraped guestload.
+
+        ``exporter_args`` are extra ``guestload serve`` flags.
+        """
+        exporter = Exporter(
+            libvirt_uri=libvirt_uri,
+            node=node,
+            workdir=workdir,
+            registry=registry,
+            extra_args=exporter_args,
+        )
         alertmanager = Alertmanager(workdir=workdir, webhook_url=webhook.url, registry=registry)
         prometheus = Prometheus(
             workdir=workdir,
