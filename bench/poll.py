@@ -275,8 +275,8 @@ def measure(
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
-    """``numerator / denominator``; None when the window was too short to measure any CPU."""
-    return numerator / denominator if denominator > 0 else None
+    """``numerator / denominator``; None when a window was too short to measure any CPU."""
+    return numerator / denominator if numerator > 0 and denominator > 0 else None
 
 
 def _format_ratio(ratio: float | None) -> str:
