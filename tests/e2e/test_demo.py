@@ -46,7 +46,7 @@ def test_demo_shows_four_vms_and_cleans_up(tmp_path: Path) -> None:
         r"^libvirt/no-agent +1 +- +- +- +- +- +- +- +not_configured", last_view, re.MULTILINE
     ), last_view
     header = next(line for line in last_view.splitlines() if line.startswith("VM "))
-    assert header.split()[6:10] == ["busy", "iowait", "cause", "agent"]
+    assert header.split()[7:11] == ["busy", "iowait", "cause", "agent"]
     qemu_pid_files = list((workdir / "libvirt" / "run" / "qemu").glob("*.pid"))
     assert not any(pid_alive(int(path.read_text())) for path in qemu_pid_files)
     assert not (workdir / "libvirt" / "run" / "libvirt-sock").exists()
