@@ -419,7 +419,8 @@ def command_for_other_users() -> tuple[list[str], dict[str, str]]:
 class Exporter(_LoopbackServer):
     """``guestload serve`` as a child process on a free loopback port.
 
-    ``libvirt_uri`` None leaves ``--libvirt.uri`` to ``extra_args`` (or its default). ``user``
+    ``libvirt_uri`` None leaves ``--libvirt.uri`` to ``extra_args`` (or its default), and
+    ``agent_timeout`` None leaves the agent timeout to follow the interval. ``user``
     and ``group`` run it as another account. ``start`` waits for its ``listening`` log line
     (so it works with TLS too); each instance in a ``workdir`` needs its own ``name``, which
     names its log file.
@@ -433,7 +434,7 @@ class Exporter(_LoopbackServer):
         workdir: Path,
         registry: ProcessRegistry,
         interval: str = "5s",
-        agent_timeout: str = "2s",
+        agent_timeout: str | None = "2s",
         extra_args: Sequence[str] = (),
         name: str = "guestload",
         user: str | None = None,
@@ -474,8 +475,11 @@ class Exporter(_LoopbackServer):
             self.address,
             "--collector.interval",
             self.interval,
-            "--collector.agent-timeout",
-            self.agent_timeout,
+            *(
+                []
+                if self.agent_timeout is None
+                else ["--collector.agent-timeout", self.agent_timeout]
+            ),
             "--node",
             self.node,
             *self.extra_args,

@@ -19,6 +19,33 @@ _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SECONDS_UP_TO: Final = 600.0
 """Durations shorter than this read in seconds (``120s``), longer ones in minutes (``15m``)."""
 
+AGENT_TIMEOUT_SECONDS: Final = 5.0
+"""The agent timeout where the interval leaves room for it (``--collector.agent-timeout``)."""
+AGENT_TIMEOUT_SHARE: Final = 0.25
+"""An agent timeout left unset is at most this share of the interval. One call asks a domain
+up to two queries, each of which may take the timeout: a hung agent's call then ends within
+half the interval, and the poll keeps the other half for the rest."""
+AGENT_BACKOFF_MAX_SECONDS: Final = 900.0
+"""The longest agent back-off where the interval is shorter (``--collector.agent-backoff-max``)."""
+
+
+def derived_agent_timeout(poll_interval_seconds: float) -> float:
+    """The agent timeout when none is given: 5s, or a quarter of a shorter interval."""
+    return min(AGENT_TIMEOUT_SECONDS, AGENT_TIMEOUT_SHARE * poll_interval_seconds)
+
+
+def derived_agent_backoff_max(poll_interval_seconds: float) -> float:
+    """The longest agent back-off when none is given: 15m, or the interval when longer."""
+    return max(AGENT_BACKOFF_MAX_SECONDS, poll_interval_seconds)
+
+
+DERIVED_FROM_INTERVAL: Final = {
+    "agent_timeout_seconds": derived_agent_timeout,
+    "agent_backoff_max_seconds": derived_agent_backoff_max,
+}
+"""Settings fields whose value, when their flag is not given, follows ``--collector.interval``.
+Their defaults below are the values at the default interval."""
+
 
 class SourceKind(enum.StrEnum):
     """Where VMs come from (``--source``)."""
@@ -100,9 +127,9 @@ class Settings:
     listen_address: ListenAddress = ListenAddress(host="", port=9977)
     telemetry_path: str = "/metrics"
     poll_interval_seconds: float = 120.0
-    agent_timeout_seconds: float = 5.0
+    agent_timeout_seconds: float = AGENT_TIMEOUT_SECONDS
     concurrency: int = 8
-    agent_backoff_max_seconds: float = 900.0
+    agent_backoff_max_seconds: float = AGENT_BACKOFF_MAX_SECONDS
     vcpu_collector: bool = True
     guest_cpu: bool = True
     """Ask guest agents for CPU time by mode (``guest-get-cpustats``, agent passthrough)."""
@@ -178,7 +205,8 @@ class Settings:
             (
                 0 <= self.simulation.agent_latency_seconds < self.agent_timeout_seconds,
                 "--simulated.agent-latency",
-                "must be at least 0 and shorter than --collector.agent-timeout",
+                "must be at least 0 and shorter than --collector.agent-timeout "
+                f"({format_duration(self.agent_timeout_seconds)})",
             ),
             (
                 self.identity_mode in tuple(IdentityMode),

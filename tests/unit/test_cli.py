@@ -18,6 +18,7 @@ from guestload.cli.flags import (
 from guestload.cli.main import main
 from guestload.identity import IdentityMode
 from guestload.settings import (
+    DERIVED_FROM_INTERVAL,
     ListenAddress,
     Settings,
     SettingsError,
@@ -93,12 +94,17 @@ def test_probe_has_the_source_flags_of_serve_and_its_output() -> None:
     } == {"--output"}
 
 
+def _parser_default(dest: str) -> object:
+    """What the parser should hold for a flag not given: None where the interval decides."""
+    return None if dest in DERIVED_FROM_INTERVAL else field_default(dest)
+
+
 def test_flag_defaults_are_the_settings_defaults() -> None:
     for dest, action in _flags("serve").items():
-        assert action.default == field_default(dest), dest
+        assert action.default == _parser_default(dest), dest
     for dest, action in _flags("probe").items():
         if dest not in ("output", "log_level"):
-            assert action.default == field_default(dest), dest
+            assert action.default == _parser_default(dest), dest
     assert _flags("probe")["log_level"].default == PROBE_LOG_LEVEL != field_default("log_level")
 
 
@@ -112,6 +118,10 @@ def test_each_flag_help_shows_the_settings_default() -> None:
             assert f"(default: {default} for serve, {PROBE_LOG_LEVEL} for probe)" in action.help
         elif default == "" or default is False:
             assert "default:" not in action.help, dest
+        elif dest in DERIVED_FROM_INTERVAL:
+            assert f"default: {shown_default(dest, default)}, or --collector.interval" in (
+                action.help.replace("a quarter of ", "")
+            ), dest
         else:
             assert f"default: {shown_default(dest, default)})" in action.help, dest
 
@@ -186,3 +196,83 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_settings_reject_a_timeout_not_shorter_than_the_interval() -> None:
     with pytest.raises(SettingsError, match=r"--collector\.agent-timeout"):
         Settings(node="n", poll_interval_seconds=5.0, agent_timeout_seconds=5.0)
+
+
+def test_derived_timings_at_the_default_interval_are_the_settings_defaults() -> None:
+    interval = field_default("poll_interval_seconds")
+    assert isinstance(interval, float)
+    for dest, derive in DERIVED_FROM_INTERVAL.items():
+        assert derive(interval) == field_default(dest), dest
+
+
+@pytest.mark.parametrize(
+    ("interval", "agent_timeout", "backoff_max"),
+    [
+        ("1s", 0.25, 900.0),
+        ("5s", 1.25, 900.0),
+        ("19s", 4.75, 900.0),
+        ("20s", 5.0, 900.0),
+        ("120s", 5.0, 900.0),
+        ("1h", 5.0, 3600.0),
+    ],
+)
+def test_timings_not_given_follow_the_interval(
+    interval: str, agent_timeout: float, backoff_max: float
+) -> None:
+    args = build_parser().parse_args(["serve", "--node", "n", "--collector.interval", interval])
+    settings = settings_from_args(args)
+    assert settings.agent_timeout_seconds == agent_timeout
+    assert settings.agent_backoff_max_seconds == backoff_max
+    # The poll keeps half the interval even when a call asks both queries of a hung agent.
+    assert 2 * settings.agent_timeout_seconds <= settings.poll_interval_seconds / 2
+
+
+def test_given_timings_are_kept_as_given() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--node",
+            "n",
+            "--collector.interval",
+            "5s",
+            "--collector.agent-timeout",
+            "4s",
+            "--collector.agent-backoff-max",
+            "5s",
+        ]
+    )
+    settings = settings_from_args(args)
+    assert (settings.agent_timeout_seconds, settings.agent_backoff_max_seconds) == (4.0, 5.0)
+
+
+def test_probe_derives_the_agent_timeout_from_the_default_interval() -> None:
+    settings = settings_from_args(build_parser().parse_args(["probe", "--node", "n"]))
+    assert settings.agent_timeout_seconds == field_default("agent_timeout_seconds")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--collector.interval", "5s", "--collector.agent-timeout", "5s"],
+            "--collector.agent-timeout must be at least 100ms and shorter than "
+            "--collector.interval",
+        ),
+        (
+            ["--collector.interval", "1h", "--collector.agent-backoff-max", "15m"],
+            "--collector.agent-backoff-max must be at least --collector.interval",
+        ),
+        (
+            ["--collector.interval", "5s", "--simulated.agent-latency", "2s"],
+            "--simulated.agent-latency must be at least 0 and shorter than "
+            "--collector.agent-timeout (1.25s)",
+        ),
+    ],
+)
+def test_given_timings_that_do_not_fit_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"guestload: error: {message}\n"

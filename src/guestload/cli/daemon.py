@@ -18,7 +18,7 @@ from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityResolver, metadata_readers_for
 from guestload.polling.poller import Poller
-from guestload.settings import Settings, SourceKind
+from guestload.settings import Settings, SourceKind, format_duration
 from guestload.sources.kubevirt_sockets import SocketGlobSource
 from guestload.sources.protocol import Source
 from guestload.sources.simulated import SimulatedSource
@@ -137,6 +137,9 @@ def run(settings: Settings, *, web_config: WebConfigReloader | None = None) -> i
             "source": settings.source,
             "uri": settings.libvirt_uri,
             "node": settings.node,
+            "interval": format_duration(settings.poll_interval_seconds),
+            "agent_timeout": format_duration(settings.agent_timeout_seconds),
+            "agent_backoff_max": format_duration(settings.agent_backoff_max_seconds),
         },
     )
     if os.geteuid() == 0:

@@ -16,7 +16,13 @@ from typing import Any, Final, NoReturn, get_type_hints
 from guestload import __version__
 from guestload.identity import default_node
 from guestload.logs import FORMATS, LEVELS
-from guestload.settings import ListenAddress, Settings, format_duration, parse_duration
+from guestload.settings import (
+    DERIVED_FROM_INTERVAL,
+    ListenAddress,
+    Settings,
+    format_duration,
+    parse_duration,
+)
 from guestload.sources.simulated import AgentFailures
 
 EXIT_USAGE: Final = 2
@@ -88,7 +94,13 @@ def is_duration(path: str) -> bool:
 
 
 def shown_default(path: str, value: object) -> str:
-    """``value`` of the field at ``path`` as the help shows it."""
+    """``value`` of the field at ``path`` as the help shows it.
+
+    None for a field derived from the interval (a flag not given) shows its value at the
+    default interval.
+    """
+    if value is None and path in DERIVED_FROM_INTERVAL:
+        value = field_default(path)
     if is_duration(path) and isinstance(value, float):
         return format_duration(value)
     if isinstance(value, bool):
@@ -217,7 +229,9 @@ def _add_source_flags(parser: argparse.ArgumentParser, *, log_level: str) -> Non
         parser,
         "--collector.agent-timeout",
         "agent_timeout_seconds",
-        "how long one guest-agent call may take (default: %(default)s)",
+        "how long one guest-agent call may take; must be shorter than --collector.interval "
+        "(default: %(default)s, or a quarter of --collector.interval when that is shorter)",
+        default=None,
     )
     _flag(
         parser,
@@ -320,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--collector.agent-backoff-max",
         "agent_backoff_max_seconds",
-        "longest wait before re-asking an absent or too old agent (default: %(default)s)",
+        "longest wait before re-asking an absent or too old agent; at least "
+        "--collector.interval (default: %(default)s, or --collector.interval when longer)",
+        default=None,
     )
     _flag(
         serve,
@@ -364,7 +380,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the parsed flags; raises SettingsError naming the flag.
 
     Fields without a flag in the subcommand keep their defaults; ``--node`` left out means
-    ``$NODE_NAME``, else the host name.
+    ``$NODE_NAME``, else the host name; timings left out that follow the interval
+    (:data:`~guestload.settings.DERIVED_FROM_INTERVAL`) are derived from it.
     """
     names = {spec.name for spec in fields(Settings)}
     values: dict[str, Any] = {}
@@ -381,4 +398,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         values[head] = field_type(head)(**given)
     if values.get("node") is None:
         values["node"] = default_node()
+    interval = values.get("poll_interval_seconds", field_default("poll_interval_seconds"))
+    for path, derive in DERIVED_FROM_INTERVAL.items():
+        if values.get(path) is None and isinstance(interval, float):
+            values[path] = derive(interval)
     return Settings(**values)
