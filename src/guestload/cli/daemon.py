@@ -7,6 +7,7 @@ import os
 import platform
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
@@ -65,6 +66,15 @@ def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) 
     )
 
 
+def readiness(poller: Poller, cache: MetricsCache) -> Callable[[], bool]:
+    """``/readyz``: libvirt connected, and ``/metrics`` serving a successful poll's data.
+
+    The poller counts as ready when its poll ends, before the cache has rendered the snapshot
+    (0.4 s at 10,000 VMs): readiness waits for the cache too.
+    """
+    return lambda: poller.ready and cache.serves_successful_poll
+
+
 def serve(
     settings: Settings, source: Source, *, web_config: WebConfigReloader | None = None
 ) -> int:
@@ -79,7 +89,9 @@ def serve(
         report_render_duration=True,
     )
     poller = make_poller(settings, source, cache)
-    app = WebApp(cache=cache, is_ready=lambda: poller.ready, telemetry_path=settings.telemetry_path)
+    app = WebApp(
+        cache=cache, is_ready=readiness(poller, cache), telemetry_path=settings.telemetry_path
+    )
     try:
         server = ExporterServer(
             settings.listen_address,

@@ -112,6 +112,21 @@ class MetricsCache:
             self._render_seconds = took
 
     @property
+    def serves_successful_poll(self) -> bool:
+        """True while scrapes get a snapshot of a successful poll with libvirt up.
+
+        Set once :meth:`update` has handed the snapshot over, so every format a scrape can ask
+        for (rendered now or on its first request) carries that poll's data.
+        """
+        with self._lock:
+            snapshot = self._snapshot
+        return (
+            snapshot is not None
+            and snapshot.source_up
+            and snapshot.last_success_timestamp_seconds is not None
+        )
+
+    @property
     def last_render_seconds(self) -> float | None:
         """Wall time the last :meth:`update` spent rendering and compressing."""
         return self._render_seconds
