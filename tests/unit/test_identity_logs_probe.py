@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import grp
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
-from guestload.cli.probe import print_probe
+from guestload.cli.probe import print_probe, unreachable_message
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter, LogfmtFormatter
 from guestload.model import AgentState, Identity, QueryReading
@@ -16,6 +18,7 @@ from tests.unit.fakes import FakeSource, domain, ok
 from tests.unit.pollers import Clock, make_poller
 
 RESOLVER = IdentityResolver(node="node-1", default_namespace="libvirt")
+URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 
 
 @pytest.mark.parametrize(
@@ -63,7 +66,7 @@ def test_probe_prints_a_table_and_json() -> None:
         answers={"a": ok(2.5, 1.25, 0.5), "b": QueryReading(state=AgentState.UNSUPPORTED)},
     )
     out = io.StringIO()
-    assert print_probe(make_poller(source, Clock(), []), output="table", stream=out) == 0
+    assert probe(source, output="table", stream=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].split() == [
         "NAMESPACE",
@@ -99,14 +102,61 @@ def test_probe_prints_a_table_and_json() -> None:
         "ok",
     ]
     out = io.StringIO()
-    print_probe(make_poller(source, Clock(), []), output="json", stream=out)
+    probe(source, output="json", stream=out)
     parsed = json.loads(out.getvalue())
     assert parsed["libvirt_up"] is True
     assert parsed["domains"][1]["load"] == {"1m": 2.5, "5m": 1.25, "15m": 0.5}
 
 
-def test_probe_fails_when_libvirt_is_unreachable() -> None:
-    out = io.StringIO()
+def probe(source: FakeSource, *, output: str, stream: io.StringIO, uri: str = URI) -> int:
+    errors = io.StringIO()
+    answer = print_probe(
+        make_poller(source, Clock(), []),
+        source=source,
+        uri=uri,
+        output=output,
+        stream=stream,
+        errors=errors,
+    )
+    assert errors.getvalue() == "" or answer == 1
+    return answer
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_probe_prints_only_the_error_when_libvirt_is_unreachable(output: str) -> None:
+    out, errors = io.StringIO(), io.StringIO()
     source = FakeSource(reachable=False)
-    assert print_probe(make_poller(source, Clock(), []), output="json", stream=out) == 1
-    assert json.loads(out.getvalue()) == {"libvirt_up": False, "domains": []}
+    answer = print_probe(
+        make_poller(source, Clock(), []),
+        source=source,
+        uri=URI,
+        output=output,
+        stream=out,
+        errors=errors,
+    )
+    assert answer == 1
+    assert out.getvalue() == "", "no table: it would read as connected without VMs"
+    lines = errors.getvalue().splitlines()
+    assert lines[0] == "guestload: connection refused"
+    assert lines[1] == f"libvirt at {URI} is unreachable; check that:"
+    assert "daemon runs" in lines[2]
+    assert (
+        lines[3] == "  - its socket exists: /nonexistent/libvirt-sock (no such file or directory)"
+    )
+    assert "member of its group" in lines[4]
+
+
+def test_the_advice_names_the_socket_libvirt_named_with_its_group_and_mode(
+    tmp_path: Path,
+) -> None:
+    socket_path = tmp_path / "libvirt-sock"
+    socket_path.touch(mode=0o660)
+    socket_path.chmod(0o660)
+    group = grp.getgrgid(socket_path.stat().st_gid).gr_name
+    error = (
+        "cannot connect to libvirt uri=qemu:///system: "
+        f"Failed to connect socket to '{socket_path}': Permission denied"
+    )
+    message = unreachable_message("qemu:///system", error)
+    assert f"  - its socket exists: {socket_path} (group {group}, mode 0660)\n" in message
+    assert message.startswith(f"guestload: {error}\n")

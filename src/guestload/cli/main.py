@@ -25,7 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"guestload: error: {error}\n")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     if args.command == "probe":
-        return print_probe(make_poller(settings, make_source(settings), None), output=args.output)
+        source = make_source(settings)
+        return print_probe(
+            make_poller(settings, source, None),
+            source=source,
+            uri=settings.libvirt_uri,
+            output=args.output,
+        )
     web_config = None
     if settings.web_config_file:
         try:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import re
+import stat
 import sys
+import urllib.parse
 from typing import TextIO
 
 from guestload.model import DomainSample, Snapshot
 from guestload.polling.poller import Poller
 from guestload.queries.load import LOAD, GuestLoad
+from guestload.sources.protocol import Source, SourceUnavailableError
 
 _COLUMNS = ("NAMESPACE", "NAME", "NODE", "DOMAIN", "VCPUS", "LOAD1", "LOAD5", "LOAD15", "AGENT")
 
@@ -74,11 +80,75 @@ def format_json(snapshot: Snapshot) -> str:
     return json.dumps({"libvirt_up": snapshot.source_up, "domains": domains}, indent=2) + "\n"
 
 
-def print_probe(poller: Poller, *, output: str, stream: TextIO = sys.stdout) -> int:
-    """Poll once; 0 when libvirt was reached, 1 when not (the reason is logged)."""
+_SOCKET_IN_ERROR = re.compile(r"socket to '([^']+)'")
+
+
+def _socket_path(uri: str, error: str) -> str | None:
+    """The unix socket behind ``uri``: its ``socket=`` parameter, else the one libvirt named."""
+    query = urllib.parse.urlsplit(uri).query
+    given = urllib.parse.parse_qs(query).get("socket")
+    if given:
+        return given[0]
+    named = _SOCKET_IN_ERROR.search(error)
+    return named.group(1) if named else None
+
+
+def _socket_facts(path: str) -> str:
+    """``path`` with its group and mode when it exists, else that it is missing."""
     try:
+        info = os.stat(path)
+    except OSError as error:
+        return f"{path} ({error.strerror.lower() if error.strerror else 'not found'})"
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return f"{path} (group {group}, mode {stat.S_IMODE(info.st_mode):04o})"
+
+
+def unreachable_message(uri: str, error: str) -> str:
+    """What ``probe`` prints when libvirt cannot be reached: the error and what to check."""
+    lines = [
+        f"guestload: {error}",
+        f"libvirt at {uri} is unreachable; check that:",
+        "  - the libvirt daemon runs (libvirtd, or virtqemud where libvirt runs one daemon "
+        "per driver)",
+    ]
+    socket_path = _socket_path(uri, error)
+    if socket_path is not None:
+        lines.append(f"  - its socket exists: {_socket_facts(socket_path)}")
+    lines += [
+        "  - this user may open the socket read-write: root, or a member of its group "
+        "(usually libvirt; log in again after joining it)",
+        "  - --libvirt.uri names the right daemon",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def print_probe(
+    poller: Poller,
+    *,
+    source: Source,
+    uri: str,
+    output: str,
+    stream: TextIO = sys.stdout,
+    errors: TextIO = sys.stderr,
+) -> int:
+    """Poll ``source`` once through ``poller`` and print what it found; 0 when reached.
+
+    When libvirt (``uri``) cannot be reached, only the error and what to check are printed,
+    on ``errors``, and the answer is 1: no table, which would read as "connected, no VMs".
+    """
+    try:
+        try:
+            source.connect()
+        except SourceUnavailableError as error:
+            errors.write(unreachable_message(uri, str(error)))
+            return 1
         snapshot = poller.poll()
     finally:
         poller.close()
+    if not snapshot.source_up:  # lost between the connection and the listing: logged
+        return 1
     stream.write(format_json(snapshot) if output == "json" else format_table(snapshot))
-    return 0 if snapshot.source_up else 1
+    return 0
