@@ -126,6 +126,21 @@ class DomainSample:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketHealth:
+    """One libvirt socket's connection in KubeVirt node mode (one virt-launcher pod's daemon)."""
+
+    socket: str
+    up: bool
+    """Connected, and its daemon answered the last listing."""
+    pod_uid: str = ""
+    """The launcher pod's UID, from the socket's kubelet path; empty where the path has none."""
+    namespace: str = ""
+    """The VM's namespace (the pod's), from the domain the socket listed last; empty before."""
+    name: str = ""
+    """The VM's name, from the domain the socket listed last; empty before."""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The state after a poll; the collector renders only this."""
 
@@ -140,3 +155,6 @@ class Snapshot:
     build_info: Mapping[str, str] = field(default_factory=dict)
     identity_conflicts: int = 0
     """Running domains left out because another domain has the same namespace, name, node."""
+    sockets: tuple[SocketHealth, ...] | None = None
+    """Each libvirt socket's health in KubeVirt node mode (``--libvirt.socket-glob``); None
+    with a single libvirt connection."""

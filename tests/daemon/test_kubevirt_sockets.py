@@ -29,6 +29,10 @@ from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource
 from guestload.sources.libvirt import LibvirtSource
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
+from guestload_lab.processes import ProcessRegistry
+from guestload_lab.services import Exporter
+from guestload_lab.waiting import wait_until
+from tests.exposition import metric_value
 from tests.unit.fakes import ask_load
 
 pytestmark = pytest.mark.daemon
@@ -241,3 +245,60 @@ def test_probe_reads_every_pod_through_the_command_line(node: Node) -> None:
     assert probe["libvirt_up"] is True
     named = sorted((row["namespace"], row["name"], row["node"]) for row in probe["domains"])
     assert named == [("dev", "db", "node-1"), ("prod", "web-1", "node-1")]
+
+
+def _socket_up(exporter: Exporter, pod: LauncherPod, *, named: bool = True) -> float | None:
+    """The pod's ``guestload_libvirt_socket_up`` in a scrape now; None when absent."""
+    name, namespace = (pod.vmi, pod.namespace) if named else ("", "")
+    series = (
+        f'guestload_libvirt_socket_up{{name="{name}",namespace="{namespace}",'
+        f'pod_uid="{pod.pod_dir.name}",socket="{pod.socket_path}"}}'
+    )
+    return metric_value(exporter.scrape_text(), series)
+
+
+def test_serve_exports_each_launcher_sockets_health(node: Node, tmp_path: Path) -> None:
+    web = node.pod("prod", "web-1")
+    db = node.pod("dev", "db")
+    with ProcessRegistry() as registry:
+        exporter = Exporter(
+            libvirt_uri=None,
+            node="node-1",
+            workdir=tmp_path / "exporter",
+            registry=registry,
+            interval="2s",
+            agent_timeout=None,
+            extra_args=(
+                "--libvirt.socket-glob",
+                node.glob,
+                "--libvirt.socket-uri-template",
+                URI_TEMPLATE,
+            ),
+        )
+        exporter.start()
+        exporter.wait_ready(timeout=15)
+
+        def wait_for(pod: LauncherPod, value: float | None, what: str) -> None:
+            wait_until(
+                lambda: _socket_up(exporter, pod) == value,
+                timeout=30,
+                interval=0.2,
+                what=what,
+                detail=exporter.log,
+            )
+
+        wait_for(web, 1.0, "web-1's socket up")
+        wait_for(db, 1.0, "db's socket up")
+
+        web.crash()
+        wait_for(web, 0.0, "web-1's socket down after its daemon died, still named")
+        assert _socket_up(exporter, db) == 1.0
+        body = exporter.scrape_text()
+        assert metric_value(body, "guestload_libvirt_up") == 1.0, "the node itself is fine"
+
+        web.start()  # virt-launcher restarts its daemon on the same socket path
+        wait_for(web, 1.0, "web-1's socket back up")
+
+        db.delete()
+        wait_for(db, None, "the deleted pod's socket series gone")
+        assert "Traceback" not in exporter.log()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter
-from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.sources.kubevirt_sockets import SocketGlobSource, socket_uri
+from guestload.model import AgentState, DomainEvent, EventKind, SocketHealth
+from guestload.sources.kubevirt_sockets import SocketGlobSource, pod_uid_from_socket, socket_uri
 from guestload.sources.protocol import Source, SourceUnavailableError
 from tests.unit.fakes import FakeSource, ask_load, domain, ok
 
@@ -39,7 +40,9 @@ class Node:
         self.source.set_event_listener(self.events.append)
 
     def add(self, name: str, *uuids: str) -> FakeSource:
-        fake = FakeSource(domains=[domain(u, f"ns_{u}") for u in uuids])
+        fake = FakeSource(
+            domains=[domain(u, f"ns_{u}", metadata={KUBEVIRT_UID_KEY: u}) for u in uuids]
+        )
         self.sockets[f"/pods/{name}/sock"] = fake
         return fake
 
@@ -232,3 +235,67 @@ def test_a_socket_path_too_long_for_an_address_is_reached_through_its_directory(
         assert not Path(f"/proc/self/fd/{fd}").exists() or os.readlink(
             f"/proc/self/fd/{fd}"
         ) != str(directory), "the directory is released on close"
+
+
+RESOLVER = IdentityResolver(node="node-1", default_namespace="libvirt")
+
+
+def test_each_socket_reports_its_health_named_after_its_vm(node: Node) -> None:
+    node.add("pod-a", "a1")
+    dead = node.add("pod-b", "b1")
+    refusing = node.add("pod-c", "c1")
+    refusing.reachable = False
+    node.add("pod-d", "d1", "d2")
+    node.source.connect()
+    uuids(node)
+    assert node.source.socket_health(RESOLVER.resolve) == (
+        SocketHealth(
+            socket="/pods/pod-a/sock", up=True, pod_uid="pod-a", namespace="ns", name="a1"
+        ),
+        SocketHealth(
+            socket="/pods/pod-b/sock", up=True, pod_uid="pod-b", namespace="ns", name="b1"
+        ),
+        SocketHealth(socket="/pods/pod-c/sock", up=False, pod_uid="pod-c"),
+        SocketHealth(socket="/pods/pod-d/sock", up=True, pod_uid="pod-d"),  # two VMs: none named
+    )
+
+    dead.reachable = False
+    dead.domains.clear()
+    uuids(node)
+    health = {h.pod_uid: h for h in node.source.socket_health(RESOLVER.resolve)}
+    assert health["pod-b"] == SocketHealth(
+        socket="/pods/pod-b/sock", up=False, pod_uid="pod-b", namespace="ns", name="b1"
+    ), "a socket that went down still names its VM"
+
+    dead.reachable = True
+    node.now += 1.0
+    uuids(node)
+    health = {h.pod_uid: h for h in node.source.socket_health(RESOLVER.resolve)}
+    assert health["pod-b"].up
+    assert health["pod-b"].name == "b1", "an empty listing (the VM shutting down) keeps the name"
+
+    del node.sockets["/pods/pod-a/sock"]
+    uuids(node)
+    assert [h.pod_uid for h in node.source.socket_health(RESOLVER.resolve)] == [
+        "pod-b",
+        "pod-c",
+        "pod-d",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "uid"),
+    [
+        (
+            "/var/lib/kubelet/pods/0f6d4c3e-9f1b-4a57-a1a4-3b7c9e1d2f60/volumes/"
+            "kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock",
+            "0f6d4c3e-9f1b-4a57-a1a4-3b7c9e1d2f60",
+        ),
+        ("/srv/kubelet/pods/uid-1/sock", "uid-1"),
+        ("/pods/pods/sock", "pods"),
+        ("/run/libvirt/libvirt-sock", ""),
+        ("/x/pods/", ""),
+    ],
+)
+def test_the_pod_uid_comes_from_the_kubelet_path(path: str, uid: str) -> None:
+    assert pod_uid_from_socket(path) == uid

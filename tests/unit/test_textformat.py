@@ -36,6 +36,7 @@ from guestload.model import (
     Identity,
     QueryReading,
     Snapshot,
+    SocketHealth,
     VcpuStat,
     VcpuState,
 )
@@ -123,6 +124,18 @@ snapshots = st.builds(
     agent_calls_total=st.dictionaries(st.sampled_from(AgentState), counts),
     build_info=st.dictionaries(label_names, label_values, max_size=4),
     identity_conflicts=st.integers(min_value=0, max_value=10_000),
+    sockets=st.none()
+    | st.lists(
+        st.builds(
+            SocketHealth,
+            socket=label_values,
+            up=st.booleans(),
+            pod_uid=label_values,
+            namespace=label_values,
+            name=label_values,
+        ),
+        max_size=3,
+    ).map(tuple),
 )
 
 # -- the tests --------------------------------------------------------------------------------
@@ -288,3 +301,28 @@ def test_build_info_documents_every_label_a_source_describes() -> None:
     described = SimulatedSource(simulation=Simulation(vms=0)).describe()
     # The version is guestload's own; the CLI adds the Python version.
     assert {"version", "python_version", *described} == set(BUILD_INFO_LABELS)
+
+
+def test_socket_health_is_a_family_only_in_kubevirt_node_mode() -> None:
+    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=True))
+    single = written(writer, Snapshot(source_up=True), openmetrics_format=False).decode()
+    assert "guestload_libvirt_socket_up" not in single
+    none_yet = written(writer, Snapshot(source_up=True, sockets=()), openmetrics_format=False)
+    assert b"# TYPE guestload_libvirt_socket_up gauge\n" in none_yet
+    assert b"guestload_libvirt_socket_up{" not in none_yet
+    snapshot = Snapshot(
+        source_up=True,
+        sockets=(
+            SocketHealth(socket="/p/a/sock", up=True, pod_uid="a", namespace="prod", name="web"),
+            SocketHealth(socket="/p/b/sock", up=False, pod_uid="b"),
+        ),
+    )
+    body = written(writer, snapshot, openmetrics_format=False).decode()
+    assert (
+        'guestload_libvirt_socket_up{name="web",namespace="prod",pod_uid="a",socket="/p/a/sock"} '
+        "1.0\n" in body
+    )
+    assert (
+        'guestload_libvirt_socket_up{name="",namespace="",pod_uid="b",socket="/p/b/sock"} 0.0\n'
+        in body
+    )

@@ -120,6 +120,15 @@ LIBVIRT_UP = MetricSpec(
     MetricType.GAUGE,
     "1 if the last poll reached libvirt, 0 if the connection is down.",
 )
+LIBVIRT_SOCKET_UP = MetricSpec(
+    "guestload_libvirt_socket_up",
+    MetricType.GAUGE,
+    "1 if the libvirt daemon behind this socket (a virt-launcher pod's, with "
+    "--libvirt.socket-glob) answered the last listing, 0 while it is down. pod_uid is from the "
+    "socket's kubelet path; namespace and name are the VM's, from its domain, kept while the "
+    "socket is down.",
+    ("socket", "pod_uid", "namespace", "name"),
+)
 DOMAINS = MetricSpec(
     "guestload_domains",
     MetricType.GAUGE,
@@ -162,6 +171,7 @@ BUILD_INFO = MetricSpec(
 
 EXPORTER_FAMILIES = (
     LIBVIRT_UP,
+    LIBVIRT_SOCKET_UP,
     DOMAINS,
     IDENTITY_CONFLICTS,
     POLLS,
@@ -233,10 +243,12 @@ class MetricSet:
     def exporter_families(self, snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
         """The exporter's own families with their samples, in exposition order.
 
-        A family whose value is not known yet (no poll finished) is left out entirely.
+        A family whose value is not known yet (no poll finished) is left out entirely, and so
+        is the per-socket family outside KubeVirt node mode.
         """
         families: list[tuple[MetricSpec, list[LabelledValue]]] = [
             (LIBVIRT_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
+            *_socket_families(snapshot),
             (DOMAINS, [({}, float(len(snapshot.domains) + snapshot.identity_conflicts))]),
             (IDENTITY_CONFLICTS, [({}, float(snapshot.identity_conflicts))]),
             (POLLS, [({}, float(snapshot.polls_total))]),
@@ -262,3 +274,22 @@ class MetricSet:
         )
         families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
         return families
+
+
+def _socket_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
+    """``guestload_libvirt_socket_up`` in KubeVirt node mode (present, maybe empty); else none."""
+    if snapshot.sockets is None:
+        return []
+    samples: list[LabelledValue] = [
+        (
+            {
+                "socket": health.socket,
+                "pod_uid": health.pod_uid,
+                "namespace": health.namespace,
+                "name": health.name,
+            },
+            1.0 if health.up else 0.0,
+        )
+        for health in snapshot.sockets
+    ]
+    return [(LIBVIRT_SOCKET_UP, samples)]

@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, QueryReading
+from guestload.model import (
+    AgentState,
+    DomainEvent,
+    DomainInventory,
+    EventKind,
+    Identity,
+    QueryReading,
+    SocketHealth,
+)
 from guestload.queries.query import GuestQuery
 from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
 
@@ -38,6 +46,20 @@ RECONNECT_MAX_SECONDS = 60.0
 def socket_uri(template: str, socket_path: str) -> str:
     """The libvirt URI for one socket: the template with ``{socket}`` replaced."""
     return template.replace(SOCKET_PLACEHOLDER, socket_path)
+
+
+#: The kubelet folder whose subfolders are named by pod UID (``<kubelet root>/pods/<uid>/``).
+KUBELET_PODS_FOLDER = "pods"
+
+
+def pod_uid_from_socket(socket_path: str) -> str:
+    """The pod UID in a kubelet socket path (the folder after the last ``pods``), or ``""``."""
+    parts = socket_path.split("/")
+    # The UID is a folder: never the socket's own name, the last part.
+    for index in range(len(parts) - 3, -1, -1):
+        if parts[index] == KUBELET_PODS_FOLDER and parts[index + 1]:
+            return parts[index + 1]
+    return ""
 
 
 class _SocketAddress:
@@ -75,6 +97,9 @@ class _Member:
     next_attempt: float = 0.0
     uuids: frozenset[str] = frozenset()
     """Domains the member listed last."""
+    named_after: DomainInventory | None = None
+    """The domain of the member's last listing of exactly one (a launcher runs one VM); kept
+    while the member is down, so its health keeps naming the VM."""
 
 
 class SocketGlobSource:
@@ -115,6 +140,30 @@ class SocketGlobSource:
         """The sockets currently known (connected or not), sorted."""
         with self._lock:
             return sorted(self._members)
+
+    def socket_health(
+        self, identify: Callable[[DomainInventory], Identity]
+    ) -> tuple[SocketHealth, ...]:
+        """Each known socket's connection state, sorted by path.
+
+        ``identify`` names the socket's VM from the domain it listed last (KubeVirt's
+        ``<namespace>_<vmi>``); a socket that listed none yet, or several, names no VM.
+        """
+        with self._lock:
+            members = [self._members[path] for path in sorted(self._members)]
+        health: list[SocketHealth] = []
+        for member in members:
+            identity = None if member.named_after is None else identify(member.named_after)
+            health.append(
+                SocketHealth(
+                    socket=member.socket_path,
+                    up=member.connected,
+                    pod_uid=pod_uid_from_socket(member.socket_path),
+                    namespace="" if identity is None else identity.namespace,
+                    name="" if identity is None else identity.name,
+                )
+            )
+        return tuple(health)
 
     def connect(self) -> None:
         """Find the sockets, connect to each, and start re-scanning in the background."""
@@ -291,6 +340,10 @@ class SocketGlobSource:
             member.next_attempt = self._clock() + member.reconnect_delay
             return None
         member.uuids = frozenset(d.uuid for d in inventory)
+        if len(inventory) == 1:
+            member.named_after = inventory[0]
+        elif inventory:
+            member.named_after = None
         return inventory
 
     def _forward(self, event: DomainEvent) -> None:
