@@ -27,6 +27,8 @@ GENERATED = [
     PROMETHEUSRULE,
     REPOSITORY / "monitoring" / "dashboards" / "guestload.json",
     ALERTS_DOC,
+    REPOSITORY / "monitoring" / "rules" / "guestload-kubevirt.rules.yml",
+    REPOSITORY / "monitoring" / "kubernetes" / "kubevirt" / "prometheusrule.yaml",
 ]
 
 

@@ -1,0 +1,210 @@
+"""The KubeVirt variant beside KubeVirt's own rules (v1.7, v1.8, v1.9), under promtool.
+
+Each case loads KubeVirt's rules as released and guestload-kubevirt.rules.yml, feeds series
+shaped like virt-handler's, and counts the firing queue alerts per VM and alert name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.monitoring.kubevirt_cluster import (
+    KUBEVIRT_RULES,
+    QUEUE_ALERTS,
+    VARIANT_RULES,
+    VIRT_HANDLER_TARGET,
+    VMS,
+    expected_queue_alerts,
+    guest_cpu_lines,
+    kubevirt_recorded_names,
+    metric_lines,
+    recorded_names,
+    selector,
+)
+from tests.monitoring.monitoring_bundle import RULE_FILE, load_yaml, promtool, run
+
+GUESTLOAD_TARGET = {"job": "guestload", "instance": "node-a"}
+EVAL_TIME = "15m"
+"""Past the 10-minute rate window, so the host's view of the busy share exists too."""
+FIRING_QUEUE_ALERTS = (
+    'count by (namespace, name, alertname) (ALERTS{alertstate="firing", '
+    'alertname=~"GuestVCPUQueueHigh.*"})'
+)
+
+
+def _input_series(*, bare: bool) -> list[dict[str, str]]:
+    """Thirty minutes of every VM's series at one sample a minute."""
+    series = []
+    for vm in VMS:
+        lines = list(metric_lines(vm, seconds=60, target=VIRT_HANDLER_TARGET, bare=bare))
+        if not bare:
+            lines += guest_cpu_lines(vm, seconds=60, target=GUESTLOAD_TARGET)
+        for name, labels, per_minute in lines:
+            values = f"0+{per_minute:g}x30" if name.endswith("_total") else f"{per_minute:g}x30"
+            series.append({"series": selector(name, labels), "values": values})
+    return series
+
+
+def _count_case(expected: dict[tuple[str, str, str], int]) -> dict[str, Any]:
+    return {
+        "expr": FIRING_QUEUE_ALERTS,
+        "eval_time": EVAL_TIME,
+        "exp_samples": [
+            {
+                "labels": selector("", {"namespace": ns, "name": name, "alertname": alert}),
+                "value": n,
+            }
+            for (ns, name, alert), n in sorted(expected.items())
+        ],
+    }
+
+
+def _alerts_case(expected: dict[tuple[str, str, str], dict[str, str]]) -> dict[str, Any]:
+    """The firing queue alerts, exactly: (namespace, name, alertname) -> their other labels."""
+    return {
+        "expr": FIRING_QUEUE_ALERTS.removeprefix("count by (namespace, name, alertname) (")[:-1],
+        "eval_time": EVAL_TIME,
+        "exp_samples": [
+            {
+                "labels": selector(
+                    "ALERTS",
+                    {
+                        "alertstate": "firing",
+                        "namespace": ns,
+                        "name": name,
+                        "alertname": alert,
+                        **labels,
+                    },
+                ),
+                "value": 1,
+            }
+            for (ns, name, alert), labels in sorted(expected.items())
+        ],
+    }
+
+
+def _severity(alertname: str) -> str:
+    return "warning" if alertname.endswith("Warning") else "critical"
+
+
+def _run_promtool(tmp_path: Path, rule_files: list[Path], tests: list[dict[str, Any]]) -> str:
+    document = {
+        "rule_files": [str(path) for path in rule_files],
+        "evaluation_interval": "1m",
+        "tests": tests,
+    }
+    path = tmp_path / "coexistence.test.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    result = run([promtool(), "test", "rules", path])
+    return result.stdout + result.stderr if result.returncode else ""
+
+
+def _static_labels(path: Path, alertname: str) -> dict[str, str]:
+    for group in load_yaml(path)["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alertname:
+                return {k: v for k, v in rule["labels"].items() if k != "severity"}
+    raise AssertionError(f"{path.name} has no {alertname}")
+
+
+@pytest.mark.parametrize("version", sorted(KUBEVIRT_RULES))
+def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, version: str) -> None:
+    """Under real scrape labels KubeVirt's subtraction is empty and guestload's alert fires;
+    with bare series (KubeVirt's own test shape) KubeVirt's fires and guestload's stands down."""
+    kubevirt = KUBEVIRT_RULES[version]
+    node = {"node": "node-a"}
+    ours = _static_labels(VARIANT_RULES, QUEUE_ALERTS[0])
+    real = {
+        "name": f"Scraped virt-handler series fire guestload's alert once per VM ({version}).",
+        "interval": "1m",
+        "input_series": _input_series(bare=False),
+        "promql_expr_test": [
+            _count_case(expected_queue_alerts()),
+            _alerts_case(
+                {
+                    key: {**node, **ours, "severity": _severity(key[2])}
+                    for key in expected_queue_alerts()
+                }
+            ),
+        ],
+    }
+    # Bare series carry no guest CPU statistics: the stalled VM's host view still says io.
+    kubevirt_labels = _static_labels(kubevirt, QUEUE_ALERTS[0])
+    bare_labels = kubevirt_labels if version == "v1.9.0" else {**node, **kubevirt_labels}
+    above = {
+        (vm.namespace, vm.name, alert)
+        for vm in VMS
+        for alert, threshold in zip(QUEUE_ALERTS, (10, 20), strict=True)
+        if vm.queue > threshold
+    }
+    bare = {
+        "name": f"Bare series fire KubeVirt's alert and guestload's stands down ({version}).",
+        "interval": "1m",
+        "input_series": _input_series(bare=True),
+        "promql_expr_test": [
+            _count_case(dict.fromkeys(above, 1)),
+            _alerts_case({key: {**bare_labels, "severity": _severity(key[2])} for key in above}),
+        ],
+    }
+    failure = _run_promtool(tmp_path, [kubevirt, VARIANT_RULES], [real, bare])
+    assert not failure, failure
+
+
+def test_the_count_catches_guestloads_plain_bundle_beside_kubevirt_1_7(tmp_path: Path) -> None:
+    """The plain bundle records the queue KubeVirt v1.7 alerts on: the same VM fires twice,
+    and KubeVirt's alert, which knows no causes, fires for the I/O stall too."""
+    doubled = {key: 2 for key in expected_queue_alerts()}
+    doubled[("shop", "stalled", "GuestVCPUQueueHighWarning")] = 1
+    case = {
+        "name": "The plain bundle beside KubeVirt v1.7 fires each queue alert twice per VM.",
+        "interval": "1m",
+        "input_series": _input_series(bare=False),
+        "promql_expr_test": [_count_case(doubled)],
+    }
+    failure = _run_promtool(tmp_path, [KUBEVIRT_RULES["v1.7.0"], RULE_FILE], [case])
+    assert not failure, failure
+
+
+def test_the_variant_records_no_name_any_kubevirt_release_records() -> None:
+    ours = recorded_names(VARIANT_RULES)
+    assert len(ours) == len(set(ours)), "the variant records a name twice"
+    releases = kubevirt_recorded_names()
+    assert {"v1.6.4", "v1.7.0", "v1.8.0", "v1.8.3", "v1.9.0"} <= set(releases)
+    for release, names in releases.items():
+        assert "kubevirt_vmi_guest_vcpu_queue" in names, release
+        assert not set(ours) & set(names), release
+    # The plain bundle is the one that collides.
+    assert set(recorded_names(RULE_FILE)) & set(releases["v1.7.0"]) == {
+        "kubevirt_vmi_vcpu_count",
+        "kubevirt_vmi_guest_vcpu_queue",
+    }
+
+
+@pytest.mark.parametrize("version", sorted(KUBEVIRT_RULES))
+def test_the_fixtures_are_kubevirts_rules_with_their_source(version: str) -> None:
+    path = KUBEVIRT_RULES[version]
+    header = path.read_text(encoding="utf-8").split("groups:")[0]
+    assert f"tag {version}" in header
+    assert "pkg/monitoring/rules/alerts/vms.go" in header
+    assert [group["name"] for group in load_yaml(path)["groups"]] == [
+        "recordingRules.rules",
+        "alerts.rules",
+    ]
+    assert set(recorded_names(path)) <= set(kubevirt_recorded_names()[version])
+    result = run([promtool(), "check", "rules", path])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_variant_alerts_carry_kubevirts_names_and_label() -> None:
+    alerts = [rule for group in load_yaml(VARIANT_RULES)["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in alerts if "alert" in rule}
+    assert set(QUEUE_ALERTS) <= names
+    for rule in alerts:
+        if "alert" in rule:
+            assert rule["labels"]["operator_health_impact"] == "none"
+            assert "kubernetes_operator_part_of" not in rule["labels"]
+            assert "for" not in rule or rule["alert"] not in QUEUE_ALERTS
