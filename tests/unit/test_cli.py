@@ -162,6 +162,7 @@ def test_enum_flags_give_enum_members() -> None:
         (["probe", "--identity.mode", "nova"], "--identity.mode"),
         (["probe", "--source", "qemu"], "--source"),
         (["serve", "--simulated.agent-latency", "fast"], "--simulated.agent-latency"),
+        (["serve", "--no-collector.load", "--no-collector.guest-cpu"], "--no-collector.load"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(
@@ -186,3 +187,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_settings_reject_a_timeout_not_shorter_than_the_interval() -> None:
     with pytest.raises(SettingsError, match=r"--collector\.agent-timeout"):
         Settings(node="n", poll_interval_seconds=5.0, agent_timeout_seconds=5.0)
+
+
+def test_no_load_collector_asks_agents_only_for_cpu_statistics() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--node", "n1", "--no-collector.load", "--no-collector.vcpu"]
+    )
+    settings = settings_from_args(args)
+    assert not settings.guest_load
+    assert [query.name for query in settings.queries()] == ["cpustats"]
+    assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]
