@@ -6,6 +6,9 @@ shaped like virt-handler's, and counts the firing queue alerts per VM and alert 
 
 from __future__ import annotations
 
+import re
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from tests.monitoring.kubevirt_cluster import (
     recorded_names,
     selector,
 )
-from tests.monitoring.monitoring_bundle import RULE_FILE, load_yaml, promtool, run
+from tests.monitoring.monitoring_bundle import REPOSITORY, RULE_FILE, load_yaml, promtool, run
 
 GUESTLOAD_TARGET = {"job": "guestload", "instance": "node-a"}
 EVAL_TIME = "15m"
@@ -208,3 +211,22 @@ def test_variant_alerts_carry_kubevirts_names_and_label() -> None:
             assert rule["labels"]["operator_health_impact"] == "none"
             assert "kubernetes_operator_part_of" not in rule["labels"]
             assert "for" not in rule or rule["alert"] not in QUEUE_ALERTS
+
+
+def test_the_documented_inhibition_is_valid_alertmanager_config(tmp_path: Path) -> None:
+    """docs/operators/kubevirt.md's inhibit rules pass amtool and name the queue alerts."""
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is not installed: it comes with Debian's prometheus-alertmanager")
+    text = (REPOSITORY / "docs" / "operators" / "kubevirt.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^( *)```yaml\n(.*?)^\1```$", text, re.M | re.S)
+    inhibit = textwrap.dedent(block[1])
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        "route:\n  receiver: default\nreceivers:\n  - name: default\n" + inhibit, encoding="utf-8"
+    )
+    result = run([amtool, "check-config", config])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "inhibit_rules:" in inhibit
+    for name in QUEUE_ALERTS:
+        assert name in inhibit
