@@ -90,6 +90,21 @@ def _alerts_case(expected: dict[tuple[str, str, str], dict[str, str]]) -> dict[s
     }
 
 
+def _above() -> set[tuple[str, str, str]]:
+    """The (namespace, name, alertname) whose queue is above KubeVirt's threshold."""
+    return {
+        (vm.namespace, vm.name, alert)
+        for vm in VMS
+        for alert, threshold in zip(QUEUE_ALERTS, (10, 20), strict=True)
+        if vm.queue > threshold
+    }
+
+
+def _stalled_kubevirt() -> dict[tuple[str, str, str], int]:
+    """KubeVirt's alert alone for the I/O-stalled VM (guestload's stays quiet on io)."""
+    return {("shop", "stalled", "GuestVCPUQueueHighWarning"): 1}
+
+
 def _severity(alertname: str) -> str:
     return "warning" if alertname.endswith("Warning") else "critical"
 
@@ -138,12 +153,7 @@ def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, ver
     # Bare series carry no guest CPU statistics: the stalled VM's host view still says io.
     kubevirt_labels = _static_labels(kubevirt, QUEUE_ALERTS[0])
     bare_labels = kubevirt_labels if version == "v1.9.0" else {**node, **kubevirt_labels}
-    above = {
-        (vm.namespace, vm.name, alert)
-        for vm in VMS
-        for alert, threshold in zip(QUEUE_ALERTS, (10, 20), strict=True)
-        if vm.queue > threshold
-    }
+    above = _above()
     bare = {
         "name": f"Bare series fire KubeVirt's alert and guestload's stands down ({version}).",
         "interval": "1m",
@@ -169,6 +179,29 @@ def test_the_count_catches_guestloads_plain_bundle_beside_kubevirt_1_7(tmp_path:
         "promql_expr_test": [_count_case(doubled)],
     }
     failure = _run_promtool(tmp_path, [KUBEVIRT_RULES["v1.7.0"], RULE_FILE], [case])
+    assert not failure, failure
+
+
+def test_without_the_stand_down_bare_series_fire_both_alerts(tmp_path: Path) -> None:
+    """Where KubeVirt's rules match (bare series), the variant's `unless` is what keeps its
+    queue alerts from doubling KubeVirt's."""
+    document = load_yaml(VARIANT_RULES)
+    cut = 0
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") in QUEUE_ALERTS:
+                rule["expr"] = rule["expr"].split("\n  unless on (namespace, name)\n")[0]
+                cut += 1
+    assert cut == len(QUEUE_ALERTS)
+    mutant = tmp_path / "no-stand-down.rules.yml"
+    mutant.write_text(yaml.safe_dump(document), encoding="utf-8")
+    case = {
+        "name": "Without its stand-down the variant doubles KubeVirt v1.9's alerts on bare series.",
+        "interval": "1m",
+        "input_series": _input_series(bare=True),
+        "promql_expr_test": [_count_case({**dict.fromkeys(_above(), 2), **_stalled_kubevirt()})],
+    }
+    failure = _run_promtool(tmp_path, [KUBEVIRT_RULES["v1.9.0"], mutant], [case])
     assert not failure, failure
 
 
