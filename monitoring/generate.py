@@ -13,7 +13,11 @@ from pathlib import Path
 
 from monitoring.alerts_doc import render_tables, splice
 from monitoring.dashboard import render_dashboard
-from monitoring.kubevirt import build_kubevirt_groups, render_kubevirt_rule_file
+from monitoring.kubevirt import (
+    build_kubevirt_groups,
+    render_kubevirt_dashboard,
+    render_kubevirt_rule_file,
+)
 from monitoring.prometheusrule import render_prometheusrule
 from monitoring.rules import alerting_rules, build_groups, render_rule_file
 from monitoring.settings import SettingsError, load_settings
@@ -24,6 +28,7 @@ RULE_FILE = Path("monitoring/rules/guestload.rules.yml")
 PROMETHEUSRULE = Path("monitoring/kubernetes/prometheusrule.yaml")
 KUBEVIRT_RULE_FILE = Path("monitoring/rules/guestload-kubevirt.rules.yml")
 KUBEVIRT_PROMETHEUSRULE = Path("monitoring/kubernetes/kubevirt/prometheusrule.yaml")
+KUBEVIRT_DASHBOARD = Path("monitoring/dashboards/guestload-kubevirt.json")
 DASHBOARD = Path("monitoring/dashboards/guestload.json")
 ALERTS_DOC = Path("docs/alerts.md")
 
@@ -60,6 +65,7 @@ def render_all(root: Path) -> list[Output]:
             ),
         ),
         Output(DASHBOARD, render_dashboard(settings)),
+        Output(KUBEVIRT_DASHBOARD, render_kubevirt_dashboard(settings)),
         Output(ALERTS_DOC, splice(alerts_doc, render_tables(settings=settings, groups=groups))),
     ]
 

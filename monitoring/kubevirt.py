@@ -14,10 +14,12 @@ from whichever job exports the series, with three differences:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
+from monitoring.dashboard import UID, render_dashboard
 from monitoring.rules import (
     VCPU_COUNT,
     VCPU_QUEUE,
@@ -28,6 +30,8 @@ from monitoring.rules import (
 )
 from monitoring.settings import Settings
 from monitoring.yamltext import dump_yaml
+
+DASHBOARD_UID: Final = f"{UID}-kubevirt"
 
 RENAMED: Final[Mapping[str, str]] = {
     VCPU_COUNT: "namespace_name_node:guestload_vcpus:count",
@@ -133,3 +137,25 @@ def render_kubevirt_rule_file(groups: Sequence[RuleGroup]) -> str:
             "record a queue: load it instead of guestload.rules.yml (docs/operators/kubevirt.md)."
         ),
     )
+
+
+def render_kubevirt_dashboard(settings: Settings) -> str:
+    """The dashboard for the variant: the same panels, reading the variant's record names."""
+    dashboard = json.loads(render_dashboard(settings))
+    dashboard["uid"] = DASHBOARD_UID
+    dashboard["title"] += " (KubeVirt >= 1.6.4)"
+    return json.dumps(_renamed_queries(dashboard), indent=2, ensure_ascii=False) + "\n"
+
+
+def _renamed_queries(node: Any) -> Any:
+    """*node* (a part of Grafana's JSON model) with the metrics of its queries renamed."""
+    if isinstance(node, dict):
+        return {
+            key: rename(value)
+            if key in {"expr", "query"} and isinstance(value, str)
+            else _renamed_queries(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renamed_queries(item) for item in node]
+    return node

@@ -29,6 +29,7 @@ GENERATED = [
     ALERTS_DOC,
     REPOSITORY / "monitoring" / "rules" / "guestload-kubevirt.rules.yml",
     REPOSITORY / "monitoring" / "kubernetes" / "kubevirt" / "prometheusrule.yaml",
+    REPOSITORY / "monitoring" / "dashboards" / "guestload-kubevirt.json",
 ]
 
 

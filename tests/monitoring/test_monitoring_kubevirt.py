@@ -6,6 +6,7 @@ shaped like virt-handler's, and counts the firing queue alerts per VM and alert 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import textwrap
@@ -28,7 +29,18 @@ from tests.monitoring.kubevirt_cluster import (
     recorded_names,
     selector,
 )
-from tests.monitoring.monitoring_bundle import REPOSITORY, RULE_FILE, load_yaml, promtool, run
+from tests.monitoring.monitoring_bundle import (
+    DASHBOARD,
+    EXPORTER_METRICS,
+    MONITORING,
+    REPOSITORY,
+    RULE_FILE,
+    check_promql,
+    load_yaml,
+    metric_names,
+    promtool,
+    run,
+)
 
 GUESTLOAD_TARGET = {"job": "guestload", "instance": "node-a"}
 EVAL_TIME = "15m"
@@ -263,3 +275,50 @@ def test_the_documented_inhibition_is_valid_alertmanager_config(tmp_path: Path) 
     assert "inhibit_rules:" in inhibit
     for name in QUEUE_ALERTS:
         assert name in inhibit
+
+
+def _strings(node: Any, path: str = "") -> dict[str, str]:
+    """Every string of a JSON document by its path."""
+    if isinstance(node, dict):
+        return {
+            k: v for key, value in node.items() for k, v in _strings(value, f"{path}/{key}").items()
+        }
+    if isinstance(node, list):
+        return {
+            k: v for i, item in enumerate(node) for k, v in _strings(item, f"{path}/{i}").items()
+        }
+    return {path: node} if isinstance(node, str) else {}
+
+
+def test_the_variant_dashboard_reads_the_variants_records(tmp_path: Path) -> None:
+    """Same panels as the plain dashboard; its queries name only what the variant records and
+    the exporters export, never a KubeVirt record."""
+    plain = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variant = json.loads(
+        (MONITORING / "dashboards" / "guestload-kubevirt.json").read_text(encoding="utf-8")
+    )
+    assert variant["uid"] != plain["uid"]
+    plain_strings, variant_strings = _strings(plain), _strings(variant)
+    assert plain_strings.keys() == variant_strings.keys()
+    queries = [
+        re.sub(r"^label_values\((.+), *\w+\)$", r"\1", text)
+        for path, text in variant_strings.items()
+        if path.endswith("/expr") or (path.endswith("/query") and "(" in text)
+    ]
+    assert queries
+    recorded = set(recorded_names(VARIANT_RULES))
+    kubevirt = {name for names in kubevirt_recorded_names().values() for name in names}
+    used = {name for query in queries for name in metric_names(query)}
+    assert used & recorded
+    assert not used & kubevirt
+    assert used <= recorded | EXPORTER_METRICS
+    substituted = [
+        re.sub(r"\$__\w+", "5m", query)
+        .replace("$namespace", ".*")
+        .replace("$name", ".*")
+        .replace("$node", ".*")
+        for query in queries
+        if "$datasource" not in query and "label_values" not in query
+    ]
+    result = check_promql(substituted, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
