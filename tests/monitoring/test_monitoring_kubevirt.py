@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from guestload_lab.processes import ProcessRegistry
+from guestload_lab.services import Alertmanager, WebhookReceiver, http_post_json, wait_until
 from tests.monitoring.kubevirt_cluster import (
     KUBEVIRT_RULES,
     QUEUE_ALERTS,
@@ -258,14 +260,18 @@ def test_variant_alerts_carry_kubevirts_names_and_label() -> None:
             assert "for" not in rule or rule["alert"] not in QUEUE_ALERTS
 
 
+def _documented_inhibition() -> str:
+    text = (REPOSITORY / "docs" / "operators" / "kubevirt.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^( *)```yaml\n(.*?)^\1```$", text, re.M | re.S)
+    return textwrap.dedent(block[1])
+
+
 def test_the_documented_inhibition_is_valid_alertmanager_config(tmp_path: Path) -> None:
     """docs/operators/kubevirt.md's inhibit rules pass amtool and name the queue alerts."""
     amtool = shutil.which("amtool")
     if amtool is None:
         pytest.fail("amtool is not installed: it comes with Debian's prometheus-alertmanager")
-    text = (REPOSITORY / "docs" / "operators" / "kubevirt.md").read_text(encoding="utf-8")
-    (block,) = re.findall(r"^( *)```yaml\n(.*?)^\1```$", text, re.M | re.S)
-    inhibit = textwrap.dedent(block[1])
+    inhibit = _documented_inhibition()
     config = tmp_path / "alertmanager.yml"
     config.write_text(
         "route:\n  receiver: default\nreceivers:\n  - name: default\n" + inhibit, encoding="utf-8"
@@ -275,6 +281,73 @@ def test_the_documented_inhibition_is_valid_alertmanager_config(tmp_path: Path) 
     assert "inhibit_rules:" in inhibit
     for name in QUEUE_ALERTS:
         assert name in inhibit
+
+
+class _InhibitingAlertmanager(Alertmanager):
+    """The lab's Alertmanager with the inhibit rules of the KubeVirt guide."""
+
+    def __init__(self, *, inhibit_rules: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._config["inhibit_rules"] = inhibit_rules
+
+
+def test_a_real_alertmanager_shows_one_queue_alert_per_vm_and_condition(tmp_path: Path) -> None:
+    """Both rules' alerts sent at once (the evaluation at a crossing): KubeVirt's hides
+    guestload's of the same name and VM; the critical hides the warning of its VM."""
+    ours = {"operator_health_impact": "none", "node": "node-a"}
+    kubevirt = {
+        "operator_health_impact": "none",
+        "kubernetes_operator_part_of": "kubevirt",
+        "kubernetes_operator_component": "kubevirt",
+    }
+    sent = {
+        "kubevirt-hot-warning": ("hot", "GuestVCPUQueueHighWarning", "warning", kubevirt),
+        "guestload-hot-warning": ("hot", "GuestVCPUQueueHighWarning", "warning", ours),
+        "guestload-warm-warning": ("warm", "GuestVCPUQueueHighWarning", "warning", ours),
+        "guestload-cold-critical": ("cold", "GuestVCPUQueueHighCritical", "critical", ours),
+        "kubevirt-cold-warning": ("cold", "GuestVCPUQueueHighWarning", "warning", kubevirt),
+    }
+    inhibit = yaml.safe_load(_documented_inhibition())["inhibit_rules"]
+    with ProcessRegistry() as registry, WebhookReceiver() as webhook:
+        alertmanager = _InhibitingAlertmanager(
+            inhibit_rules=inhibit, workdir=tmp_path, webhook_url=webhook.url, registry=registry
+        )
+        alertmanager.start()
+        http_post_json(
+            f"{alertmanager.url}/api/v2/alerts",
+            [
+                {
+                    "labels": {
+                        "alertname": alert,
+                        "namespace": "shop",
+                        "name": vm,
+                        "severity": severity,
+                        "sent": key,
+                        **labels,
+                    },
+                    "annotations": {"summary": key},
+                }
+                for key, (vm, alert, severity, labels) in sent.items()
+            ],
+        )
+        states = wait_until(
+            lambda: (
+                {
+                    alert["labels"]["sent"]: alert["status"]["state"]
+                    for alert in alertmanager.alerts()
+                }
+                or None
+            ),
+            timeout=10.0,
+            what="Alertmanager listing the alerts",
+        )
+    assert states == {
+        "kubevirt-hot-warning": "active",
+        "guestload-hot-warning": "suppressed",
+        "guestload-warm-warning": "active",
+        "guestload-cold-critical": "active",
+        "kubevirt-cold-warning": "suppressed",
+    }
 
 
 def _strings(node: Any, path: str = "") -> dict[str, str]:
