@@ -7,8 +7,10 @@ from whichever job exports the series, with three differences:
 
 - the two records whose names KubeVirt also writes (the vCPU count and the queue) get names
   of guestload's own, so no series is written by two rules;
-- the queue alerts keep KubeVirt's names and stand down for a VM while KubeVirt's alert of
-  the same name has the VM above its threshold, so one alert per VM and condition fires;
+- the queue alerts keep KubeVirt's names and condition (the queue above the threshold, at
+  once, whatever the cause; GuestIOStall names an I/O stall) and stand down for a VM while
+  KubeVirt's alert of the same name has it above its threshold, so one alert per VM and
+  condition fires whichever rule matches;
 - every alert carries KubeVirt's ``operator_health_impact: none`` label.
 """
 
@@ -84,6 +86,14 @@ def kubevirt_alert_fires(alert: str) -> str:
     return f"(\n{queues}\n)"
 
 
+def _queue_alert(alert: str, settings: Settings) -> str:
+    """KubeVirt's condition for *alert* on the variant's queue, unless KubeVirt's alert has
+    the VM: the same VMs fire whichever rule matches, once each."""
+    queue = RENAMED[VCPU_QUEUE]
+    threshold = settings.alert(alert).threshold("queue")
+    return f"{queue} > {threshold}\n  unless on ({VM_KEY})\n{kubevirt_alert_fires(alert)}"
+
+
 def build_kubevirt_groups(settings: Settings) -> tuple[RuleGroup, ...]:
     """Every rule group of the KubeVirt variant."""
     groups = []
@@ -99,8 +109,7 @@ def build_kubevirt_groups(settings: Settings) -> tuple[RuleGroup, ...]:
                 continue
             expr = rename(rule.expr)
             if rule.alert in KUBEVIRT_THRESHOLDS:
-                # KubeVirt's alert has the VM: leave it to that one.
-                expr += f"\n  unless on ({VM_KEY})\n{kubevirt_alert_fires(rule.alert)}"
+                expr = _queue_alert(rule.alert, settings)
             rules.append(
                 AlertingRule(
                     alert=rule.alert,

@@ -104,21 +104,6 @@ def _alerts_case(expected: dict[tuple[str, str, str], dict[str, str]]) -> dict[s
     }
 
 
-def _above() -> set[tuple[str, str, str]]:
-    """The (namespace, name, alertname) whose queue is above KubeVirt's threshold."""
-    return {
-        (vm.namespace, vm.name, alert)
-        for vm in VMS
-        for alert, threshold in zip(QUEUE_ALERTS, (10, 20), strict=True)
-        if vm.queue > threshold
-    }
-
-
-def _stalled_kubevirt() -> dict[tuple[str, str, str], int]:
-    """KubeVirt's alert alone for the I/O-stalled VM (guestload's stays quiet on io)."""
-    return {("shop", "stalled", "GuestVCPUQueueHighWarning"): 1}
-
-
 def _severity(alertname: str) -> str:
     return "warning" if alertname.endswith("Warning") else "critical"
 
@@ -164,10 +149,9 @@ def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, ver
             ),
         ],
     }
-    # Bare series carry no guest CPU statistics: the stalled VM's host view still says io.
     kubevirt_labels = _static_labels(kubevirt, QUEUE_ALERTS[0])
     bare_labels = kubevirt_labels if version == "v1.9.0" else {**node, **kubevirt_labels}
-    above = _above()
+    above = set(expected_queue_alerts())
     bare = {
         "name": f"Bare series fire KubeVirt's alert and guestload's stands down ({version}).",
         "interval": "1m",
@@ -177,13 +161,45 @@ def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, ver
             _alerts_case({key: {**bare_labels, "severity": _severity(key[2])} for key in above}),
         ],
     }
-    failure = _run_promtool(tmp_path, [kubevirt, VARIANT_RULES], [real, bare])
+    failure = _run_promtool(tmp_path, [kubevirt, VARIANT_RULES], [real, bare, _kubevirt_ci_case()])
     assert not failure, failure
 
 
+def _kubevirt_ci_case() -> dict[str, Any]:
+    """KubeVirt's own test of GuestVCPUQueueHighCritical (hack/prom-rule-ci/prom-rules-tests.yaml
+    at v1.9.0: load 0, 12, 25, 5 on two vCPUs whose counters stand still), with virt-handler's
+    scrape labels: one critical alert at 2m and none at 1m and 3m, as KubeVirt expects of its
+    own."""
+    vm = {"namespace": "testns", "name": "vm1", "node": "node-a", **VIRT_HANDLER_TARGET}
+    critical = 'ALERTS{alertstate="firing", alertname="GuestVCPUQueueHighCritical"}'
+    return {
+        "name": "KubeVirt's own queue test input, scraped, fires one critical alert at 2m.",
+        "interval": "1m",
+        "input_series": [
+            {"series": selector("kubevirt_vmi_guest_load_1m", vm), "values": "0 12 25 5"},
+            *(
+                {
+                    "series": selector("kubevirt_vmi_vcpu_seconds_total", {**vm, "id": vcpu}),
+                    "values": "0 0 0 0",
+                }
+                for vcpu in ("0", "1")
+            ),
+        ],
+        "promql_expr_test": [
+            {"expr": f"count({critical})", "eval_time": "1m", "exp_samples": []},
+            {
+                "expr": f"count by (namespace, name) ({critical})",
+                "eval_time": "2m",
+                "exp_samples": [{"labels": '{namespace="testns", name="vm1"}', "value": 1}],
+            },
+            {"expr": f"count({critical})", "eval_time": "3m", "exp_samples": []},
+        ],
+    }
+
+
 def test_the_count_catches_guestloads_plain_bundle_beside_kubevirt_1_7(tmp_path: Path) -> None:
-    """The plain bundle records the queue KubeVirt v1.7 alerts on: the same VM fires twice,
-    and KubeVirt's alert, which knows no causes, fires for the I/O stall too."""
+    """The plain bundle records the queue KubeVirt v1.7 alerts on: the same VM fires twice
+    (the plain bundle's alert stays quiet for the I/O stall, KubeVirt's does not)."""
     doubled = {key: 2 for key in expected_queue_alerts()}
     doubled[("shop", "stalled", "GuestVCPUQueueHighWarning")] = 1
     case = {
@@ -213,7 +229,7 @@ def test_without_the_stand_down_bare_series_fire_both_alerts(tmp_path: Path) -> 
         "name": "Without its stand-down the variant doubles KubeVirt v1.9's alerts on bare series.",
         "interval": "1m",
         "input_series": _input_series(bare=True),
-        "promql_expr_test": [_count_case({**dict.fromkeys(_above(), 2), **_stalled_kubevirt()})],
+        "promql_expr_test": [_count_case(dict.fromkeys(expected_queue_alerts(), 2))],
     }
     failure = _run_promtool(tmp_path, [KUBEVIRT_RULES["v1.9.0"], mutant], [case])
     assert not failure, failure
@@ -293,7 +309,8 @@ class _InhibitingAlertmanager(Alertmanager):
 
 def test_a_real_alertmanager_shows_one_queue_alert_per_vm_and_condition(tmp_path: Path) -> None:
     """Both rules' alerts sent at once (the evaluation at a crossing): KubeVirt's hides
-    guestload's of the same name and VM; the critical hides the warning of its VM."""
+    guestload's of the same name and VM; the critical hides the warning of its VM;
+    GuestIOStall hides both rules' queue alerts of its VM."""
     ours = {"operator_health_impact": "none", "node": "node-a"}
     kubevirt = {
         "operator_health_impact": "none",
@@ -306,6 +323,9 @@ def test_a_real_alertmanager_shows_one_queue_alert_per_vm_and_condition(tmp_path
         "guestload-warm-warning": ("warm", "GuestVCPUQueueHighWarning", "warning", ours),
         "guestload-cold-critical": ("cold", "GuestVCPUQueueHighCritical", "critical", ours),
         "kubevirt-cold-warning": ("cold", "GuestVCPUQueueHighWarning", "warning", kubevirt),
+        "guestload-stalled-warning": ("stalled", "GuestVCPUQueueHighWarning", "warning", ours),
+        "kubevirt-stalled-warning": ("stalled", "GuestVCPUQueueHighWarning", "warning", kubevirt),
+        "guestload-stalled-iostall": ("stalled", "GuestIOStall", "warning", ours),
     }
     inhibit = yaml.safe_load(_documented_inhibition())["inhibit_rules"]
     with ProcessRegistry() as registry, WebhookReceiver() as webhook:
@@ -347,6 +367,9 @@ def test_a_real_alertmanager_shows_one_queue_alert_per_vm_and_condition(tmp_path
         "guestload-warm-warning": "active",
         "guestload-cold-critical": "active",
         "kubevirt-cold-warning": "suppressed",
+        "guestload-stalled-warning": "suppressed",
+        "kubevirt-stalled-warning": "suppressed",
+        "guestload-stalled-iostall": "active",
     }
 
 
