@@ -13,6 +13,11 @@ from pathlib import Path
 
 from monitoring.alerts_doc import render_tables, splice
 from monitoring.dashboard import render_dashboard
+from monitoring.kubevirt import (
+    build_kubevirt_groups,
+    render_kubevirt_dashboard,
+    render_kubevirt_rule_file,
+)
 from monitoring.prometheusrule import render_prometheusrule
 from monitoring.rules import alerting_rules, build_groups, render_rule_file
 from monitoring.settings import SettingsError, load_settings
@@ -21,6 +26,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 CONFIG = Path("monitoring/config.yml")
 RULE_FILE = Path("monitoring/rules/guestload.rules.yml")
 PROMETHEUSRULE = Path("monitoring/kubernetes/prometheusrule.yaml")
+KUBEVIRT_RULE_FILE = Path("monitoring/rules/guestload-kubevirt.rules.yml")
+KUBEVIRT_PROMETHEUSRULE = Path("monitoring/kubernetes/kubevirt/prometheusrule.yaml")
+KUBEVIRT_DASHBOARD = Path("monitoring/dashboards/guestload-kubevirt.json")
 DASHBOARD = Path("monitoring/dashboards/guestload.json")
 ALERTS_DOC = Path("docs/alerts.md")
 
@@ -44,11 +52,20 @@ def render_all(root: Path) -> list[Output]:
             f"{sorted(named.symmetric_difference(settings.alerts))}"
         )
     rule_file = render_rule_file(groups)
+    kubevirt_rule_file = render_kubevirt_rule_file(build_kubevirt_groups(settings))
     alerts_doc = (root / ALERTS_DOC).read_text(encoding="utf-8")
     return [
         Output(RULE_FILE, rule_file),
         Output(PROMETHEUSRULE, render_prometheusrule(rule_file)),
+        Output(KUBEVIRT_RULE_FILE, kubevirt_rule_file),
+        Output(
+            KUBEVIRT_PROMETHEUSRULE,
+            render_prometheusrule(
+                kubevirt_rule_file, name="guestload-kubevirt", rule_file=str(KUBEVIRT_RULE_FILE)
+            ),
+        ),
         Output(DASHBOARD, render_dashboard(settings)),
+        Output(KUBEVIRT_DASHBOARD, render_kubevirt_dashboard(settings)),
         Output(ALERTS_DOC, splice(alerts_doc, render_tables(settings=settings, groups=groups))),
     ]
 

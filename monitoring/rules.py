@@ -59,13 +59,15 @@ class AlertingRule:
     summary: str
     description: str
     runbook_url: str
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    """Static labels besides severity, in the order they appear."""
 
     def document(self) -> dict[str, object]:
         """The rule as it appears in a rule file (`for` left out when it is zero)."""
         document: dict[str, object] = {"alert": self.alert, "expr": self.expr}
         if self.for_ != "0s":
             document["for"] = self.for_
-        document["labels"] = {"severity": self.severity}
+        document["labels"] = {"severity": self.severity, **dict(self.extra_labels)}
         document["annotations"] = {
             "summary": self.summary,
             "description": self.description,

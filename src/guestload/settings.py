@@ -131,6 +131,8 @@ class Settings:
     concurrency: int = 8
     agent_backoff_max_seconds: float = AGENT_BACKOFF_MAX_SECONDS
     vcpu_collector: bool = True
+    guest_load: bool = True
+    """Ask guest agents for their load average and export it (off where virt-handler does)."""
     guest_cpu: bool = True
     """Ask guest agents for CPU time by mode (``guest-get-cpustats``, agent passthrough)."""
     guest_cpu_per_cpu: bool = False
@@ -214,6 +216,11 @@ class Settings:
                 f"must be one of {', '.join(IdentityMode)}",
             ),
             (
+                self.guest_load or self.guest_cpu,
+                "--no-collector.load",
+                "needs --collector.guest-cpu: with neither, no guest agent is asked anything",
+            ),
+            (
                 "{socket}" in self.socket_uri_template,
                 "--libvirt.socket-uri-template",
                 "must contain {socket}",
@@ -230,4 +237,8 @@ class Settings:
 
     def queries(self) -> tuple[GuestQuery, ...]:
         """The guest-agent queries asked of every domain."""
-        return enabled_queries(guest_cpu=self.guest_cpu, guest_cpu_per_cpu=self.guest_cpu_per_cpu)
+        return enabled_queries(
+            guest_load=self.guest_load,
+            guest_cpu=self.guest_cpu,
+            guest_cpu_per_cpu=self.guest_cpu_per_cpu,
+        )

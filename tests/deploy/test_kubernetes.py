@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,31 @@ KUBERNETES_VERSION = "1.33.0"
 """The oldest Kubernetes the manifests promise to work with."""
 
 NAME_LABELS = {"app.kubernetes.io/name": "guestload", "app.kubernetes.io/part-of": "guestload"}
-HANDLED_KUSTOMIZE_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+HANDLED_KUSTOMIZE_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "patches"}
 CLUSTER_SCOPED = {"Namespace"}
 
 Object = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One kustomization users apply, the PrometheusRule it holds and the flags it adds."""
+
+    directory: Path
+    prometheusrule: Path
+    extra_flags: tuple[str, ...] = ()
+
+
+DEPLOYMENTS = {
+    "kubevirt-before-1.6.4": Deployment(
+        KUSTOMIZATION_DIR, ROOT / "monitoring/kubernetes/prometheusrule.yaml"
+    ),
+    "kubevirt-1.6.4-or-later": Deployment(
+        KUSTOMIZATION_DIR / "kubevirt-1.6.4-or-later",
+        ROOT / "monitoring/kubernetes/kubevirt/prometheusrule.yaml",
+        ("--no-collector.load",),
+    ),
+}
 
 
 def kustomize_build(directory: Path) -> list[Object]:
@@ -54,6 +76,8 @@ def kustomize_build(directory: Path) -> list[Object]:
                 f"{resource}: kustomize loads files only from inside the kustomization's folder"
             )
             objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for patch in kustomization.get("patches", []):
+        _apply_json6902(objects, patch["target"], yaml.safe_load(patch["patch"]))
     namespace = kustomization.get("namespace")
     for obj in objects:
         if namespace and obj["kind"] not in CLUSTER_SCOPED:
@@ -66,15 +90,46 @@ def kustomize_build(directory: Path) -> list[Object]:
     return objects
 
 
+def _apply_json6902(objects: list[Object], target: Object, operations: list[Object]) -> None:
+    """Apply a JSON patch (add and replace only) to the objects *target* selects."""
+    assert set(target) <= {"kind", "name"}, f"teach kustomize_build target {target}"
+    chosen = [
+        obj
+        for obj in objects
+        if obj["kind"] == target.get("kind", obj["kind"])
+        and obj["metadata"]["name"] == target.get("name", obj["metadata"]["name"])
+    ]
+    assert chosen, f"patch target {target} selects nothing"
+    for obj in chosen:
+        for operation in operations:
+            assert operation["op"] in {"add", "replace"}, f"teach kustomize_build {operation}"
+            *parents, last = operation["path"].removeprefix("/").split("/")
+            node: Any = obj
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            if isinstance(node, list) and last == "-":
+                node.append(operation["value"])
+            elif isinstance(node, list):
+                node.insert(int(last), operation["value"])
+            else:
+                node[last] = operation["value"]
+
+
 def _containers(objects: list[Object]) -> Iterator[Object]:
     for obj in objects:
         if obj["kind"] == "DaemonSet":
             yield from obj["spec"]["template"]["spec"]["containers"]
 
 
+@pytest.fixture(scope="module", params=sorted(DEPLOYMENTS))
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    chosen: Deployment = DEPLOYMENTS[request.param]
+    return chosen
+
+
 @pytest.fixture(scope="module")
-def objects() -> list[Object]:
-    return kustomize_build(KUSTOMIZATION_DIR)
+def objects(deployment: Deployment) -> list[Object]:
+    return kustomize_build(deployment.directory)
 
 
 def only(objects: list[Object], kind: str) -> Object:
@@ -103,7 +158,7 @@ def validate_custom_resources(resources: list[Object]) -> dict[str, list[str]]:
 
 
 def test_the_kustomization_holds_the_exporter_and_the_shipped_rules(
-    objects: list[Object],
+    objects: list[Object], deployment: Deployment
 ) -> None:
     kinds = sorted(obj["kind"] for obj in objects)
     assert kinds == [
@@ -114,7 +169,7 @@ def test_the_kustomization_holds_the_exporter_and_the_shipped_rules(
         "ServiceAccount",
         "ServiceMonitor",
     ]
-    shipped = yaml.safe_load((ROOT / "monitoring/kubernetes/prometheusrule.yaml").read_text())
+    shipped = yaml.safe_load(deployment.prometheusrule.read_text())
     rule = only(objects, "PrometheusRule")
     assert rule["spec"] == shipped["spec"], "the rules come from the generated file, unchanged"
     assert all(
@@ -138,10 +193,13 @@ def test_the_schema_check_rejects_an_unknown_field(objects: list[Object]) -> Non
         kubernetes_validate.validate(daemonset, KUBERNETES_VERSION, strict=True)
 
 
-def test_operator_objects_match_the_prometheus_operator_schemas(objects: list[Object]) -> None:
+def test_operator_objects_match_the_prometheus_operator_schemas(
+    objects: list[Object], deployment: Deployment
+) -> None:
     custom = [obj for obj in objects if obj["apiVersion"] == "monitoring.coreos.com/v1"]
     errors = validate_custom_resources(custom)
-    assert errors == {"PrometheusRule/guestload": [], "ServiceMonitor/guestload": []}
+    rule = yaml.safe_load(deployment.prometheusrule.read_text())["metadata"]["name"]
+    assert errors == {f"PrometheusRule/{rule}": [], "ServiceMonitor/guestload": []}
 
 
 def test_the_operator_schema_check_rejects_a_broken_service_monitor(
@@ -163,7 +221,9 @@ def test_every_object_carries_the_recommended_labels(objects: list[Object]) -> N
             assert NAME_LABELS.items() <= labels.items(), obj["kind"]
 
 
-def test_the_daemonset_runs_the_exporter_as_its_flags_say(objects: list[Object]) -> None:
+def test_the_daemonset_runs_the_exporter_as_its_flags_say(
+    objects: list[Object], deployment: Deployment
+) -> None:
     pod = only(objects, "DaemonSet")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = build_parser().parse_args(container["args"])
@@ -172,6 +232,10 @@ def test_the_daemonset_runs_the_exporter_as_its_flags_say(objects: list[Object])
     assert settings.identity_mode == "kubevirt"
     assert SOCKET_PLACEHOLDER in settings.socket_uri_template
     assert not settings.vcpu_collector
+    # Beside KubeVirt >= 1.6.4 virt-handler exports the load; guest CPU times stay.
+    assert settings.guest_load is ("--no-collector.load" not in deployment.extra_flags)
+    assert set(deployment.extra_flags) <= set(container["args"])
+    assert settings.guest_cpu
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     covering = [path for path in mounts if settings.socket_glob.startswith(path + "/")]
     assert covering, f"no volume mount holds {settings.socket_glob}"
@@ -206,7 +270,7 @@ def test_the_daemonset_asks_for_no_more_privilege_than_socket_access(
 
 
 def test_service_and_monitor_select_the_pods_and_name_instances_by_node(
-    objects: list[Object],
+    objects: list[Object], deployment: Deployment
 ) -> None:
     pod_labels = only(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     service = only(objects, "Service")
@@ -223,5 +287,5 @@ def test_service_and_monitor_select_the_pods_and_name_instances_by_node(
         "targetLabel": "instance",
     } in endpoint["relabelings"]
     # The Prometheus Operator names the job after the Service; the shipped rules select it.
-    rules = (ROOT / "monitoring/kubernetes/prometheusrule.yaml").read_text()
+    rules = deployment.prometheusrule.read_text()
     assert f'job="{service["metadata"]["name"]}"' in rules

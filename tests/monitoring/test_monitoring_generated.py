@@ -27,6 +27,9 @@ GENERATED = [
     PROMETHEUSRULE,
     REPOSITORY / "monitoring" / "dashboards" / "guestload.json",
     ALERTS_DOC,
+    REPOSITORY / "monitoring" / "rules" / "guestload-kubevirt.rules.yml",
+    REPOSITORY / "monitoring" / "kubernetes" / "kubevirt" / "prometheusrule.yaml",
+    REPOSITORY / "monitoring" / "dashboards" / "guestload-kubevirt.json",
 ]
 
 

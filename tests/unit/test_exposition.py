@@ -20,6 +20,7 @@ from guestload import __version__
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
+from guestload.settings import Settings
 from tests.unit.fakes import LOAD_ONLY
 from tests.unit.snapshots import QUERIES, rendered, sample_snapshot
 
@@ -55,6 +56,24 @@ def test_vcpu_series_can_be_turned_off() -> None:
     text = rendered(vcpu=False).decode()
     assert "kubevirt_vmi_vcpu" not in text
     assert "kubevirt_vmi_guest_load_1m{" in text
+
+
+def test_without_load_and_vcpu_collectors_no_kubevirt_series_remain() -> None:
+    """Beside virt-handler (KubeVirt >= 1.6.4) guestload exports guest CPU times only."""
+    settings = Settings(node="node-1", guest_load=False, vcpu_collector=False)
+    cache = MetricsCache(
+        metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector)
+    )
+    cache.update(sample_snapshot())
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            cache.render(openmetrics_format=False, gzip=False).decode()
+        )
+    }
+    assert not [name for name in families if name.startswith("kubevirt_")]
+    assert families["guestload_guest_cpu_seconds"].samples
+    assert {s.labels["query"] for s in families["guestload_agent_state"].samples} == {"cpustats"}
 
 
 def test_openmetrics_has_the_same_samples_and_ends_with_eof() -> None:

@@ -340,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         serve,
+        "--collector.load",
+        "guest_load",
+        "ask guest agents for their load average and export kubevirt_vmi_guest_load_* (off "
+        "where KubeVirt's virt-handler already exports them; default: %(default)s)",
+    )
+    _flag(
+        serve,
         "--collector.guest-cpu",
         "guest_cpu",
         "ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's "

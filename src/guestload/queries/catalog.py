@@ -10,13 +10,16 @@ ALL_QUERIES: tuple[GuestQuery, ...] = (LOAD, CpuStatsQuery())
 """Every query with its default options, in exposition order (the metrics reference)."""
 
 
-def enabled_queries(*, guest_cpu: bool, guest_cpu_per_cpu: bool) -> tuple[GuestQuery, ...]:
+def enabled_queries(
+    *, guest_load: bool = True, guest_cpu: bool, guest_cpu_per_cpu: bool
+) -> tuple[GuestQuery, ...]:
     """The queries a configuration asks each domain, in the order they are asked.
 
-    The load comes first: it is the one every deployment needs, so a slow second query can
-    never delay it.
+    The load comes first: it is the one most deployments need, so a slow second query can
+    never delay it. Where KubeVirt's virt-handler already exports the load, only the CPU
+    statistics are asked.
     """
-    queries: list[GuestQuery] = [LOAD]
+    queries: list[GuestQuery] = [LOAD] if guest_load else []
     if guest_cpu:
         queries.append(CpuStatsQuery(per_cpu=guest_cpu_per_cpu))
     return tuple(queries)
