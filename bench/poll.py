@@ -14,12 +14,18 @@ Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from t
 Each phase's CPU time (user + system, every thread) over its window, divided by the
 domain-polls it made, gives CPU per domain-poll; the ratio exporter / bare is the overhead,
 and exporter / exporter-load-only is what asking guest CPU times costs (target: 1.3).
+
+Every phase also runs against a second, empty libvirt daemon (no domain): its CPU per poll is
+the phase's fixed cost, and what a poll of the fleet costs above it, per domain, is the
+marginal cost of a domain. The fixed cost (health families, HTTP server, event loop, the
+bulk stats call) does not grow with the fleet; the marginal cost is what a large host pays.
 Every VM and daemon started here is stopped at the end.
 
     python -m bench.poll --vms 5 --interval 2s --seconds 90 --rounds 2
 
-``--uri URI`` skips the VMs and measures against an existing libvirt URI instead (the smoke
-test uses libvirt's ``test:///default`` driver: no VM, no guest agent).
+``--uri URI`` skips the VMs and measures against an existing libvirt URI instead, and
+``--empty-uri URI`` names the empty one (the smoke test uses libvirt's test driver: no VM,
+no guest agent).
 """
 
 from __future__ import annotations
@@ -206,8 +212,11 @@ def run_exporter(
 
 
 @contextmanager
-def lab_vms(count: int, workdir: Path) -> Iterator[str]:
-    """Boot ``count`` tiny VMs under a private libvirt daemon; yields its URI; stops all."""
+def lab_vms(count: int, workdir: Path) -> Iterator[tuple[str, str]]:
+    """Boot ``count`` tiny VMs under a private libvirt daemon, and start an empty one.
+
+    Yields both URIs (fleet, empty); stops all.
+    """
     from guestload_lab.deps import ensure_dependencies  # noqa: PLC0415 - only for real VMs
     from guestload_lab.image import build_image  # noqa: PLC0415
     from guestload_lab.libvirtd import PrivateLibvirtd  # noqa: PLC0415
@@ -215,7 +224,9 @@ def lab_vms(count: int, workdir: Path) -> Iterator[str]:
 
     image = build_image(ensure_dependencies(), with_stress=False)
     daemon = PrivateLibvirtd(workdir=workdir / "libvirt")
+    empty = PrivateLibvirtd(workdir=workdir / "libvirt-empty")
     daemon.start()
+    empty.start()
     try:
         with Hypervisor(daemon.uri) as hypervisor:
             vms = [
@@ -228,41 +239,54 @@ def lab_vms(count: int, workdir: Path) -> Iterator[str]:
                 wait_all_agents(vms, timeout=240)
                 for vm in vms:
                     vm.guest_load()
-                yield daemon.uri
+                yield daemon.uri, empty.uri
             finally:
                 for vm in vms:
                     vm.destroy()
     finally:
+        empty.stop()
         daemon.stop()
 
 
+PHASES = ("bare", *EXPORTER_PHASES)
+
+
 def measure(
-    *, uri: str, interval: float, seconds: float, rounds: int, workdir: Path
+    *,
+    uri: str,
+    empty_uri: str | None,
+    interval: float,
+    seconds: float,
+    rounds: int,
+    workdir: Path,
 ) -> dict[str, Any]:
-    phases: dict[str, list[dict[str, float]]] = {"bare": []}
-    phases.update({name: [] for name in EXPORTER_PHASES})
+    phases: dict[str, list[dict[str, float]]] = {name: [] for name in PHASES}
+    empty: dict[str, list[dict[str, float]]] = {name: [] for name in PHASES}
+    targets = [(uri, phases)] + ([(empty_uri, empty)] if empty_uri else [])
     with ProcessRegistry() as registry:
         for round_number in range(rounds):
-            phases["bare"].append(run_bare(uri=uri, interval=interval, seconds=seconds))
-            for name, flags in EXPORTER_PHASES.items():
-                phases[name].append(
-                    run_exporter(
-                        uri=uri,
-                        interval=interval,
-                        seconds=seconds,
-                        workdir=workdir / f"round-{round_number}-{name}",
-                        registry=registry,
-                        flags=flags,
+            for target, runs in targets:
+                runs["bare"].append(run_bare(uri=target, interval=interval, seconds=seconds))
+                for name, flags in EXPORTER_PHASES.items():
+                    runs[name].append(
+                        run_exporter(
+                            uri=target,
+                            interval=interval,
+                            seconds=seconds,
+                            workdir=workdir / f"round-{round_number}-{name}-{len(runs[name])}",
+                            registry=registry,
+                            flags=flags,
+                        )
                     )
-                )
             print(f"round {round_number + 1} of {rounds} done", flush=True)
     per_domain = {
         name: [p["cpu_seconds"] / p["domain_polls"] for p in runs if p["domain_polls"] > 0]
         for name, runs in phases.items()
     }
     medians = {name: statistics.median(values) for name, values in per_domain.items()}
-    return {
+    result: dict[str, Any] = {
         "uri": uri,
+        "empty_uri": empty_uri,
         "interval_seconds": interval,
         "seconds_per_phase": seconds,
         "rounds": rounds,
@@ -272,6 +296,37 @@ def measure(
         "ratio": _ratio(medians["exporter"], medians["bare"]),
         "cpustats_ratio": _ratio(medians["exporter"], medians["exporter_load_only"]),
     }
+    if empty_uri:
+        result.update(split_fixed_and_marginal(phases, empty))
+    return result
+
+
+def split_fixed_and_marginal(
+    fleet: dict[str, list[dict[str, float]]], empty: dict[str, list[dict[str, float]]]
+) -> dict[str, Any]:
+    """Fixed CPU per poll (the empty daemon) and marginal CPU per domain, median per phase."""
+    fixed = {name: statistics.median(_per_poll(runs)) for name, runs in empty.items()}
+    marginal: dict[str, float] = {}
+    for name, runs in fleet.items():
+        domains = statistics.median(r["domain_polls"] / r["polls"] for r in runs if r["polls"])
+        if domains > 0:
+            marginal[name] = (statistics.median(_per_poll(runs)) - fixed[name]) / domains
+    return {
+        "phases_empty": empty,
+        "fixed_cpu_seconds_per_poll": fixed,
+        "marginal_cpu_seconds_per_domain": marginal,
+        "marginal_ratio": _ratio(marginal.get("exporter", 0.0), marginal.get("bare", 0.0)),
+        "marginal_ratio_load_only": _ratio(
+            marginal.get("exporter_load_only", 0.0), marginal.get("bare", 0.0)
+        ),
+        "marginal_cpustats_ratio": _ratio(
+            marginal.get("exporter", 0.0), marginal.get("exporter_load_only", 0.0)
+        ),
+    }
+
+
+def _per_poll(runs: list[dict[str, float]]) -> list[float]:
+    return [r["cpu_seconds"] / r["polls"] for r in runs if r["polls"] > 0]
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -284,8 +339,10 @@ def _format_ratio(ratio: float | None) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    fixed = result.get("fixed_cpu_seconds_per_poll", {})
+    marginal = result.get("marginal_cpu_seconds_per_domain", {})
     rows: list[list[object]] = []
-    for name in ("bare", *EXPORTER_PHASES):
+    for name in PHASES:
         runs = result["phases"][name]
         rows.append(
             [
@@ -293,21 +350,48 @@ def table(result: dict[str, Any]) -> str:
                 sum(int(r["domain_polls"]) for r in runs),
                 sum(r["cpu_seconds"] for r in runs),
                 result["median_cpu_seconds_per_domain_poll"][name] * 1000,
+                _milliseconds(fixed.get(name)),
+                _milliseconds(marginal.get(name)),
             ]
         )
-    return (
-        format_table(["phase", "domain-polls", "CPU s", "CPU ms per domain-poll (median)"], rows)
-        + f"\n\noverhead ratio exporter / bare: {_format_ratio(result['ratio'])}"
-        + f" (target <= {TARGET_RATIO})"
-        + "\nguest CPU times, exporter / exporter_load_only: "
-        + f"{_format_ratio(result['cpustats_ratio'])} (target <= {TARGET_CPUSTATS_RATIO})"
-    )
+    headers = [
+        "phase",
+        "domain-polls",
+        "CPU s",
+        "CPU ms per domain-poll (median)",
+        "fixed ms per poll",
+        "marginal ms per domain",
+    ]
+    lines = [
+        format_table(headers, rows),
+        "",
+        f"overhead ratio exporter / bare, per domain-poll: {_format_ratio(result['ratio'])}"
+        f" (target <= {TARGET_RATIO})",
+        "guest CPU times, exporter / exporter_load_only, per domain-poll: "
+        f"{_format_ratio(result['cpustats_ratio'])} (target <= {TARGET_CPUSTATS_RATIO})",
+    ]
+    if marginal:
+        lines += [
+            "marginal per domain, exporter / bare: "
+            f"{_format_ratio(result['marginal_ratio'])} (target <= {TARGET_RATIO});"
+            f" load only / bare: {_format_ratio(result['marginal_ratio_load_only'])}",
+            "marginal per domain, guest CPU times, exporter / exporter_load_only: "
+            f"{_format_ratio(result['marginal_cpustats_ratio'])}",
+        ]
+    return "\n".join(lines)
+
+
+def _milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.poll", description=__doc__)
     parser.add_argument("--vms", type=int, default=5, help="tiny VMs to boot")
     parser.add_argument("--uri", help="measure against this libvirt URI; boot no VMs")
+    parser.add_argument(
+        "--empty-uri", help="with --uri: a libvirt URI without running domains, for fixed costs"
+    )
     parser.add_argument("--interval", default="2s", help="poll interval of both phases")
     parser.add_argument("--seconds", type=float, default=90.0, help="measured window per phase")
     parser.add_argument("--rounds", type=int, default=2, help="bare/exporter phase pairs")
@@ -324,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.uri:
             result = measure(
                 uri=args.uri,
+                empty_uri=args.empty_uri,
                 interval=interval,
                 seconds=args.seconds,
                 rounds=args.rounds,
@@ -331,9 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["vms"] = 0
         else:
-            with lab_vms(args.vms, workdir) as uri:
+            with lab_vms(args.vms, workdir) as (uri, empty_uri):
                 result = measure(
                     uri=uri,
+                    empty_uri=empty_uri,
                     interval=interval,
                     seconds=args.seconds,
                     rounds=args.rounds,

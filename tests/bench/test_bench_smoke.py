@@ -74,13 +74,21 @@ def test_cluster_runs_prometheus_with_the_project_rules(tmp_path: Path) -> None:
 def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> None:
     """Against libvirt's test driver (no VM, no agent): the real-VM run is too heavy here."""
     out = tmp_path / "poll.json"
-    argv = ["--uri", "test:///default", "--interval", "1s", "--seconds", "2", "--rounds", "1"]
+    empty_node = tmp_path / "empty-node.xml"
+    empty_node.write_text("<node/>\n")
+    argv = ["--uri", "test:///default", "--empty-uri", f"test://{empty_node}"]
+    argv += ["--interval", "1s", "--seconds", "2", "--rounds", "1"]
     assert poll.main([*argv, "--out", str(out)]) == 0
     result = _results(out)["result"]
     for phase in ("bare", "exporter", "exporter_load_only"):
         (run,) = result["phases"][phase]
         assert run["domain_polls"] >= 1
         assert run["wall_seconds"] >= 2
+        (empty,) = result["phases_empty"][phase]
+        assert empty["polls"] >= 1
+        assert empty["domain_polls"] == 0
+        assert phase in result["fixed_cpu_seconds_per_poll"]
+        assert phase in result["marginal_cpu_seconds_per_domain"]
     # Two-second windows may measure no CPU at all (10 ms clock ticks): then no ratio.
-    for ratio in ("ratio", "cpustats_ratio"):
+    for ratio in ("ratio", "cpustats_ratio", "marginal_ratio", "marginal_cpustats_ratio"):
         assert result[ratio] is None or result[ratio] > 0
