@@ -94,6 +94,17 @@ def test_good_fixtures_mean_what_they_say(tls_files: TlsFiles) -> None:
     assert not ciphers.prefer_server_cipher_suites
 
 
+def test_scalars_are_read_as_the_text_written_as_go_does(tls_files: TlsFiles) -> None:
+    """The exporter-toolkit's own headers example writes ``X-XSS-Protection: 1`` unquoted."""
+    config = load_web_config(_placed(FIXTURES / "go_scalars.good.yml", tls_files))
+    assert config.headers == {"X-XSS-Protection": "1", "Strict-Transport-Security": "31536000"}
+    assert set(config.basic_auth_users) == {"1234", "yes", "1.50", "null-ish"}
+    authenticator = BasicAuthenticator(config.basic_auth_users)
+    assert authenticator.check(_basic("yes", FIXTURE_PASSWORD))
+    assert authenticator.check(_basic("1.50", FIXTURE_PASSWORD))
+    assert not authenticator.check(_basic("1.5", FIXTURE_PASSWORD))
+
+
 def test_ssl_context_follows_the_settings(tls_files: TlsFiles) -> None:
     config = load_web_config(_placed(FIXTURES / "tls_client_auth.good.yml", tls_files))
     assert config.tls is not None
