@@ -13,8 +13,8 @@ import bcrypt
 import pytest
 
 from guestload.cli.main import main
-from guestload.web.basic_auth import BasicAuthenticator
-from guestload.web.config import load_web_config
+from guestload.web.basic_auth import BasicAuthenticator, decoy_cost, decoy_hash
+from guestload.web.config import WebConfig, load_web_config
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebConfigReloader, WebSecurity
 from guestload.web.tls import ClientAuth, build_ssl_context, peer_has_allowed_san
@@ -194,6 +194,83 @@ def test_the_cache_is_bounded(slow_hash: bytes) -> None:
     for user in fast:
         assert auth.check(_basic(user, b"pw"))
     assert len(auth._cache) == 2
+
+
+def test_passwords_over_72_bytes_compare_on_their_first_72_as_go_bcrypt_does() -> None:
+    """Go's CompareHashAndPassword has no length check and bcrypt reads 72 bytes of key."""
+    long_password = bytes(range(65, 65 + 26)) * 3  # 78 bytes
+    hashed = bcrypt.hashpw(long_password[:72], bcrypt.gensalt(rounds=4))
+    auth = BasicAuthenticator({"alice": hashed})
+    assert auth.check(_basic("alice", long_password))  # 200 where Go answers 200
+    assert auth.check(_basic("alice", long_password[:72] + b"anything else"))
+    assert not auth.check(_basic("alice", long_password[:71]))
+    assert not auth.check(_basic("alice", b"x" * 4096))  # 401, never an exception
+    assert not auth.check(_basic("nobody", b"x" * 4096))
+
+
+def test_the_decoy_costs_what_most_configured_users_cost() -> None:
+    def hashed(cost: int) -> bytes:
+        return bcrypt.gensalt(rounds=cost) + b"A" * 31  # a cost in the header is all it takes
+
+    assert decoy_cost([]) == 10
+    assert decoy_cost([hashed(12)]) == 12
+    assert decoy_cost([hashed(12), hashed(18), hashed(10), hashed(10)]) == 10
+    assert decoy_cost([hashed(12), hashed(5)]) == 12  # a tie: the higher
+    decoy = decoy_hash(12)
+    assert decoy.startswith(b"$2b$12$")
+    assert len(decoy) == 60
+    assert not bcrypt.checkpw(b"", decoy_hash(4))
+
+
+def test_unknown_users_take_as_long_as_known_ones() -> None:
+    """Cost 8 against the default decoy's 10 would answer unknown users 4x slower."""
+    auth = BasicAuthenticator({"alice": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=8))})
+
+    def best_of_three(user: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert not auth.check(_basic(user, b"wrong"))
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    known, unknown = best_of_three("alice"), best_of_three("nobody")
+    assert 0.5 < unknown / known < 2.0, (known, unknown)
+
+
+def test_one_users_expensive_hash_does_not_hold_up_another_users_login() -> None:
+    """A slow check for one user (a lock held here) leaves other users' checks free."""
+    users = {
+        "slow": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)),
+        "fast": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)),
+    }
+    auth = BasicAuthenticator(users)
+    with auth._user_locks["slow"]:  # as if a cost-18 check for "slow" were running
+        started = time.monotonic()
+        assert auth.check(_basic("fast", b"pw"))
+        assert not auth.check(_basic("nobody", b"pw"))
+        assert time.monotonic() - started < 1.0
+        # The same user waits for its turn, but no longer than its connection's deadline.
+        assert not auth.check(_basic("slow", b"pw"), deadline=time.monotonic() + 0.2)
+    assert auth.check(_basic("slow", b"pw"))
+
+
+def test_a_reload_keeps_remembered_logins() -> None:
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    first = WebSecurity.from_config(WebConfig(basic_auth_users={"alice": hashed}))
+    assert first.authenticator is not None
+    assert first.authenticator.check(_basic("alice", b"right"))
+    second = WebSecurity.from_config(
+        WebConfig(basic_auth_users={"alice": hashed, "bob": hashed}), previous=first
+    )
+    assert second.authenticator is not None
+    assert len(second.authenticator._cache) == 1
+    changed = WebSecurity.from_config(
+        WebConfig(basic_auth_users={"alice": bcrypt.hashpw(b"new", bcrypt.gensalt(rounds=4))}),
+        previous=second,
+    )
+    assert changed.authenticator is not None
+    assert not changed.authenticator.check(_basic("alice", b"right"))  # new hash, old entry
 
 
 # -- reloading --------------------------------------------------------------------------------
