@@ -11,10 +11,13 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guestload.cli.main import main
 from guestload.web.basic_auth import BasicAuthenticator, decoy_cost, decoy_hash
-from guestload.web.config import WebConfig, load_web_config
+from guestload.web.config import WebConfig, _StrictLoader, load_web_config, parse_web_config
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebConfigReloader, WebSecurity
 from guestload.web.tls import ClientAuth, build_ssl_context, peer_has_allowed_san
@@ -103,6 +106,30 @@ def test_scalars_are_read_as_the_text_written_as_go_does(tls_files: TlsFiles) ->
     assert authenticator.check(_basic("yes", FIXTURE_PASSWORD))
     assert authenticator.check(_basic("1.50", FIXTURE_PASSWORD))
     assert not authenticator.check(_basic("1.5", FIXTURE_PASSWORD))
+
+
+_HASH = "$2b$04$FKRvblzN1rtCpeKlEMeWrubdR5K8g/8fxazXts0WcYnFoTtlIS4aG"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,15}", fullmatch=True).filter(
+        lambda text: text not in ("null", "Null", "NULL")
+    ),
+    value=st.one_of(
+        st.integers().map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["yes", "No", "on", "OFF", "y", "~x", "0x1F", "0o17", "1_000", ".inf"]),
+    ),
+)
+def test_any_plain_scalar_is_read_as_written(name: str, value: str) -> None:
+    """User names and header values keep their text, whatever YAML 1.1 would resolve it to."""
+    text = f"http_server_config:\n  headers:\n    X-XSS-Protection: {value}\n"
+    text += f"basic_auth_users:\n  {name}: '{_HASH}'\n"
+    document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    config = parse_web_config(document, base_dir=Path())
+    assert set(config.basic_auth_users) == {name}
+    assert config.headers == {"X-XSS-Protection": value}
 
 
 def test_ssl_context_follows_the_settings(tls_files: TlsFiles) -> None:
