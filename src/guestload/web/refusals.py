@@ -25,7 +25,7 @@ class Refusal(enum.StrEnum):
     BUSY = "busy"
     """Every --web.max-requests slot was answering a request: 503."""
     EVICTED = "evicted"
-    """Too many connections had not sent a request yet: the oldest was closed."""
+    """Too many connections were open: the oldest was closed."""
     REQUEST_TIMEOUT = "request_timeout"
     """The TLS handshake or the request did not arrive within --web.request-timeout."""
     ANSWER_TIMEOUT = "answer_timeout"
@@ -34,7 +34,7 @@ class Refusal(enum.StrEnum):
 
 _DESCRIPTIONS: Final = {
     Refusal.BUSY: "503: every request slot busy",
-    Refusal.EVICTED: "closed: too many connections without a request",
+    Refusal.EVICTED: "closed: the oldest of too many open connections",
     Refusal.REQUEST_TIMEOUT: "closed: request not received in time",
     Refusal.ANSWER_TIMEOUT: "closed: answer not taken in time",
 }
