@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -205,16 +205,22 @@ class SimulatedExporter:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float = 180.0) -> None:
-        """Start it and wait until its first poll with every VM is published."""
+    def start(
+        self, *, timeout: float = 180.0, scrape_text: Callable[[], str] | None = None
+    ) -> None:
+        """Start it and wait until its first poll with every VM is published.
+
+        ``scrape_text`` reads the exposition when plain unauthenticated HTTP cannot (TLS).
+        """
         self._process = self._registry.spawn(self.argv, log_path=self.workdir / "guestload.log")
+        read = scrape_text or self.scrape_text
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 log = (self.workdir / "guestload.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"guestload exited: {log}")
             try:
-                text = self.scrape_text()
+                text = read()
             except OSError:
                 time.sleep(0.2)
                 continue

@@ -31,11 +31,18 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return fields
 
 
+#: Control characters (C0, DEL, C1) written as escapes: a request line or a guest's answer
+#: must not move a terminal's cursor, end a log line or hide in it as a NUL.
+_CONTROL_ESCAPES: Final = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
+} | {ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
 def _logfmt_value(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t'):
+    escaped = text.translate(_CONTROL_ESCAPES)
+    if text and escaped == text and " " not in text and "=" not in text:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
 
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, poll, pollcycle, scrape
+from bench import cluster, density, hostile, poll, pollcycle, scrape
 
 
 def _results(path: Path) -> dict[str, Any]:
@@ -92,3 +92,19 @@ def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> 
     # Two-second windows may measure no CPU at all (10 ms clock ticks): then no ratio.
     for ratio in ("ratio", "cpustats_ratio", "marginal_ratio", "marginal_cpustats_ratio"):
         assert result[ratio] is None or result[ratio] > 0
+
+
+def test_hostile_runs_every_scenario_against_a_serving_exporter(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    argv = ["--seconds", "2", "--slow", "3", "--burst", "4", "--loops", "2", "--vms", "20"]
+    assert hostile.main([*argv, "--out", str(out)]) == 0
+    results = {r["scenario"]: r for r in _results(out)["results"]}
+    assert set(results) == set(hostile.SCENARIOS)
+    for result in results.values():
+        assert result["normal_scrapes"] >= 3
+        assert 0 <= result["normal_on_time"] <= result["normal_scrapes"]
+    assert results["slow-tls"]["load"]["slow_clients"]["opened"] >= 3
+    assert results["burst"]["load"]["burst_connections"] == 0 or (
+        results["burst"]["load"]["burst_connections"] % 4 == 0
+    )
+    assert results["loops"]["load"]["loop_statuses"]

@@ -49,6 +49,15 @@ def test_logfmt_quotes_what_needs_quoting() -> None:
     assert "\n" not in LogfmtFormatter().format(_record("two\nlines"))
 
 
+def test_logfmt_escapes_control_characters() -> None:
+    """A request line or a guest's answer must not reach a terminal or a log file raw."""
+    hostile = "GET /\x1b[2J\x00\r\x7f\x85\ttab HTTP/1.0"
+    line = LogfmtFormatter().format(_record("http request", line=hostile))
+    assert 'line="GET /\\x1b[2J\\x00\\r\\x7f\\x85\\ttab HTTP/1.0"' in line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+    assert LogfmtFormatter().format(_record("x", v="\x07")).endswith('v="\\x07"')
+
+
 def test_json_logs_are_one_object_per_line() -> None:
     line = JsonFormatter().format(_record("hello", domain="d"))
     parsed = json.loads(line)

@@ -6,6 +6,8 @@ import base64
 import contextlib
 import gzip
 import http.client
+import logging
+import re
 import socket
 import ssl
 import threading
@@ -16,15 +18,20 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
+from guestload.logs import LogfmtFormatter
 from guestload.model import Snapshot
 from guestload.settings import ListenAddress
 from guestload.web.basic_auth import BasicAuthenticator
+from guestload.web.refusals import Refusal, RefusalLog
 from guestload.web.reload import PLAIN_HTTP, WebSecurity
-from guestload.web.server import ExporterServer, WebApp
+from guestload.web.server import ExporterServer, FairSlots, WebApp, accepts_gzip, listen_backlog
 from guestload.web.tls import ClientAuth, TlsSettings, build_ssl_context
+from guestload_lab.waiting import wait_until
 from tests.unit.certs import TlsFiles, make_tls_files
 from tests.unit.fakes import LOAD_ONLY
 
@@ -64,18 +71,30 @@ def serve() -> Iterator[Serve]:
     """Start servers on free loopback ports; all are shut down after the test."""
     servers: list[ExporterServer] = []
 
-    def start(*, max_requests: int = 8, security: WebSecurity = PLAIN_HTTP) -> Running:
+    def start(
+        *,
+        max_requests: int = 8,
+        security: WebSecurity = PLAIN_HTTP,
+        max_connections: int = 256,
+        is_ready: Callable[[], bool] | None = None,
+        refusals: RefusalLog | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> Running:
         cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
         cache.update(Snapshot(source_up=True, polls_total=1))
         ready = [False]
         current = [security]
-        app = WebApp(cache=cache, is_ready=lambda: ready[0], telemetry_path="/metrics")
+        app = WebApp(
+            cache=cache, is_ready=is_ready or (lambda: ready[0]), telemetry_path="/metrics"
+        )
         server = ExporterServer(
             ListenAddress(host="127.0.0.1", port=0),
             app=app,
             max_requests=max_requests,
-            request_timeout=REQUEST_TIMEOUT,
+            request_timeout=request_timeout,
             security=lambda: current[0],
+            max_connections=max_connections,
+            refusals=refusals,
         )
         servers.append(server)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -170,21 +189,92 @@ def test_malformed_and_oversized_requests_get_4xx_not_a_crash(
     assert running.get("/healthz").status == 200
 
 
-def test_requests_beyond_the_limit_get_503_and_slow_clients_are_dropped(serve: Serve) -> None:
+def _get_quietly(running: Running, path: str) -> None:
+    """A request whose answer does not matter (it may be cut at the answer deadline)."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        running.get(path).read()
+
+
+def test_idle_connections_take_no_slot_and_are_cut_at_the_request_timeout(serve: Serve) -> None:
     limited = serve(max_requests=2)
-    idle = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(2)]
+    idle = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(4)]
     try:
         started = time.monotonic()
-        assert limited.get("/metrics").status == 503
-        assert time.monotonic() - started < REQUEST_TIMEOUT  # still within the idle clients' time
+        assert limited.get("/metrics").status == 200  # twice the slots, idle: no slot taken
         for sock in idle:  # the server cuts each idle client at the request timeout
             sock.settimeout(REQUEST_TIMEOUT + 2)
             assert sock.recv(1) == b""
         assert time.monotonic() - started < REQUEST_TIMEOUT + 1
-        assert limited.get("/metrics").status == 200
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot is held while a request is answered; /readyz is held here by a blocked check."""
+    release = threading.Event()
+    limited = serve(max_requests=2, is_ready=lambda: release.wait(10))
+    holders = [threading.Thread(target=_get_quietly, args=(limited, "/readyz")) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    try:
+        wait_until(lambda: limited.server.slots_free() == 0, timeout=5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="guestload.web.refusals"):
+            busy = limited.get("/metrics")
+        waited = time.monotonic() - started
+        assert busy.status == 503
+        assert busy.getheader("Retry-After") == "1"
+        assert limited.server.slot_wait_seconds <= waited < limited.server.slot_wait_seconds + 1
+        (record,) = [r for r in caplog.records if r.__dict__.get("reason") == "busy"]
+        assert record.levelno == logging.WARNING
+        assert record.name == "guestload.web.refusals"
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(timeout=5)
+    assert limited.get("/metrics").status == 200
+
+
+def test_a_freed_slot_goes_to_a_waiting_request(serve: Serve) -> None:
+    release = threading.Event()
+    limited = serve(max_requests=1, is_ready=lambda: release.wait(10))
+    holder = threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
+    holder.start()
+    try:
+        wait_until(lambda: limited.server.slots_free() == 0, timeout=5)
+        threading.Timer(limited.server.slot_wait_seconds / 4, release.set).start()
+        assert limited.get("/metrics").status == 200
+    finally:
+        release.set()
+        holder.join(timeout=5)
+
+
+def test_too_many_open_connections_close_the_oldest_first(serve: Serve) -> None:
+    refusals = RefusalLog()
+    limited = serve(max_connections=3, refusals=refusals, request_timeout=10.0)
+    oldest = socket.create_connection(("127.0.0.1", limited.port), timeout=5)
+    wait_until(lambda: limited.server.open_count() == 1, timeout=5)
+    others = [socket.create_connection(("127.0.0.1", limited.port), timeout=5) for _ in range(2)]
+    try:
+        wait_until(lambda: limited.server.open_count() == 3, timeout=5)
+        started = time.monotonic()
+        assert limited.get("/metrics").status == 200  # the fourth: the oldest makes way
+        assert oldest.recv(1) == b""
+        assert time.monotonic() - started < 5.0  # cut, not timed out
+        assert refusals.totals[Refusal.EVICTED] == 1
+        others[0].sendall(b"GET /healthz HTTP/1.0\r\n\r\n")  # not cut: still served
+        assert others[0].recv(100).startswith(b"HTTP/1.0 200")
+    finally:
+        for sock in (oldest, *others):
+            sock.close()
+
+
+def test_the_listen_backlog_is_the_kernels_somaxconn(running: Running) -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert running.server.request_queue_size == listen_backlog() >= somaxconn
 
 
 def test_a_client_dripping_its_headers_is_cut_at_the_request_timeout(running: Running) -> None:
@@ -346,7 +436,7 @@ def test_a_stalled_tls_handshake_is_cut_at_the_request_timeout(
     serve: Serve, tls_files: TlsFiles, first_bytes: bytes
 ) -> None:
     running = _tls_server(serve, tls_files)
-    running.server._slots = threading.BoundedSemaphore(1)  # one slot: a hog would block all
+    running.server._slots = FairSlots(1)  # one slot: a hog would block all
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         sock.sendall(first_bytes)
         started = time.monotonic()
@@ -377,20 +467,156 @@ def test_a_new_certificate_applies_to_the_next_connection(
     assert after == ssl.PEM_cert_to_DER_cert(tls_files.other_server_cert.read_text())
 
 
-def test_a_client_that_does_not_take_its_answer_is_cut_at_the_request_timeout(
+def test_a_client_that_does_not_take_its_answer_holds_no_slot_and_is_cut_in_time(
     serve: Serve,
 ) -> None:
-    running = serve(max_requests=1)
+    refusals = RefusalLog()
+    running = serve(max_requests=1, refusals=refusals)
     big = Snapshot(source_up=True, build_info={f"k{i}": "v" * 1000 for i in range(4000)})
     running.server.app.cache.update(big)  # a ~4 MB answer: more than the socket buffers hold
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        # Read nothing meanwhile; the one worker is free again once the server gives up.
         started = time.monotonic()
-        assert running.get("/healthz").status == 503, "the worker is busy writing the answer"
-        statuses = [503]
-        while statuses[-1] == 503 and time.monotonic() - started < REQUEST_TIMEOUT + 2:
-            time.sleep(0.02)
-            statuses.append(running.get("/healthz").status)
-        assert statuses[-1] == 200, statuses
+        # Read nothing meanwhile: the one slot is free again once the answer is made.
+        wait_until(
+            lambda: running.server.slots_free() == 1 and running.server.open_count() == 1, timeout=5
+        )
+        assert running.get("/healthz").status == 200
+        wait_until(
+            lambda: refusals.totals[Refusal.ANSWER_TIMEOUT] == 1, timeout=REQUEST_TIMEOUT + 2
+        )
+        received = 0
+        with contextlib.suppress(ConnectionResetError):  # reset: the rest is dropped
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert time.monotonic() - started < REQUEST_TIMEOUT + 1
+        assert received < 4_000_000
+
+
+# -- content negotiation, cipher order, logs of hostile requests --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzip_expected"),
+    [
+        ("gzip", True),
+        ("GZIP;Q=1.000", True),
+        ("x-gzip", True),
+        ("deflate, gzip;q=0.001", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("gzip;q=-1", False),
+        ("gzip;q=NaN", False),
+        ("gzip;q=nan", False),
+        ("gzip;q=inf", False),
+        ("gzip;q=1.5", False),
+        ("gzip;q=0.0001", False),
+        ("gzip;q=", False),
+        ("*", True),
+        ("*;q=0", False),
+        ("*, gzip;q=0", False),  # gzip named: the wildcard does not reach it
+        ("gzip;q=0, *", False),
+        ("identity", False),
+        ("", False),
+        ("br;q=1, gzip;q=0.5", True),
+    ],
+)
+def test_accept_encoding_weights_follow_rfc_9110(accept_encoding: str, gzip_expected: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzip_expected
+
+
+@given(weight=st.text(max_size=8))
+def test_gzip_only_with_a_valid_weight_above_zero(weight: str) -> None:
+    valid = re.fullmatch(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", weight.strip()) is not None
+    assert accepts_gzip(f"gzip;q={weight}") is (valid and float(weight) > 0)
+
+
+@pytest.mark.parametrize("weight", ["0", "-1", "NaN"])
+def test_gzip_refused_by_its_weight_gets_plain_text(running: Running, weight: str) -> None:
+    response = running.get("/metrics", {"Accept-Encoding": f"gzip;q={weight}"})
+    assert response.getheader("Content-Encoding") is None
+    assert b"guestload_polls_total 1.0" in response.read()
+
+
+@pytest.mark.parametrize(("prefer_server", "expected"), [(True, 0), (False, 1)])
+def test_prefer_server_cipher_suites_decides_whose_order_wins(
+    serve: Serve, tls_files: TlsFiles, prefer_server: bool, expected: int
+) -> None:
+    """The toolkit's "client chooses cipher" case, with the orders made to disagree."""
+    server_order = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")
+    settings = TlsSettings(
+        cert_file=tls_files.cert,
+        key_file=tls_files.key,
+        max_version=ssl.TLSVersion.TLSv1_2,
+        cipher_suites=server_order,
+        prefer_server_cipher_suites=prefer_server,
+    )
+    running = serve(security=WebSecurity(ssl_context=build_ssl_context(settings)))
+    client = _client_context(tls_files)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers(":".join(reversed(server_order)))
+    with (
+        socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw,
+        client.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        assert cipher[0] == server_order[expected]
+
+
+def test_control_characters_of_a_request_are_escaped_in_the_log(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="guestload.web.server"):
+        running.raw(b"GET /\x1b[31mred\x00\x7f HTTP/1.0\r\n\r\n")
+        wait_until(
+            lambda: any("red" in r.getMessage() + str(r.__dict__) for r in caplog.records),
+            timeout=5,
+        )
+    lines = [LogfmtFormatter().format(record) for record in caplog.records]
+    assert any("\\x1b[31mred\\x00\\x7f" in line for line in lines), lines
+    for line in lines:
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+
+
+def test_refusals_are_logged_at_most_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    refusals = RefusalLog(interval_seconds=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="guestload.web.refusals"):
+        for _ in range(5):
+            refusals.record(Refusal.EVICTED, client="192.0.2.1")
+        refusals.record(Refusal.BUSY, client="192.0.2.2")  # another kind: its own line
+        now[0] += 10.0
+        refusals.record(Refusal.EVICTED, client="192.0.2.3")
+    lines = [(r.__dict__["reason"], r.__dict__["count"]) for r in caplog.records]
+    assert lines == [("evicted", 1), ("busy", 1), ("evicted", 5)]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert refusals.totals[Refusal.EVICTED] == 6
+
+
+def test_slots_go_to_waiting_requests_in_arrival_order() -> None:
+    slots = FairSlots(1)
+    assert slots.acquire(timeout=0)
+    order: list[int] = []
+
+    def wait_for_slot(number: int) -> None:
+        if slots.acquire(timeout=5):
+            order.append(number)
+            slots.release()
+
+    waiters = []
+    for number in range(4):
+        waiter = threading.Thread(target=wait_for_slot, args=(number,))
+        waiter.start()
+        waiters.append(waiter)
+        queued = number + 1
+        wait_until(lambda: len(slots._waiters) == queued, timeout=5)  # noqa: B023 - used at once
+    assert not slots.acquire(timeout=0.05)  # a late comer queues behind them and gives up
+    slots.release()
+    for waiter in waiters:
+        waiter.join(timeout=5)
+    assert order == [0, 1, 2, 3]
+    assert slots.free == 1

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guestload.cli.main import main
-from guestload.web.basic_auth import BasicAuthenticator
-from guestload.web.config import load_web_config
+from guestload.web.basic_auth import BasicAuthenticator, decoy_cost, decoy_hash
+from guestload.web.config import WebConfig, _StrictLoader, load_web_config, parse_web_config
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebConfigReloader, WebSecurity
 from guestload.web.tls import ClientAuth, build_ssl_context, peer_has_allowed_san
@@ -92,6 +95,41 @@ def test_good_fixtures_mean_what_they_say(tls_files: TlsFiles) -> None:
         "ECDHE-ECDSA-CHACHA20-POLY1305",
     )
     assert not ciphers.prefer_server_cipher_suites
+
+
+def test_scalars_are_read_as_the_text_written_as_go_does(tls_files: TlsFiles) -> None:
+    """The exporter-toolkit's own headers example writes ``X-XSS-Protection: 1`` unquoted."""
+    config = load_web_config(_placed(FIXTURES / "go_scalars.good.yml", tls_files))
+    assert config.headers == {"X-XSS-Protection": "1", "Strict-Transport-Security": "31536000"}
+    assert set(config.basic_auth_users) == {"1234", "yes", "1.50", "null-ish"}
+    authenticator = BasicAuthenticator(config.basic_auth_users)
+    assert authenticator.check(_basic("yes", FIXTURE_PASSWORD))
+    assert authenticator.check(_basic("1.50", FIXTURE_PASSWORD))
+    assert not authenticator.check(_basic("1.5", FIXTURE_PASSWORD))
+
+
+_HASH = "$2b$04$FKRvblzN1rtCpeKlEMeWrubdR5K8g/8fxazXts0WcYnFoTtlIS4aG"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,15}", fullmatch=True).filter(
+        lambda text: text not in ("null", "Null", "NULL")
+    ),
+    value=st.one_of(
+        st.integers().map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["yes", "No", "on", "OFF", "y", "~x", "0x1F", "0o17", "1_000", ".inf"]),
+    ),
+)
+def test_any_plain_scalar_is_read_as_written(name: str, value: str) -> None:
+    """User names and header values keep their text, whatever YAML 1.1 would resolve it to."""
+    text = f"http_server_config:\n  headers:\n    X-XSS-Protection: {value}\n"
+    text += f"basic_auth_users:\n  {name}: '{_HASH}'\n"
+    document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    config = parse_web_config(document, base_dir=Path())
+    assert set(config.basic_auth_users) == {name}
+    assert config.headers == {"X-XSS-Protection": value}
 
 
 def test_ssl_context_follows_the_settings(tls_files: TlsFiles) -> None:
@@ -183,6 +221,83 @@ def test_the_cache_is_bounded(slow_hash: bytes) -> None:
     for user in fast:
         assert auth.check(_basic(user, b"pw"))
     assert len(auth._cache) == 2
+
+
+def test_passwords_over_72_bytes_compare_on_their_first_72_as_go_bcrypt_does() -> None:
+    """Go's CompareHashAndPassword has no length check and bcrypt reads 72 bytes of key."""
+    long_password = bytes(range(65, 65 + 26)) * 3  # 78 bytes
+    hashed = bcrypt.hashpw(long_password[:72], bcrypt.gensalt(rounds=4))
+    auth = BasicAuthenticator({"alice": hashed})
+    assert auth.check(_basic("alice", long_password))  # 200 where Go answers 200
+    assert auth.check(_basic("alice", long_password[:72] + b"anything else"))
+    assert not auth.check(_basic("alice", long_password[:71]))
+    assert not auth.check(_basic("alice", b"x" * 4096))  # 401, never an exception
+    assert not auth.check(_basic("nobody", b"x" * 4096))
+
+
+def test_the_decoy_costs_what_most_configured_users_cost() -> None:
+    def hashed(cost: int) -> bytes:
+        return bcrypt.gensalt(rounds=cost) + b"A" * 31  # a cost in the header is all it takes
+
+    assert decoy_cost([]) == 10
+    assert decoy_cost([hashed(12)]) == 12
+    assert decoy_cost([hashed(12), hashed(18), hashed(10), hashed(10)]) == 10
+    assert decoy_cost([hashed(12), hashed(5)]) == 12  # a tie: the higher
+    decoy = decoy_hash(12)
+    assert decoy.startswith(b"$2b$12$")
+    assert len(decoy) == 60
+    assert not bcrypt.checkpw(b"", decoy_hash(4))
+
+
+def test_unknown_users_take_as_long_as_known_ones() -> None:
+    """Cost 8 against the default decoy's 10 would answer unknown users 4x slower."""
+    auth = BasicAuthenticator({"alice": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=8))})
+
+    def best_of_three(user: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert not auth.check(_basic(user, b"wrong"))
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    known, unknown = best_of_three("alice"), best_of_three("nobody")
+    assert 0.5 < unknown / known < 2.0, (known, unknown)
+
+
+def test_one_users_expensive_hash_does_not_hold_up_another_users_login() -> None:
+    """A slow check for one user (a lock held here) leaves other users' checks free."""
+    users = {
+        "slow": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)),
+        "fast": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)),
+    }
+    auth = BasicAuthenticator(users)
+    with auth._user_locks["slow"]:  # as if a cost-18 check for "slow" were running
+        started = time.monotonic()
+        assert auth.check(_basic("fast", b"pw"))
+        assert not auth.check(_basic("nobody", b"pw"))
+        assert time.monotonic() - started < 1.0
+        # The same user waits for its turn, but no longer than its connection's deadline.
+        assert not auth.check(_basic("slow", b"pw"), deadline=time.monotonic() + 0.2)
+    assert auth.check(_basic("slow", b"pw"))
+
+
+def test_a_reload_keeps_remembered_logins() -> None:
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
+    first = WebSecurity.from_config(WebConfig(basic_auth_users={"alice": hashed}))
+    assert first.authenticator is not None
+    assert first.authenticator.check(_basic("alice", b"right"))
+    second = WebSecurity.from_config(
+        WebConfig(basic_auth_users={"alice": hashed, "bob": hashed}), previous=first
+    )
+    assert second.authenticator is not None
+    assert len(second.authenticator._cache) == 1
+    changed = WebSecurity.from_config(
+        WebConfig(basic_auth_users={"alice": bcrypt.hashpw(b"new", bcrypt.gensalt(rounds=4))}),
+        previous=second,
+    )
+    assert changed.authenticator is not None
+    assert not changed.authenticator.check(_basic("alice", b"right"))  # new hash, old entry
 
 
 # -- reloading --------------------------------------------------------------------------------

@@ -133,6 +133,10 @@ class MetricsCache:
 
     def render(self, *, openmetrics_format: bool, gzip: bool) -> bytes:
         """The body for one scrape: cached snapshot exposition plus live process metrics."""
+        return b"".join(self.render_parts(openmetrics_format=openmetrics_format, gzip=gzip))
+
+    def render_parts(self, *, openmetrics_format: bool, gzip: bool) -> tuple[bytes, ...]:
+        """:meth:`render`'s body in pieces, the cached one shared: a scrape copies no megabytes."""
         with self._lock:
             self._asked.add(openmetrics_format)
             snapshot = self._snapshot
@@ -150,9 +154,9 @@ class MetricsCache:
         if openmetrics_format:
             tail += OPENMETRICS_EOF
         if not gzip:
-            return encoded.body + tail
+            return encoded.body, tail
         compressor = encoded.gzip_state.copy()
-        return encoded.gzip_prefix + compressor.compress(tail) + compressor.flush()
+        return encoded.gzip_prefix, compressor.compress(tail) + compressor.flush()
 
 
 class _RenderDurationCollector(Collector):

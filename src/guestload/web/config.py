@@ -109,7 +109,36 @@ class WebConfig:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys instead of keeping the last one."""
+    """A safe YAML loader that reads scalars as Go's YAML library fills string fields.
+
+    Every scalar is kept as the text written (``X-XSS-Protection: 1`` is the string ``1``, a
+    user named ``yes`` stays ``yes``, ``1.0`` stays ``1.0``); only the null forms read as
+    None. Duplicate keys are refused instead of keeping the last one.
+    """
+
+
+class _PlainText(str):
+    """An unquoted scalar: the only kind YAML 1.1 lets mean true or false."""
+
+    __slots__ = ()
+
+
+#: The words Go's YAML library (v2, YAML 1.1) reads as true and false, unquoted only.
+_YAML_TRUE: Final = frozenset(
+    ("y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON")
+)
+_YAML_FALSE: Final = frozenset(
+    ("n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF")
+)
+
+
+def _construct_text(loader: _StrictLoader, node: yaml.Node) -> str | None:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, "expected a scalar", node.start_mark)
+    if node.tag == "tag:yaml.org,2002:null":
+        return None
+    text = str(loader.construct_scalar(node))
+    return _PlainText(text) if node.style is None else text
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -117,6 +146,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | None):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a scalar, not a {key_node.id}", key_node.start_mark
+            )
         if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -129,6 +162,8 @@ _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+for _tag in ("null", "bool", "int", "float", "timestamp", "str"):
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_text)
 
 
 def load_web_config(path: Path) -> WebConfig:
@@ -197,9 +232,13 @@ def _string(value: object, name: str) -> str:
 
 
 def _boolean(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise WebConfigError(name, f"must be true or false, not {_type(value)}")
-    return value
+    if isinstance(value, _PlainText) and value in _YAML_TRUE:
+        return True
+    if isinstance(value, _PlainText) and value in _YAML_FALSE:
+        return False
+    if isinstance(value, str):
+        raise WebConfigError(name, f"must be true or false (unquoted), not {value!r}")
+    raise WebConfigError(name, f"must be true or false, not {_type(value)}")
 
 
 def _string_list(value: object, name: str) -> tuple[str, ...]:
@@ -302,7 +341,7 @@ def _tls_settings(section: Mapping[str, object], base_dir: Path) -> TlsSettings:
     )
     if max_version < min_version:
         raise WebConfigError("tls_server_config.max_version", "is older than min_version")
-    prefer = section.get("prefer_server_cipher_suites", True)
+    prefer = section.get("prefer_server_cipher_suites", _PlainText("true"))
     settings = TlsSettings(
         cert_file=cert_file,
         key_file=key_file,
@@ -363,7 +402,7 @@ def _headers(value: object) -> dict[str, str]:
                 field_name,
                 f"cannot be configured (allowed: {', '.join(ALLOWED_HEADERS)})",
             )
-        text = _string(header_value, field_name)
+        text = "" if header_value is None else _string(header_value, field_name)
         if not _HEADER_VALUE.fullmatch(text):
             raise WebConfigError(field_name, "must be one line of printable ASCII")
         allowed_values = ALLOWED_HEADERS[allowed_name]
@@ -375,4 +414,6 @@ def _headers(value: object) -> dict[str, str]:
 
 
 def _type(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
+    if value is None:
+        return "nothing"
+    return "str" if isinstance(value, str) else type(value).__name__

@@ -34,13 +34,18 @@ class WebSecurity:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_config(cls, config: WebConfig) -> WebSecurity:
+    def from_config(cls, config: WebConfig, *, previous: WebSecurity | None = None) -> WebSecurity:
+        """Made ready; ``previous`` (the configuration replaced) passes on remembered logins."""
+        authenticator = None
+        if config.basic_auth_users:
+            authenticator = BasicAuthenticator(
+                config.basic_auth_users,
+                previous=previous.authenticator if previous is not None else None,
+            )
         return cls(
             ssl_context=build_ssl_context(config.tls) if config.tls else None,
             client_allowed_sans=config.tls.client_allowed_sans if config.tls else (),
-            authenticator=(
-                BasicAuthenticator(config.basic_auth_users) if config.basic_auth_users else None
-            ),
+            authenticator=authenticator,
             headers=tuple(config.headers.items()),
         )
 
@@ -125,7 +130,7 @@ class WebConfigReloader:
                 raise WebConfigError(
                     "tls_server_config", "turning TLS on or off needs a restart of guestload"
                 )
-            security = WebSecurity.from_config(config)
+            security = WebSecurity.from_config(config, previous=self._security)
         except WebConfigError as error:
             self.failures += 1
             self._fingerprint = before

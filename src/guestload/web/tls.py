@@ -60,8 +60,11 @@ def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     context.minimum_version = tls.min_version
     context.maximum_version = tls.max_version
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # Python's server contexts start with the server's order on; false must turn it off.
     if tls.prefer_server_cipher_suites:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if tls.cipher_suites:
         try:
             context.set_ciphers(":".join(tls.cipher_suites))
