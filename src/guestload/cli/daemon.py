@@ -141,9 +141,7 @@ def serve(
     signal.signal(signal.SIGHUP, on_hangup)
     if web_config is not None:
         web_config.start()
-    web_thread = threading.Thread(
-        target=server.serve_forever, args=(0.1,), name="guestload-http", daemon=True
-    )
+    web_thread = threading.Thread(target=server.serve_forever, name="guestload-http", daemon=True)
     web_thread.start()
     log.info(
         "listening",
