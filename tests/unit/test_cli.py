@@ -278,6 +278,7 @@ def test_given_timings_that_do_not_fit_exit_2_with_one_line(
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"guestload: error: {message}\n"
 
+
 def test_no_load_collector_asks_agents_only_for_cpu_statistics() -> None:
     args = build_parser().parse_args(
         ["serve", "--node", "n1", "--no-collector.load", "--no-collector.vcpu"]

@@ -484,13 +484,15 @@ def test_a_client_that_does_not_take_its_answer_holds_no_slot_and_is_cut_in_time
         )
         assert running.get("/healthz").status == 200
         wait_until(
-            lambda: refusals.totals[Refusal.ANSWER_TIMEOUT] == 1, timeout=REQUEST_TIMEOUT + 2
+            lambda: refusals.totals[Refusal.ANSWER_TIMEOUT] == 1, timeout=REQUEST_TIMEOUT + 5
         )
         received = 0
         with contextlib.suppress(ConnectionResetError):  # reset: the rest is dropped
             while chunk := sock.recv(1 << 20):
                 received += len(chunk)
-        assert time.monotonic() - started < REQUEST_TIMEOUT + 1
+        # Cut after its deadline, not trickled out for as long as the client likes (a
+        # slack of seconds: a busy machine schedules late, and this is not a speed test).
+        assert time.monotonic() - started < REQUEST_TIMEOUT + 5
         assert received < 4_000_000
 
 

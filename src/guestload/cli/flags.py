@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--web.max-requests",
         "max_requests",
-        "concurrent HTTP requests; more get 503 (default: %(default)s)",
+        "requests answered at once; a complete request finding none free waits up to 1s, then"
+        " gets 503 (default: %(default)s)",
     )
     _flag(
         serve,
