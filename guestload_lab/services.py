@@ -439,8 +439,10 @@ class Exporter(_LoopbackServer):
         user: str | None = None,
         group: str | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         super().__init__(workdir=workdir, registry=registry, log_name=f"{name}.log")
+        self.command = None if command is None else list(command)
         self.libvirt_uri = libvirt_uri
         self.node = node
         self.interval = interval
@@ -484,7 +486,9 @@ class Exporter(_LoopbackServer):
     def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait until it listens."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.user is None:
+        if self.command is not None:
+            prefix, env = self.command, dict(os.environ)
+        elif self.user is None:
             prefix, env = [sys.executable, "-m", "guestload"], dict(os.environ)
         else:
             prefix, extra = command_for_other_users()
