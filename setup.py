@@ -2,7 +2,8 @@
 
 The bundle's files live where the project builds and tests them (``monitoring/``,
 ``docs/runbooks/``); building the package copies them next to the code, so a wheel alone
-carries the rules, PrometheusRule, dashboard and runbooks that match it
+carries the rules, PrometheusRule, dashboard and runbooks that match it, and the systemd
+unit that runs it
 (``guestload bundle --output DIR`` writes them out).
 """
 
@@ -23,6 +24,7 @@ BUNDLE_SOURCES = {
     "dashboards": "monitoring/dashboards",
     "runbooks": "docs/runbooks",
     "alerts.md": "docs/alerts.md",
+    "systemd": "deploy/systemd",
 }
 """Where each part of the bundle comes from, relative to the repository root."""
 

@@ -21,6 +21,7 @@ BUNDLE_SOURCES = {
     "kubernetes": ROOT / "monitoring" / "kubernetes",
     "dashboards": ROOT / "monitoring" / "dashboards",
     "runbooks": ROOT / "docs" / "runbooks",
+    "systemd": ROOT / "deploy" / "systemd",
 }
 
 

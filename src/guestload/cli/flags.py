@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle",
         help="write out the monitoring bundle of this version",
         description="Write the recording rules and alerts (with their promtool tests), the "
-        "PrometheusRule, the Grafana dashboard and the runbooks of this version into a folder.",
+        "PrometheusRule, the Grafana dashboard, the runbooks and the systemd unit of this "
+        "version into a folder.",
     )
     bundle.add_argument(
         "--output",
