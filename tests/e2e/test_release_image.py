@@ -1,9 +1,10 @@
 """The OCI image from ``scripts/build-image``, run as the DaemonSet runs it, serves a real VM.
 
-The pod's settings come from ``deploy/kubernetes/daemonset.yaml`` itself: user and group,
-read-only root, capabilities (drop ALL, add what it adds), the kubelet pods folder mounted
-read-only at the manifest's path, ``NODE_NAME`` set, the manifest's arguments. The image
-runs under runc from a generated bundle (tests/container.py says why not ``podman run``).
+It sorts after the suite's load-curve tests on purpose, so booting a VM here cannot slow
+theirs. The pod's settings come from ``deploy/kubernetes/daemonset.yaml`` itself: user and
+group, read-only root, capabilities (drop ALL, add what it adds), the kubelet pods folder
+mounted read-only at the manifest's path, ``NODE_NAME`` set, the manifest's arguments. The
+image runs under runc from a generated bundle (tests/container.py says why not ``podman run``).
 Two arguments change: the listen address (a free loopback port instead of :9977) and the
 socket URI template's path: a virt-launcher's daemon runs QEMU's session driver, the lab's
 private daemon the system one.
@@ -51,7 +52,11 @@ def _pod() -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """Builds the image (the Debian root is cached between runs)."""
+    """The image ``scripts/test`` built in its own step (``GUESTLOAD_TEST_IMAGE``), else a
+    fresh build (the Debian root is cached between runs)."""
+    built = os.environ.get("GUESTLOAD_TEST_IMAGE")
+    if built:
+        return built
     result = subprocess.run(
         [str(ROOT / "scripts" / "build-image")],
         capture_output=True,
