@@ -55,3 +55,14 @@ def test_without_a_bundle_one_error_and_exit_1(
     assert print_bundle(tmp_path / "out", tmp_path / "absent") == EXIT_NO_BUNDLE
     assert "carries no monitoring bundle" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _bundle(tmp_path / "bundle")
+    (tmp_path / "file").write_text("not a folder\n")
+    assert print_bundle(tmp_path / "file" / "out", bundle) == EXIT_NO_BUNDLE
+    err = capsys.readouterr().err
+    assert err.startswith("guestload: error: --output: ")
+    assert len(err.splitlines()) == 1

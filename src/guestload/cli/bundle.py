@@ -42,7 +42,8 @@ def write_bundle(bundle: Traversable, output: Path) -> list[Path]:
 
 
 def print_bundle(output: Path, bundle: Traversable | None = None) -> int:
-    """Write the bundle to ``output`` and list the files; exit 1 when there is none."""
+    """Write the bundle to ``output`` and list the files; exit 1 when there is none or
+    ``output`` cannot be written."""
     source = installed_bundle() if bundle is None else bundle
     if not source.is_dir():
         print(
@@ -51,6 +52,11 @@ def print_bundle(output: Path, bundle: Traversable | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_NO_BUNDLE
-    for path in write_bundle(source, output):
+    try:
+        written = write_bundle(source, output)
+    except OSError as error:
+        print(f"guestload: error: --output: {error}", file=sys.stderr)
+        return EXIT_NO_BUNDLE
+    for path in written:
         print(path)
     return 0
