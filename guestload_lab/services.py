@@ -7,11 +7,16 @@ id however the test ends.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import importlib.metadata
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -389,11 +394,16 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 """The interpreter another user runs guestload with (see :func:`command_for_other_users`)."""
 
 
+RUNTIME_DISTRIBUTIONS = ("prometheus-client", "libvirt-python", "PyYAML", "bcrypt")
+"""What ``guestload serve`` imports besides itself (pyproject.toml's dependencies)."""
+
+
 def command_for_other_users() -> tuple[list[str], dict[str, str]]:
     """How another user runs this checkout's guestload: argv prefix and environment.
 
-    The virtualenv's interpreter may live where only root can enter (pyenv under /root), so
-    other users run the system's Python of the same minor version on the same packages.
+    The checkout and the virtualenv may live where only root can enter (a 0700 home, pyenv
+    under /root), so other users run the system's Python of the same minor version on a
+    world-readable copy of guestload and its runtime packages (:func:`shared_packages`).
     """
     result = subprocess.run(
         [str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
@@ -406,24 +416,50 @@ def command_for_other_users() -> tuple[list[str], dict[str, str]]:
         raise ServiceError(
             f"{SYSTEM_PYTHON} must be Python {wanted} to run guestload as another user"
         )
-    import guestload  # noqa: PLC0415 - only to find this checkout's source folder
-
-    source = Path(guestload.__file__).resolve().parents[1]
-    packages = [path for path in sys.path if path.endswith("site-packages")]
     return [str(SYSTEM_PYTHON), "-m", "guestload"], {
-        "PYTHONPATH": os.pathsep.join([str(source), *packages]),
+        "PYTHONPATH": str(shared_packages()),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+@functools.cache
+def shared_packages() -> Path:
+    """A folder every user can read holding guestload and its runtime packages.
+
+    Made once per process under the system's temporary folder, removed at exit.
+    """
+    import guestload  # noqa: PLC0415 - only to find the source folder in use
+
+    folder = Path(tempfile.mkdtemp(prefix="guestload-shared-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    folder.chmod(0o755)
+    shutil.copytree(
+        Path(guestload.__file__).resolve().parent,
+        folder / "guestload",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in RUNTIME_DISTRIBUTIONS:
+        distribution = importlib.metadata.distribution(name)
+        for file in distribution.files or ():
+            if file.parts[0] == ".." or file.suffix == ".pyc":
+                continue
+            target = folder / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(str(distribution.locate_file(file))), target)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o444)
+    return folder
 
 
 class Exporter(_LoopbackServer):
     """``guestload serve`` as a child process on a free loopback port.
 
     ``libvirt_uri`` None leaves ``--libvirt.uri`` to ``extra_args`` (or its default), and
-    ``agent_timeout`` None leaves the agent timeout to follow the interval. ``user``
-    and ``group`` run it as another account. ``start`` waits for its ``listening`` log line
-    (so it works with TLS too); each instance in a ``workdir`` needs its own ``name``, which
-    names its log file.
+    ``agent_timeout`` None leaves the agent timeout to follow the interval. ``user`` and
+    ``group`` run it as another account. ``command`` replaces this checkout's
+    ``python -m guestload`` (an installed wheel, a container's root file system). ``start``
+    waits for its ``listening`` log line (so it works with TLS too); each instance in a
+    ``workdir`` needs its own ``name``, which names its log file.
     """
 
     def __init__(
@@ -440,8 +476,10 @@ class Exporter(_LoopbackServer):
         user: str | None = None,
         group: str | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         super().__init__(workdir=workdir, registry=registry, log_name=f"{name}.log")
+        self.command = None if command is None else list(command)
         self.libvirt_uri = libvirt_uri
         self.node = node
         self.interval = interval
@@ -488,7 +526,9 @@ class Exporter(_LoopbackServer):
     def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait until it listens."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.user is None:
+        if self.command is not None:
+            prefix, env = self.command, dict(os.environ)
+        elif self.user is None:
             prefix, env = [sys.executable, "-m", "guestload"], dict(os.environ)
         else:
             prefix, extra = command_for_other_users()

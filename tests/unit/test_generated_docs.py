@@ -47,7 +47,7 @@ def test_cli_doc_matches_the_real_help(request: pytest.FixtureRequest) -> None:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["probe"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["probe"], ["bundle"]])
 def test_cli_doc_holds_what_the_installed_command_prints(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "guestload", *command, "--help"],

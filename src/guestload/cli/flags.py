@@ -278,7 +278,7 @@ def _add_source_flags(parser: argparse.ArgumentParser, *, log_level: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``guestload`` with its ``serve`` and ``probe`` subcommands."""
+    """``guestload`` with its ``serve``, ``probe`` and ``bundle`` subcommands."""
     parser = _Parser(
         prog="guestload",
         description="Exports each libvirt VM's guest load average and CPU time by mode, read "
@@ -381,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a table for people or JSON for programs (default: %(default)s)",
     )
     _add_source_flags(probe, log_level=PROBE_LOG_LEVEL)
+
+    bundle = commands.add_parser(
+        "bundle",
+        help="write out the monitoring bundle of this version",
+        description="Write the recording rules and alerts (with their promtool tests), the "
+        "PrometheusRule, the Grafana dashboard, the runbooks and the systemd unit of this "
+        "version into a folder.",
+    )
+    bundle.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder to write into (created if missing; files of the same names are replaced)",
+    )
     return parser
 
 

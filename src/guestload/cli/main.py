@@ -1,4 +1,4 @@
-"""Command line: ``guestload serve``, ``guestload probe``, ``guestload --version``."""
+"""Command line: ``guestload serve``, ``probe``, ``bundle``, ``guestload --version``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from guestload.cli.bundle import print_bundle
 from guestload.cli.daemon import make_poller, make_source, run
 from guestload.cli.flags import EXIT_USAGE, build_parser, settings_from_args
 from guestload.cli.probe import print_probe
@@ -19,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse and validate the flags, then run the subcommand; bad flags exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bundle":
+        return print_bundle(Path(args.output))
     try:
         settings = settings_from_args(args)
     except SettingsError as error:
