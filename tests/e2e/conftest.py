@@ -33,6 +33,11 @@ from tests.e2e.lab import (
 TIMINGS = pytest.StashKey[dict[str, float]]()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``late`` run last: they wait on a window their fixtures opened early."""
+    items.sort(key=lambda item: item.get_closest_marker("late") is not None)
+
+
 @pytest.fixture(scope="session")
 def timings(request: pytest.FixtureRequest) -> dict[str, float]:
     """Durations worth reporting, printed at the end of the run."""
