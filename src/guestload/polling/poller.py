@@ -16,13 +16,15 @@ through each other's internals.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -145,6 +147,8 @@ class Poller:
         self._ready = False
         self._logged_conflicts: frozenset[str] = frozenset()
         self._overrun = False
+        self._summary_due = True
+        """The next full poll logs one line of agent states instead of each domain's first one."""
 
     # -- public API ---------------------------------------------------------------------
 
@@ -203,6 +207,10 @@ class Poller:
         Returns (and publishes) the new snapshot. A full poll (``only`` is None) counts in
         ``polls_total``; a targeted refresh after an event does not.
         """
+        with _cyclic_gc_paused():
+            return self._poll(only=only)
+
+    def _poll(self, *, only: Collection[str] | None) -> Snapshot:
         started = self._clock()
         full = only is None
         if full:
@@ -222,6 +230,9 @@ class Poller:
             self._last_duration = self._clock() - started
             self._last_success = self._wall_clock()
             self._ready = True
+            if self._summary_due:
+                self._summary_due = False
+                self._log_agent_states(inventory)
         return self._publish()
 
     def apply_events(
@@ -250,7 +261,8 @@ class Poller:
         refresh: set[str] = set()
         stopped: set[str] = set()
         for event in events:
-            log.debug("domain event", extra={"event": event.kind.value, "uuid": event.uuid})
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("domain event", extra={"event": event.kind.value, "uuid": event.uuid})
             if event.kind is EventKind.STOPPED:
                 self._tracks.pop(event.uuid, None)
                 stopped.add(event.uuid)
@@ -308,6 +320,7 @@ class Poller:
         self._ready = False
         self._inventory = ()
         self._tracks.clear()
+        self._summary_due = True
         return self._publish(source_up=False)
 
     def _forget_missing(self, live: set[str]) -> None:
@@ -464,24 +477,46 @@ class Poller:
                 query_track.next_check = now + query_track.backoff
             else:
                 query_track.backoff, query_track.next_check = 0.0, 0.0
-            if reading.state is not query_track.logged_state:
-                if log.isEnabledFor(logging.INFO):
-                    log.info(
-                        "guest agent state changed",
-                        extra={
-                            "uuid": uuid,
-                            "domain": track.domain_name,
-                            "query": name,
-                            "from": (
-                                query_track.logged_state.value
-                                if query_track.logged_state
-                                else "none"
-                            ),
-                            "to": reading.state.value,
-                            "detail": reading.detail,
-                        },
-                    )
-                query_track.logged_state = reading.state
+            previous = query_track.logged_state
+            if reading.state is previous:
+                continue
+            query_track.logged_state = reading.state
+            # The first full poll sums up the first states in one line (_log_agent_states).
+            if (previous is not None or not self._summary_due) and log.isEnabledFor(logging.INFO):
+                log.info(
+                    "guest agent state changed",
+                    extra={
+                        "uuid": uuid,
+                        "domain": track.domain_name,
+                        "query": name,
+                        "from": previous.value if previous is not None else "none",
+                        "to": reading.state.value,
+                        "detail": reading.detail,
+                    },
+                )
+
+    def _log_agent_states(self, inventory: Sequence[DomainInventory]) -> None:
+        """One line for the first poll: how many domains' agents are in each state, per query."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        counts: dict[str, Counter[str]] = {name: Counter() for name in self._query_by_name}
+        for domain in inventory:
+            track = self._tracks.get(domain.uuid)
+            if track is None:
+                continue
+            for name, query_track in track.queries.items():
+                reading = query_track.reading
+                counts[name][reading.state.value if reading is not None else "none"] += 1
+        log.info(
+            "guest agent states after the first poll",
+            extra={
+                "domains": len(inventory),
+                "states": " ".join(
+                    f"{name}:" + ",".join(f"{s}={n}" for s, n in sorted(c.items()))
+                    for name, c in counts.items()
+                ),
+            },
+        )
 
     def _publish(self, *, source_up: bool | None = None) -> Snapshot:
         domains: list[DomainSample] = []
@@ -537,6 +572,26 @@ class Poller:
                 extra={"domains": ",".join(sorted(conflicts))},
             )
         self._logged_conflicts = conflicts
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Keep CPython's cycle collector out of a poll; reference counting still frees at once.
+
+    A poll allocates objects for every domain, many of them alive until it ends. With the
+    collector on, its full collections kept running while they piled up, each walking every
+    live object: twice the domains took three times as long (gc callbacks: 5 full collections,
+    0.6 s, at 10,000 domains; 10, 2.1 s, at 20,000). Paused, their cycles wait for the
+    collector's next regular run after the poll.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _backing_off(track: _QueryTrack, now: float) -> bool:
