@@ -46,6 +46,11 @@ def test_pollcycle_runs_the_poller_with_hung_agents(tmp_path: Path) -> None:
     for result in (healthy, with_hung):
         assert result["polls"] >= 2
         assert result["healthy_max_gap_seconds"] > 0
+        assert result["healthy_never_answered"] == 0
+        assert result["first_healthy_answer_seconds_p50"] > 0
+        assert (
+            result["first_healthy_answer_seconds_p50"] <= result["first_healthy_answer_seconds_max"]
+        )
 
 
 def test_firstpoll_reads_the_first_poll_of_each_size_and_the_start_up_log(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
@@ -20,7 +20,8 @@ from guestload.model import (
     Snapshot,
 )
 from guestload.polling import poller as poller_module
-from guestload.polling.poller import Poller
+from guestload.polling.poller import FIRST_CALL_TIMEOUT_SECONDS, Poller
+from guestload.queries.query import GuestQuery
 from tests.unit.fakes import FakeSource, domain, load_of, ok, state_of
 from tests.unit.pollers import Clock, Published, make_poller
 
@@ -405,6 +406,58 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
         poller.poll()
         assert source.calls[-1] == "a-slow", "the slow agent waits its turn"
     finally:
+        poller.close()
+
+
+class TimeoutLog(FakeSource):
+    """Records the agent timeout of every call, per domain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: dict[str, list[float]] = {}
+
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        self.timeouts.setdefault(uuid, []).append(timeout_seconds)
+        return super().query_guest(uuid, queries, timeout_seconds)
+
+
+def test_a_first_call_has_a_short_timeout_and_later_ones_the_agent_timeout(
+    published: Published,
+) -> None:
+    source = TimeoutLog()
+    source.domains = [domain("a")]
+    source.answers = {"a": QueryReading(state=AgentState.TIMEOUT)}
+    poller = make_poller(source, time.monotonic, published, agent_timeout=5.0)
+    try:
+        for _ in range(3):
+            poller.poll()
+        assert source.timeouts["a"] == [FIRST_CALL_TIMEOUT_SECONDS, 5.0, 5.0]
+    finally:
+        poller.close()
+
+
+def test_a_domain_dropped_unasked_goes_ahead_of_a_hung_one(
+    published: Published, release: threading.Event
+) -> None:
+    source = TimeoutLog()
+    hang = hanging_call(release, QueryReading(state=AgentState.TIMEOUT))
+    # As in the test above, the hung call holds the only worker until the poll's deadline.
+    source.domains = [domain("hung"), domain("fine")]
+    source.answers = {"hung": hang, "fine": ok(1.0)}
+    poller = make_poller(source, time.monotonic, published, interval=1.0, concurrency=1)
+    try:
+        poller.poll()
+        assert states(published[-1])["fine"] is AgentState.TIMEOUT  # dropped, never asked
+        release.set()
+        assert wait_futures([poller._in_flight["hung"].future], timeout=5).done
+        source.calls.clear()
+        poller.poll()
+        assert source.calls == ["fine", "hung"], "never asked before known to time out"
+        assert states(published[-1])["fine"] is AgentState.OK
+    finally:
+        release.set()
         poller.close()
 
 

@@ -53,6 +53,10 @@ CALL_GRACE_SECONDS = 1.0
 OVERDUE_CHECK_SECONDS = 0.05
 #: Share of the poll interval a poll may spend waiting for queued calls.
 POLL_BUDGET_SHARE = 0.8
+#: Agent timeout of a domain's first call (when the agent timeout is longer): an agent that
+#: answers does so in milliseconds, and a hung one must not hold a worker for long before the
+#: poller has asked every domain once.
+FIRST_CALL_TIMEOUT_SECONDS = 1.0
 #: First delay before reconnecting after the connection failed; doubles up to the interval.
 RECONNECT_INITIAL_SECONDS = 1.0
 
@@ -81,6 +85,8 @@ class _Track:
     domain_name: str = ""
     queries: dict[str, _QueryTrack] = field(default_factory=dict)
     last_call_seconds: float = 0.0
+    asked: bool = False
+    """A call has reached its agent (a call dropped before it started does not count)."""
 
     def healthy(self) -> bool | None:
         """True when every query answered ok last time, None before any answer."""
@@ -98,6 +104,8 @@ class _Call:
     future: Future[Readings]
     queries: tuple[str, ...]
     """The names of the queries the call asks."""
+    timeout: float
+    """The agent timeout of each query of the call."""
     started: list[float] = field(default_factory=list)
     """Clock readings taken by the worker: when the call started and, once over, ended."""
 
@@ -359,32 +367,40 @@ class Poller:
                 self._record(domain.uuid, track, {q.name: still for q in due}, now=now)
                 continue
             self._in_flight.pop(domain.uuid, None)
-            calls[domain.uuid] = self._submit(domain.uuid, due)
+            timeout = self._agent_timeout
+            if not track.asked:
+                timeout = min(timeout, FIRST_CALL_TIMEOUT_SECONDS)
+            calls[domain.uuid] = self._submit(domain.uuid, due, timeout)
         for uuid, readings in self._collect(calls).items():
             if (known := self._tracks.get(uuid)) is not None:
                 self._record(uuid, known, readings, now=self._clock())
 
     def _priority(self, uuid: str) -> tuple[int, float]:
-        """Healthy and quick agents first; unknown next; failing ones last."""
+        """Healthy and quick agents first; never asked next; failing ones last.
+
+        A domain whose call was dropped unstarted at a poll's deadline was never asked: it goes
+        ahead of the agents known to be slow or hung, whose calls would hold the workers.
+        """
         track = self._tracks.get(uuid)
         healthy = track.healthy() if track is not None else None
-        if track is None or healthy is None:
+        if track is None or healthy is None or not track.asked:
             return (1, 0.0)
         return (0 if healthy else 2, track.last_call_seconds)
 
-    def _submit(self, uuid: str, queries: tuple[GuestQuery, ...]) -> _Call:
+    def _submit(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
         started: list[float] = []
 
         def call() -> Readings:
             started.append(self._clock())
             try:
-                return self._source.query_guest(uuid, queries, self._agent_timeout)
+                return self._source.query_guest(uuid, queries, timeout)
             finally:
                 started.append(self._clock())
 
         record = _Call(
             future=self._workers.submit(call),
             queries=tuple(query.name for query in queries),
+            timeout=timeout,
             started=started,
         )
         self._in_flight[uuid] = record
@@ -399,7 +415,6 @@ class Poller:
         budget_end = self._clock() + max(
             2 * self._agent_timeout, POLL_BUDGET_SHARE * self._interval
         )
-        grace = min(CALL_GRACE_SECONDS, self._agent_timeout)
         answered: queue.SimpleQueue[str] = queue.SimpleQueue()
         for uuid, call in calls.items():
             call.future.add_done_callback(functools.partial(_put_uuid, answered, uuid))
@@ -422,11 +437,11 @@ class Poller:
             next_check = now + OVERDUE_CHECK_SECONDS
             for uuid, call in list(pending.items()):
                 # Each query of the call may take the agent timeout.
-                call_limit = self._agent_timeout * len(call.queries) + grace
+                grace = min(CALL_GRACE_SECONDS, call.timeout)
+                call_limit = call.timeout * len(call.queries) + grace
                 if call.started and now - call.started[0] > call_limit:
                     reading = QueryReading(
-                        state=AgentState.TIMEOUT,
-                        detail=f"no answer within {self._agent_timeout:g}s",
+                        state=AgentState.TIMEOUT, detail=f"no answer within {call.timeout:g}s"
                     )
                     self._note_duration(uuid, call)
                 elif now >= budget_end and not call.started:
@@ -446,6 +461,7 @@ class Poller:
     def _note_duration(self, uuid: str, call: _Call) -> None:
         track = self._tracks.get(uuid)
         if track is not None and call.started:
+            track.asked = True
             ended = call.started[1] if len(call.started) > 1 else self._clock()
             track.last_call_seconds = ended - call.started[0]
 
