@@ -596,9 +596,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
     A poll allocates objects for every domain, many of them alive until it ends. With the
     collector on, its full collections kept running while they piled up, each walking every
-    live object: twice the domains took three times as long (gc callbacks: 5 full collections,
-    0.6 s, at 10,000 domains; 10, 2.1 s, at 20,000). Paused, their cycles wait for the
-    collector's next regular run after the poll.
+    live object, so their cost grew faster than the domains (5 full collections in a first
+    poll of 10,000 domains, 10 at 20,000; docs/performance.md). Polls make no cyclic garbage
+    of their own; cycles made meanwhile wait for the collector's next run after the poll.
     """
     if not gc.isenabled():
         yield
