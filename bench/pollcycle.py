@@ -149,11 +149,21 @@ def run_case(
         "poll_seconds_p50": statistics.median(poll_seconds) if poll_seconds else None,
         "poll_seconds_max": max(poll_seconds) if poll_seconds else None,
         "first_healthy_answer_seconds_max": max(first_answers) if first_answers else None,
+        "first_healthy_answer_seconds_p50": (
+            statistics.median(first_answers) if first_answers else None
+        ),
+        "healthy_never_answered": len(healthy) - len(first_answers),
         "healthy_max_gap_seconds": max(gaps) if gaps else None,
         "healthy_late": sum(g > interval * LATE_FACTOR for g in gaps),
         "healthy_missed_polls": missed,
         "final_states": states,
     }
+
+
+def _pair(median: float | None, largest: float | None) -> str:
+    if median is None or largest is None:
+        return "none"
+    return f"{median:.2f} / {largest:.2f}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -164,7 +174,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "polls",
         "poll p50 s",
         "poll max s",
-        "first healthy sample s",
+        "first healthy sample p50 / max s",
         "healthy max gap s",
         "healthy late",
         "final states",
@@ -177,7 +187,7 @@ def table(results: list[dict[str, Any]]) -> str:
             r["polls"],
             r["poll_seconds_p50"],
             r["poll_seconds_max"],
-            r["first_healthy_answer_seconds_max"],
+            _pair(r["first_healthy_answer_seconds_p50"], r["first_healthy_answer_seconds_max"]),
             r["healthy_max_gap_seconds"],
             f"{r['healthy_late']} of {r['healthy_vms']}",
             " ".join(f"{k}={v}" for k, v in sorted(r["final_states"].items())),

@@ -212,7 +212,20 @@ def _late_removals(seen: _Observations, *, interval: float) -> dict[str, Any]:
     }
 
 
-def _rss_trend(samples: Sequence[tuple[float, int]], *, warmup: float) -> dict[str, Any]:
+def _per_minute(samples: Sequence[tuple[float, int]]) -> list[float]:
+    """The median RSS of each whole minute of the run (a partial last minute is left out)."""
+    minutes: dict[int, list[int]] = {}
+    for t, rss in samples:
+        minutes.setdefault(int(t // 60), []).append(rss)
+    whole = int(samples[-1][0] // 60)
+    return [statistics.median(minutes[m]) for m in sorted(minutes) if m < whole]
+
+
+def _rss_trend(
+    samples: Sequence[tuple[float, int]], *, warmup: float, tail: float
+) -> dict[str, Any]:
+    """RSS figures; slopes per minute after ``warmup``, over its second half and the last
+    ``tail`` seconds (all of it after warm-up when the run is shorter)."""
     settled = [(t, rss) for t, rss in samples if t >= warmup] or list(samples)
     slope = 0.0
     if len(settled) >= 2 and settled[-1][0] > settled[0][0]:
@@ -223,6 +236,12 @@ def _rss_trend(samples: Sequence[tuple[float, int]], *, warmup: float) -> dict[s
     if len(half) >= 2 and half[-1][0] > half[0][0]:
         fit = statistics.linear_regression([t for t, _ in half], [r for _, r in half])
         second_half_slope = fit.slope * 60.0
+    tail_from = samples[-1][0] - tail
+    last = [(t, rss) for t, rss in settled if t >= tail_from]
+    tail_slope = 0.0
+    if len(last) >= 2 and last[-1][0] > last[0][0]:
+        fit = statistics.linear_regression([t for t, _ in last], [r for _, r in last])
+        tail_slope = fit.slope * 60.0
     return {
         "start_bytes": samples[0][1],
         "after_warmup_bytes": settled[0][1],
@@ -232,6 +251,9 @@ def _rss_trend(samples: Sequence[tuple[float, int]], *, warmup: float) -> dict[s
         "median_after_warmup_bytes": statistics.median(r for _, r in settled),
         "slope_bytes_per_minute": slope,
         "second_half_slope_bytes_per_minute": second_half_slope,
+        "tail_seconds": min(tail, samples[-1][0] - settled[0][0]),
+        "tail_slope_bytes_per_minute": tail_slope,
+        "per_minute_median_bytes": _per_minute(samples),
         "warmup_seconds": warmup,
         "samples": [[round(t, 1), r] for t, r in samples],
     }
@@ -247,6 +269,8 @@ def soak(
     interval: str,
     minutes: float,
     warmup_seconds: float,
+    tail_seconds: float = 1800.0,
+    pause_seconds: float = 0.0,
     concurrency: int,
     workdir: Path,
 ) -> dict[str, Any]:
@@ -295,6 +319,8 @@ def soak(
                 order=order,
             )
             rounds += 1
+            if pause_seconds > 0:
+                time.sleep(min(pause_seconds, max(0.0, deadline - time.monotonic())))
         wall = time.monotonic() - started
         own_cpu = time.process_time() - own_cpu_start
         alive = pid_alive(exporter.pid)
@@ -345,7 +371,9 @@ def soak(
         },
         "seconds": {mode: _latency(v) for mode, v in seen.seconds.items() if v},
         "body_bytes": {mode: statistics.median(v) for mode, v in seen.body_bytes.items() if v},
-        "rss": _rss_trend(seen.rss, warmup=warmup_seconds) if seen.rss else None,
+        "rss": (
+            _rss_trend(seen.rss, warmup=warmup_seconds, tail=tail_seconds) if seen.rss else None
+        ),
         "staleness": {
             "scrapes_checked": seen.scrapes_checked,
             "stale_scrapes": seen.stale_scrapes,
@@ -437,6 +465,14 @@ def table(result: dict[str, Any]) -> str:
                 f"{rss['slope_bytes_per_minute'] / mib:+.2f}, "
                 f"{rss['second_half_slope_bytes_per_minute'] / mib:+.2f}",
             ],
+            [
+                f"RSS slope MiB/min, last {rss['tail_seconds'] / 60:.1f} min",
+                f"{rss['tail_slope_bytes_per_minute'] / mib:+.3f}",
+            ],
+            [
+                "RSS median of each minute MiB",
+                " ".join(f"{m / mib:.0f}" for m in rss["per_minute_median_bytes"]) or "-",
+            ],
         ]
     rows += [
         [
@@ -495,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", default="1m", help="start of the RSS slope (the first polls settle)"
     )
+    parser.add_argument(
+        "--slope-window", default="30m", help="the last stretch whose RSS slope is reported"
+    )
+    parser.add_argument(
+        "--pause", default="0s", help="idle time between scrape rounds (0: scrape without pause)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -511,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval,
             minutes=args.minutes,
             warmup_seconds=parse_duration(args.warmup),
+            tail_seconds=parse_duration(args.slope_window),
+            pause_seconds=parse_duration(args.pause),
             concurrency=args.concurrency,
             workdir=Path(workdir),
         )

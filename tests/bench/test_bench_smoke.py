@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, hostile, poll, pollcycle, scrape
+from bench import cluster, density, firstpoll, hostile, poll, pollcycle, scrape
 
 
 def _results(path: Path) -> dict[str, Any]:
@@ -46,6 +46,27 @@ def test_pollcycle_runs_the_poller_with_hung_agents(tmp_path: Path) -> None:
     for result in (healthy, with_hung):
         assert result["polls"] >= 2
         assert result["healthy_max_gap_seconds"] > 0
+        assert result["healthy_never_answered"] == 0
+        assert result["first_healthy_answer_seconds_p50"] > 0
+        assert (
+            result["first_healthy_answer_seconds_p50"] <= result["first_healthy_answer_seconds_max"]
+        )
+
+
+def test_firstpoll_reads_the_first_poll_of_each_size_and_the_start_up_log(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "firstpoll.json"
+    assert firstpoll.main(["--vms", "20,40", "--rounds", "1", "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    assert [r["polls_total"] for r in result["runs"]] == [1, 1]
+    assert set(result["ratios_of_medians"]) == {"40/20"}
+    assert all(size["median"] > 0 for size in result["sizes"].values())
+    check = result["log_check"]
+    assert check["per_vm_state_lines"] == 0
+    (summary,) = check["summary_lines"]
+    assert "domains=20 " in summary
+    assert "load:ok=20" in summary
 
 
 def test_density_measures_cpu_and_memory_of_a_serving_exporter(tmp_path: Path) -> None:

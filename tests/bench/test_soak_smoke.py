@@ -193,3 +193,19 @@ def test_soak_smoke_keeps_every_invariant_with_churn_and_flaps(tmp_path: Path) -
     assert not any(staleness["invariant_violations"].values())
     rss = result["rss"]
     assert 10 * 2**20 < rss["max_bytes"] < 150 * 2**20
+
+
+def test_the_rss_trend_has_every_minute_and_the_slope_of_the_last_stretch() -> None:
+    mib = 2**20
+    # 70 minutes, a sample every 10 s: +1 MiB/min for 40 minutes, then flat.
+    samples = [(t, 100 * mib + int(min(t, 2400.0) / 60 * mib)) for t in range(0, 4201, 10)]
+    trend = soak._rss_trend([(float(t), r) for t, r in samples], warmup=60.0, tail=1800.0)
+    assert len(trend["per_minute_median_bytes"]) == 70
+    assert trend["per_minute_median_bytes"][0] < trend["per_minute_median_bytes"][39]
+    assert trend["per_minute_median_bytes"][40] == trend["per_minute_median_bytes"][69]
+    assert trend["tail_seconds"] == 1800.0
+    assert abs(trend["tail_slope_bytes_per_minute"]) < 0.001 * mib
+    assert 0.5 * mib < trend["slope_bytes_per_minute"] < 1.0 * mib
+    short = soak._rss_trend([(float(t), r) for t, r in samples[:61]], warmup=60.0, tail=1800.0)
+    assert short["tail_seconds"] == 540.0  # after warm-up only, when the run is shorter
+    assert abs(short["tail_slope_bytes_per_minute"] - mib) < 0.01 * mib

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import wait as wait_futures
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,9 @@ from guestload.model import (
     QueryReading,
     Snapshot,
 )
-from guestload.polling.poller import Poller
+from guestload.polling import poller as poller_module
+from guestload.polling.poller import FIRST_CALL_TIMEOUT_SECONDS, Poller
+from guestload.queries.query import GuestQuery
 from tests.unit.fakes import FakeSource, domain, load_of, ok, state_of
 from tests.unit.pollers import Clock, Published, make_poller
 
@@ -267,17 +270,73 @@ def test_run_polls_until_stopped_and_reacts_to_events(
 
 
 def test_state_changes_are_logged_once(
-    poller: Poller, source: FakeSource, caplog: pytest.LogCaptureFixture
+    poller: Poller, source: FakeSource, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     source.domains = [domain("a", "vm-a")]
-    source.answers = {"a": QueryReading(state=AgentState.UNSUPPORTED, detail="too old")}
+    source.answers = {"a": QueryReading(state=AgentState.TIMEOUT, detail="no answer")}
     caplog.set_level("INFO", logger="guestload")
-    for _ in range(5):
+    for _ in range(3):
+        poller.poll()
+    source.answers = {"a": ok(1.0)}
+    for _ in range(3):
         poller.poll()
     changes = [r for r in caplog.records if r.getMessage() == "guest agent state changed"]
     assert len(changes) == 1
-    assert changes[0].__dict__["to"] == "unsupported"
+    assert changes[0].__dict__["from"] == "timeout"
+    assert changes[0].__dict__["to"] == "ok"
     assert changes[0].__dict__["domain"] == "vm-a"
+
+
+def test_the_first_poll_sums_up_agent_states_in_one_line_and_new_domains_log_their_own(
+    poller: Poller, source: FakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    source.domains = [domain(f"u{i}", f"vm-{i}") for i in range(5)]
+    source.answers = {f"u{i}": ok(1.0) for i in range(3)}
+    source.answers |= {f"u{i}": QueryReading(state=AgentState.TIMEOUT) for i in (3, 4)}
+    caplog.set_level("INFO", logger="guestload")
+    poller.poll()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["guest agent states after the first poll"]
+    summary = caplog.records[0].__dict__
+    assert summary["domains"] == 5
+    assert summary["states"] == "load:ok=3,timeout=2"
+    caplog.clear()
+    source.domains = [*source.domains, domain("u5", "vm-5")]
+    source.answers["u5"] = QueryReading(state=AgentState.UNSUPPORTED)
+    poller.poll()
+    assert [(r.getMessage(), r.__dict__["domain"]) for r in caplog.records] == [
+        ("guest agent state changed", "vm-5")
+    ]
+
+
+def test_per_domain_log_lines_at_a_level_that_is_off_are_not_even_built(
+    poller: Poller,
+    source: FakeSource,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def spy(message: str, *_args: Any, **_kwargs: Any) -> None:
+        calls.append(message)
+
+    for level in ("debug", "info"):
+        monkeypatch.setattr(poller_module.log, level, spy)  # the instance, not the class
+    caplog.set_level("WARNING", logger="guestload")
+    source.domains = [domain(f"u{i}", f"vm-{i}") for i in range(20)]
+    source.answers = {f"u{i}": ok(1.0) for i in range(20)}
+    poller.poll()
+    source.answers = {f"u{i}": QueryReading(state=AgentState.TIMEOUT) for i in range(20)}
+    poller.poll()
+    source.domains = source.domains[1:]
+    poller.apply_events([DomainEvent(kind=EventKind.STOPPED, uuid="u0")])
+    assert calls == []
+    caplog.set_level("DEBUG", logger="guestload")
+    source.answers = {f"u{i}": ok(1.0) for i in range(20)}
+    poller.poll()
+    poller.apply_events([DomainEvent(kind=EventKind.STOPPED, uuid="u1")])
+    assert calls.count("guest agent state changed") == 19
+    assert calls.count("domain event") == 1
 
 
 def test_two_domains_with_one_identity_export_one_and_count_the_other(
@@ -347,6 +406,58 @@ def test_quick_healthy_agents_are_asked_before_slow_ones(
         poller.poll()
         assert source.calls[-1] == "a-slow", "the slow agent waits its turn"
     finally:
+        poller.close()
+
+
+class TimeoutLog(FakeSource):
+    """Records the agent timeout of every call, per domain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: dict[str, list[float]] = {}
+
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        self.timeouts.setdefault(uuid, []).append(timeout_seconds)
+        return super().query_guest(uuid, queries, timeout_seconds)
+
+
+def test_a_first_call_has_a_short_timeout_and_later_ones_the_agent_timeout(
+    published: Published,
+) -> None:
+    source = TimeoutLog()
+    source.domains = [domain("a")]
+    source.answers = {"a": QueryReading(state=AgentState.TIMEOUT)}
+    poller = make_poller(source, time.monotonic, published, agent_timeout=5.0)
+    try:
+        for _ in range(3):
+            poller.poll()
+        assert source.timeouts["a"] == [FIRST_CALL_TIMEOUT_SECONDS, 5.0, 5.0]
+    finally:
+        poller.close()
+
+
+def test_a_domain_dropped_unasked_goes_ahead_of_a_hung_one(
+    published: Published, release: threading.Event
+) -> None:
+    source = TimeoutLog()
+    hang = hanging_call(release, QueryReading(state=AgentState.TIMEOUT))
+    # As in the test above, the hung call holds the only worker until the poll's deadline.
+    source.domains = [domain("hung"), domain("fine")]
+    source.answers = {"hung": hang, "fine": ok(1.0)}
+    poller = make_poller(source, time.monotonic, published, interval=1.0, concurrency=1)
+    try:
+        poller.poll()
+        assert states(published[-1])["fine"] is AgentState.TIMEOUT  # dropped, never asked
+        release.set()
+        assert wait_futures([poller._in_flight["hung"].future], timeout=5).done
+        source.calls.clear()
+        poller.poll()
+        assert source.calls == ["fine", "hung"], "never asked before known to time out"
+        assert states(published[-1])["fine"] is AgentState.OK
+    finally:
+        release.set()
         poller.close()
 
 
