@@ -220,14 +220,20 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
 
 
 def _guest_share(modes: str, window: str) -> str:
-    """The share of the guest's CPU time spent in *modes* (a label matcher)."""
+    """The share of the guest's CPU time spent in *modes* (a label matcher).
+
+    No share while the total has not moved (0 / 0): a recorded NaN would be skipped by
+    MetricsQL, which then reads the previous share instead, where PromQL reads the NaN.
+    """
     return (
         f"sum by ({VM}) (\n"
         f"  rate({GUEST_CPU}{{mode{modes}}}[{window}])\n"
         ")\n"
         f"  / on ({VM})\n"
-        f"sum by ({VM}) (\n"
-        f'  rate({GUEST_CPU}{{mode!~"{COUNTED_TWICE}"}}[{window}])\n'
+        f"(\n"
+        f"  sum by ({VM}) (\n"
+        f'    rate({GUEST_CPU}{{mode!~"{COUNTED_TWICE}"}}[{window}])\n'
+        "  ) > 0\n"
         ")"
     )
 
@@ -268,14 +274,20 @@ def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
             ),
         ),
         # One busy share per VM: the guest's view where it has one, else the host's; the
-        # source label says which. ">= 0" drops a guest share that is not a number (0 / 0:
-        # CPU statistics that have not moved since the first poll), so the host's is used.
+        # source label says which. ">= 0" drops a guest share that is not a number, so the
+        # host's is used. "unless" rather than "or on": over a range MetricsQL's "or on"
+        # fills the guest series' gaps with the host's values under the guest's labels.
         RecordingRule(
             record=records.cpu_busy,
             expr=(
                 f'label_replace({records.guest_busy} >= 0, "source", "guest", "", "")\n'
-                f"  or on ({VM})\n"
-                f'label_replace({records.host_busy}, "source", "host", "", "")'
+                "  or\n"
+                "label_replace(\n"
+                f"  {records.host_busy}\n"
+                f"    unless on ({VM})\n"
+                f"  {records.guest_busy} >= 0,\n"
+                '  "source", "host", "", ""\n'
+                ")"
             ),
         ),
         # Host contention seen from both sides: the vCPU delay (host) and the steal time
@@ -316,10 +328,22 @@ def _cause_rule(settings: Settings) -> RecordingRule:
         ")"
         for cause, condition in conditions.items()
     ]
-    none = f'label_replace(\n  group by ({VM}) ({high}),\n  "cause", "none", "", ""\n)'
-    return RecordingRule(
-        record=PRESSURE_CAUSE, expr="\nor\n".join(parts) + f"\nor on ({VM})\n" + none
+    # "unless" rather than "or on": over a range MetricsQL's "or on" would fill the gaps of
+    # a cause's series with the values of "none" under that cause's labels.
+    any_cause = f"\n{' ' * 6}or\n{' ' * 6}".join(
+        [conditions["cpu"], _io_condition(settings, indent=" " * 6), conditions["host"]]
     )
+    none = (
+        "label_replace(\n"
+        f"  group by ({VM}) (\n"
+        f"    {high}\n"
+        f"      unless on ({VM})\n"
+        f"    (\n      {any_cause}\n    )\n"
+        "  ),\n"
+        '  "cause", "none", "", ""\n'
+        ")"
+    )
+    return RecordingRule(record=PRESSURE_CAUSE, expr="\nor\n".join([*parts, none]))
 
 
 def _io_condition(settings: Settings, *, indent: str = "") -> str:
