@@ -23,7 +23,9 @@ from guestload.settings import parse_duration
 # Between two cases: longer than every window the rules read (10m ranges, offset 10m,
 # 5m lookback), so a case starts from nothing.
 CASE_GAP_SECONDS = 3600.0
-_EXPANDING = re.compile(r"^(?P<start>[-+]?[^x+-][^x]*?)(?:(?P<sign>[+-])(?P<step>[^x]+))?x(?P<n>\d+)$")
+_EXPANDING = re.compile(
+    r"^(?P<start>[-+]?[^x+-][^x]*?)(?:(?P<sign>[+-])(?P<step>[^x]+))?x(?P<n>\d+)$"
+)
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -32,7 +34,7 @@ def expand_values(notation: str) -> list[float | None]:
     """promtool's series notation as one value per step; None where a sample is missing."""
     values: list[float | None] = []
     for token in notation.split():
-        if token == "_":
+        if token == "_":  # noqa: S105 - a missing sample, not a secret
             values.append(None)
         elif token.startswith("_x"):
             values.extend([None] * int(token[2:]))
@@ -179,18 +181,19 @@ def steady_steps(case: Case, *, window: float = WINDOW_SECONDS) -> set[float]:
     interval-sized one does not.
     """
     steps = max(len(values) for values in case.series.values())
-    present = [all(i < len(v) and v[i] is not None for v in case.series.values()) for i in range(steps)]
+    present = [
+        all(i < len(v) and v[i] is not None for v in case.series.values()) for i in range(steps)
+    ]
     back = round(window / case.interval)
     return {
-        case.start + i * case.interval
-        for i in range(back, steps)
-        if all(present[i - back : i + 1])
+        case.start + i * case.interval for i in range(back, steps) if all(present[i - back : i + 1])
     }
 
 
 def comparable(samples: Samples, cases: Sequence[Case], alert_for: dict[str, float]) -> Samples:
     """Only the samples at steady steps: for ``ALERTS`` of an alert with ``for: F``, steps whose
     whole last F was steady (its pending state started within what both engines agree on)."""
+    step = round(min(case.interval for case in cases))
     steady: set[float] = set()
     for case in cases:
         steady |= steady_steps(case)
@@ -201,7 +204,7 @@ def comparable(samples: Samples, cases: Sequence[Case], alert_for: dict[str, flo
         inside = {
             at: value
             for at, value in points.items()
-            if all(at - back in steady for back in range(0, round(hold) + 1, 60))
+            if all(at - back in steady for back in range(0, round(hold) + 1, step))
         }
         if inside:
             kept[key] = inside
@@ -218,11 +221,13 @@ def differences(
         ours, theirs = expected.get(key, {}), got.get(key, {})
         for at in sorted(ours.keys() | theirs.keys()):
             a, b = ours.get(at), theirs.get(at)
-            if a is None or b is None:
-                found.append((key, at, a, b))
-            elif not (
-                (math.isnan(a) and math.isnan(b))
-                or abs(a - b) <= tolerance * max(1.0, abs(a), abs(b))
+            if (
+                a is None
+                or b is None
+                or not (
+                    (math.isnan(a) and math.isnan(b))
+                    or abs(a - b) <= tolerance * max(1.0, abs(a), abs(b))
+                )
             ):
                 found.append((key, at, a, b))
     return found

@@ -231,9 +231,7 @@ class VMAlert(_LoopbackServer):
             "-replay.rulesDelay=3s",
             "-remoteWrite.flushInterval=200ms",
         ]
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         log = result.stdout + result.stderr
         (self.workdir / "vmalert-replay.log").write_text(log)
         if result.returncode != 0:
