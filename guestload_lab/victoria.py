@@ -190,6 +190,12 @@ class VMAlert(_LoopbackServer):
         self.notifier = notifier
         self.interval = interval
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise ServiceError("vmalert was not started")
+        return self._process.pid
+
     def common_args(self) -> list[str]:
         return [
             *(f"-rule={path}" for path in self.rule_files),
@@ -246,7 +252,7 @@ class VMAlert(_LoopbackServer):
 
     def alerts(self) -> list[dict[str, Any]]:
         reply = json.loads(http_get(f"{self.url}/api/v1/alerts", timeout=30))
-        alerts: list[dict[str, Any]] = reply["data"]["alerts"]
+        alerts: list[dict[str, Any]] = reply["data"]["alerts"] or []
         return alerts
 
     def metrics_text(self) -> str:
