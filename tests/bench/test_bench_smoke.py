@@ -69,6 +69,7 @@ def test_cluster_runs_prometheus_with_the_project_rules(tmp_path: Path) -> None:
     assert result["head_series"] > 3 * 40
     assert result["prometheus_rss_bytes"] > 0
     assert "guestload.recording" in result["rule_group_seconds"]
+    assert result["rule_seconds"]["kubevirt_vmi_guest_vcpu_queue"]["p50"] > 0
 
 
 def test_distributed_runs_sharded_vmagents_a_central_store_and_vmalert(tmp_path: Path) -> None:
