@@ -79,6 +79,12 @@ class VictoriaMetrics(_LoopbackServer):
         body = http_get(f"{self.url}/api/v1/export?{query}", timeout=120).decode()
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
+    def series_count(self) -> int:
+        """Series in the store (``/api/v1/series/count``; a ``count()`` over every series
+        fails beyond ``-search.maxUniqueTimeseries``, 300,000 by default)."""
+        reply = json.loads(http_get(f"{self.url}/api/v1/series/count", timeout=60))
+        return int(reply["data"][0])
+
     def metrics_text(self) -> str:
         return http_get(f"{self.url}/metrics", timeout=30).decode()
 
