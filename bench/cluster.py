@@ -5,7 +5,8 @@ every VM is unique) with ``--vms`` VMs between them, and Debian's Prometheus (ow
 folder, loopback) scraping them every ``--interval`` with the project's rules
 (``monitoring/rules/guestload.rules.yml``) evaluated at the same interval. After every target
 was scraped once, it measures over ``--minutes``: samples ingested per minute (scraped and
-recorded), series in the head block, rule-group evaluation time, and Prometheus's CPU and RSS.
+recorded), series in the head block, rule-group and per-rule evaluation time (Prometheus's
+``/api/v1/rules``), and Prometheus's CPU and RSS.
 
     python -m bench.cluster --vms 10000 --instances 10 --interval 30s --minutes 6
 """
@@ -106,11 +107,16 @@ def measure(
         exporter_cpu_before = sum(cpu_seconds(e.pid) for e in exporters)
         started = time.monotonic()
         group_durations: dict[str, list[float]] = {}
+        rule_durations: dict[str, list[float]] = {}
         deadline = started + minutes * 60
         while time.monotonic() < deadline:
             time.sleep(min(interval_seconds, max(0.0, deadline - time.monotonic())))
             for group in prometheus.rule_groups():
                 group_durations.setdefault(group["name"], []).append(float(group["evaluationTime"]))
+                for rule in group["rules"]:
+                    rule_durations.setdefault(rule["name"], []).append(
+                        float(rule["evaluationTime"])
+                    )
         after = own_metrics(prometheus)
         wall = time.monotonic() - started
         exporter_cpu = sum(cpu_seconds(e.pid) for e in exporters) - exporter_cpu_before
@@ -153,6 +159,10 @@ def measure(
             name: {"p50": statistics.median(values), "max": max(values)}
             for name, values in group_durations.items()
         },
+        "rule_seconds": {
+            name: {"p50": statistics.median(values), "max": max(values)}
+            for name, values in rule_durations.items()
+        },
         "prometheus_cpu_share": prometheus_cpu / wall,
         "prometheus_rss_bytes": _total(after, "process_resident_memory_bytes"),
         "exporters_cpu_share": exporter_cpu / wall,
@@ -188,6 +198,14 @@ def table(result: dict[str, Any]) -> str:
         rows.append(
             [
                 f"rule group {name} p50 / max ms",
+                f"{seconds['p50'] * 1000:.1f} / {seconds['max'] * 1000:.1f}",
+            ]
+        )
+    ordered = sorted(result["rule_seconds"].items(), key=lambda item: -item[1]["p50"])
+    for name, seconds in ordered:
+        rows.append(
+            [
+                f"rule {name} p50 / max ms",
                 f"{seconds['p50'] * 1000:.1f} / {seconds['max'] * 1000:.1f}",
             ]
         )

@@ -294,8 +294,14 @@ class Prometheus(_LoopbackServer):
         rule_files: Sequence[Path] = (),
         alertmanager_url: str | None = None,
         interval_seconds: float = 2.0,
+        extra_config: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """``extra_config`` is merged into the configuration's top level, ``extra_args`` are
+        appended to the command line."""
         super().__init__(workdir=workdir, registry=registry, log_name="prometheus.log")
+        self.extra_config = dict(extra_config or {})
+        self.extra_args = list(extra_args)
         self.targets = list(targets)
         self.rule_files = list(rule_files)
         self.alertmanager_url = alertmanager_url
@@ -317,7 +323,7 @@ class Prometheus(_LoopbackServer):
         if self.alertmanager_url is not None:
             host = urllib.parse.urlsplit(self.alertmanager_url).netloc
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
-        return config
+        return {**config, **self.extra_config}
 
     def start(self, timeout: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -332,6 +338,7 @@ class Prometheus(_LoopbackServer):
                 "--web.enable-lifecycle",
                 f"--rules.alert.resend-delay={self.interval_seconds:g}s",
                 "--log.level=warn",
+                *self.extra_args,
             ],
             ready_path="/-/ready",
             timeout=timeout,
@@ -344,9 +351,10 @@ class Prometheus(_LoopbackServer):
             raise ServiceError(f"Prometheus {path}: {reply}")
         return reply["data"]
 
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        """Instant query; the result vector (``metric`` labels and ``value`` pairs)."""
-        data = self._api("query", query=expression)
+    def query(self, expression: str, **params: str) -> list[dict[str, Any]]:
+        """Instant query (``params`` such as ``time``); the result (``metric`` labels and
+        ``value`` pairs, or ``values`` for a range selector)."""
+        data = self._api("query", query=expression, **params)
         result: list[dict[str, Any]] = data["result"]
         return result
 

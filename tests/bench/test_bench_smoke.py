@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, firstpoll, hostile, poll, pollcycle, scrape
+from bench import cluster, density, distributed, firstpoll, hostile, poll, pollcycle, scrape
 
 
 def _results(path: Path) -> dict[str, Any]:
@@ -90,6 +90,21 @@ def test_cluster_runs_prometheus_with_the_project_rules(tmp_path: Path) -> None:
     assert result["head_series"] > 3 * 40
     assert result["prometheus_rss_bytes"] > 0
     assert "guestload.recording" in result["rule_group_seconds"]
+    assert result["rule_seconds"]["kubevirt_vmi_guest_vcpu_queue"]["p50"] > 0
+
+
+def test_distributed_runs_sharded_vmagents_a_central_store_and_vmalert(tmp_path: Path) -> None:
+    out = tmp_path / "distributed.json"
+    argv = ["--vms", "40", "--instances", "2", "--shards", "2", "--interval", "2s"]
+    argv += ["--minutes", "0.1", "--latency-offset", "1s"]
+    assert distributed.main([*argv, "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    assert result["load_gauge_series"] == 40
+    assert result["targets_up"] == 2
+    assert result["samples_ingested_per_second"] > 0
+    assert result["rss_bytes"]["store"] > 0
+    assert "kubevirt_vmi_guest_vcpu_queue" in result["rule_seconds"]
+    assert set(result["group_seconds_p50"]) >= {"guestload.recording", "guestload.guest.alerts"}
 
 
 def test_poll_compares_the_exporter_with_a_bare_libvirt_loop(tmp_path: Path) -> None:
