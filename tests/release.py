@@ -3,6 +3,7 @@ installed alone into a clean virtualenv outside the checkout."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -42,8 +43,12 @@ def build_release(outdir: Path) -> Release:
 
 
 def install_wheel(wheel: Path, venv: Path) -> Path:
-    """A new virtualenv at ``venv`` with only ``wheel`` (and its dependencies); its bin folder."""
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120)
+    """A new virtualenv at ``venv`` with only ``wheel`` (and its dependencies); its bin folder.
+
+    Without the caller's ``PYTHONPATH``: a checkout on it would stand in for the wheel.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
         capture_output=True,
@@ -51,6 +56,7 @@ def install_wheel(wheel: Path, venv: Path) -> Path:
         check=False,
         timeout=900,
         cwd=venv,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return venv / "bin"
