@@ -34,8 +34,8 @@ from bench.common import (
 )
 from guestload.settings import parse_duration
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import PROJECT_RULE_FILE, Alertmanager, WebhookReceiver, wait_until
-from guestload_lab.victoria import VictoriaMetrics, VMAgent, VMAlert, hashmod_scrape_config
+from guestload_lab.services import PROJECT_RULE_FILE, WebhookReceiver, wait_until
+from guestload_lab.victoria import VictoriaMetrics, start_distributed_path
 
 
 def _sum(text: str, name: str, **labels: str) -> float:
@@ -92,47 +92,16 @@ def measure(
             exporter.workdir.mkdir(parents=True, exist_ok=True)
             exporter.start()
         targets = [e.address for e in exporters]
-        store = VictoriaMetrics(
-            workdir=workdir / "central",
+        path = start_distributed_path(
+            workdir=workdir,
             registry=registry,
-            extra_args=[f"-search.latencyOffset={latency_offset}"],
-        )
-        store.start()
-        agents = [
-            VMAgent(
-                workdir=workdir / f"shard-{shard}",
-                registry=registry,
-                remote_write=[f"{store.url}/api/v1/write"],
-                scrape_configs=[
-                    hashmod_scrape_config(
-                        job="guestload",
-                        targets=targets,
-                        shards=shards,
-                        shard=shard,
-                        interval=interval,
-                    )
-                ],
-                external_labels={"shard": str(shard)},
-                name=f"vmagent-{shard}",
-            )
-            for shard in range(shards)
-        ]
-        for agent in agents:
-            agent.start()
-        alertmanager = Alertmanager(
-            workdir=workdir / "alertmanager", webhook_url=webhook.url, registry=registry
-        )
-        alertmanager.start()
-        vmalert = VMAlert(
-            workdir=workdir / "vmalert",
-            registry=registry,
-            rule_files=[PROJECT_RULE_FILE],
-            datasource=store.url,
-            remote_write=store.url,
-            notifier=alertmanager.url,
+            targets=targets,
+            shards=shards,
             interval=interval,
+            webhook_url=webhook.url,
+            latency_offset=latency_offset,
         )
-        vmalert.start()
+        store, agents, vmalert = path.store, path.agents, path.vmalert
 
         def scalar(expression: str) -> float:
             result = store.query(expression)

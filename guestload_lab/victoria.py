@@ -13,13 +13,20 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import ServiceError, _LoopbackServer, http_get
+from guestload_lab.services import (
+    PROJECT_RULE_FILE,
+    Alertmanager,
+    ServiceError,
+    _LoopbackServer,
+    http_get,
+)
 
 VICTORIA_METRICS = "/usr/bin/victoria-metrics"
 VMAGENT = "/usr/bin/vmagent"
@@ -263,6 +270,69 @@ class VMAlert(_LoopbackServer):
 
     def metrics_text(self) -> str:
         return http_get(f"{self.url}/metrics", timeout=30).decode()
+
+
+@dataclass(frozen=True)
+class DistributedPath:
+    """The running topology: the store, one vmagent per shard, Alertmanager and vmalert."""
+
+    store: VictoriaMetrics
+    agents: list[VMAgent]
+    alertmanager: Alertmanager
+    vmalert: VMAlert
+
+
+def start_distributed_path(
+    *,
+    workdir: Path,
+    registry: ProcessRegistry,
+    targets: Sequence[str],
+    shards: int,
+    interval: str,
+    webhook_url: str,
+    latency_offset: str,
+) -> DistributedPath:
+    """Start the path: ``shards`` vmagents share ``targets`` by ``hashmod`` and remote-write to
+    one VictoriaMetrics, where vmalert evaluates the project's rules and notifies an
+    Alertmanager posting to ``webhook_url``. The processes stop with ``registry``."""
+    store = VictoriaMetrics(
+        workdir=workdir / "central",
+        registry=registry,
+        extra_args=[f"-search.latencyOffset={latency_offset}"],
+    )
+    store.start()
+    agents = [
+        VMAgent(
+            workdir=workdir / f"shard-{shard}",
+            registry=registry,
+            remote_write=[f"{store.url}/api/v1/write"],
+            scrape_configs=[
+                hashmod_scrape_config(
+                    job="guestload", targets=targets, shards=shards, shard=shard, interval=interval
+                )
+            ],
+            external_labels={"shard": str(shard)},
+            name=f"vmagent-{shard}",
+        )
+        for shard in range(shards)
+    ]
+    for agent in agents:
+        agent.start()
+    alertmanager = Alertmanager(
+        workdir=workdir / "alertmanager", webhook_url=webhook_url, registry=registry
+    )
+    alertmanager.start()
+    vmalert = VMAlert(
+        workdir=workdir / "vmalert",
+        registry=registry,
+        rule_files=[PROJECT_RULE_FILE],
+        datasource=store.url,
+        remote_write=store.url,
+        notifier=alertmanager.url,
+        interval=interval,
+    )
+    vmalert.start()
+    return DistributedPath(store=store, agents=agents, alertmanager=alertmanager, vmalert=vmalert)
 
 
 def _rfc3339(seconds: float) -> str:

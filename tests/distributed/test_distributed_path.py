@@ -19,8 +19,8 @@ import pytest
 from bench.common import SimulatedExporter
 
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import PROJECT_RULE_FILE, Alertmanager, WebhookReceiver, wait_until
-from guestload_lab.victoria import VictoriaMetrics, VMAgent, VMAlert, hashmod_scrape_config
+from guestload_lab.services import WebhookReceiver, wait_until
+from guestload_lab.victoria import start_distributed_path
 
 SIMULATED_EXPORTERS = 4
 VMS_EACH = 25
@@ -96,46 +96,16 @@ def test_sharded_sites_feed_a_central_store_whose_vmalert_pages_through_alertman
         targets = [pressure_target, *(e.address for e in exporters)]
 
         # A short latency offset: the default 30 s hides the newest samples from queries.
-        store = VictoriaMetrics(
-            workdir=tmp_path / "central", registry=registry, extra_args=["-search.latencyOffset=2s"]
-        )
-        store.start()
-        agents = [
-            VMAgent(
-                workdir=tmp_path / f"shard-{shard}",
-                registry=registry,
-                remote_write=[f"{store.url}/api/v1/write"],
-                scrape_configs=[
-                    hashmod_scrape_config(
-                        job="guestload",
-                        targets=targets,
-                        shards=SHARDS,
-                        shard=shard,
-                        interval=INTERVAL,
-                    )
-                ],
-                external_labels={"shard": str(shard)},
-                name=f"vmagent-{shard}",
-            )
-            for shard in range(SHARDS)
-        ]
-        for agent in agents:
-            agent.start()
-
-        alertmanager = Alertmanager(
-            workdir=tmp_path / "alertmanager", webhook_url=webhook.url, registry=registry
-        )
-        alertmanager.start()
-        vmalert = VMAlert(
-            workdir=tmp_path / "vmalert",
+        path = start_distributed_path(
+            workdir=tmp_path,
             registry=registry,
-            rule_files=[PROJECT_RULE_FILE],
-            datasource=store.url,
-            remote_write=store.url,
-            notifier=alertmanager.url,
+            targets=targets,
+            shards=SHARDS,
             interval=INTERVAL,
+            webhook_url=webhook.url,
+            latency_offset="2s",
         )
-        vmalert.start()
+        store, vmalert = path.store, path.vmalert
 
         vms = SIMULATED_EXPORTERS * VMS_EACH + 1
 
