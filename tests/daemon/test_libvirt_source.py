@@ -11,7 +11,7 @@ import libvirt
 import pytest
 
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
-from guestload.sources.libvirt import LibvirtSource, format_libvirt_version
+from guestload.sources.libvirt import LibvirtSource, format_libvirt_version, process_event_loop
 from guestload.sources.protocol import SourceUnavailableError
 from guestload_lab.libvirtd import TestDriverLibvirtd
 from tests.unit.fakes import ask_load
@@ -232,3 +232,13 @@ def test_a_hung_daemon_is_noticed_by_keepalive(
     with pytest.raises(SourceUnavailableError, match="keepalive"):
         daemon_source.list_running_domains()
     assert time.monotonic() - started < 10, "keepalive 1 s x (1 + 1) should end the call"
+
+
+def test_calls_do_not_wake_the_event_loop(daemon_source: LibvirtSource) -> None:
+    """libvirt re-arms the socket's watch around every call; the loop sleeps through that."""
+    loop = process_event_loop()
+    before = loop.iterations
+    for _ in range(100):
+        assert len(daemon_source.list_running_domains()) == 1
+    woke = loop.iterations - before
+    assert woke <= 10, f"the event loop woke {woke} times for 100 calls"

@@ -15,7 +15,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ from guestload.model import (
 from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery, run_queries
+from guestload.sources.event_loop import EventLoop
 from guestload.sources.protocol import EventListener, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ _STATS_FLAGS = (
     | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 )
 _NANOSECONDS = 1e9
-_EVENT_LOOP_RETRY_SECONDS = 1.0
 _VCPU_KEY = re.compile(r"vcpu\.(\d+)\.(state|time|wait|delay)")
 _VCPU_STATES = {0: VcpuState.OFFLINE, 1: VcpuState.RUNNING, 2: VcpuState.BLOCKED}
 
@@ -546,20 +545,29 @@ def _ignore_error(_context: object, _error: object) -> None:
     """libvirt's error callback: errors reach callers as exceptions, not as stderr lines."""
 
 
-def _run_event_loop() -> None:
-    while True:
-        if libvirt.virEventRunDefaultImpl() < 0:
-            log.error("libvirt event loop iteration failed")
-            time.sleep(_EVENT_LOOP_RETRY_SECONDS)
+def process_event_loop() -> EventLoop:
+    """The process's libvirt event loop, registered and started on first use."""
+    return _prepare_libvirt()
 
 
 @functools.cache
-def _prepare_libvirt() -> None:
-    """Once per process: silence libvirt's stderr and start its default event loop.
+def _prepare_libvirt() -> EventLoop:
+    """Once per process: silence libvirt's stderr and start the event loop.
 
     libvirt's error handler and event loop are process-wide by design, and the event
-    implementation must be registered before the first connection is opened.
+    implementation must be registered before the first connection is opened. The loop is
+    :class:`guestload.sources.event_loop.EventLoop` rather than libvirt's default, whose
+    wake-ups around every call cost as much client CPU as the call itself.
     """
     libvirt.registerErrorHandler(_ignore_error, None)
-    libvirt.virEventRegisterDefaultImpl()
-    threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+    loop = EventLoop(invoke_free=libvirt.virEventInvokeFreeCallback)
+    libvirt.virEventRegisterImpl(
+        loop.add_handle,
+        loop.update_handle,
+        loop.remove_handle,
+        loop.add_timeout,
+        loop.update_timeout,
+        loop.remove_timeout,
+    )
+    loop.start()
+    return loop
