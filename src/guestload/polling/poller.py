@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import itertools
 import logging
 import queue
 import threading
@@ -61,8 +62,35 @@ FIRST_CALL_TIMEOUT_SECONDS = 1.0
 RECONNECT_INITIAL_SECONDS = 1.0
 
 
-def _put_uuid(answered: queue.SimpleQueue[str], uuid: str, _future: object) -> None:
-    answered.put(uuid)
+class _Answers:
+    """Collects the UUIDs of finished calls; wakes the poll thread once all have finished.
+
+    A wake-up per answer cost the poll thread a context switch per domain; now it sleeps until
+    the last call ends, or until its next check of the pending calls, and takes every answer
+    that came meanwhile in one go.
+    """
+
+    def __init__(self, calls: int) -> None:
+        self._uuids: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._last = calls - 1
+        self._finished = itertools.count()
+        self.all_finished = threading.Event()
+        if calls == 0:
+            self.all_finished.set()
+
+    def add(self, uuid: str, _future: object) -> None:
+        """A call's done callback (any thread)."""
+        self._uuids.put(uuid)
+        if next(self._finished) == self._last:  # atomic under the GIL
+            self.all_finished.set()
+
+    def take(self) -> Iterator[str]:
+        """The UUIDs of calls finished since the last take."""
+        while True:
+            try:
+                yield self._uuids.get_nowait()
+            except queue.Empty:
+                return
 
 
 @dataclass(slots=True)
@@ -409,31 +437,29 @@ class Poller:
     def _collect(self, calls: Mapping[str, _Call]) -> dict[str, Readings]:
         """Wait for the calls: each up to its own timeout, all within the poll's budget.
 
-        Answers arrive through a queue (cost per answer, not per pending call); pending calls
-        are checked against their limits a few times a second.
+        Answers are taken in batches (:class:`_Answers`); pending calls are checked against
+        their limits a few times a second.
         """
         budget_end = self._clock() + max(
             2 * self._agent_timeout, POLL_BUDGET_SHARE * self._interval
         )
-        answered: queue.SimpleQueue[str] = queue.SimpleQueue()
+        answers = _Answers(len(calls))
         for uuid, call in calls.items():
-            call.future.add_done_callback(functools.partial(_put_uuid, answered, uuid))
+            call.future.add_done_callback(functools.partial(answers.add, uuid))
         pending = dict(calls)
         readings: dict[str, Readings] = {}
         next_check = self._clock() + OVERDUE_CHECK_SECONDS
         while pending:
-            try:
-                done = answered.get(timeout=max(0.0, next_check - self._clock()))
-            except queue.Empty:
-                done = None
-            if done is not None:
+            answers.all_finished.wait(max(0.0, next_check - self._clock()))
+            for done in answers.take():
                 if done in pending:
                     call = pending.pop(done)
                     readings[done] = self._result(call)
                     self._in_flight.pop(done, None)
                     self._note_duration(done, call)
-                continue
             now = self._clock()
+            if not pending or now < next_check:
+                continue
             next_check = now + OVERDUE_CHECK_SECONDS
             for uuid, call in list(pending.items()):
                 # Each query of the call may take the agent timeout.
