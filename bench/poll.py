@@ -11,7 +11,8 @@ Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from t
   its default queries (the load, and guest CPU time through ``guest-get-cpustats``);
 * exporter, load only: the same with ``--no-collector.guest-cpu``.
 
-Each phase's CPU time (user + system, every thread) over its window, divided by the
+Each phase's CPU time over its window (the exporter's threads from ``/proc/<pid>/task/*/
+schedstat``, to the nanosecond; the bare loop's from ``getrusage``), divided by the
 domain-polls it made, gives CPU per domain-poll; the ratio exporter / bare is the overhead,
 and exporter / exporter-load-only is what asking guest CPU times costs (target: 1.3).
 
@@ -47,11 +48,11 @@ import libvirt
 
 from bench.common import (
     RESULTS_DIR,
-    cpu_seconds,
     exit_on_sigterm,
     format_table,
     metric_values,
     scrape,
+    threads_cpu_seconds,
     write_results,
 )
 from guestload.settings import parse_duration
@@ -195,10 +196,10 @@ def run_exporter(
                 raise TimeoutError("guestload did not poll twice in 120 s")
             time.sleep(0.2)
         polls_before, domains = counters()
-        cpu_before = cpu_seconds(process.pid)
+        cpu_before = threads_cpu_seconds(process.pid)
         started = time.monotonic()
         time.sleep(seconds)
-        cpu = cpu_seconds(process.pid) - cpu_before
+        cpu = threads_cpu_seconds(process.pid) - cpu_before
         wall = time.monotonic() - started
         polls, domains_after = counters()
     finally:
