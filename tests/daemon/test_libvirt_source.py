@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 import time
 import uuid as uuid_module
 from collections.abc import Iterator, Sequence
@@ -242,3 +243,24 @@ def test_calls_do_not_wake_the_event_loop(daemon_source: LibvirtSource) -> None:
         assert len(daemon_source.list_running_domains()) == 1
     woke = loop.iterations - before
     assert woke <= 10, f"the event loop woke {woke} times for 100 calls"
+
+
+def test_overlapping_calls_do_not_spin_the_event_loop(daemon_source: LibvirtSource) -> None:
+    """With calls in flight on one connection, libvirt turns the watch back on while another
+    thread still owns the socket; the loop must not spin on data that thread will read."""
+    loop = process_event_loop()
+    calls_per_thread = 50
+
+    def calls() -> None:
+        for _ in range(calls_per_thread):
+            daemon_source.list_running_domains()
+
+    before = loop.iterations
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    woke = loop.iterations - before
+    total = calls_per_thread * len(threads)
+    assert woke <= total // 4, f"the event loop woke {woke} times for {total} overlapping calls"
