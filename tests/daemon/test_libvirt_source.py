@@ -263,4 +263,6 @@ def test_overlapping_calls_do_not_spin_the_event_loop(daemon_source: LibvirtSour
         thread.join(timeout=60)
     woke = loop.iterations - before
     total = calls_per_thread * len(threads)
-    assert woke <= total // 4, f"the event loop woke {woke} times for {total} overlapping calls"
+    # One reply arrives per call, and a re-arm may report it once more: at most two wake-ups a
+    # call. Spinning on the socket while another thread owns it took 30 a call.
+    assert woke <= 2 * total, f"the event loop woke {woke} times for {total} overlapping calls"
