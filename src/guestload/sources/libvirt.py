@@ -211,7 +211,7 @@ class LibvirtSource:
 
     def connect(self) -> None:
         """Open a read-write connection (read-only cannot call guest info) and subscribe."""
-        _prepare_libvirt()
+        process_event_loop()
         self.close()
         try:
             connection = self._open_connection(self._uri)
@@ -545,14 +545,9 @@ def _ignore_error(_context: object, _error: object) -> None:
     """libvirt's error callback: errors reach callers as exceptions, not as stderr lines."""
 
 
-def process_event_loop() -> EventLoop:
-    """The process's libvirt event loop, registered and started on first use."""
-    return _prepare_libvirt()
-
-
 @functools.cache
-def _prepare_libvirt() -> EventLoop:
-    """Once per process: silence libvirt's stderr and start the event loop.
+def process_event_loop() -> EventLoop:
+    """The process's libvirt event loop; the first call silences libvirt's stderr and starts it.
 
     libvirt's error handler and event loop are process-wide by design, and the event
     implementation must be registered before the first connection is opened. The loop is
