@@ -14,6 +14,7 @@ from guestload.exposition.schema import VM_LABELS, MetricType
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import VIR_ERR_AGENT_COMMAND_FAILED, classify_libvirt_error
 from guestload.queries.cpustats import (
+    GUEST_CPU_LAST_POLL,
     GUEST_CPU_SECONDS,
     GUEST_CPU_SECONDS_PER_CPU,
     MAX_GUEST_CPUS,
@@ -71,6 +72,8 @@ def summed(value: object) -> dict[str, float]:
     """The summed samples of a kept value: mode -> seconds, checking their family and labels."""
     result: dict[str, float] = {}
     for family, labels, seconds in SUMMED.samples(value):
+        if family is GUEST_CPU_LAST_POLL:
+            continue
         assert family is GUEST_CPU_SECONDS
         assert len(labels) == 1
         (mode,) = labels
@@ -83,6 +86,8 @@ def per_cpu(value: object) -> dict[tuple[str, str], float]:
     """The per-CPU samples of a kept value in their order: (cpu, mode) -> seconds."""
     result: dict[tuple[str, str], float] = {}
     for family, labels, seconds in PER_CPU.samples(value):
+        if family is GUEST_CPU_LAST_POLL:
+            continue
         assert family is GUEST_CPU_SECONDS_PER_CPU
         assert len(labels) == 2
         cpu, mode = labels
@@ -112,9 +117,9 @@ def test_the_query_asks_the_agent_command_and_has_no_typed_libvirt_call() -> Non
 
 
 def test_the_summed_query_feeds_the_summed_family_and_the_per_cpu_query_the_per_cpu_one() -> None:
-    assert SUMMED.families == (GUEST_CPU_SECONDS,)
-    assert PER_CPU.families == (GUEST_CPU_SECONDS_PER_CPU,)
-    assert CpuStatsQuery(per_cpu=False).families == (GUEST_CPU_SECONDS,)
+    assert SUMMED.families == (GUEST_CPU_SECONDS, GUEST_CPU_LAST_POLL)
+    assert PER_CPU.families == (GUEST_CPU_SECONDS_PER_CPU, GUEST_CPU_LAST_POLL)
+    assert CpuStatsQuery(per_cpu=False).families == (GUEST_CPU_SECONDS, GUEST_CPU_LAST_POLL)
 
 
 def test_both_families_are_one_counter_that_differs_only_by_the_cpu_label() -> None:
@@ -738,3 +743,61 @@ def test_per_cpu_samples_show_the_latest_cpus_with_at_least_their_reported_time(
             for mode, milliseconds in modes.items():
                 reported = milliseconds / 1000.0
                 assert samples[str(cpu), mode] >= reported - 1e-9 * max(1.0, reported)
+
+
+# --- The shares of the last poll interval ------------------------------------------------
+
+
+def last_poll(value: object) -> dict[str, float]:
+    """The last-poll share samples of a kept value: share -> ratio."""
+    return {
+        labels[0]: ratio
+        for family, labels, ratio in SUMMED.samples(value)
+        if family is GUEST_CPU_LAST_POLL
+    }
+
+
+def test_the_first_answer_has_no_last_poll_shares() -> None:
+    kept = fold_all(SUMMED, [{0: {"user": 5_000, "idle": 5_000}}])
+    assert last_poll(kept) == {}
+
+
+def test_the_shares_are_those_of_the_time_gained_since_the_previous_answer() -> None:
+    # A long idle history, then one interval of 30 s: 24 s user, 3 s system, 3 s iowait.
+    idle = {0: {"user": 1_000, "system": 0, "idle": 3_600_000, "iowait": 0, "steal": 0}}
+    busy = {0: {"user": 25_000, "system": 3_000, "idle": 3_600_000, "iowait": 3_000, "steal": 0}}
+    kept = fold_all(SUMMED, [idle, busy])
+    assert last_poll(kept) == pytest.approx({"busy": 0.9, "iowait": 0.1, "steal": 0.0})
+
+
+def test_the_shares_add_up_over_cpus_and_leave_out_a_cpu_new_in_the_answer() -> None:
+    first = {0: {"user": 0, "idle": 0}}
+    second = {
+        0: {"user": 1_000, "idle": 3_000},
+        1: {"user": 90_000, "idle": 0},  # plugged in: its earlier time is not this interval's
+    }
+    kept = fold_all(SUMMED, [first, second])
+    assert last_poll(kept) == pytest.approx({"busy": 0.25, "iowait": 0.0, "steal": 0.0})
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param({0: {"user": 10, "idle": 5_000}}, id="a counter went backwards (reboot)"),
+        pytest.param({0: {"user": 1_000, "idle": 2_000}}, id="no time passed"),
+    ],
+)
+def test_no_shares_where_the_interval_is_not_known(second: CpuMilliseconds) -> None:
+    kept = fold_all(SUMMED, [{0: {"user": 1_000, "idle": 2_000}}, second])
+    assert last_poll(kept) == {}
+
+
+def test_the_per_cpu_query_exports_the_same_shares_per_vm() -> None:
+    answers = [{0: {"user": 0, "idle": 0}}, {0: {"user": 500, "idle": 500}}]
+    kept = fold_all(PER_CPU, answers)
+    shares = {
+        labels: ratio
+        for family, labels, ratio in PER_CPU.samples(kept)
+        if family is GUEST_CPU_LAST_POLL
+    }
+    assert shares == {("busy",): 0.5, ("iowait",): 0.0, ("steal",): 0.0}

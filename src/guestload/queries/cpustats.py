@@ -57,6 +57,20 @@ GUEST_CPU_SECONDS_PER_CPU = MetricSpec(
     (*VM_LABELS, "cpu", "mode"),
 )
 
+GUEST_CPU_LAST_POLL = MetricSpec(
+    "guestload_guest_cpu_last_poll_ratio",
+    MetricType.GAUGE,
+    "Share of the guest's CPU time between its last two guest-get-cpustats answers (one poll "
+    "interval), summed over the guest's CPUs: busy (user, nice, system, irq, softirq), "
+    "iowait and steal. Absent after the first answer and after a counter reset.",
+    (*VM_LABELS, "share"),
+)
+
+BUSY_MODES = ("user", "nice", "system", "irq", "softirq")
+"""The modes that are guest work; steal is the host's, idle and iowait are no work."""
+LAST_POLL_SHARES = {"busy": BUSY_MODES, "iowait": ("iowait",), "steal": ("steal",)}
+"""Each ``share`` label value of :data:`GUEST_CPU_LAST_POLL` and the modes it adds up."""
+
 CpuMilliseconds = Mapping[int, Mapping[str, int]]
 """Guest CPU -> mode -> milliseconds, as one answer reports them."""
 
@@ -74,6 +88,9 @@ class GuestCpuTimes:
     """Guest CPU -> mode -> seconds counted; CPUs no longer reported keep their count."""
     totals: Mapping[str, float]
     """Mode -> seconds counted over every guest CPU (summed once here, not at each render)."""
+    last_poll: Mapping[str, float] | None = None
+    """Share label -> its share of the CPU time between the last two answers; None after the
+    first answer, when no time passed, or when a counter went backwards."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +105,8 @@ class CpuStatsQuery(GuestQuery):
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
-        return (GUEST_CPU_SECONDS_PER_CPU if self.per_cpu else GUEST_CPU_SECONDS,)
+        seconds = GUEST_CPU_SECONDS_PER_CPU if self.per_cpu else GUEST_CPU_SECONDS
+        return (seconds, GUEST_CPU_LAST_POLL)
 
     def parse_agent_reply(self, reply: object) -> QueryReading:
         return parse_cpustats_reply(reply)
@@ -107,9 +125,12 @@ class CpuStatsQuery(GuestQuery):
                 for mode in MODES:
                     if mode in counted:
                         yield GUEST_CPU_SECONDS_PER_CPU, (str(cpu), mode), counted[mode]
-            return
-        for mode, seconds in value.totals.items():
-            yield GUEST_CPU_SECONDS, (mode,), seconds
+        else:
+            for mode, seconds in value.totals.items():
+                yield GUEST_CPU_SECONDS, (mode,), seconds
+        if value.last_poll is not None:
+            for share, ratio in value.last_poll.items():
+                yield GUEST_CPU_LAST_POLL, (share,), ratio
 
 
 def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> GuestCpuTimes:
@@ -133,8 +154,42 @@ def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> Guest
         if per_cpu:
             totals[mode] = sum(per_cpu)
     return GuestCpuTimes(
-        last={**last, **answer}, online=frozenset(answer), seconds=seconds, totals=totals
+        last={**last, **answer},
+        online=frozenset(answer),
+        seconds=seconds,
+        totals=totals,
+        last_poll=last_poll_shares(previous, answer),
     )
+
+
+def last_poll_shares(
+    previous: GuestCpuTimes | None, answer: CpuMilliseconds
+) -> Mapping[str, float] | None:
+    """Each share's part of the CPU time the guest's CPUs gained since the previous answer.
+
+    Only CPUs of both answers count, so a CPU plugged in between adds no time it had before.
+    None where there is no previous answer, no time passed, or a counter went backwards (a
+    reboot): the time between the answers is then not known.
+    """
+    if previous is None:
+        return None
+    gained: dict[str, int] = dict.fromkeys(MODES, 0)
+    for cpu in previous.online & answer.keys():
+        before, now = previous.last[cpu], answer[cpu]
+        for mode, milliseconds in now.items():
+            old = before.get(mode)
+            if old is None:
+                continue
+            if milliseconds < old:
+                return None
+            gained[mode] += milliseconds - old
+    total = sum(gained.values())
+    if total <= 0:
+        return None
+    return {
+        share: sum(gained[mode] for mode in modes) / total
+        for share, modes in LAST_POLL_SHARES.items()
+    }
 
 
 def parse_cpustats_reply(reply: object) -> QueryReading:
