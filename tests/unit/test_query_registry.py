@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from guestload.cli.flags import build_parser, query_options_from_args
 from guestload.exposition.schema import (
     FIXED_FAMILIES,
     VM_LABELS,
+    MetricSet,
     MetricSpec,
     MetricType,
     VmSample,
@@ -29,7 +32,7 @@ from guestload.queries.registry import (
     SimulatedGuest,
     registration,
 )
-from guestload.settings import Settings
+from guestload.settings import Settings, SettingsError
 
 GUEST = SimulatedGuest(
     loads=(1.234, 0.5, 0.25),
@@ -219,6 +222,32 @@ def test_the_registered_builds_follow_the_options() -> None:
     assert only_cpu.of(load.LoadOptions) == load.LoadOptions(enabled=False)
 
 
+def test_adding_a_query_to_a_registry_adds_its_flag_and_its_query() -> None:
+    registry = with_uptime()
+    assert "--collector.uptime, --no-collector.uptime" in _serve_help(registry)
+    assert "--collector.uptime" not in _serve_help(QUERIES)
+
+    args = build_parser(registry).parse_args(["serve", "--no-collector.load"])
+    options = query_options_from_args(args, registry)
+    settings = Settings(node="n", query_options=options)
+    assert [query.name for query in settings.queries()] == ["cpustats", "uptime"]
+    metric_set = MetricSet(queries=settings.queries())
+    assert UPTIME in metric_set.vm_families()
+
+
+def test_without_any_query_the_first_one_s_off_flag_is_named() -> None:
+    registry = with_uptime()
+    args = build_parser(registry).parse_args(
+        ["serve", "--no-collector.load", "--no-collector.guest-cpu", "--no-collector.uptime"]
+    )
+    message = (
+        r"^--no-collector\.load needs --collector\.guest-cpu or --collector\.uptime: with none "
+        r"of them, no guest agent is asked anything$"
+    )
+    with pytest.raises(SettingsError, match=message):
+        Settings(node="n", query_options=query_options_from_args(args, registry))
+
+
 def test_options_of_another_class_are_refused_by_the_factory() -> None:
     @dataclass(frozen=True)
     class Other:
@@ -226,3 +255,10 @@ def test_options_of_another_class_are_refused_by_the_factory() -> None:
 
     with pytest.raises(RegistrationError, match="options are a Other, not LoadOptions"):
         load.REGISTRATION.build(Other())
+
+
+def _serve_help(registry: QueryRegistry) -> str:
+    parser = build_parser(registry)
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    text: str = subparsers.choices["serve"].format_help()
+    return text

@@ -9,8 +9,6 @@ virt-handler already exports the load, only the CPU statistics are asked.
 from __future__ import annotations
 
 from guestload.queries import cpustats, load
-from guestload.queries.cpustats import CpuStatsQuery
-from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery
 from guestload.queries.registry import QueryRegistry
 
@@ -19,13 +17,3 @@ QUERIES = QueryRegistry((load.REGISTRATION, cpustats.REGISTRATION))
 
 ALL_QUERIES: tuple[GuestQuery, ...] = QUERIES.reference_queries()
 """Every query with its default options, in exposition order (the metrics reference)."""
-
-
-def enabled_queries(
-    *, guest_load: bool = True, guest_cpu: bool, guest_cpu_per_cpu: bool
-) -> tuple[GuestQuery, ...]:
-    """The queries a configuration asks each domain, in the order they are asked."""
-    queries: list[GuestQuery] = [LOAD] if guest_load else []
-    if guest_cpu:
-        queries.append(CpuStatsQuery(per_cpu=guest_cpu_per_cpu))
-    return tuple(queries)
