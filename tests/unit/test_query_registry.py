@@ -33,6 +33,7 @@ from guestload.queries.registry import (
     registration,
 )
 from guestload.settings import Settings, SettingsError
+from guestload.sources.simulated import SimulatedSource, Simulation
 
 GUEST = SimulatedGuest(
     loads=(1.234, 0.5, 0.25),
@@ -222,7 +223,7 @@ def test_the_registered_builds_follow_the_options() -> None:
     assert only_cpu.of(load.LoadOptions) == load.LoadOptions(enabled=False)
 
 
-def test_adding_a_query_to_a_registry_adds_its_flag_and_its_query() -> None:
+def test_adding_a_query_to_a_registry_adds_its_flag_its_query_and_its_answer() -> None:
     registry = with_uptime()
     assert "--collector.uptime, --no-collector.uptime" in _serve_help(registry)
     assert "--collector.uptime" not in _serve_help(QUERIES)
@@ -233,6 +234,25 @@ def test_adding_a_query_to_a_registry_adds_its_flag_and_its_query() -> None:
     assert [query.name for query in settings.queries()] == ["cpustats", "uptime"]
     metric_set = MetricSet(queries=settings.queries())
     assert UPTIME in metric_set.vm_families()
+
+    source = SimulatedSource(
+        simulation=Simulation(vms=1), churn_thread=False, queries=registry, clock=lambda: 0.0
+    )
+    source.connect()
+    (domain,) = source.list_running_domains()
+    readings = source.query_guest(domain.uuid, settings.queries(), 1.0)
+    assert {name: reading.state for name, reading in readings.items()} == {
+        "cpustats": AgentState.OK,
+        "uptime": AgentState.OK,
+    }
+
+
+def test_the_simulated_agent_does_not_know_an_unregistered_query() -> None:
+    source = SimulatedSource(simulation=Simulation(vms=1), churn_thread=False, clock=lambda: 0.0)
+    source.connect()
+    (domain,) = source.list_running_domains()
+    readings = source.query_guest(domain.uuid, (UptimeQuery(),), 1.0)
+    assert readings["uptime"].state is AgentState.UNSUPPORTED
 
 
 def test_without_any_query_the_first_one_s_off_flag_is_named() -> None:
