@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from guestload.identity import IdentityMode
-from guestload.queries.catalog import enabled_queries
+from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery
+from guestload.queries.registry import QuerySelection
 from guestload.sources.simulated import Simulation
 
 MAX_SIMULATED_VMS: Final = 100_000
@@ -131,12 +132,9 @@ class Settings:
     concurrency: int = 8
     agent_backoff_max_seconds: float = AGENT_BACKOFF_MAX_SECONDS
     vcpu_collector: bool = True
-    guest_load: bool = True
-    """Ask guest agents for their load average and export it (off where virt-handler does)."""
-    guest_cpu: bool = True
-    """Ask guest agents for CPU time by mode (``guest-get-cpustats``, agent passthrough)."""
-    guest_cpu_per_cpu: bool = False
-    """Export guest CPU time per guest CPU instead of summed over them."""
+    query_options: QuerySelection = field(default_factory=QUERIES.defaults)
+    """Each guest-agent query's options, set by its ``--collector.*`` flags (its registration
+    in :mod:`guestload.queries.catalog`); ``query_options.of(LoadOptions)`` reads one."""
     node: str
     default_namespace: str = "libvirt"
     max_requests: int = 16
@@ -215,11 +213,7 @@ class Settings:
                 "--identity.mode",
                 f"must be one of {', '.join(IdentityMode)}",
             ),
-            (
-                self.guest_load or self.guest_cpu,
-                "--no-collector.load",
-                "needs --collector.guest-cpu: with neither, no guest agent is asked anything",
-            ),
+            (bool(self.queries()), *self.query_options.nothing_asked()),
             (
                 "{socket}" in self.socket_uri_template,
                 "--libvirt.socket-uri-template",
@@ -237,8 +231,4 @@ class Settings:
 
     def queries(self) -> tuple[GuestQuery, ...]:
         """The guest-agent queries asked of every domain."""
-        return enabled_queries(
-            guest_load=self.guest_load,
-            guest_cpu=self.guest_cpu,
-            guest_cpu_per_cpu=self.guest_cpu_per_cpu,
-        )
+        return self.query_options.queries()

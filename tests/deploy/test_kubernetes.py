@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from guestload.cli.flags import build_parser, settings_from_args
+from guestload.queries.cpustats import CpuStatsOptions
+from guestload.queries.load import LoadOptions
 from guestload.sources.kubevirt_sockets import SOCKET_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,9 +235,10 @@ def test_the_daemonset_runs_the_exporter_as_its_flags_say(
     assert SOCKET_PLACEHOLDER in settings.socket_uri_template
     assert not settings.vcpu_collector
     # Beside KubeVirt >= 1.6.4 virt-handler exports the load; guest CPU times stay.
-    assert settings.guest_load is ("--no-collector.load" not in deployment.extra_flags)
+    load = settings.query_options.of(LoadOptions)
+    assert load.enabled is ("--no-collector.load" not in deployment.extra_flags)
     assert set(deployment.extra_flags) <= set(container["args"])
-    assert settings.guest_cpu
+    assert settings.query_options.of(CpuStatsOptions).enabled
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     covering = [path for path in mounts if settings.socket_glob.startswith(path + "/")]
     assert covering, f"no volume mount holds {settings.socket_glob}"

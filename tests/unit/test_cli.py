@@ -10,6 +10,7 @@ import pytest
 from guestload import __version__
 from guestload.cli.flags import (
     PROBE_LOG_LEVEL,
+    QUERY_DEST,
     build_parser,
     field_default,
     settings_from_args,
@@ -17,6 +18,8 @@ from guestload.cli.flags import (
 )
 from guestload.cli.main import main
 from guestload.identity import IdentityMode
+from guestload.queries.catalog import QUERIES
+from guestload.queries.load import LoadOptions
 from guestload.settings import (
     DERIVED_FROM_INTERVAL,
     ListenAddress,
@@ -77,9 +80,27 @@ def _flags(command: str) -> dict[str, argparse.Action]:
 
 
 def _field_paths() -> set[str]:
-    """Every Settings field, with the simulation's fields as ``simulation.<name>``."""
-    paths = {spec.name for spec in fields(Settings) if spec.name != "simulation"}
-    return paths | {f"simulation.{spec.name}" for spec in fields(Simulation)}
+    """Every Settings field, with the simulation's fields as ``simulation.<name>`` and each
+    registered query's options as ``query.<query>.<name>``."""
+    nested = ("simulation", "query_options")
+    paths = {spec.name for spec in fields(Settings) if spec.name not in nested}
+    paths |= {f"simulation.{spec.name}" for spec in fields(Simulation)}
+    return paths | {
+        f"{QUERY_DEST}.{registration.name}.{spec.name}"
+        for registration in QUERIES
+        for spec in fields(registration.defaults)
+    }
+
+
+def _default(dest: str) -> object:
+    """The default of the Settings field, or of the query option, a flag sets."""
+    head, _, rest = dest.partition(".")
+    if head != QUERY_DEST:
+        return field_default(dest)
+    query, _, option = rest.partition(".")
+    registration = QUERIES.get(query)
+    assert registration is not None, dest
+    return registration.default(option)
 
 
 def test_every_settings_field_has_a_serve_flag_and_every_flag_sets_a_field() -> None:
@@ -96,7 +117,7 @@ def test_probe_has_the_source_flags_of_serve_and_its_output() -> None:
 
 def _parser_default(dest: str) -> object:
     """What the parser should hold for a flag not given: None where the interval decides."""
-    return None if dest in DERIVED_FROM_INTERVAL else field_default(dest)
+    return None if dest in DERIVED_FROM_INTERVAL else _default(dest)
 
 
 def test_flag_defaults_are_the_settings_defaults() -> None:
@@ -110,7 +131,7 @@ def test_flag_defaults_are_the_settings_defaults() -> None:
 
 def test_each_flag_help_shows_the_settings_default() -> None:
     for dest, action in _flags("serve").items():
-        default = field_default(dest)
+        default = _default(dest)
         assert action.help is not None
         if dest == "node":
             assert "(default: $NODE_NAME, else the host name)" in action.help
@@ -284,6 +305,6 @@ def test_no_load_collector_asks_agents_only_for_cpu_statistics() -> None:
         ["serve", "--node", "n1", "--no-collector.load", "--no-collector.vcpu"]
     )
     settings = settings_from_args(args)
-    assert not settings.guest_load
+    assert not settings.query_options.of(LoadOptions).enabled
     assert [query.name for query in settings.queries()] == ["cpustats"]
     assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]

@@ -20,6 +20,7 @@ from guestload import __version__
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
+from guestload.queries.load import LoadOptions
 from guestload.settings import Settings
 from tests.unit.fakes import LOAD_ONLY
 from tests.unit.snapshots import QUERIES, rendered, sample_snapshot
@@ -60,7 +61,8 @@ def test_vcpu_series_can_be_turned_off() -> None:
 
 def test_without_load_and_vcpu_collectors_no_kubevirt_series_remain() -> None:
     """Beside virt-handler (KubeVirt >= 1.6.4) guestload exports guest CPU times only."""
-    settings = Settings(node="node-1", guest_load=False, vcpu_collector=False)
+    options = Settings(node="node-1").query_options.replaced(LoadOptions(enabled=False))
+    settings = Settings(node="node-1", query_options=options, vcpu_collector=False)
     cache = MetricsCache(
         metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector)
     )

@@ -2,7 +2,9 @@
 
 Each flag is bound to the Settings field it sets (``simulation.vms`` for a field of a nested
 dataclass): its default is that field's default, its choices come from the field's enum, its
-parser from the field's type, and its help shows the default as users type it.
+parser from the field's type, and its help shows the default as users type it. The guest-agent
+queries' ``--collector.*`` flags come from their registrations (:mod:`guestload.queries.registry`)
+the same way, bound to a field of the query's options instead (``query.<name>.<field>``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, Final, NoReturn, get_type_hints
 from guestload import __version__
 from guestload.identity import default_node
 from guestload.logs import FORMATS, LEVELS
+from guestload.queries.catalog import QUERIES
+from guestload.queries.registry import QueryRegistration, QueryRegistry, QuerySelection
 from guestload.settings import (
     DERIVED_FROM_INTERVAL,
     ListenAddress,
@@ -113,6 +117,8 @@ def shown_default(path: str, value: object) -> str:
 
 
 _UNSET: Final = object()
+QUERY_DEST: Final = "query"
+"""The head of a query flag's destination: ``query.<query name>.<options field>``."""
 
 
 def _flag(
@@ -126,11 +132,43 @@ def _flag(
     default: object = _UNSET,
 ) -> None:
     """Add flag ``name`` setting field ``path``; ``%(default)s`` in the help shows the default."""
-    kind = field_type(path)
     value = field_default(path) if default is _UNSET else default
-    shown = shown_default(path, value).replace("%", "%%")
+    _argument(
+        parser,
+        name,
+        dest=path,
+        kind=field_type(path),
+        value=value,
+        help_text=help_text,
+        metavar=metavar,
+        choices=choices,
+    )
+
+
+def _query_flags(parser: argparse.ArgumentParser, registration: QueryRegistration) -> None:
+    """Add the flags of a registered query, each setting a field of the query's options."""
+    for flag in registration.flags:
+        dest = f"{QUERY_DEST}.{registration.name}.{flag.option}"
+        kind = registration.option_type(flag.option)
+        value = registration.default(flag.option)
+        _argument(parser, flag.name, dest=dest, kind=kind, value=value, help_text=flag.help)
+
+
+def _argument(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    dest: str,
+    kind: object,
+    value: object,
+    help_text: str,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> None:
+    """Add flag ``name`` of type ``kind`` and default ``value``, stored at ``dest``."""
+    shown = shown_default(dest, value).replace("%", "%%")
     options: dict[str, Any] = {
-        "dest": path,
+        "dest": dest,
         "default": value,
         "help": help_text.replace("%(default)s", shown),
     }
@@ -144,10 +182,10 @@ def _flag(
         options["choices"] = choices
     else:
         options["type"] = (
-            _argument_type(parse_duration) if is_duration(path) else _PARSERS.get(kind)
+            _argument_type(parse_duration) if is_duration(dest) else _PARSERS.get(kind)
         )
         if metavar is None and kind in (int, float):
-            metavar = "DURATION" if is_duration(path) else "N"
+            metavar = "DURATION" if is_duration(dest) else "N"
         options["metavar"] = metavar
     parser.add_argument(name, **options)
 
@@ -277,8 +315,9 @@ def _add_source_flags(parser: argparse.ArgumentParser, *, log_level: str) -> Non
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``guestload`` with its ``serve``, ``probe`` and ``bundle`` subcommands."""
+def build_parser(queries: QueryRegistry = QUERIES) -> argparse.ArgumentParser:
+    """``guestload`` with its ``serve``, ``probe`` and ``bundle`` subcommands; ``serve`` has
+    the flags of every query in ``queries``."""
     parser = _Parser(
         prog="guestload",
         description="Exports each libvirt VM's guest load average and CPU time by mode, read "
@@ -339,26 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--collector.interval (default: %(default)s, or --collector.interval when longer)",
         default=None,
     )
-    _flag(
-        serve,
-        "--collector.load",
-        "guest_load",
-        "ask guest agents for their load average and export kubevirt_vmi_guest_load_* (off "
-        "where KubeVirt's virt-handler already exports them; default: %(default)s)",
-    )
-    _flag(
-        serve,
-        "--collector.guest-cpu",
-        "guest_cpu",
-        "ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's "
-        "agent passthrough, which marks each domain tainted once per run; default: %(default)s)",
-    )
-    _flag(
-        serve,
-        "--collector.guest-cpu.per-cpu",
-        "guest_cpu_per_cpu",
-        "export guest CPU time per guest CPU (a cpu label) instead of summed per VM",
-    )
+    for registration in queries:
+        _query_flags(serve, registration)
     _flag(
         serve,
         "--collector.vcpu",
@@ -398,15 +419,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def query_options_from_args(
+    args: argparse.Namespace, queries: QueryRegistry = QUERIES
+) -> QuerySelection:
+    """Every query's options: its defaults, with the values of its flags in ``args``."""
+    given: dict[str, dict[str, object]] = {}
+    for dest, value in vars(args).items():
+        head, _, rest = dest.partition(".")
+        if head == QUERY_DEST:
+            query, _, option = rest.partition(".")
+            given.setdefault(query, {})[option] = value
+    return queries.selection(given)
+
+
+def settings_from_args(args: argparse.Namespace, queries: QueryRegistry = QUERIES) -> Settings:
     """Settings from the parsed flags; raises SettingsError naming the flag.
 
     Fields without a flag in the subcommand keep their defaults; ``--node`` left out means
     ``$NODE_NAME``, else the host name; timings left out that follow the interval
-    (:data:`~guestload.settings.DERIVED_FROM_INTERVAL`) are derived from it.
+    (:data:`~guestload.settings.DERIVED_FROM_INTERVAL`) are derived from it. Each query in
+    ``queries`` gets its options from its own flags.
     """
     names = {spec.name for spec in fields(Settings)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"query_options": query_options_from_args(args, queries)}
     nested: dict[str, dict[str, Any]] = {}
     for dest, value in vars(args).items():
         head, dot, tail = dest.partition(".")

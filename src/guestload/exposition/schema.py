@@ -2,10 +2,10 @@
 
 This module is the one description of the metrics. :class:`MetricSpec` constants name each
 family with its type, help and labels (each guest-agent query names its own families in its
-module); a :class:`MetricSet` says which families one configuration exports and which samples
-a snapshot gives them. The exposition writer (:mod:`guestload.exposition.writer`,
-what ``/metrics`` serves) and the metrics reference (:mod:`guestload.cli.docs`) read it. Pure:
-it reads only the snapshot it is given.
+module; the query registry keeps their names apart from these); a :class:`MetricSet` says which
+families one configuration exports and which samples a snapshot gives them. The exposition
+writer (:mod:`guestload.exposition.writer`, what ``/metrics`` serves) and the metrics reference
+(:mod:`guestload.cli.docs`) read it. Pure: it reads only the snapshot it is given.
 """
 
 from __future__ import annotations
@@ -188,6 +188,9 @@ RENDER_DURATION = MetricSpec(
 )
 LIVE_FAMILIES = (RENDER_DURATION,)
 """Families measured at scrape time, after the snapshot's (see guestload.exposition.cache)."""
+FIXED_FAMILIES = (*VM_FAMILIES, *VCPU_FAMILIES, *EXPORTER_FAMILIES, *LIVE_FAMILIES)
+"""Every family the exporter has of its own; no guest-agent query may export one of their names
+(:class:`~guestload.queries.registry.QueryRegistry` refuses it)."""
 
 # -- samples -------------------------------------------------------------------------------------
 

@@ -13,10 +13,14 @@ exporter keeps the counter monotonic itself: a counter that goes backwards (the 
 rebooted) counts again from zero, and a CPU that goes away keeps what it had counted, so a
 CPU unplug is not mistaken for a reset of the sum. ``guest`` and ``guest_nice`` are left out:
 Linux already counts them in ``user`` and ``nice``.
+
+Registered as :data:`REGISTRATION`: ``--collector.guest-cpu`` (on by default) asks it,
+``--collector.guest-cpu.per-cpu`` exports it per guest CPU.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSam
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
 from guestload.queries.query import GuestQuery
+from guestload.queries.registry import QueryFlag, SimulatedGuest, registration
 
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 """The modes exported, in the order of Linux's ``/proc/stat``."""
@@ -131,6 +136,59 @@ class CpuStatsQuery(GuestQuery):
         if value.last_poll is not None:
             for share, ratio in value.last_poll.items():
                 yield GUEST_CPU_LAST_POLL, (share,), ratio
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuStatsOptions:
+    """The CPU statistics query's options (``--collector.guest-cpu*``)."""
+
+    enabled: bool = True
+    """Ask guest agents for CPU time by mode (``guest-get-cpustats``, agent passthrough)."""
+    per_cpu: bool = False
+    """Export guest CPU time per guest CPU instead of summed over them."""
+
+
+def simulated_reply(guest: SimulatedGuest) -> str:
+    """A healthy Linux agent's reply: per guest CPU, the mode times in milliseconds."""
+    entries: list[dict[str, object]] = []
+    for cpu, weight in enumerate(guest.vcpu_weights):
+        busy = guest.busy_seconds * weight
+        iowait = guest.uptime_seconds * weight * guest.wait_share
+        entries.append(
+            {
+                "cpu": cpu,
+                "type": _LINUX,
+                "user": int(busy * 800),
+                "system": int(busy * 200),
+                "idle": int(max(guest.uptime_seconds - busy - iowait, 0.0) * 1000),
+                "iowait": int(iowait * 1000),
+                "steal": int(busy * guest.delay_share * 1000),
+            }
+        )
+    return json.dumps({"return": entries})
+
+
+REGISTRATION = registration(
+    name=CpuStatsQuery.name,
+    defaults=CpuStatsOptions(),
+    flags=(
+        QueryFlag(
+            "--collector.guest-cpu",
+            "enabled",
+            "ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's agent "
+            "passthrough, which marks each domain tainted once per run; default: %(default)s)",
+        ),
+        QueryFlag(
+            "--collector.guest-cpu.per-cpu",
+            "per_cpu",
+            "export guest CPU time per guest CPU (a cpu label) instead of summed per VM",
+        ),
+    ),
+    build=lambda options: CpuStatsQuery(per_cpu=options.per_cpu),
+    families=(GUEST_CPU_SECONDS, GUEST_CPU_SECONDS_PER_CPU),
+    agent_since=(7, 1),
+    simulated_answer=simulated_reply,
+)
 
 
 def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> GuestCpuTimes:

@@ -4,6 +4,8 @@ The load average counts runnable and uninterruptible tasks, as the guest kernel 
 libvirt >= 11.2 reads it with ``virDomainGetGuestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)`` (keys
 ``load.1m``, ``load.5m``, ``load.15m``); older libraries fall back to the agent's own command,
 whose reply has ``load1m``, ``load5m`` and ``load15m``. QEMU's agent has it since 10.0.
+
+Registered as :data:`REGISTRATION`: ``--collector.load`` (on by default) asks it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSam
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
 from guestload.queries.query import GuestInfoCall, GuestQuery
+from guestload.queries.registry import QueryFlag, SimulatedGuest, registration
 
 MAX_LOAD = float(2**22)
 """The largest load accepted as real: Linux's PID_MAX_LIMIT (4,194,304 tasks on 64-bit).
@@ -98,6 +101,39 @@ class LoadQuery(GuestQuery):
 
 
 LOAD = LoadQuery()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadOptions:
+    """The load query's options (``--collector.load``)."""
+
+    enabled: bool = True
+    """Ask guest agents for their load average and export it (off where virt-handler does)."""
+
+
+def simulated_guest_info(guest: SimulatedGuest) -> dict[str, float]:
+    """What libvirt's guest info of a healthy agent holds, to two decimals as Linux shows it."""
+    return {
+        key: round(value, 2) for key, value in zip(GUEST_INFO_LOAD_KEYS, guest.loads, strict=True)
+    }
+
+
+REGISTRATION = registration(
+    name=LOAD.name,
+    defaults=LoadOptions(),
+    flags=(
+        QueryFlag(
+            "--collector.load",
+            "enabled",
+            "ask guest agents for their load average and export kubevirt_vmi_guest_load_* (off "
+            "where KubeVirt's virt-handler already exports them; default: %(default)s)",
+        ),
+    ),
+    build=lambda _options: LOAD,
+    families=LOAD.families,
+    agent_since=(10, 0),
+    simulated_answer=simulated_guest_info,
+)
 
 
 def parse_guest_info_load(info: object) -> QueryReading:

@@ -5,7 +5,8 @@ agent command behind it and, where libvirt has a typed API for it, that API; it 
 untrusted answer of either into a :class:`QueryReading`; and it turns a reading's value into
 samples of its own metric families. The sources run queries, the poller schedules them and
 keeps each one's state per domain, the exposition writes their samples: adding a query adds
-one module here.
+one module here, whose registration (:mod:`guestload.queries.registry`) gives it its flags,
+options and simulated answer, and one entry in :mod:`guestload.queries.catalog`.
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ and go, all with the events libvirt would send.
 
 Everything is a function of the seed and of the time since :meth:`SimulatedSource.connect`:
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
-the same load curves, however often they are read. Agents answer with the texts real ones
-send, judged by the queries' own parsers; failures go through the same classification as
-libvirt's errors (:mod:`guestload.queries.agent`). The VMs, their agents' misbehaviour and
-the churn stay in one module because all are drawn from those same hashes: a replay of the
-simulation depends on every draw being made in one place.
+the same load curves, however often they are read. A healthy agent answers each query with
+what the query's registration makes of a read-only view of the VM
+(:class:`~guestload.queries.registry.SimulatedGuest`): the texts real agents send, judged by
+the query's own parser. An old agent lacks the commands of QEMU versions after its own. Failures
+go through the same classification as libvirt's errors (:mod:`guestload.queries.agent`). The
+VMs, their agents' misbehaviour and the churn stay in one module because all are drawn from
+those same hashes: a replay of the simulation depends on every draw being made in one place.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from guestload.queries.agent import (
     VIR_ERR_NO_DOMAIN,
     classify_libvirt_error,
 )
+from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
+from guestload.queries.registry import QueryRegistration, QueryRegistry, SimulatedGuest
 from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
@@ -74,8 +78,8 @@ _NOT_FOUND = (
     "internal error: unable to execute QEMU agent command '{command}': "
     "The command {command} has not been found"
 )
-_OLD_AGENT_LACKS = frozenset({"guest-get-load"})
-"""Commands the simulated old agent (QEMU 7.2, as Debian 12 ships) does not have."""
+OLD_AGENT_QEMU = (7, 2)
+"""The simulated old agent's QEMU version (as Debian 12 ships): it lacks later commands."""
 _NO_SYNC = (
     "Guest agent is not responding: QEMU guest agent didn't respond to synchronization "
     "within '{seconds}' seconds"
@@ -89,7 +93,8 @@ class AgentBehaviour(enum.StrEnum):
     ABSENT = "absent"
     """No agent channel: ``not_configured``."""
     OLD = "old"
-    """An agent without guest-get-load: ``unsupported``."""
+    """An agent of QEMU :data:`OLD_AGENT_QEMU`: queries of later versions (the load's) are
+    ``unsupported``."""
     SLOW = "slow"
     """Answers after half the agent timeout."""
     HUNG = "hung"
@@ -300,38 +305,16 @@ class _Vm:
             metadata=self.inventory_metadata,
         )
 
-    def agent_answer(self, query: GuestQuery) -> object:
-        """What a healthy agent answers ``query`` with: libvirt's guest info where the query
-        has a typed API, else the agent's raw reply (an unknown command's error for others)."""
-        if query.agent_command == "guest-get-load":
-            return {
-                f"load.{window}": round(value, 2)
-                for window, value in zip(("1m", "5m", "15m"), self.loads, strict=True)
-            }
-        if query.agent_command == "guest-get-cpustats":
-            return json.dumps({"return": self._cpustats()})
-        return json.dumps(
-            {"error": {"class": "CommandNotFound", "desc": f"{query.agent_command} not found"}}
+    def guest(self) -> SimulatedGuest:
+        """What the queries' simulated answers are made of, as the VM is now."""
+        return SimulatedGuest(
+            loads=self.loads,
+            busy_seconds=self.busy,
+            uptime_seconds=self.uptime,
+            vcpu_weights=self.vcpu_weights,
+            wait_share=self.wait_share,
+            delay_share=self.delay_share,
         )
-
-    def _cpustats(self) -> list[dict[str, object]]:
-        """Per guest CPU, the mode times in milliseconds a Linux agent would report."""
-        entries: list[dict[str, object]] = []
-        for cpu, weight in enumerate(self.vcpu_weights):
-            busy = self.busy * weight
-            iowait = self.uptime * weight * self.wait_share
-            entries.append(
-                {
-                    "cpu": cpu,
-                    "type": "linux",
-                    "user": int(busy * 800),
-                    "system": int(busy * 200),
-                    "idle": int(max(self.uptime - busy - iowait, 0.0) * 1000),
-                    "iowait": int(iowait * 1000),
-                    "steal": int(busy * self.delay_share * 1000),
-                }
-            )
-        return entries
 
     def agent_connected(self, step: int) -> bool:
         return (
@@ -355,7 +338,8 @@ class SimulatedSource:
 
     ``clock`` drives the simulation (tests pass a fake one). With churn or agent flaps, a
     daemon thread replaces VMs and disconnects agents on time and sends their events even
-    when nobody polls; without the thread, listing the VMs catches up.
+    when nobody polls; without the thread, listing the VMs catches up. Agents answer the
+    queries registered in ``queries``; others are unknown commands to them.
     """
 
     def __init__(
@@ -364,8 +348,10 @@ class SimulatedSource:
         simulation: Simulation,
         clock: Callable[[], float] = time.monotonic,
         churn_thread: bool = True,
+        queries: QueryRegistry = QUERIES,
     ) -> None:
         self._simulation = simulation
+        self._queries = queries
         self._clock = clock
         self._churn_thread = churn_thread and (
             simulation.churn_per_minute > 0 or simulation.agent_flaps_per_minute > 0
@@ -424,7 +410,7 @@ class SimulatedSource:
                 vm.advance(step)
                 behaviour = vm.behaviour
                 connected = vm.agent_connected(step)
-                answers = {query.name: vm.agent_answer(query) for query in queries}
+                guest = vm.guest()
         if vm is None:
             gone = _libvirt_error(VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
             return dict.fromkeys((query.name for query in queries), gone)
@@ -447,13 +433,9 @@ class SimulatedSource:
             if delay > 0 and not waited:
                 waited = True  # one answer time per call, as one agent round trip
                 self._closing.wait(delay)
-            if behaviour is AgentBehaviour.OLD and query.agent_command in _OLD_AGENT_LACKS:
-                message = _NOT_FOUND.format(command=query.agent_command)
-                return _libvirt_error(VIR_ERR_AGENT_COMMAND_FAILED, message)
-            answer = answers[query.name]
-            if query.guest_info is not None:
-                return query.parse_guest_info(answer)
-            return query.parse_agent_reply(answer)
+            registration = self._queries.get(query.name)
+            old = behaviour is AgentBehaviour.OLD
+            return _agent_reading(query, registration, guest, old_agent=old)
 
         return run_queries(queries, ask)
 
@@ -561,6 +543,28 @@ class SimulatedSource:
             return
         for event in events:
             listener(event)
+
+
+def _agent_reading(
+    query: GuestQuery,
+    registration: QueryRegistration | None,
+    guest: SimulatedGuest,
+    *,
+    old_agent: bool,
+) -> QueryReading:
+    """The reading of an agent that answers: the query's registered answer, judged by the
+    query's own parser; an unknown command's error for a query not registered or newer than
+    an old agent."""
+    if registration is None:
+        unknown = {"class": "CommandNotFound", "desc": f"{query.agent_command} not found"}
+        return query.parse_agent_reply(json.dumps({"error": unknown}))
+    if old_agent and registration.agent_since > OLD_AGENT_QEMU:
+        message = _NOT_FOUND.format(command=query.agent_command)
+        return _libvirt_error(VIR_ERR_AGENT_COMMAND_FAILED, message)
+    answer = registration.simulated_answer(guest)
+    if query.guest_info is not None:
+        return query.parse_guest_info(answer)
+    return query.parse_agent_reply(answer)
 
 
 def _libvirt_error(code: int, message: str) -> QueryReading:
