@@ -48,11 +48,12 @@ HUNG_HOLDER_PID = "/run/guestload-hung-holder.pid"
 """The pid of the guest process that holds the hung mount's ``/dev/fuse`` open and never reads."""
 BLOCKED_TASK_PIDS = "/run/guestload-blocked-tasks.pids"
 """Where the guest keeps the pids of the tasks blocked on the hung mount."""
-BLOCKED_TASK_COMMAND = f"stat {HUNG_MOUNT}/task-$$-$task"
-"""What blocked task ``$task`` of one start (``$$``: the starting shell) runs: a lookup on the
-hung mount, which waits for FUSE's INIT reply in ``fuse_get_req``. One name per task: tasks
-looking up the same name wait for the first one's lookup in ``d_alloc_parallel`` instead
-(D state too, but not killable)."""
+BLOCKED_TASK_COMMAND = f"stat {HUNG_MOUNT}"
+"""What each blocked task runs: a getattr on the hung mount's root (its attributes are stale
+from the start), which waits for FUSE's INIT reply in ``fuse_get_req``, a killable sleep. A
+lookup below the root would do too, but all lookups after the first wait for it in
+``fuse_lock_inode`` (a plain mutex: the directory lock FUSE takes until INIT allows parallel
+directory operations)."""
 
 _HUNG_MOUNT_SCRIPT = f"""mkdir -p {HUNG_MOUNT}
 exec 3<>/dev/fuse
