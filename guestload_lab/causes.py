@@ -5,7 +5,8 @@ text: which agents answer ``guest-get-cpustats``; the cost of that passthrough c
 ``guestInfo(LOAD)`` on a 1- and a 2-vCPU guest; the taint libvirt logs for passthrough; how an
 I/O-stalled guest and a CPU-bound guest reach a load above 11 (time, vCPU busy share, guest
 CPU counters); and the vCPU delay of two busy guests pinned to one host CPU. Shares and
-costs depend on whatever else runs on the host: measure on a quiet one.
+costs depend on whatever else runs on the host: measure on a quiet one. A guest blocked on no
+disk (a hung FUSE mount) is measured by ``python -m guestload_lab.blocked``.
 """
 
 from __future__ import annotations

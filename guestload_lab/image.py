@@ -1,7 +1,7 @@
-"""The guest's initramfs: busybox, two guest agents, stress-ng and the virtio modules.
+"""The guest's initramfs: busybox, two guest agents, stress-ng, the virtio and fuse modules.
 
 The kernel boots straight into this initramfs (a disk, when a VM has one, is only read by
-load generators), whose ``/init`` loads the virtio modules, finds the guest-agent port and, as
+load generators), whose ``/init`` loads the kernel modules, finds the guest-agent port and, as
 the kernel command line says, starts qemu-ga 10.0 (``guestload.agent=current``, the default),
 the old qemu-ga 7.2 (``guestload.agent=old``) or no agent (``guestload.agent=none``), and
 optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
@@ -30,10 +30,13 @@ MODULE_ORDER = (
     "virtio_pci",
     "virtio_console",
     "virtio_blk",
+    "fuse",
 )
-"""The virtio modules of Debian's cloud kernel, in the order ``insmod`` needs them.
+"""The modules of Debian's cloud kernel the guest loads, in the order ``insmod`` needs them.
 
-``virtio_blk`` (needing only virtio and virtio_ring) gives a guest with a disk its ``/dev/vda``.
+``virtio_blk`` (needing only virtio and virtio_ring) gives a guest with a disk its ``/dev/vda``;
+``fuse`` (no dependencies; ``CONFIG_FUSE_FS=m``) gives ``/dev/fuse``, for a mount whose daemon
+never answers (see ``LabVm.start_blocked_tasks``).
 """
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"

@@ -5,10 +5,12 @@ disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on ou
 ``/dev/kvm`` opens but Linux guests die under it. ACPI is on: without its tables the kernel
 brings up one CPU only, whatever ``<vcpu>`` says.
 
-Three causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
+Four causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
 guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
-throttled disk count in the load average while the vCPU idles) and host contention
-(``VmSpec.host_cpu``: VMs pinned to one host CPU wait for it, seen in ``vcpu.N.delay``).
+throttled disk count in the load average while the vCPU idles), a guest blocked on no disk
+(``start_blocked_tasks``: tasks waiting for a FUSE daemon that never answers count in the load
+average but not in iowait) and host contention (``VmSpec.host_cpu``: VMs pinned to one host CPU
+wait for it, seen in ``vcpu.N.delay``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,41 @@ DISK_READER_COMMAND = "dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct
 """What each disk reader repeats: direct reads wait for the disk in uninterruptible sleep."""
 DISK_READER_PIDS = "/run/guestload-disk-readers.pids"
 """Where the guest keeps the pids of its disk-reader loops."""
+HUNG_MOUNT = "/mnt/guestload-hung"
+"""Where the guest mounts a FUSE file system whose daemon never answers."""
+HUNG_HOLDER_PID = "/run/guestload-hung-holder.pid"
+"""The pid of the guest process that holds the hung mount's ``/dev/fuse`` open and never reads."""
+BLOCKED_TASK_PIDS = "/run/guestload-blocked-tasks.pids"
+"""Where the guest keeps the pids of the tasks blocked on the hung mount."""
+BLOCKED_TASK_COMMAND = f"stat {HUNG_MOUNT}"
+"""What each blocked task runs: a getattr on the hung mount's root (its attributes are stale
+from the start), which waits for FUSE's INIT reply in ``fuse_get_req``, a killable sleep. A
+lookup below the root would do too, but all lookups after the first wait for it in
+``fuse_lock_inode`` (a plain mutex: the directory lock FUSE takes until INIT allows parallel
+directory operations)."""
+
+_HUNG_MOUNT_SCRIPT = f"""mkdir -p {HUNG_MOUNT}
+exec 3<>/dev/fuse
+mount -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 guestload-hung {HUNG_MOUNT} || exit 1
+echo $$ >{HUNG_HOLDER_PID}
+exec sleep 2147483647
+"""
+"""Mounts the hung FUSE file system, then keeps its ``/dev/fuse`` open (fd 3) without reading.
+
+The kernel queues FUSE_INIT on mount; nobody answers it, so the connection never initialises
+and every request waits in ``fuse_get_req`` (a killable, i.e. uninterruptible, sleep). Closing
+the last ``/dev/fuse`` descriptor would abort the connection: hence ``exec sleep`` keeps it.
+"""
+_STOP_BLOCKED_SCRIPT = f"""mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
+for abort in /sys/fs/fuse/connections/*/abort; do
+  [ -e "$abort" ] && echo 1 >"$abort"
+done
+umount -l {HUNG_MOUNT} 2>/dev/null
+[ -f {HUNG_HOLDER_PID} ] && kill -9 $(cat {HUNG_HOLDER_PID}) 2>/dev/null
+[ -f {BLOCKED_TASK_PIDS} ] && kill -9 $(cat {BLOCKED_TASK_PIDS}) 2>/dev/null
+rm -f {HUNG_HOLDER_PID} {BLOCKED_TASK_PIDS}
+exit 0
+"""
 
 
 _CONNECTION_ERROR_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
@@ -365,6 +402,78 @@ class LabVm:
         script = f"kill -9 $(cat {DISK_READER_PIDS}); rm -f {DISK_READER_PIDS}; killall -9 dd"
         self.guest_exec(["/bin/busybox", "sh", "-c", script])
 
+    def start_blocked_tasks(self, tasks: int = 16, *, timeout: float = 30.0) -> None:
+        """Start ``tasks`` processes blocked in uninterruptible sleep that wait on no disk.
+
+        The guest mounts a FUSE file system at ``HUNG_MOUNT`` (once: later calls add tasks to
+        the same mount) whose daemon never answers, as behind a hung NFS server or a dead FUSE
+        daemon; each task runs ``BLOCKED_TASK_COMMAND`` and waits in ``fuse_get_req``
+        (``TASK_KILLABLE``): state D, counted in the load average, never in iowait, vCPU idle.
+        """
+        if not self._hung_mount_present():
+            holder = self.guest_exec(["/bin/busybox", "sh", "-c", _HUNG_MOUNT_SCRIPT])
+
+            def mounted() -> bool:
+                status: dict[str, Any] = self.agent_command("guest-exec-status", {"pid": holder})
+                if status.get("exited"):
+                    output = "".join(
+                        base64.b64decode(status.get(stream, "")).decode(errors="replace")
+                        for stream in ("out-data", "err-data")
+                    )
+                    raise VmError(f"{self.name}: mounting {HUNG_MOUNT} failed: {output.strip()}")
+                return self._hung_mount_present()
+
+            wait_until(
+                mounted,
+                timeout=timeout,
+                interval=0.2,
+                what=f"{self.name}: {HUNG_MOUNT} mounted",
+                error=VmError,
+            )
+        script = (
+            f"for task in $(seq {tasks}); do"
+            f" {BLOCKED_TASK_COMMAND} </dev/null >/dev/null 2>&1 & echo $! >>{BLOCKED_TASK_PIDS};"
+            " done"
+        )
+        code, output = self.run_in_guest(["/bin/busybox", "sh", "-c", script], timeout=timeout)
+        if code != 0:
+            raise VmError(f"{self.name}: starting blocked tasks failed ({code}): {output}")
+
+    def stop_blocked_tasks(self) -> None:
+        """Abort the hung FUSE connection, unmount it and kill its holder and the tasks.
+
+        Aborting (``/sys/fs/fuse/connections/N/abort``) wakes every waiting request with
+        ENOTCONN, so the tasks end at once and the guest's load decays as after any burst.
+        """
+        code, output = self.run_in_guest(["/bin/busybox", "sh", "-c", _STOP_BLOCKED_SCRIPT])
+        if code != 0:
+            raise VmError(f"{self.name}: stopping blocked tasks failed ({code}): {output}")
+
+    def blocked_task_states(self) -> list[GuestTask]:
+        """State and wait channel of each task ``start_blocked_tasks`` started that still exists."""
+        script = (
+            f"[ -f {BLOCKED_TASK_PIDS} ] || exit 0; for pid in $(cat {BLOCKED_TASK_PIDS}); do"
+            ' [ -r /proc/$pid/stat ] && echo "$pid $(cut -d" " -f3 /proc/$pid/stat)'
+            ' $(cat /proc/$pid/wchan)";'
+            " done; exit 0"
+        )
+        _, output = self.run_in_guest(["/bin/busybox", "sh", "-c", script])
+        tasks: list[GuestTask] = []
+        for line in output.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0].isdigit():
+                tasks.append(
+                    GuestTask(pid=int(words[0]), state=words[1], wchan=" ".join(words[2:]))
+                )
+        return tasks
+
+    def _hung_mount_present(self) -> bool:
+        """True when the guest's ``/proc/mounts`` lists the hung mount (never touching it)."""
+        code, _ = self.run_in_guest(
+            ["/bin/busybox", "grep", "-q", f" {HUNG_MOUNT} fuse", "/proc/mounts"]
+        )
+        return code == 0
+
     def cpu_stats(self) -> list[dict[str, Any]]:
         """``guest-get-cpustats`` through agent passthrough: one entry per guest CPU.
 
@@ -395,6 +504,17 @@ class LabVm:
     def console_tail(self, lines: int = 15) -> str:
         """The last lines of the serial console."""
         return "\n".join(self.console_text().splitlines()[-lines:])
+
+
+@dataclass(frozen=True, slots=True)
+class GuestTask:
+    """One guest process as ``/proc/<pid>/stat`` and ``/proc/<pid>/wchan`` show it."""
+
+    pid: int
+    state: str
+    """``R``, ``S``, ``D`` (uninterruptible, killable included), ``Z``, …"""
+    wchan: str
+    """The kernel function the task sleeps in (empty or ``0`` when running)."""
 
 
 @dataclass(frozen=True, slots=True)
