@@ -22,7 +22,11 @@ from guestload.model import AgentState, QueryReading
 from guestload.queries import cpustats, load
 from guestload.queries.agent import invalid, reply_return
 from guestload.queries.catalog import ALL_QUERIES, QUERIES
-from guestload.queries.cpustats import GUEST_CPU_SECONDS, GUEST_CPU_SECONDS_PER_CPU
+from guestload.queries.cpustats import (
+    GUEST_CPU_LAST_POLL,
+    GUEST_CPU_SECONDS,
+    GUEST_CPU_SECONDS_PER_CPU,
+)
 from guestload.queries.query import GuestQuery
 from guestload.queries.registry import (
     QueryFlag,
@@ -109,7 +113,11 @@ def test_the_catalog_registers_load_then_cpustats() -> None:
 
 def test_a_query_s_alternative_families_may_share_a_name() -> None:
     assert GUEST_CPU_SECONDS.name == GUEST_CPU_SECONDS_PER_CPU.name
-    assert cpustats.REGISTRATION.families == (GUEST_CPU_SECONDS, GUEST_CPU_SECONDS_PER_CPU)
+    assert cpustats.REGISTRATION.families == (
+        GUEST_CPU_SECONDS,
+        GUEST_CPU_SECONDS_PER_CPU,
+        GUEST_CPU_LAST_POLL,
+    )
     QueryRegistry((cpustats.REGISTRATION,))
 
 
@@ -216,8 +224,8 @@ def test_each_query_s_simulated_answer_parses_ok_with_its_own_parser(
 def test_the_registered_builds_follow_the_options() -> None:
     summed = QUERIES.defaults()
     per_cpu = summed.replaced(cpustats.CpuStatsOptions(per_cpu=True))
-    assert per_cpu.queries()[1].families == (GUEST_CPU_SECONDS_PER_CPU,)
-    assert summed.queries()[1].families == (GUEST_CPU_SECONDS,)
+    assert per_cpu.queries()[1].families == (GUEST_CPU_SECONDS_PER_CPU, GUEST_CPU_LAST_POLL)
+    assert summed.queries()[1].families == (GUEST_CPU_SECONDS, GUEST_CPU_LAST_POLL)
     only_cpu = summed.replaced(load.LoadOptions(enabled=False))
     assert [query.name for query in only_cpu.queries()] == ["cpustats"]
     assert only_cpu.of(load.LoadOptions) == load.LoadOptions(enabled=False)

@@ -185,7 +185,7 @@ REGISTRATION = registration(
         ),
     ),
     build=lambda options: CpuStatsQuery(per_cpu=options.per_cpu),
-    families=(GUEST_CPU_SECONDS, GUEST_CPU_SECONDS_PER_CPU),
+    families=(GUEST_CPU_SECONDS, GUEST_CPU_SECONDS_PER_CPU, GUEST_CPU_LAST_POLL),
     agent_since=(7, 1),
     simulated_answer=simulated_reply,
 )
