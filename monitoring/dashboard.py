@@ -318,7 +318,8 @@ def _cause_panels(settings: Settings) -> list[Panel]:
                 f"Share of the VM's CPU time spent on guest work ({window} rate): from the "
                 "guest's CPU statistics (guest view), else from the host's vCPU run time "
                 f"(host view). A long queue with the share below the line ({busy}) is tasks "
-                "blocked on I/O, not waiting for a vCPU."
+                "in uninterruptible sleep (I/O, NFS, locks), not waiting for a vCPU; the "
+                "causes use the guest's share of the last poll where it has one."
             ),
             queries=(Query(f"{records.cpu_busy}{{{vm}}}", f"{VM_LEGEND} {{{{source}}}} view"),),
             unit="percentunit",
@@ -356,8 +357,9 @@ def _cause_panels(settings: Settings) -> list[Panel]:
             title="Long queues by cause",
             description=(
                 "VMs whose run-queue is above the warning threshold, by the cause the rules "
-                "name: cpu (vCPUs busy), io (blocked on I/O, vCPUs idle), host (waiting for "
-                "a host CPU), none (vCPUs idle without iowait). A VM can have two causes."
+                "name: cpu (vCPUs busy), io (blocked on I/O, vCPUs idle), blocked (vCPUs idle "
+                "without iowait: NFS, FUSE, locks), host (waiting for a host CPU), unknown (no "
+                "busy share yet; the reason label says why). A VM can have two causes."
             ),
             queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
         ),

@@ -22,9 +22,18 @@ GUEST_STEAL_PREFIX = "namespace_name_node:guestload_guest_cpu_steal:ratio_rate"
 HOST_BUSY_PREFIX = "namespace_name_node:kubevirt_vmi_vcpu_busy:ratio_rate"
 CPU_BUSY_PREFIX = "namespace_name_node:vmi_cpu_busy:ratio_rate"
 CONTENTION_PREFIX = "namespace_name_node:vmi_cpu_contention:ratio_rate"
+CAUSE_BUSY = "namespace_name_node:guestload_cause_busy:ratio"
+CAUSE_IOWAIT = "namespace_name_node:guestload_cause_iowait:ratio"
+CAUSE_CONTENTION = "namespace_name_node:guestload_cause_contention:ratio"
 PRESSURE_CAUSE = "namespace_name_node:guestload_pressure_cause:info"
-CAUSES = ("cpu", "io", "host", "none")
+CAUSES = ("cpu", "io", "blocked", "host", "unknown")
 """The values of the cause label of PRESSURE_CAUSE."""
+UNKNOWN_REASONS = ("warming_up", "no_cpu_stats")
+"""The values of the reason label of PRESSURE_CAUSE's ``unknown`` cause."""
+
+GUEST_LAST_POLL = "guestload_guest_cpu_last_poll_ratio"
+"""The guest's CPU shares over the exporter's last poll interval (label ``share``)."""
+HOST_VCPU = "kubevirt_vmi_vcpu_seconds_total"
 
 GUEST_CPU = "guestload_guest_cpu_seconds_total"
 BUSY_MODES = "user|nice|system|irq|softirq"
@@ -136,16 +145,14 @@ _SHARE = '{{ . | first | value | printf "%.2f" }}'
 
 
 def breakdown(settings: Settings) -> str:
-    """The sentence every guest alert ends with: where the VM's CPU time went."""
-    records = Records.of(settings)
-    window = settings.window("vcpu_rate")
-    busy = _vm_query(
-        records.cpu_busy, f'{_SHARE} ({{{{ . | first | label "source" }}}} view)', "unknown"
-    )
-    iowait = _vm_query(records.guest_iowait, _SHARE, "unknown (no guest CPU statistics)")
-    contention = _vm_query(records.contention, _SHARE, "unknown")
+    """The sentence every guest alert ends with: the evidence the causes are named from."""
+    busy = _vm_query(CAUSE_BUSY, f'{_SHARE} ({{{{ . | first | label "source" }}}} view)', "unknown")
+    iowait = _vm_query(CAUSE_IOWAIT, _SHARE, "unknown (no guest CPU statistics)")
+    contention = _vm_query(CAUSE_CONTENTION, _SHARE, "unknown")
     return (
-        f"Breakdown over {window}: CPU busy {busy}, iowait {iowait}, host contention {contention}."
+        "Breakdown (the guest's last poll, else over "
+        f"{settings.window('vcpu_rate')}): CPU busy {busy}, iowait {iowait}, host contention "
+        f"{contention}."
     )
 
 
@@ -220,6 +227,7 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
             ),
         ),
         *_cpu_share_rules(settings),
+        *_cause_evidence_rules(settings),
         _cause_rule(settings),
     ]
 
@@ -323,18 +331,78 @@ def _cpu_share_rules(settings: Settings) -> list[RecordingRule]:
     ]
 
 
-def _cause_rule(settings: Settings) -> RecordingRule:
-    """One series per cause that holds for a VM whose queue is high; several when mixed."""
+def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
+    """The busy and iowait shares the causes are named from: the freshest view there is."""
     records = Records.of(settings)
-    queue = settings.alert("GuestVCPUQueueHighWarning").threshold("queue")
+    last_busy = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="busy"}}) >= 0'
+    last_iowait = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="iowait"}}) >= 0'
+    last_steal = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="steal"}})'
+    return [
+        # The guest's busy share over the exporter's last poll interval: exact whatever the
+        # interval, and current within one poll, so a guest that has just become CPU-bound
+        # is named cpu at the poll its queue passes the threshold. Where it is missing (the
+        # first poll, an exporter without it) the rate-window share stands in, the guest's
+        # where it has one, else the host's vCPU run time (the source label says which).
+        RecordingRule(
+            record=CAUSE_BUSY,
+            expr=(
+                f'label_replace({last_busy}, "source", "guest", "", "")\n'
+                "  or\n"
+                f"(\n  {records.cpu_busy}\n    unless on ({VM})\n  {last_busy}\n)"
+            ),
+        ),
+        # Contention: the larger of the rate-window share (vCPU delay, guest steal) and the
+        # guest's steal over the last poll, so a host that has just begun to starve a guest
+        # is named at once and its idle-looking vCPUs are never called blocked.
+        RecordingRule(
+            record=CAUSE_CONTENTION,
+            expr=(
+                f"max by ({VM}) (\n"
+                f'    label_replace({records.contention}, "window", "rate", "", "")\n'
+                "  or\n"
+                f'    label_replace({last_steal}, "window", "last_poll", "", "")\n'
+                ")"
+            ),
+        ),
+        RecordingRule(
+            record=CAUSE_IOWAIT,
+            expr=(
+                f"{last_iowait}\n"
+                "  or\n"
+                f"(\n  {records.guest_iowait}\n    unless on ({VM})\n  {last_iowait}\n)"
+            ),
+        ),
+    ]
+
+
+def cause_conditions(settings: Settings) -> dict[str, str]:
+    """Each cause's condition on a VM, queue aside: the VMs for which that cause holds."""
     busy = settings.cause("busy_share")
-    contention = settings.cause("contention_share")
-    high = f"{VCPU_QUEUE} > {queue}"
-    conditions = {
-        "cpu": f"{records.cpu_busy} >= {busy}",
-        "io": _io_condition(settings, indent="    "),
-        "host": f"{records.contention} > {contention}",
+    iowait = settings.cause("iowait_share")
+    contention = f"{CAUSE_CONTENTION} > {settings.cause('contention_share')}"
+    return {
+        "cpu": f"{CAUSE_BUSY} >= {busy}",
+        # Idle vCPUs with iowait, or with no iowait known (the host's view cannot tell).
+        "io": (
+            f"(\n      {CAUSE_BUSY} < {busy}\n        unless on ({VM})\n"
+            f"      {CAUSE_IOWAIT} < {iowait}\n    )"
+        ),
+        # Idle vCPUs without iowait and without a host that starves them: tasks asleep in
+        # uninterruptible waits that are not block I/O (NFS, FUSE, locks).
+        "blocked": (
+            f"(\n      {CAUSE_BUSY} < {busy}\n        and on ({VM})\n"
+            f"      {CAUSE_IOWAIT} < {iowait}\n    )\n      unless on ({VM})\n"
+            f"    {contention}"
+        ),
+        "host": contention,
     }
+
+
+def _cause_rule(settings: Settings) -> RecordingRule:
+    """One series per cause that holds for a VM whose queue is high; several when mixed, and
+    ``unknown`` with its reason where no busy share exists yet."""
+    queue = settings.alert("GuestVCPUQueueHighWarning").threshold("queue")
+    high = f"{VCPU_QUEUE} > {queue}"
     parts = [
         "label_replace(\n"
         f"  group by ({VM}) (\n"
@@ -344,54 +412,41 @@ def _cause_rule(settings: Settings) -> RecordingRule:
         "  ),\n"
         f'  "cause", "{cause}", "", ""\n'
         ")"
-        for cause, condition in conditions.items()
+        for cause, condition in cause_conditions(settings).items()
     ]
-    # "unless" rather than "or on": over a range MetricsQL's "or on" would fill the gaps of
-    # a cause's series with the values of "none" under that cause's labels.
-    any_cause = f"\n{' ' * 6}or\n{' ' * 6}".join(
-        [conditions["cpu"], _io_condition(settings, indent=" " * 6), conditions["host"]]
-    )
-    none = (
+    # Every VM with a queue has vCPU samples (the queue subtracts their count), so a busy
+    # share comes once they span the rate window: until then the cause is not known yet.
+    unknown = (
         "label_replace(\n"
-        f"  group by ({VM}) (\n"
-        f"    {high}\n"
-        f"      unless on ({VM})\n"
-        f"    (\n      {any_cause}\n    )\n"
+        "  label_replace(\n"
+        f"    group by ({VM}) (\n"
+        f"      {high}\n"
+        f"        unless on ({VM})\n"
+        f"      {CAUSE_BUSY}\n"
+        "    ),\n"
+        '    "cause", "unknown", "", ""\n'
         "  ),\n"
-        '  "cause", "none", "", ""\n'
+        '  "reason", "warming_up", "", ""\n'
         ")"
     )
-    return RecordingRule(record=PRESSURE_CAUSE, expr="\nor\n".join([*parts, none]))
+    return RecordingRule(record=PRESSURE_CAUSE, expr="\nor\n".join([*parts, unknown]))
 
 
-def _io_condition(settings: Settings, *, indent: str = "") -> str:
-    """The VMs whose vCPUs idle on I/O: busy share low and, where the guest reports CPU
-    statistics, iowait share high too (a missing iowait series keeps the VM in)."""
-    records = Records.of(settings)
-    busy = settings.cause("busy_share")
-    iowait = settings.cause("iowait_share")
-    lines = [
-        "(",
-        f"  {records.cpu_busy} < {busy}",
-        f"    unless on ({VM})",
-        f"  {records.guest_iowait} < {iowait}",
-        ")",
-    ]
-    return f"\n{indent}".join(lines)
+def _cause_is(cause: str) -> str:
+    return f'{PRESSURE_CAUSE}{{cause="{cause}"}}'
 
 
 def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     warning = settings.alert("GuestVCPUQueueHighWarning")
     critical = settings.alert("GuestVCPUQueueHighCritical")
     stall = settings.alert("GuestIOStall")
+    blocked = settings.alert("GuestBlockedTasks")
     saturation = settings.alert("GuestVCPUSaturation")
     contention = settings.alert("GuestVCPUHostContention")
     window = settings.window("vcpu_rate")
     busy_share = settings.cause("busy_share")
     iowait_share = settings.cause("iowait_share")
     explain = breakdown(settings)
-    io_cause = f'{PRESSURE_CAUSE}{{cause="io"}}'
-    grace = settings.window("unknown_busy_grace")
     records = Records.of(settings)
     alerts = []
     for name, level in (
@@ -399,30 +454,20 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
         ("GuestVCPUQueueHighCritical", critical),
     ):
         queue = level.threshold("queue")
-        # Not known yet: no busy share (or NaN, before two polls of CPU statistics), and the
-        # queue has not been high for the whole grace.
-        busy_unknown = (
-            f"(\n  group by ({VM}) ({VCPU_QUEUE})\n    unless on ({VM})\n"
-            f"  ({records.cpu_busy} >= 0)\n    unless on ({VM})\n"
-            f"  (\n    min_over_time({VCPU_QUEUE}[{grace}]) > {queue}\n"
-            f"      and on ({VM})\n    {VCPU_QUEUE} offset {grace}\n  )\n)"
-        )
         alerts.append(
             AlertingRule(
                 alert=name,
-                # A queue of tasks blocked on I/O while the vCPUs idle is GuestIOStall's; a
-                # queue whose cause cannot be told yet waits for it (unknown_busy_grace).
-                expr=(
-                    f"{VCPU_QUEUE} > {queue}\n  unless on ({VM})\n{io_cause}"
-                    f"\n  unless on ({VM})\n{busy_unknown}"
-                ),
+                # Only a CPU queue: vCPUs busy running guest work. A queue on idle vCPUs
+                # (blocked tasks, an I/O stall) or of unknown cause never advises more vCPUs.
+                expr=f"{VCPU_QUEUE} > {queue}\n  and on ({VM})\n{_cause_is('cpu')}",
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",
                 description=(
                     f"VM {_VM_TEXT} on node {_NODE_TEXT} has {_VALUE_TEXT} runnable tasks "
                     f"beyond its vCPUs (1-minute guest load minus vCPU count), above the "
-                    f"{level.severity} threshold of {queue}. {explain}"
+                    f"{level.severity} threshold of {queue}, while its vCPUs are busy (CPU "
+                    f"busy share at least {busy_share}). {explain}"
                 ),
                 runbook_url=settings.runbook_url(name),
             )
@@ -430,7 +475,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     alerts.append(
         AlertingRule(
             alert="GuestIOStall",
-            expr=f"{VCPU_QUEUE}\n  and on ({VM})\n{io_cause}",
+            expr=f"{VCPU_QUEUE}\n  and on ({VM})\n{_cause_is('io')}",
             for_=stall.for_.value,
             severity=stall.severity,
             summary=f"Guest {_VM_TEXT} is stalled on I/O, not short of CPU.",
@@ -444,19 +489,44 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
             runbook_url=settings.runbook_url("GuestIOStall"),
         )
     )
+    alerts.append(
+        AlertingRule(
+            alert="GuestBlockedTasks",
+            expr=f"{VCPU_QUEUE}\n  and on ({VM})\n{_cause_is('blocked')}",
+            for_=blocked.for_.value,
+            severity=blocked.severity,
+            summary=(
+                f"Guest {_VM_TEXT} has tasks stuck in uninterruptible sleep, not waiting "
+                "for a CPU or a disk."
+            ),
+            description=(
+                f"VM {_VM_TEXT} on node {_NODE_TEXT} has had {_VALUE_TEXT} tasks beyond its "
+                f"vCPUs in its 1-minute load for {blocked.for_.value} while its vCPUs were "
+                f"idle without iowait (CPU busy share below {busy_share}, iowait share below "
+                f"{iowait_share}) and the host gave them their time: the tasks sleep in "
+                "uninterruptible waits that are not block I/O, such as a network file system "
+                "whose server does not answer, a FUSE daemon that hangs, or a kernel lock. "
+                f"More vCPUs or a faster disk would not help. {explain}"
+            ),
+            runbook_url=settings.runbook_url("GuestBlockedTasks"),
+        )
+    )
     per_vcpu = saturation.threshold("load_per_vcpu")
     alerts.append(
         AlertingRule(
             alert="GuestVCPUSaturation",
-            # The same load made of tasks blocked on I/O is not a lack of vCPUs.
-            expr=f"{LOAD_PER_VCPU} > {per_vcpu}\n  unless on ({VM})\n{_io_condition(settings)}",
+            # Only with busy vCPUs: the same load made of blocked tasks is no lack of vCPUs.
+            expr=(
+                f"{LOAD_PER_VCPU} > {per_vcpu}\n  and on ({VM})\n{records.cpu_busy} >= {busy_share}"
+            ),
             for_=saturation.for_.value,
             severity=saturation.severity,
             summary=f"Guest {_VM_TEXT} has more than {per_vcpu} runnable tasks per vCPU.",
             description=(
                 f"VM {_VM_TEXT} on node {_NODE_TEXT} has had a 5-minute guest load of "
-                f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}: "
-                f"its workload needs more vCPUs than it has. {explain}"
+                f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}, with its "
+                f"vCPUs busy (CPU busy share at least {busy_share} over {window}): its "
+                f"workload needs more vCPUs than it has. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUSaturation"),
         )

@@ -96,44 +96,33 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
         assert annotations["runbook_url"] == runbook_template.format(alertname=rule["alert"])
 
 
-def test_queue_alerts_fire_at_once_above_10_and_20_and_io_stalls_after_5m() -> None:
-    """The alerting contract: queue > 10 warning and > 20 critical with no `for`, except where
-    the rules call the queue's cause io; then GuestIOStall fires after 5 minutes."""
+def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
+    """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only where
+    the rules call the queue's cause cpu; where they call it io GuestIOStall fires, and where
+    they call it blocked GuestBlockedTasks, both after 5 minutes."""
     by_name = {rule["alert"]: rule for rule in alerting_rules()}
-    io = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'
     vm = "on (namespace, name, node)"
     queue = "kubevirt_vmi_guest_vcpu_queue"
 
-    def unknown(threshold: int) -> str:
-        """No busy share yet, and the queue not long for the whole grace."""
-        return (
-            f"(group by (namespace, name, node) ({queue}) unless {vm} "
-            f"(namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0) unless {vm} "
-            f"(min_over_time({queue}[10m]) > {threshold} and {vm} {queue} offset 10m))"
-        )
+    def cause(name: str) -> str:
+        return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
     expected = {
-        "GuestVCPUQueueHighWarning": (
-            f"{queue} > 10 unless {vm} {io} unless {vm} {unknown(10)}",
-            None,
-            "warning",
-        ),
-        "GuestVCPUQueueHighCritical": (
-            f"{queue} > 20 unless {vm} {io} unless {vm} {unknown(20)}",
-            None,
-            "critical",
-        ),
-        "GuestIOStall": (
-            f"kubevirt_vmi_guest_vcpu_queue and on (namespace, name, node) {io}",
-            "5m",
+        "GuestVCPUQueueHighWarning": (f"{queue} > 10 and {vm} {cause('cpu')}", None, "warning"),
+        "GuestVCPUQueueHighCritical": (f"{queue} > 20 and {vm} {cause('cpu')}", None, "critical"),
+        "GuestIOStall": (f"{queue} and {vm} {cause('io')}", "5m", "warning"),
+        "GuestBlockedTasks": (f"{queue} and {vm} {cause('blocked')}", "5m", "warning"),
+        "GuestVCPUSaturation": (
+            "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 and "
+            f"{vm} namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3",
+            "15m",
             "warning",
         ),
     }
     for name, (expr, for_, severity) in expected.items():
-        assert one_line(by_name[name]["expr"]) == expr
-        assert by_name[name].get("for") == for_
-        assert by_name[name]["labels"]["severity"] == severity
-    assert by_name["GuestVCPUSaturation"]["for"] == "15m"
+        assert one_line(by_name[name]["expr"]) == expr, name
+        assert by_name[name].get("for") == for_, name
+        assert by_name[name]["labels"]["severity"] == severity, name
     assert by_name["GuestVCPUHostContention"]["for"] == "10m"
     assert by_name["GuestLoadUnavailable"]["labels"]["severity"] == "info"
 

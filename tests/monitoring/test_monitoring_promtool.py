@@ -37,6 +37,7 @@ def test_promtool_test_files_exist() -> None:
         "cpu-shares.test.yml",
         "causes.test.yml",
         "io-stall-alerts.test.yml",
+        "blocked-alerts.test.yml",
     }
 
 
@@ -200,7 +201,13 @@ def _guest_share(modes: str, total: str) -> str:
             "kubevirt_vmi_guest_vcpu_queue > 10 and on (namespace, name, node) "
             "namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3",
             "queue-alerts.test.yml",
-            "name: A guest starved by its host (busy 0.25, steal 0.75) keeps its queue alert",
+            "name: A guest that turns CPU-bound after a long idle spell fires the warning at once",
+        ),
+        (
+            "GuestVCPUQueueHighWarning",
+            f"kubevirt_vmi_guest_vcpu_queue > 10 unless on ({_VM}) {_IO_CAUSE}",
+            "queue-alerts.test.yml",
+            "name: Idle vCPUs without iowait (cause blocked, tasks asleep elsewhere) fire no queue",
         ),
         (
             "GuestIOStall",
@@ -215,15 +222,33 @@ def _guest_share(modes: str, total: str) -> str:
             "saturation-alerts.test.yml",
             "name: A small VM whose load is tasks blocked on I/O on idle vCPUs never fires",
         ),
+        (
+            "GuestVCPUSaturation",
+            f"namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 unless on ({_VM}) "
+            f"{_IO_CAUSE}",
+            "queue-alerts.test.yml",
+            "name: VMs with idle vCPUs and a load of 200 never fire a queue or saturation alert",
+        ),
+        (
+            "GuestBlockedTasks",
+            f"kubevirt_vmi_guest_vcpu_queue > 10 and on ({_VM}) "
+            f"namespace_name_node:guestload_cause_busy:ratio < 0.3 and on ({_VM}) "
+            "namespace_name_node:guestload_cause_iowait:ratio < 0.1",
+            "blocked-alerts.test.yml",
+            "name: Idle vCPUs on a contended host (busy 0.0625, steal and delay 0.25, no iowait)",
+        ),
     ],
     ids=[
         "busy-counting-guest-time-twice",
         "busy-counting-steal",
         "host-busy-losing-a-state-change",
         "queue-alert-without-io-gate",
-        "queue-alert-failing-closed-on-busy",
+        "queue-alert-on-the-10-minute-busy-share",
+        "queue-alert-gated-only-on-io",
         "io-stall-without-iowait",
         "saturation-without-io-gate",
+        "saturation-gated-only-on-io",
+        "blocked-without-contention-gate",
     ],
 )
 def test_plausible_wrong_cause_rules_fail_the_shipped_tests(
