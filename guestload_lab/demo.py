@@ -1,8 +1,9 @@
-"""The one-command demo: four real VMs, guestload, Prometheus, Alertmanager, and a live view.
+"""The one-command demo: five real VMs, guestload, Prometheus, Alertmanager, and a live view.
 
 ``python -m guestload_lab demo`` installs what is missing, boots an idle VM, a VM running
-``stress-ng``, a VM whose tasks wait on a throttled disk and a VM without a guest agent under a
-private libvirt daemon, starts guestload, Prometheus (with the project's rules) and
+``stress-ng``, a VM whose tasks wait on a throttled disk, a VM whose tasks hang on a FUSE mount
+whose daemon never answers (blocked on no disk) and a VM without a guest agent under a private
+libvirt daemon, starts guestload, Prometheus (with the project's rules) and
 Alertmanager (delivering to a local webhook), prints their URLs and redraws a table of every
 VM until Ctrl-C: its load, queue, where its CPU time goes, the cause the rules name for a long
 queue, and the alerts firing. Then it stops everything it started.
@@ -36,8 +37,10 @@ DISK_IOPS = 5
 """The stalled VM's disk: 5 I/O operations a second, as a badly throttled volume."""
 DISK_READERS = 32
 """Tasks waiting on that disk: enough for a queue above 10 in a 1-vCPU guest within a minute."""
-BUSY = "namespace_name_node:vmi_cpu_busy:ratio_rate10m"
-IOWAIT = "namespace_name_node:guestload_guest_cpu_iowait:ratio_rate10m"
+BLOCKED_TASKS = 32
+"""Tasks hung on the FUSE mount: the same queue as the stalled VM's, without any iowait."""
+BUSY = "namespace_name_node:guestload_cause_busy:ratio"
+IOWAIT = "namespace_name_node:guestload_cause_iowait:ratio"
 CAUSE = "namespace_name_node:guestload_pressure_cause:info"
 REFRESH_SECONDS = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -57,7 +60,7 @@ class VmRow:
     """Share of vCPU time spent running guest work (the rules' busy share)."""
     iowait: float | None = None
     causes: tuple[str, ...] = ()
-    """What the rules name as the cause of a long queue: cpu, io, host or none."""
+    """What the rules name as the cause of a long queue: cpu, io, blocked, host or unknown."""
     alerts: tuple[str, ...] = ()
 
 
@@ -182,14 +185,19 @@ def run_demo(*, workdir: Path, stress_workers: int, duration: float | None, out:
             slim,
             log_dir=serial,
         )
+        blocked = hypervisor.create(
+            VmSpec.kubevirt(NAMESPACE, "blocked", str(uuid.uuid4())), slim, log_dir=serial
+        )
         no_agent = hypervisor.create(VmSpec(name="no-agent", channel=False), slim, log_dir=serial)
-        wait_all_agents([idle, stressed, stalled], timeout=180.0)
+        wait_all_agents([idle, stressed, stalled, blocked], timeout=180.0)
         no_agent.wait_booted(timeout=120.0)
         stressed.start_stress(stress_workers, seconds=3600)
         stalled.start_disk_readers(DISK_READERS)
+        blocked.start_blocked_tasks(BLOCKED_TASKS)
         say(
-            f"4 VMs booted (TCG); stress-ng --cpu {stress_workers} started in {stressed.name},"
-            f" {DISK_READERS} direct readers of a {DISK_IOPS}-IOPS disk in {stalled.name}"
+            f"5 VMs booted (TCG); stress-ng --cpu {stress_workers} started in {stressed.name},"
+            f" {DISK_READERS} direct readers of a {DISK_IOPS}-IOPS disk in {stalled.name},"
+            f" {BLOCKED_TASKS} tasks hung on a FUSE mount in {blocked.name}"
         )
 
         monitoring = Monitoring.start(
@@ -231,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m guestload_lab", description="guestload's real-VM lab."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="four VMs, the exporter and alerting, live")
+    demo = commands.add_parser("demo", help="five VMs, the exporter and alerting, live")
     demo.add_argument(
         "--workdir", type=Path, help="keep the lab's files here (default: a temp dir)"
     )

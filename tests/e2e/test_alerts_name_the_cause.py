@@ -1,9 +1,12 @@
 """Alerts that name the cause of a long queue, end to end, with the project's own rules.
 
 Real guests make each cause: a CPU-bound guest (``stress-ng``), a guest whose tasks wait on a
-disk throttled to 5 IOPS while its vCPU idles, and two busy guests pinned to one host CPU.
-A monitoring chain (guestload, Prometheus with ``monitoring/rules/guestload.rules.yml``,
-Alertmanager, a webhook) with guest CPU times (the default) watches them.
+disk throttled to 5 IOPS while its vCPU idles, a guest whose tasks hang on a FUSE mount whose
+daemon never answers (uninterruptible sleep on no disk: load without iowait), two busy guests
+pinned to one host CPU, and an idle guest. A monitoring chain (guestload, Prometheus with
+``monitoring/rules/guestload.rules.yml``, Alertmanager, a webhook) with guest CPU times (the
+default) watches them, and each test asserts the cause and which alerts fire and which never
+do (the matrix in docs/causes.md).
 
 A second chain runs with ``--no-collector.guest-cpu``, where the rules fall back to host-side
 vCPU time. The fallback needs a full 10-minute window of vCPU samples before it judges a VM,
@@ -44,6 +47,9 @@ DISK_IOPS = 5
 FULL_WINDOW_SECONDS = 600.0
 """The rules' rate window: the host-side busy share exists once a VM has this much history."""
 QUEUE_ALERTS = ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical", "GuestVCPUSaturation")
+GUEST_ALERTS = (*QUEUE_ALERTS, "GuestIOStall", "GuestBlockedTasks", "GuestVCPUHostContention")
+FAST_WARNING_SECONDS = 60.0
+"""A CPU-bound guest's warning fires at most this long after its queue passes 10."""
 CAUSE = "namespace_name_node:guestload_pressure_cause:info"
 
 
@@ -56,6 +62,8 @@ SPECS = {
     "io": _spec("io-stalled", disk_iops=DISK_IOPS),
     "pinned_a": _spec("pinned-a", host_cpu=0),
     "pinned_b": _spec("pinned-b", host_cpu=0),
+    "blocked": _spec("blocked"),
+    "idle": _spec("idle-quiet"),
 }
 LATE_SPEC = _spec("io-late", disk_iops=DISK_IOPS)
 """The fallback's stalled guest."""
@@ -152,6 +160,8 @@ def cause_lab(
             started: dict[str, float] = {}
             vms["io"].start_disk_readers(WORKERS)
             started["io"] = time.monotonic()
+            vms["blocked"].start_blocked_tasks(WORKERS)
+            started["blocked"] = time.monotonic()
             vms["cpu"].start_stress(WORKERS, seconds=900)
             started["cpu"] = time.monotonic()
             for key in ("pinned_a", "pinned_b"):
@@ -170,16 +180,27 @@ def _causes(chain: Monitoring, vm: LabVm) -> set[str]:
 
 def _queue_alerts_ever(chain: Monitoring, vm: LabVm) -> list[str]:
     """Queue alerts that were pending or firing for ``vm`` at any evaluation so far."""
-    names = "|".join(QUEUE_ALERTS)
+    return _alerts_ever(chain, vm, QUEUE_ALERTS)
+
+
+def _alerts_ever(chain: Monitoring, vm: LabVm, alerts: tuple[str, ...]) -> list[str]:
+    """Which of ``alerts`` were pending or firing for ``vm`` at any evaluation so far."""
+    names = "|".join(alerts)
     series = chain.prometheus.query(
         f'max_over_time(ALERTS{{alertname=~"{names}", name="{_name(vm)}"}}[1h])'
     )
     notified = [
         alert["labels"]["alertname"]
         for alert in chain.webhook.alerts()
-        if alert["labels"].get("name") == _name(vm) and alert["labels"]["alertname"] in QUEUE_ALERTS
+        if alert["labels"].get("name") == _name(vm) and alert["labels"]["alertname"] in alerts
     ]
     return sorted({item["metric"]["alertname"] for item in series} | set(notified))
+
+
+def _first_time(chain: Monitoring, expression: str) -> float:
+    """The Prometheus time at which ``expression`` first had a sample in the last 30 minutes."""
+    (sample,) = chain.prometheus.query(f"min_over_time(timestamp({expression})[30m:1s])")
+    return float(sample["value"][1])
 
 
 def test_a_cpu_bound_guest_fires_the_queue_warning_classified_cpu(cause_lab: CauseLab) -> None:
@@ -196,7 +217,15 @@ def test_a_cpu_bound_guest_fires_the_queue_warning_classified_cpu(cause_lab: Cau
 
     assert "cpu" in _causes(chain, vm)
     assert "io" not in _causes(chain, vm)
+    assert "blocked" not in _causes(chain, vm)
     assert "(guest view)" in warning["annotations"]["description"]
+    queue_high = _first_time(chain, f'kubevirt_vmi_guest_vcpu_queue{{name="{_name(vm)}"}} > 10')
+    firing = _first_time(
+        chain,
+        f'ALERTS{{alertname="GuestVCPUQueueHighWarning", alertstate="firing", name="{_name(vm)}"}}',
+    )
+    cause_lab.timings["cpu-bound: queue above 10 to queue warning"] = firing - queue_high
+    assert firing - queue_high <= FAST_WARNING_SECONDS
     vm.stop_stress()  # its core is wanted by the pinned guests and the stalls
 
 
@@ -236,6 +265,7 @@ def test_an_io_stalled_guest_fires_guest_io_stall_and_no_queue_alert(
 
     assert _causes(chain, vm) == {"io"}
     assert _queue_alerts_ever(chain, vm) == []
+    assert _alerts_ever(chain, vm, ("GuestBlockedTasks",)) == []
     description = stall["annotations"]["description"]
     assert "(guest view)" in description
     assert "iowait 0." in description or "iowait 1." in description
@@ -245,6 +275,45 @@ def test_an_io_stalled_guest_fires_guest_io_stall_and_no_queue_alert(
         if alert["labels"]["alertname"] == "GuestIOStall"
         and alert["labels"].get("name") != _name(vm)
     ], "GuestIOStall fired for a guest that is not stalled"
+
+
+def test_a_guest_blocked_on_a_hung_fuse_mount_fires_guest_blocked_tasks_and_no_queue_alert(
+    cause_lab: CauseLab,
+) -> None:
+    vm = cause_lab.vms["blocked"]
+    chain = cause_lab.guest_view
+    budget = 600.0 - (time.monotonic() - cause_lab.started["blocked"])
+
+    blocked = chain.webhook.wait_for_alert(
+        "GuestBlockedTasks", timeout=max(budget, 5.0), name=_name(vm)
+    )
+    cause_lab.timings["blocked: tasks to GuestBlockedTasks (guest view)"] = (
+        time.monotonic() - cause_lab.started["blocked"]
+    )
+
+    tasks = vm.blocked_task_states()
+    assert len(tasks) == WORKERS
+    assert {task.state for task in tasks} == {"D"}, tasks
+    assert _causes(chain, vm) == {"blocked"}
+    assert _queue_alerts_ever(chain, vm) == []
+    assert _alerts_ever(chain, vm, ("GuestIOStall",)) == []
+    description = blocked["annotations"]["description"]
+    assert "(guest view)" in description
+    assert "iowait 0.00" in description
+    vm.stop_blocked_tasks()
+
+
+def test_an_idle_guest_has_no_cause_and_no_alert(cause_lab: CauseLab) -> None:
+    """Runs after the others: the idle guest has been watched for as long as they ran."""
+    vm = cause_lab.vms["idle"]
+    chain = cause_lab.guest_view
+    assert chain.prometheus.query(f'kubevirt_vmi_guest_load_1m{{name="{_name(vm)}"}}')
+    assert chain.prometheus.query(
+        f'guestload_guest_cpu_last_poll_ratio{{name="{_name(vm)}", share="busy"}} < 0.3'
+    )
+    ever = chain.prometheus.query(f'max_over_time({CAUSE}{{name="{_name(vm)}"}}[1h])')
+    assert ever == []
+    assert _alerts_ever(chain, vm, GUEST_ALERTS) == []
 
 
 @pytest.mark.late

@@ -14,7 +14,7 @@ from guestload_lab.processes import pid_alive
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_shows_four_vms_and_cleans_up(tmp_path: Path) -> None:
+def test_demo_shows_five_vms_and_cleans_up(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = subprocess.run(
         [
@@ -42,6 +42,7 @@ def test_demo_shows_four_vms_and_cleans_up(tmp_path: Path) -> None:
     assert re.search(r"^demo/idle +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
     assert re.search(r"^demo/stressed +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
     assert re.search(r"^demo/io-stalled +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
+    assert re.search(r"^demo/blocked +1 +\d+\.\d\d .* ok ", last_view, re.MULTILINE), last_view
     assert re.search(
         r"^libvirt/no-agent +1 +- +- +- +- +- +- +- +not_configured", last_view, re.MULTILINE
     ), last_view
