@@ -6,7 +6,8 @@ text: which agents answer ``guest-get-cpustats``; the cost of that passthrough c
 I/O-stalled guest and a CPU-bound guest reach a load above 11 (time, vCPU busy share, guest
 CPU counters); and the vCPU delay of two busy guests pinned to one host CPU. Shares and
 costs depend on whatever else runs on the host: measure on a quiet one. A guest blocked on no
-disk (a hung FUSE mount) is measured by ``python -m guestload_lab.blocked``.
+disk (a hung FUSE mount) is measured by ``python -m guestload_lab.blocked``, a guest in a swap
+storm by ``python -m guestload_lab.memory``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The guest's initramfs: busybox, two guest agents, stress-ng, the virtio and fuse modules.
 
 The kernel boots straight into this initramfs (a disk, when a VM has one, is only read by
-load generators), whose ``/init`` loads the kernel modules, finds the guest-agent port and, as
-the kernel command line says, starts qemu-ga 10.0 (``guestload.agent=current``, the default),
-the old qemu-ga 7.2 (``guestload.agent=old``) or no agent (``guestload.agent=none``), and
-optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
+load generators or used as swap), whose ``/init`` loads the kernel modules, turns swap on on the
+virtio disk whose serial is ``SWAP_DISK_SERIAL`` (if there is one), finds the guest-agent port
+and, as the kernel command line says, starts qemu-ga 10.0 (``guestload.agent=current``, the
+default), the old qemu-ga 7.2 (``guestload.agent=old``) or no agent (``guestload.agent=none``),
+and optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
 everything that goes into it, so a second build is a file lookup.
 """
 
@@ -30,13 +31,16 @@ MODULE_ORDER = (
     "virtio_pci",
     "virtio_console",
     "virtio_blk",
+    "virtio_balloon",
     "fuse",
 )
 """The modules of Debian's cloud kernel the guest loads, in the order ``insmod`` needs them.
 
 ``virtio_blk`` (needing only virtio and virtio_ring) gives a guest with a disk its ``/dev/vda``;
-``fuse`` (no dependencies; ``CONFIG_FUSE_FS=m``) gives ``/dev/fuse``, for a mount whose daemon
-never answers (see ``LabVm.start_blocked_tasks``).
+``virtio_balloon`` (virtio and virtio_ring too) drives a ``<memballoon model='virtio'>``, whose
+statistics (swap in/out, page faults, free memory) libvirt reads; ``fuse`` (no dependencies;
+``CONFIG_FUSE_FS=m``) gives ``/dev/fuse``, for a mount whose daemon never answers (see
+``LabVm.start_blocked_tasks``).
 """
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
@@ -44,6 +48,8 @@ GUEST_AGENT_PATH = "/usr/sbin/qemu-ga"
 GUEST_OLD_AGENT_PATH = "/opt/qemu-ga-7.2/qemu-ga"
 GUEST_STRESS_PATH = "/usr/bin/stress-ng"
 GUEST_BUSYBOX_PATH = "/bin/busybox"
+SWAP_DISK_SERIAL = "guestload-swap"
+"""The serial of the virtio disk ``/init`` formats and turns on as swap (``VmSpec.swap_mib``)."""
 READY_LINE = "guestload-guest: ready"
 """What ``/init`` prints on the serial console once the agent (if any) was started."""
 
@@ -80,6 +86,22 @@ while [ -z "$port" ] && [ "$tries" -lt 100 ]; do
   tries=$((tries + 1))
 done
 echo "guestload-guest: agent=$agent port=${{port:-none}} stress=$stress"
+
+swap=""
+for serial_file in /sys/block/vd*/serial; do
+  if [ -f "$serial_file" ] && [ "$(cat "$serial_file")" = "{SWAP_DISK_SERIAL}" ]; then
+    swap="/dev/$(basename "$(dirname "$serial_file")")"
+  fi
+done
+if [ -n "$swap" ]; then
+  tries=0
+  while [ ! -b "$swap" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+  if mkswap "$swap" >/dev/null 2>&1 && swapon "$swap"; then
+    echo "guestload-guest: swap on $swap"
+  else
+    echo "guestload-guest: swap on $swap failed"
+  fi
+fi
 
 if [ "$stress" -gt 0 ] && [ -x {GUEST_STRESS_PATH} ]; then
   {GUEST_STRESS_PATH} --cpu "$stress" -q &

@@ -5,12 +5,15 @@ disk unless asked for). ``<domain type='qemu'>`` (TCG) is used on purpose: on ou
 ``/dev/kvm`` opens but Linux guests die under it. ACPI is on: without its tables the kernel
 brings up one CPU only, whatever ``<vcpu>`` says.
 
-Four causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
+Five causes of a slow VM can be produced on demand: a CPU-bound guest (``start_stress``), a
 guest blocked on I/O (``VmSpec.disk_iops`` and ``start_disk_readers``: tasks waiting for a
 throttled disk count in the load average while the vCPU idles), a guest blocked on no disk
 (``start_blocked_tasks``: tasks waiting for a FUSE daemon that never answers count in the load
-average but not in iowait) and host contention (``VmSpec.host_cpu``: VMs pinned to one host CPU
-wait for it, seen in ``vcpu.N.delay``).
+average but not in iowait), a guest in a swap storm (``VmSpec.swap_mib`` and
+``start_memory_hog``: tasks touching more memory than the guest has wait for swap-in, the vCPU
+busy in system time; ``VmSpec.balloon_stats_period`` makes libvirt's balloon statistics show the
+swap traffic and major faults) and host contention (``VmSpec.host_cpu``: VMs pinned to one host
+CPU wait for it, seen in ``vcpu.N.delay``).
 """
 
 from __future__ import annotations
@@ -31,13 +34,32 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 import libvirt_qemu
 
-from guestload_lab.image import AGENT_PORT_NAME, READY_LINE, GuestImage
+from guestload_lab.image import AGENT_PORT_NAME, READY_LINE, SWAP_DISK_SERIAL, GuestImage
 from guestload_lab.waiting import wait_until
 
 KUBEVIRT_NAMESPACE_URI = "http://kubevirt.io"
 AGENT_COMMAND_TIMEOUT_SECONDS = 5
 DISK_MIB = 64
 """Size of the raw file behind a VM's throttled disk."""
+MEMORY_HOG_SESSION = "/run/guestload-memory-hog.sid"
+"""Where the guest keeps the session id of the ``stress-ng --vm`` processes of
+``start_memory_hog`` (stress-ng renames its workers, so they are found by session)."""
+_STOP_MEMORY_HOG_SCRIPT = f"""[ -f {MEMORY_HOG_SESSION} ] || exit 0
+sid=$(cat {MEMORY_HOG_SESSION})
+for round in 1 2 3; do
+  for stat in /proc/[0-9]*/stat; do
+    line=$(cat "$stat" 2>/dev/null) || continue
+    set -- ${{line##*) }}
+    pid=${{stat#/proc/}}
+    [ "$4" = "$sid" ] && kill -9 "${{pid%/stat}}" 2>/dev/null
+  done
+  sleep 1
+done
+rm -f {MEMORY_HOG_SESSION}
+exit 0
+"""
+"""Kills every process of the hog's session; three rounds, as stress-ng restarts a worker the
+OOM killer (or a first round) ended."""
 DISK_READER_COMMAND = "dd if=/dev/vda of=/dev/null bs=4096 count=64 iflag=direct"
 """What each disk reader repeats: direct reads wait for the disk in uninterruptible sleep."""
 DISK_READER_PIDS = "/run/guestload-disk-readers.pids"
@@ -117,6 +139,13 @@ class VmSpec:
     I/O operations per second in total (None: no disk)."""
     host_cpu: int | None = None
     """Pins every vCPU and the emulator threads to this host CPU (None: not pinned)."""
+    balloon_stats_period: int | None = None
+    """Adds a virtio memory balloon (``<memballoon model='virtio'>``, never inflated) whose guest
+    driver reports memory statistics every this many seconds: libvirt's ``memoryStats()`` and
+    bulk ``balloon.*`` stats (None: ``<memballoon model='none'/>``)."""
+    swap_mib: int | None = None
+    """Adds a raw virtio disk of this many MiB (serial ``SWAP_DISK_SERIAL``, host page cache,
+    no throttling) that the guest's ``/init`` turns into swap (None: no swap)."""
 
     @staticmethod
     def kubevirt(namespace: str, vmi: str, uid: str, **settings: Any) -> VmSpec:
@@ -125,13 +154,23 @@ class VmSpec:
 
 
 def domain_xml(
-    spec: VmSpec, image: GuestImage, *, serial_log: Path, disk: Path | None = None
+    spec: VmSpec,
+    image: GuestImage,
+    *,
+    serial_log: Path,
+    disk: Path | None = None,
+    swap_disk: Path | None = None,
 ) -> str:
-    """The libvirt domain XML for ``spec``; ``disk`` is the raw file behind ``disk_iops``."""
+    """The libvirt domain XML for ``spec``; ``disk`` is the raw file behind ``disk_iops``,
+    ``swap_disk`` the one behind ``swap_mib``."""
     if spec.memory_mib < 96:
         raise ValueError("a guest needs at least 96 MiB (160 MiB with stress-ng in its image)")
     if (spec.disk_iops is None) != (disk is None):
         raise ValueError("a disk file goes with disk_iops, and only with it")
+    if (spec.swap_mib is None) != (swap_disk is None):
+        raise ValueError("a swap disk file goes with swap_mib, and only with it")
+    if spec.balloon_stats_period is not None and spec.balloon_stats_period < 1:
+        raise ValueError("balloon_stats_period is a number of seconds, at least 1")
     # Without a channel there is no port to wait for: /init skips the agent.
     agent = spec.agent if spec.channel else AgentKind.NONE
     cmdline = (
@@ -157,6 +196,21 @@ def domain_xml(
             "<driver name='qemu' type='raw' cache='none'/>"
             f"<source file={quoteattr(str(disk))}/><target dev='vda' bus='virtio'/>"
             f"<iotune><total_iops_sec>{spec.disk_iops}</total_iops_sec></iotune></disk>"
+        )
+    if spec.swap_mib is not None and swap_disk is not None:
+        # Target vdb sorts after the throttled disk's vda, so libvirt gives it the later PCI
+        # slot and the guest probes it second: the throttled disk stays /dev/vda. /init finds
+        # the swap disk by its serial, whatever the guest names it.
+        disk_element += (
+            "<disk type='file' device='disk'>"
+            "<driver name='qemu' type='raw' cache='unsafe'/>"
+            f"<source file={quoteattr(str(swap_disk))}/><target dev='vdb' bus='virtio'/>"
+            f"<serial>{SWAP_DISK_SERIAL}</serial></disk>"
+        )
+    memballoon = "<memballoon model='none'/>"
+    if spec.balloon_stats_period is not None:
+        memballoon = (
+            f"<memballoon model='virtio'><stats period='{spec.balloon_stats_period}'/></memballoon>"
         )
     cputune = ""
     if spec.host_cpu is not None:
@@ -187,7 +241,7 @@ def domain_xml(
     {disk_element}
     {channel}
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    {memballoon}
   </devices>
 </domain>
 """
@@ -229,16 +283,16 @@ class Hypervisor:
                 self._connection = None
 
     def create(self, spec: VmSpec, image: GuestImage, *, log_dir: Path) -> LabVm:
-        """Boot a transient domain for ``spec``; its serial console (and disk) go to ``log_dir``."""
+        """Boot a transient domain for ``spec``; serial console and disk files go to ``log_dir``."""
         log_dir.mkdir(parents=True, exist_ok=True)
         serial_log = log_dir / f"{spec.name}.serial.log"
         serial_log.unlink(missing_ok=True)
-        disk = None
+        disk = swap_disk = None
         if spec.disk_iops is not None:
-            disk = log_dir / f"{spec.name}.vda.raw"
-            with disk.open("wb") as raw:
-                raw.truncate(DISK_MIB * 1024 * 1024)
-        xml = domain_xml(spec, image, serial_log=serial_log, disk=disk)
+            disk = _sparse_file(log_dir / f"{spec.name}.vda.raw", DISK_MIB)
+        if spec.swap_mib is not None:
+            swap_disk = _sparse_file(log_dir / f"{spec.name}.swap.raw", spec.swap_mib)
+        xml = domain_xml(spec, image, serial_log=serial_log, disk=disk, swap_disk=swap_disk)
         domain = self.connection().createXML(xml, 0)
         return LabVm(hypervisor=self, spec=spec, uuid=domain.UUIDString(), serial_log=serial_log)
 
@@ -382,6 +436,59 @@ class LabVm:
     def stop_stress(self) -> None:
         """Kill every stress-ng process in the guest."""
         self.guest_exec(["/bin/busybox", "killall", "-9", "stress-ng"])
+
+    def start_memory_hog(
+        self, workers: int = 16, *, total_mib: int = 192, seconds: int = 600
+    ) -> int:
+        """Start ``stress-ng --vm <workers> --vm-bytes <total_mib>M --vm-keep`` in the guest.
+
+        stress-ng (0.15) splits ``--vm-bytes`` among the workers: each keeps one mapping of
+        ``total_mib / workers`` MiB and writes all of it over and over (``--vm-method
+        write64``). When together they need more than the guest's free memory, every pass
+        faults pages back in from swap (``VmSpec.swap_mib``): the workers wait in
+        uninterruptible sleep for swap-in or run reclaim, all counted in the load average, and
+        the vCPU spends its time in the kernel. Needs the image with stress-ng (``build_image``
+        default). A worker the OOM killer ends is restarted by stress-ng. Returns the guest pid
+        of the ``setsid`` that starts them.
+        """
+        hog = (
+            f"echo $$ >{MEMORY_HOG_SESSION}; exec /usr/bin/stress-ng --vm {workers}"
+            f" --vm-bytes {total_mib}M --vm-keep --vm-method write64 --timeout {seconds} -q"
+        )
+        return self.guest_exec(["/bin/busybox", "setsid", "/bin/busybox", "sh", "-c", hog])
+
+    def stop_memory_hog(self, *, timeout: float = 60.0) -> None:
+        """Kill every process of the memory hog (its whole session); its swap stays in use until
+        other tasks touch memory."""
+        code, output = self.run_in_guest(
+            ["/bin/busybox", "sh", "-c", _STOP_MEMORY_HOG_SCRIPT], timeout=timeout
+        )
+        if code != 0:
+            raise VmError(f"{self.name}: stopping the memory hog failed ({code}): {output}")
+
+    def oom_kills(self) -> list[str]:
+        """The guest kernel's ``Out of memory: Killed process …`` lines (``dmesg``)."""
+        _, output = self.run_in_guest(["/bin/busybox", "dmesg"])
+        return [line for line in output.splitlines() if "Killed process" in line]
+
+    def balloon_sample(self) -> BalloonSample:
+        """The balloon driver's last statistics from libvirt's bulk stats (``balloon.*``).
+
+        Needs ``VmSpec.balloon_stats_period``; without it only ``current`` and ``maximum``
+        exist. Values as libvirt gives them: KiB for memory and swap, counts for faults.
+        """
+        domain = self.domain()
+        ((_, stats),) = self.hypervisor.connection().domainListGetStats(
+            [domain], libvirt.VIR_DOMAIN_STATS_BALLOON
+        )
+        return BalloonSample(
+            at=time.monotonic(),
+            stats={
+                key.removeprefix("balloon."): int(value)
+                for key, value in stats.items()
+                if key.startswith("balloon.")
+            },
+        )
 
     def start_disk_readers(self, readers: int = 16) -> None:
         """Start ``readers`` endless loops of direct 4 KiB reads from the guest's ``/dev/vda``.
@@ -535,6 +642,39 @@ class VcpuSample:
         return _rate(self.delay_ns, later.delay_ns, later.at - self.at)
 
 
+BALLOON_COUNTERS = ("swap_in", "swap_out", "major_fault", "minor_fault")
+"""Balloon statistics that only grow: ``swap_in``/``swap_out`` in KiB, faults as counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class BalloonSample:
+    """A domain's ``balloon.*`` bulk stats without their prefix (``swap_in``, ``major_fault``,
+    ``available``, ``usable``, ``unused``, ``last-update``, …)."""
+
+    at: float
+    """``time.monotonic()`` when the counters were read."""
+    stats: dict[str, int]
+
+    @property
+    def last_update(self) -> int | None:
+        """When the guest last sent statistics (host clock, seconds since the epoch)."""
+        return self.stats.get("last-update")
+
+    def rates(self, later: BalloonSample) -> dict[str, float] | None:
+        """Per-second growth of ``BALLOON_COUNTERS`` between the guest's two reports behind
+        the samples (``last-update`` apart); None when the guest sent no report in between."""
+        if self.last_update is None or later.last_update is None:
+            return None
+        seconds = later.last_update - self.last_update
+        if seconds <= 0:
+            return None
+        return {
+            name: (later.stats[name] - self.stats[name]) / seconds
+            for name in BALLOON_COUNTERS
+            if name in self.stats and name in later.stats
+        }
+
+
 def _rate(before: Sequence[int], after: Sequence[int], seconds: float) -> float:
     if len(before) != len(after) or not before or seconds <= 0:
         raise ValueError("samples of different vCPU counts, or not in time order")
@@ -563,6 +703,13 @@ def wait_all_agents(vms: Iterable[LabVm], timeout: float = 90.0) -> dict[str, fl
         error=VmError,
     )
     return ready
+
+
+def _sparse_file(path: Path, mib: int) -> Path:
+    """A new (emptied) sparse file of ``mib`` MiB: a raw disk."""
+    with path.open("wb") as raw:
+        raw.truncate(mib * 1024 * 1024)
+    return path
 
 
 def _ignore_libvirt_error(context: object, error: object) -> None:
