@@ -310,6 +310,8 @@ def _cause_panels(settings: Settings) -> list[Panel]:
     busy = _number(settings.cause("busy_share"))
     iowait = _number(settings.cause("iowait_share"))
     contention = _number(settings.cause("contention_share"))
+    swap_in = _number(settings.cause("swap_in_bytes_per_second"))
+    faults = _number(settings.cause("major_faults_per_second"))
     return [
         Panel(
             kind="timeseries",
@@ -354,12 +356,39 @@ def _cause_panels(settings: Settings) -> list[Panel]:
         ),
         Panel(
             kind="timeseries",
+            title="Swap read back",
+            description=(
+                f"Bytes a second the guest read back from swap ({window} rate), from the "
+                "balloon's statistics (guestload or KubeVirt's virt-handler). Above the line "
+                f"({swap_in} B/s), or with major page faults above {faults}/s, the guest "
+                "thrashes: its cause is memory."
+            ),
+            queries=(Query(f"{records.swap_in}{{{vm}}}", VM_LEGEND),),
+            unit="Bps",
+            thresholds=(("orange", swap_in),),
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Major page faults",
+            description=(
+                f"Page faults a second that had to read a disk ({window} rate): swap, or files "
+                f"no longer cached. Above the line ({faults}/s) the guest thrashes."
+            ),
+            queries=(Query(f"{records.major_faults}{{{vm}}}", VM_LEGEND),),
+            unit="short",
+            thresholds=(("orange", faults),),
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
             title="Long queues by cause",
             description=(
                 "VMs whose run-queue is above the warning threshold, by the cause the rules "
                 "name: cpu (vCPUs busy), io (blocked on I/O, vCPUs idle), blocked (vCPUs idle "
-                "without iowait: NFS, FUSE, locks), host (waiting for a host CPU), unknown (no "
-                "busy share yet; the reason label says why). A VM can have two causes."
+                "without iowait: NFS, FUSE, locks), memory (the guest thrashes), host (waiting "
+                "for a host CPU), unknown (no busy share yet; the reason label says why). A VM "
+                "can have two causes."
             ),
             queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
         ),

@@ -26,7 +26,7 @@ CAUSE_BUSY = "namespace_name_node:guestload_cause_busy:ratio"
 CAUSE_IOWAIT = "namespace_name_node:guestload_cause_iowait:ratio"
 CAUSE_CONTENTION = "namespace_name_node:guestload_cause_contention:ratio"
 PRESSURE_CAUSE = "namespace_name_node:guestload_pressure_cause:info"
-CAUSES = ("cpu", "io", "blocked", "host", "unknown")
+CAUSES = ("cpu", "io", "blocked", "memory", "host", "unknown")
 """The values of the cause label of PRESSURE_CAUSE."""
 UNKNOWN_REASONS = ("warming_up", "no_cpu_stats")
 """The values of the reason label of PRESSURE_CAUSE's ``unknown`` cause."""
@@ -34,6 +34,21 @@ UNKNOWN_REASONS = ("warming_up", "no_cpu_stats")
 GUEST_LAST_POLL = "guestload_guest_cpu_last_poll_ratio"
 """The guest's CPU shares over the exporter's last poll interval (label ``share``)."""
 HOST_VCPU = "kubevirt_vmi_vcpu_seconds_total"
+SWAP_IN_RATE_PREFIX = "namespace_name_node:guestload_memory_swap_in_bytes:rate"
+MAJOR_FAULT_RATE_PREFIX = "namespace_name_node:guestload_memory_major_faults:rate"
+SWAP_IN_COUNTERS = (
+    "guestload_memory_swap_in_bytes_total",
+    "kubevirt_vmi_memory_swap_in_traffic_bytes",
+    "kubevirt_vmi_memory_swap_in_traffic_bytes_total",
+)
+"""Bytes read from the guest's swap: guestload's balloon stats, or KubeVirt's virt-handler's
+(named ``..._total`` before KubeVirt 1.3)."""
+MAJOR_FAULT_COUNTERS = (
+    "guestload_memory_major_faults_total",
+    "kubevirt_vmi_memory_pgmajfault_total",
+    "kubevirt_vmi_memory_pgmajfault",
+)
+"""The guest's major page faults: guestload's balloon stats, or virt-handler's."""
 
 GUEST_CPU = "guestload_guest_cpu_seconds_total"
 BUSY_MODES = "user|nice|system|irq|softirq"
@@ -115,6 +130,8 @@ class Records:
     host_busy: str
     cpu_busy: str
     contention: str
+    swap_in: str
+    major_faults: str
 
     @classmethod
     def of(cls, settings: Settings) -> Records:
@@ -129,6 +146,8 @@ class Records:
             host_busy=HOST_BUSY_PREFIX + window,
             cpu_busy=CPU_BUSY_PREFIX + window,
             contention=CONTENTION_PREFIX + window,
+            swap_in=SWAP_IN_RATE_PREFIX + window,
+            major_faults=MAJOR_FAULT_RATE_PREFIX + window,
         )
 
 
@@ -337,7 +356,14 @@ def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
     last_busy = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="busy"}}) >= 0'
     last_iowait = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="iowait"}}) >= 0'
     last_steal = f'max by ({VM}) ({GUEST_LAST_POLL}{{share="steal"}})'
+    window = settings.window("vcpu_rate")
     return [
+        # Memory pressure from the balloon's statistics (the guest's /proc/vmstat, refreshed
+        # every balloon stats period): bytes read back from swap and page faults that had to
+        # read a disk. From guestload or from KubeVirt's virt-handler, whichever exports
+        # them; max by keeps one where both do.
+        RecordingRule(record=records.swap_in, expr=_max_rate(SWAP_IN_COUNTERS, window)),
+        RecordingRule(record=records.major_faults, expr=_max_rate(MAJOR_FAULT_COUNTERS, window)),
         # The guest's busy share over the exporter's last poll interval: exact whatever the
         # interval, and current within one poll, so a guest that has just become CPU-bound
         # is named cpu at the poll its queue passes the threshold. Where it is missing (the
@@ -375,25 +401,56 @@ def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
     ]
 
 
+def _max_rate(counters: Sequence[str], window: str) -> str:
+    """The largest per-VM rate of whichever of *counters* exist. One rate per name: a name
+    regex would drop the names and clash where one target exports two of them."""
+    rates = "\n    or\n".join(f"  rate({counter}[{window}])" for counter in counters)
+    return f"max by ({VM}) (\n{rates}\n)"
+
+
+def memory_condition(settings: Settings, *, indent: str = "") -> str:
+    """The VMs whose guest thrashes: swap read back, or major page faults, above their
+    thresholds over the rate window."""
+    records = Records.of(settings)
+    swap_in = settings.cause("swap_in_bytes_per_second")
+    faults = settings.cause("major_faults_per_second")
+    lines = [
+        "(",
+        f"  {records.swap_in} > {swap_in}",
+        "    or",
+        f"  {records.major_faults} > {faults}",
+        ")",
+    ]
+    return f"\n{indent}".join(lines)
+
+
 def cause_conditions(settings: Settings) -> dict[str, str]:
-    """Each cause's condition on a VM, queue aside: the VMs for which that cause holds."""
+    """Each cause's condition on a VM, queue aside: the VMs for which that cause holds.
+
+    Memory comes first: vCPUs busy reclaiming and swapping, or idle waiting for swap reads,
+    are short of memory, not of vCPUs or disk, so cpu, io and blocked stand down for it.
+    """
     busy = settings.cause("busy_share")
     iowait = settings.cause("iowait_share")
     contention = f"{CAUSE_CONTENTION} > {settings.cause('contention_share')}"
+    memory = memory_condition(settings, indent=" " * 4)
+    not_memory = f"\n      unless on ({VM})\n    {memory}"
     return {
-        "cpu": f"{CAUSE_BUSY} >= {busy}",
+        "cpu": f"{CAUSE_BUSY} >= {busy}{not_memory}",
         # Idle vCPUs with iowait, or with no iowait known (the host's view cannot tell).
         "io": (
             f"(\n      {CAUSE_BUSY} < {busy}\n        unless on ({VM})\n"
             f"      {CAUSE_IOWAIT} < {iowait}\n    )"
+            f"{not_memory}"
         ),
         # Idle vCPUs without iowait and without a host that starves them: tasks asleep in
         # uninterruptible waits that are not block I/O (NFS, FUSE, locks).
         "blocked": (
             f"(\n      {CAUSE_BUSY} < {busy}\n        and on ({VM})\n"
             f"      {CAUSE_IOWAIT} < {iowait}\n    )\n      unless on ({VM})\n"
-            f"    {contention}"
+            f"    {contention}{not_memory}"
         ),
+        "memory": memory,
         "host": contention,
     }
 
@@ -423,6 +480,8 @@ def _cause_rule(settings: Settings) -> RecordingRule:
         f"      {high}\n"
         f"        unless on ({VM})\n"
         f"      {CAUSE_BUSY}\n"
+        f"        unless on ({VM})\n"
+        f"      {memory_condition(settings, indent=' ' * 6)}\n"
         "    ),\n"
         '    "cause", "unknown", "", ""\n'
         "  ),\n"
@@ -441,6 +500,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     critical = settings.alert("GuestVCPUQueueHighCritical")
     stall = settings.alert("GuestIOStall")
     blocked = settings.alert("GuestBlockedTasks")
+    thrash = settings.alert("GuestMemoryThrash")
     saturation = settings.alert("GuestVCPUSaturation")
     contention = settings.alert("GuestVCPUHostContention")
     window = settings.window("vcpu_rate")
@@ -511,13 +571,40 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
             runbook_url=settings.runbook_url("GuestBlockedTasks"),
         )
     )
+    swap_in = settings.cause("swap_in_bytes_per_second")
+    faults = settings.cause("major_faults_per_second")
+    swap_in_now = _vm_query(records.swap_in, "{{ . | first | value | humanize1024 }}B/s", "unknown")
+    faults_now = _vm_query(
+        records.major_faults, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
+    )
+    alerts.append(
+        AlertingRule(
+            alert="GuestMemoryThrash",
+            # Not tied to a long queue: one process thrashing slows the whole guest.
+            expr=memory_condition(settings),
+            for_=thrash.for_.value,
+            severity=thrash.severity,
+            summary=f"Guest {_VM_TEXT} thrashes: it is short of memory, not of vCPUs.",
+            description=(
+                f"VM {_VM_TEXT} on node {_NODE_TEXT} has read its memory back from swap at "
+                f"{swap_in_now} (threshold {swap_in} B/s) or taken {faults_now} major page "
+                f"faults (threshold {faults}/s), {window} rates, for {thrash.for_.value}: its "
+                "working set does not fit its memory, and its vCPUs spend their time "
+                "reclaiming and waiting for pages. More vCPUs would not help; more memory, "
+                f"or less work in it, would. {explain}"
+            ),
+            runbook_url=settings.runbook_url("GuestMemoryThrash"),
+        )
+    )
     per_vcpu = saturation.threshold("load_per_vcpu")
     alerts.append(
         AlertingRule(
             alert="GuestVCPUSaturation",
             # Only with busy vCPUs: the same load made of blocked tasks is no lack of vCPUs.
             expr=(
-                f"{LOAD_PER_VCPU} > {per_vcpu}\n  and on ({VM})\n{records.cpu_busy} >= {busy_share}"
+                f"{LOAD_PER_VCPU} > {per_vcpu}\n  and on ({VM})\n"
+                f"{records.cpu_busy} >= {busy_share}\n  unless on ({VM})\n"
+                f"{memory_condition(settings)}"
             ),
             for_=saturation.for_.value,
             severity=saturation.severity,

@@ -95,7 +95,7 @@ def load_settings(path: Path) -> Settings:
             for key, value in _mapping(document.get("windows"), "windows").items()
         },
         causes={
-            key: _share(_reasoned(value, f"causes.{key}"), f"causes.{key}")
+            key: _cause_threshold(key, _reasoned(value, f"causes.{key}"))
             for key, value in _mapping(document.get("causes"), "causes").items()
         },
         alerts={
@@ -126,6 +126,24 @@ def _reasoned(raw: object, where: str) -> Reasoned:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise SettingsError(f"{where}.value must be a number or a duration")
     return Reasoned(value=str(value), why=_text(document.get("why"), f"{where}.why"))
+
+
+def _cause_threshold(key: str, setting: Reasoned) -> Reasoned:
+    """A share (``*_share``) between 0 and 1, or a rate (``*_per_second``) above 0."""
+    where = f"causes.{key}"
+    if key.endswith("_per_second"):
+        return _positive(setting, where)
+    return _share(setting, where)
+
+
+def _positive(setting: Reasoned, where: str) -> Reasoned:
+    try:
+        rate = float(setting.value)
+    except ValueError:
+        rate = -1.0
+    if not rate > 0:
+        raise SettingsError(f"{where}.value must be a rate above 0")
+    return setting
 
 
 def _share(setting: Reasoned, where: str) -> Reasoned:

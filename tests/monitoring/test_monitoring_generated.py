@@ -86,20 +86,33 @@ def test_prometheusrule_holds_the_rule_file_groups_unchanged() -> None:
     assert manifest["spec"]["groups"] == load_yaml(RULE_FILE)["groups"]
 
 
+_SWAP_IN = "namespace_name_node:guestload_memory_swap_in_bytes:rate10m"
+_MAJOR_FAULTS = "namespace_name_node:guestload_memory_major_faults:rate10m"
+_VALUE_BY_QUERY = {"GuestMemoryThrash": (_SWAP_IN, _MAJOR_FAULTS)}
+"""Alerts whose $value is one of two rates in different units (whichever side of an `or`
+holds): their descriptions query each rate by name instead of printing $value."""
+
+
 def test_every_alert_has_severity_and_the_three_annotations() -> None:
     runbook_template = load_yaml(CONFIG)["runbook_url_template"]
     for rule in alerting_rules():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}, rule["alert"]
-        assert '{{ $value | printf "%.2f" }}' in annotations["description"], rule["alert"]
+        if rule["alert"] in _VALUE_BY_QUERY:
+            for record in _VALUE_BY_QUERY[rule["alert"]]:
+                assert f'"{record}{{namespace=' in annotations["description"], rule["alert"]
+        else:
+            assert '{{ $value | printf "%.2f" }}' in annotations["description"], rule["alert"]
         assert annotations["runbook_url"] == runbook_template.format(alertname=rule["alert"])
 
 
 def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
     """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only where
     the rules call the queue's cause cpu; where they call it io GuestIOStall fires, and where
-    they call it blocked GuestBlockedTasks, both after 5 minutes."""
+    they call it blocked GuestBlockedTasks, both after 5 minutes. GuestMemoryThrash fires on
+    the memory condition alone (no queue) after 5 minutes, and GuestVCPUSaturation stands down
+    for it."""
     by_name = {rule["alert"]: rule for rule in alerting_rules()}
     vm = "on (namespace, name, node)"
     queue = "kubevirt_vmi_guest_vcpu_queue"
@@ -107,14 +120,17 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
     def cause(name: str) -> str:
         return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
+    memory = f"({_SWAP_IN} > 1048576 or {_MAJOR_FAULTS} > 100)"
+
     expected = {
         "GuestVCPUQueueHighWarning": (f"{queue} > 10 and {vm} {cause('cpu')}", None, "warning"),
         "GuestVCPUQueueHighCritical": (f"{queue} > 20 and {vm} {cause('cpu')}", None, "critical"),
         "GuestIOStall": (f"{queue} and {vm} {cause('io')}", "5m", "warning"),
         "GuestBlockedTasks": (f"{queue} and {vm} {cause('blocked')}", "5m", "warning"),
+        "GuestMemoryThrash": (memory, "5m", "warning"),
         "GuestVCPUSaturation": (
             "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 and "
-            f"{vm} namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3",
+            f"{vm} namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3 unless {vm} {memory}",
             "15m",
             "warning",
         ),

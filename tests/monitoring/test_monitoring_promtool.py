@@ -38,6 +38,7 @@ def test_promtool_test_files_exist() -> None:
         "causes.test.yml",
         "io-stall-alerts.test.yml",
         "blocked-alerts.test.yml",
+        "memory-alerts.test.yml",
     }
 
 
@@ -155,6 +156,9 @@ _GUEST_BUSY = "namespace_name_node:guestload_guest_cpu_busy:ratio_rate10m"
 _HOST_BUSY = "namespace_name_node:kubevirt_vmi_vcpu_busy:ratio_rate10m"
 _IO_CAUSE = 'namespace_name_node:guestload_pressure_cause:info{cause="io"}'
 _VM = "namespace, name, node"
+_SWAP_IN = "namespace_name_node:guestload_memory_swap_in_bytes:rate10m"
+_MAJOR_FAULTS = "namespace_name_node:guestload_memory_major_faults:rate10m"
+_FAULT_COUNTERS = "guestload_memory_major_faults_total|kubevirt_vmi_memory_pgmajfault(_total)?"
 _DB_BUSY_0625 = (
     f'exp: {{__name__="{_GUEST_BUSY}", name="db", namespace="shop", node="node-a"}} 6.25E-01'
 )
@@ -237,6 +241,44 @@ def _guest_share(modes: str, total: str) -> str:
             "blocked-alerts.test.yml",
             "name: Idle vCPUs on a contended host (busy 0.0625, steal and delay 0.25, no iowait)",
         ),
+        (
+            "GuestVCPUSaturation",
+            f"namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 and on ({_VM}) "
+            "namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3",
+            "memory-alerts.test.yml",
+            "name: The measured swap storm fires GuestMemoryThrash 5 minutes after its rate",
+        ),
+        (
+            "GuestMemoryThrash",
+            f"{_SWAP_IN} > 1048576 and on ({_VM}) {_MAJOR_FAULTS} > 100",
+            "memory-alerts.test.yml",
+            "name: Swap-in of exactly 1 MiB/s with exactly 100 major faults/s is not memory",
+        ),
+        (
+            "GuestMemoryThrash",
+            f"{_SWAP_IN} >= 1048576 or {_MAJOR_FAULTS} >= 100",
+            "memory-alerts.test.yml",
+            "name: Swap-in of exactly 1 MiB/s with exactly 100 major faults/s is not memory",
+        ),
+        (
+            "GuestMemoryThrash",
+            f"({_SWAP_IN} > 1048576 or {_MAJOR_FAULTS} > 100) and on ({_VM}) "
+            "kubevirt_vmi_guest_vcpu_queue > 10",
+            "memory-alerts.test.yml",
+            "name: A thrashing guest with a short queue (load 2 on one vCPU) has no cause series",
+        ),
+        (
+            _SWAP_IN,
+            f"max by ({_VM}) (rate(guestload_memory_swap_in_bytes_total[10m]))",
+            "memory-alerts.test.yml",
+            "name: KubeVirt's memory counters alone, under their current names and their names",
+        ),
+        (
+            _MAJOR_FAULTS,
+            f"sum by ({_VM}) (rate({{__name__=~{_FAULT_COUNTERS!r}}}[10m]))".replace("'", '"'),
+            "memory-alerts.test.yml",
+            "name: A VM whose memory counters both guestload and KubeVirt export has one rate",
+        ),
     ],
     ids=[
         "busy-counting-guest-time-twice",
@@ -249,6 +291,12 @@ def _guest_share(modes: str, total: str) -> str:
         "saturation-without-io-gate",
         "saturation-gated-only-on-io",
         "blocked-without-contention-gate",
+        "saturation-without-memory-gate",
+        "thrash-needing-both-rates",
+        "thrash-at-the-thresholds",
+        "thrash-needing-a-long-queue",
+        "swap-in-from-guestload-only",
+        "major-faults-summed-over-jobs",
     ],
 )
 def test_plausible_wrong_cause_rules_fail_the_shipped_tests(
@@ -267,5 +315,53 @@ def test_plausible_wrong_cause_rules_fail_the_shipped_tests(
     (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
     shutil.copytree(MONITORING / "tests", tmp_path / "tests")
     result = run([promtool(), "test", "rules", tmp_path / "tests" / test_file])
+    assert result.returncode != 0
+    assert symptom in result.stderr
+
+
+_MEMORY_GATE = (
+    "\n      unless on (namespace, name, node)\n"
+    "    (\n"
+    f"      {_SWAP_IN} > 1048576\n"
+    "        or\n"
+    f"      {_MAJOR_FAULTS} > 100\n"
+    "    )"
+)
+_CAUSE_GOT = 'got: {__name__="namespace_name_node:guestload_pressure_cause:info", '
+
+
+@pytest.mark.parametrize(
+    ("clause", "symptom"),
+    [
+        (
+            "namespace_name_node:guestload_cause_busy:ratio >= 0.3",
+            _CAUSE_GOT + 'cause="cpu", name="storm"',
+        ),
+        (
+            "namespace_name_node:guestload_cause_iowait:ratio < 0.1\n    )",
+            _CAUSE_GOT + 'cause="io", name="slowswap"',
+        ),
+    ],
+    ids=["cpu-cause-without-memory-gate", "io-cause-without-memory-gate"],
+)
+def test_a_cause_that_does_not_stand_down_for_memory_fails_the_memory_tests(
+    tmp_path: Path, clause: str, symptom: str
+) -> None:
+    """Without its `unless` on the memory condition, cpu (a storm in system time) or io (a
+    storm on a slow swap device) joins memory as a second cause, and the memory tests say so."""
+    (tmp_path / "rules").mkdir()
+    document = load_yaml(RULE_FILE)
+    replaced = 0
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if rule.get("record") == "namespace_name_node:guestload_pressure_cause:info":
+                gated = clause + _MEMORY_GATE
+                assert rule["expr"].count(gated) == 1
+                rule["expr"] = rule["expr"].replace(gated, clause)
+                replaced += 1
+    assert replaced == 1
+    (tmp_path / "rules" / RULE_FILE.name).write_text(yaml.safe_dump(document), encoding="utf-8")
+    shutil.copytree(MONITORING / "tests", tmp_path / "tests")
+    result = run([promtool(), "test", "rules", tmp_path / "tests" / "memory-alerts.test.yml"])
     assert result.returncode != 0
     assert symptom in result.stderr
