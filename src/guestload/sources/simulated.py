@@ -11,7 +11,7 @@ Everything is a function of the seed and of the time since :meth:`SimulatedSourc
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
 the same load curves, however often they are read. A healthy agent answers each query with
 what the query's registration makes of a read-only view of the VM
-(:class:`~guestload.queries.registry.SimulatedGuest`): the texts real agents send, judged by
+(:class:`~guestload.registration.SimulatedGuest`): the texts real agents send, judged by
 the query's own parser. An old agent lacks the commands of QEMU versions after its own. Failures
 go through the same classification as libvirt's errors (:mod:`guestload.queries.agent`). The
 VMs, their agents' misbehaviour and the churn stay in one module because all are drawn from
@@ -48,7 +48,8 @@ from guestload.queries.agent import (
 )
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
-from guestload.queries.registry import QueryRegistration, QueryRegistry, SimulatedGuest
+from guestload.queries.registry import QueryRegistration, QueryRegistry
+from guestload.registration import SimulatedGuest
 from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
