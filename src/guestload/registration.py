@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Protocol, Self, TypeVar, get_type_hints
 
 from guestload.exposition.schema import FIXED_FAMILIES, VM_LABELS, MetricSpec
@@ -71,6 +71,22 @@ class CollectorFlag:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatedMemory:
+    """A simulated VM's memory as its balloon driver would report it."""
+
+    size_kib: int = 2 * 1024 * 1024
+    """The memory the VM was given (the balloon is never inflated in the simulation)."""
+    used_share: float = 0.4
+    """The share of the memory the guest's processes use (neither free nor cache)."""
+    thrashing: bool = False
+    """The guest swaps continuously: its swap counters and major faults grow every step."""
+    stats_period: bool = True
+    """The VM's balloon has a statistics period: the guest reports more than the balloon size."""
+    updated_at_seconds: float = 1_700_000_000.0
+    """Unix time of the guest's last statistics update."""
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatedGuest:
     """A read-only view of one simulated VM, from which a collector makes its simulated answer."""
 
@@ -85,6 +101,7 @@ class SimulatedGuest:
     """The share of uptime each vCPU waits for I/O."""
     delay_share: float
     """The share of busy time each vCPU waits for a host CPU."""
+    memory: SimulatedMemory = field(default_factory=SimulatedMemory)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
