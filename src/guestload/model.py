@@ -74,6 +74,9 @@ class DomainInventory:
     vcpus: tuple[VcpuStat, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     """Identity hints from the domain's XML metadata, e.g. ``kubevirt.uid``."""
+    host_stats: Mapping[str, object] = field(default_factory=dict)
+    """Host stat name -> its value from the bulk listing, for each enabled host stat whose
+    group the listing reported (:mod:`guestload.hoststats`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class DomainSample:
     """Query name -> its last reading, whose value is what the query keeps to export."""
     vcpu_count: int | None
     vcpus: tuple[VcpuStat, ...]
+    host_stats: Mapping[str, object] = field(default_factory=dict)
+    """Host stat name -> its value, as the domain's inventory carried it."""
 
     def state(self, query: str) -> AgentState | None:
         """The agent state of ``query`` for this domain; None where it is not asked."""

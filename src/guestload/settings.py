@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from guestload.hoststats.catalog import HOST_STATS
+from guestload.hoststats.hoststat import HostStat
+from guestload.hoststats.registry import HostStatSelection
 from guestload.identity import IdentityMode
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery
@@ -135,6 +138,9 @@ class Settings:
     query_options: QuerySelection = field(default_factory=QUERIES.defaults)
     """Each guest-agent query's options, set by its ``--collector.*`` flags (its registration
     in :mod:`guestload.queries.catalog`); ``query_options.of(LoadOptions)`` reads one."""
+    host_stat_options: HostStatSelection = field(default_factory=HOST_STATS.defaults)
+    """Each host stat's options, set by its ``--collector.*`` flags (its registration in
+    :mod:`guestload.hoststats.catalog`)."""
     node: str
     default_namespace: str = "libvirt"
     max_requests: int = 16
@@ -232,3 +238,7 @@ class Settings:
     def queries(self) -> tuple[GuestQuery, ...]:
         """The guest-agent queries asked of every domain."""
         return self.query_options.queries()
+
+    def host_stats(self) -> tuple[HostStat, ...]:
+        """The host stats read from libvirt's bulk stats of every domain."""
+        return self.host_stat_options.host_stats()

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import libvirt
 import pytest
 
+from guestload.hoststats.balloon import BALLOON
 from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
 from guestload.sources.libvirt import LibvirtSource, format_libvirt_version, process_event_loop
 from guestload.sources.protocol import SourceUnavailableError
@@ -61,6 +62,21 @@ def _kubevirt_domain_xml(*, name: str, domain_uuid: str, kubevirt_uid: str) -> s
     <kubevirt xmlns="http://kubevirt.io"><uid>{kubevirt_uid}</uid></kubevirt>
   </metadata>
 </domain>"""
+
+
+@pytest.mark.parametrize("through_daemon", [False, True], ids=["in-process", "private-daemon"])
+def test_the_balloon_group_leaves_the_test_driver_s_bulk_call_working(
+    through_daemon: bool, request: pytest.FixtureRequest
+) -> None:
+    """The test driver has no balloon group: without ENFORCE_STATS it is skipped, not refused."""
+    uri = request.getfixturevalue("test_driver_daemon").uri if through_daemon else IN_PROCESS_URI
+    source = LibvirtSource(uri=uri, host_stats=(BALLOON,))
+    try:
+        source.connect()
+        inventory = _by_name(source.list_running_domains(), TEST_DOMAIN)
+    finally:
+        source.close()
+    assert inventory.host_stats == {}
 
 
 def test_in_process_listing_gives_the_test_domain(in_process_source: LibvirtSource) -> None:

@@ -1,13 +1,15 @@
 """The snapshot behind the golden exposition ``tests/unit/golden/metrics.prom``.
 
-Two VMs on one node: one whose agent answered both queries, one with an odd name whose agent
-answered neither; vCPU statistics, poll counters and build information filled in.
+Two VMs on one node: one whose agent answered both queries and whose balloon reports every
+statistic, one with an odd name whose agent answered neither and whose balloon reports only its
+size; vCPU statistics, poll counters and build information filled in.
 """
 
 from __future__ import annotations
 
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
+from guestload.hoststats.balloon import BALLOON, BalloonStats
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -41,6 +43,7 @@ def sample_snapshot() -> Snapshot:
                     VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
                     VcpuStat(1, VcpuState.BLOCKED, 3.0, None, None),
                 ),
+                host_stats={"balloon": BALLOON_STATS},
             ),
             DomainSample(
                 uuid="u2",
@@ -52,6 +55,7 @@ def sample_snapshot() -> Snapshot:
                 },
                 vcpu_count=1,
                 vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
+                host_stats={"balloon": BalloonStats(balloon_bytes=1024**3)},
             ),
         ),
         polls_total=3,
@@ -67,10 +71,30 @@ def sample_snapshot() -> Snapshot:
 CPU_TIMES = CpuStatsQuery().fold(
     None, {0: {"user": 1500, "system": 250, "idle": 90_000, "iowait": 4_970}, 1: {"user": 10}}
 )
+#: The first VM's balloon, with a statistics period: every statistic the balloon reports.
+BALLOON_STATS = BALLOON.parse(
+    {
+        "balloon.current": 4 * 1024 * 1024,
+        "balloon.maximum": 4 * 1024 * 1024,
+        "balloon.swap_in": 2048,
+        "balloon.swap_out": 4096,
+        "balloon.major_fault": 310,
+        "balloon.minor_fault": 1_234_567,
+        "balloon.unused": 1024 * 1024,
+        "balloon.available": 4_000_000,
+        "balloon.usable": 2 * 1024 * 1024,
+        "balloon.disk_caches": 512 * 1024,
+        "balloon.last-update": 1_699_999_990,
+        "balloon.rss": 3 * 1024 * 1024,
+    }
+)
 QUERIES = (LOAD, CpuStatsQuery())
+HOST_STATS = (BALLOON,)
 
 
 def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:
-    cache = MetricsCache(metric_set=MetricSet(queries=QUERIES, vcpu_collector=vcpu))
+    cache = MetricsCache(
+        metric_set=MetricSet(queries=QUERIES, vcpu_collector=vcpu, host_stats=HOST_STATS)
+    )
     cache.update(sample_snapshot())
     return cache.render(openmetrics_format=openmetrics, gzip=False)

@@ -9,6 +9,7 @@ import pytest
 
 from guestload import __version__
 from guestload.cli.flags import (
+    HOST_STAT_DEST,
     PROBE_LOG_LEVEL,
     QUERY_DEST,
     build_parser,
@@ -17,9 +18,12 @@ from guestload.cli.flags import (
     shown_default,
 )
 from guestload.cli.main import main
+from guestload.hoststats.catalog import HOST_STATS
+from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import IdentityMode
 from guestload.queries.catalog import QUERIES
 from guestload.queries.load import LoadOptions
+from guestload.queries.registry import QueryRegistry
 from guestload.settings import (
     DERIVED_FROM_INTERVAL,
     ListenAddress,
@@ -79,26 +83,36 @@ def _flags(command: str) -> dict[str, argparse.Action]:
     return {a.dest: a for a in subparsers.choices[command]._actions if a.dest != "help"}
 
 
+_REGISTRIES: dict[str, QueryRegistry | HostStatRegistry] = {
+    QUERY_DEST: QUERIES,
+    HOST_STAT_DEST: HOST_STATS,
+}
+"""The head of a collector flag's destination -> the registry of its collectors."""
+
+
 def _field_paths() -> set[str]:
-    """Every Settings field, with the simulation's fields as ``simulation.<name>`` and each
-    registered query's options as ``query.<query>.<name>``."""
-    nested = ("simulation", "query_options")
+    """Every Settings field, with the simulation's fields as ``simulation.<name>``, each
+    registered query's options as ``query.<query>.<name>`` and each host stat's as
+    ``host_stat.<host stat>.<name>``."""
+    nested = ("simulation", "query_options", "host_stat_options")
     paths = {spec.name for spec in fields(Settings) if spec.name not in nested}
     paths |= {f"simulation.{spec.name}" for spec in fields(Simulation)}
     return paths | {
-        f"{QUERY_DEST}.{registration.name}.{spec.name}"
-        for registration in QUERIES
+        f"{head}.{registration.name}.{spec.name}"
+        for head, registry in _REGISTRIES.items()
+        for registration in registry
         for spec in fields(registration.defaults)
     }
 
 
 def _default(dest: str) -> object:
-    """The default of the Settings field, or of the query option, a flag sets."""
+    """The default of the Settings field, or of the collector option, a flag sets."""
     head, _, rest = dest.partition(".")
-    if head != QUERY_DEST:
+    registry = _REGISTRIES.get(head)
+    if registry is None:
         return field_default(dest)
-    query, _, option = rest.partition(".")
-    registration = QUERIES.get(query)
+    name, _, option = rest.partition(".")
+    registration = registry.get(name)
     assert registration is not None, dest
     return registration.default(option)
 

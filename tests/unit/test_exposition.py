@@ -23,7 +23,7 @@ from guestload.model import Snapshot
 from guestload.queries.load import LoadOptions
 from guestload.settings import Settings
 from tests.unit.fakes import LOAD_ONLY
-from tests.unit.snapshots import QUERIES, rendered, sample_snapshot
+from tests.unit.snapshots import HOST_STATS, QUERIES, rendered, sample_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 
@@ -99,7 +99,8 @@ def test_openmetrics_has_the_same_samples_and_ends_with_eof() -> None:
 def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> None:
     live = ProcessCollector(registry=CollectorRegistry())
     cache = MetricsCache(
-        metric_set=MetricSet(queries=QUERIES, vcpu_collector=True), live_collectors=(live,)
+        metric_set=MetricSet(queries=QUERIES, vcpu_collector=True, host_stats=HOST_STATS),
+        live_collectors=(live,),
     )
     cache.update(sample_snapshot())
     plain = cache.render(openmetrics_format=openmetrics, gzip=False)

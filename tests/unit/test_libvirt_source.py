@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
 import pytest
 
+from guestload.exposition.schema import VmSample
+from guestload.hoststats.balloon import BALLOON, BalloonStats
+from guestload.hoststats.hoststat import HostStat
 from guestload.identity import parse_kubevirt_metadata
 from guestload.logs import JsonFormatter
 from guestload.model import (
@@ -33,6 +36,8 @@ from guestload.sources.protocol import Source, SourceUnavailableError
 from tests.unit.fakes import ask_load
 
 GUEST_GET_LOAD_COMMAND = agent_command_json(LOAD)
+STATE_AND_VCPU = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+"""The groups of a listing without host stats."""
 
 
 class _LoadWithoutBinding(LoadQuery):
@@ -242,6 +247,8 @@ class FakeConnection:
     closed: int = 0
     lookups: int = 0
     keepalive: tuple[int, int] | None = None
+    stats_calls: list[tuple[int, int]] = field(default_factory=list)
+    """The groups and flags of each bulk stats call."""
 
     def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 - libvirt's name
         self.keepalive = (interval, count)
@@ -254,7 +261,7 @@ class FakeConnection:
         return int(self.alive)
 
     def getAllDomainStats(self, groups: int, flags: int) -> list[tuple[object, object]]:  # noqa: N802
-        assert groups == libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+        self.stats_calls.append((groups, flags))
         assert flags & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
         assert flags & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         if self.stats_error is not None:
@@ -323,7 +330,11 @@ class Rig:
     agent: FakeAgent
 
 
-def make_rig(*domains: FakeDomain, daemon_version: int = 11_003_000) -> Iterator[Rig]:
+def make_rig(
+    *domains: FakeDomain,
+    daemon_version: int = 11_003_000,
+    host_stats: Sequence[HostStat] = (),
+) -> Iterator[Rig]:
     connection = FakeConnection(domains=list(domains), daemon_version=daemon_version)
     agent = FakeAgent()
     opened: list[str] = []
@@ -332,7 +343,9 @@ def make_rig(*domains: FakeDomain, daemon_version: int = 11_003_000) -> Iterator
         opened.append(uri)
         return connection
 
-    source = LibvirtSource(uri=URI, open_connection=open_connection, agent_command=agent)
+    source = LibvirtSource(
+        uri=URI, open_connection=open_connection, agent_command=agent, host_stats=host_stats
+    )
     source.connect()
     assert opened == [URI]
     try:
@@ -482,6 +495,64 @@ def test_listing_converts_stats_and_reads_metadata_once(rig: Rig) -> None:
         == 1
     )
     assert domain_of(rig, UUID_B).count("metadata") == 1
+    assert [groups for groups, _ in rig.connection.stats_calls] == [STATE_AND_VCPU] * 3
+    assert (first.host_stats, second.host_stats) == ({}, {})
+
+
+class _OtherGroupStat(HostStat):
+    """A second host stat, of the block group: its group joins the same bulk call."""
+
+    name = "block"
+    stats_group = "VIR_DOMAIN_STATS_BLOCK"
+    families = ()
+
+    def parse(self, record: Mapping[str, object]) -> object | None:
+        return record.get("block.count")
+
+    def samples(self, value: object) -> Iterator[VmSample]:
+        return iter(())
+
+
+class _NotInThisBinding(_OtherGroupStat):
+    name = "future"
+    stats_group = "VIR_DOMAIN_STATS_NOT_IN_THIS_BINDING"
+
+
+def test_host_stats_groups_join_the_one_bulk_call_and_each_record_is_parsed() -> None:
+    host_stats = (BALLOON, _OtherGroupStat(), _NotInThisBinding())
+    for rig in make_rig(fake_domain(), fake_domain(UUID_B, "plain-vm"), host_stats=host_stats):
+        rig.connection.stats = {
+            UUID_A: {
+                "state.state": 1,
+                "balloon.current": 1024,
+                "balloon.maximum": 2048,
+                "balloon.swap_in": 3,
+                "block.count": 2,
+            },
+            UUID_B: {"state.state": 1, "vcpu.current": 1},
+        }
+        first, second = rig.source.list_running_domains()
+        assert rig.connection.stats_calls == [
+            (
+                STATE_AND_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_BLOCK,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+                | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+            )
+        ]
+        assert first.host_stats == {
+            "balloon": BalloonStats(balloon_bytes=1024 * 1024, swap_in_bytes=3 * 1024),
+            "block": 2,
+        }
+        assert second.host_stats == {}, "a record without the groups exports nothing"
+
+
+def test_hostile_balloon_values_cost_only_their_own_field() -> None:
+    for rig in make_rig(fake_domain(), host_stats=(BALLOON,)):
+        rig.connection.stats = {
+            UUID_A: {"balloon.current": 1024, "balloon.swap_in": -1, "balloon.unused": "x"}
+        }
+        (listed,) = rig.source.list_running_domains()
+        assert listed.host_stats == {"balloon": BalloonStats(balloon_bytes=1024 * 1024)}
 
 
 def test_listing_refreshes_per_run_state_after_a_restart(rig: Rig) -> None:

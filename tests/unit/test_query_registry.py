@@ -28,14 +28,8 @@ from guestload.queries.cpustats import (
     GUEST_CPU_SECONDS_PER_CPU,
 )
 from guestload.queries.query import GuestQuery
-from guestload.queries.registry import (
-    QueryFlag,
-    QueryRegistration,
-    QueryRegistry,
-    RegistrationError,
-    SimulatedGuest,
-    registration,
-)
+from guestload.queries.registry import QueryRegistration, QueryRegistry, registration
+from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings, SettingsError
 from guestload.sources.simulated import SimulatedSource, Simulation
 
@@ -90,7 +84,7 @@ def uptime_registration(
     return registration(
         name=name,
         defaults=UptimeOptions(),
-        flags=(QueryFlag(flag, "enabled", "ask guest agents for their uptime (%(default)s)"),),
+        flags=(CollectorFlag(flag, "enabled", "ask guest agents for their uptime (%(default)s)"),),
         build=lambda _options: UptimeQuery(),
         families=families,
         agent_since=(7, 0),
@@ -183,8 +177,11 @@ def test_a_refused_registration_leaves_the_registry_as_it_was() -> None:
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({"flags": (QueryFlag("--uptime", "enabled", "h"),)}, "flag --uptime lacks --collector."),
-        ({"flags": (QueryFlag("--collector.uptime", "on", "h"),)}, "does not set enabled"),
+        (
+            {"flags": (CollectorFlag("--uptime", "enabled", "h"),)},
+            "flag --uptime lacks --collector.",
+        ),
+        ({"flags": (CollectorFlag("--collector.uptime", "on", "h"),)}, "does not set enabled"),
         ({"flags": ()}, "does not set enabled"),
         ({"families": ()}, "exports no family"),
         (
@@ -197,7 +194,7 @@ def test_a_malformed_registration_is_refused(changes: dict[str, object], problem
     arguments: dict[str, object] = {
         "name": "uptime",
         "defaults": UptimeOptions(),
-        "flags": (QueryFlag("--collector.uptime", "enabled", "h"),),
+        "flags": (CollectorFlag("--collector.uptime", "enabled", "h"),),
         "build": lambda _options: UptimeQuery(),
         "families": (UPTIME,),
         "agent_since": (7, 0),

@@ -30,6 +30,8 @@ from guestload.exposition.schema import (
     MetricType,
 )
 from guestload.exposition.writer import SnapshotWriter, _VmLayout, format_value, header_lines
+from guestload.hoststats.balloon import BalloonStats
+from guestload.hoststats.catalog import ALL_HOST_STATS
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -53,7 +55,10 @@ def reference(snapshot: Snapshot, *, vcpu_collector: bool, openmetrics_format: b
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         SnapshotCollector(
-            snapshot, metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+            snapshot,
+            metric_set=MetricSet(
+                host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=vcpu_collector
+            ),
         )
     )
     if openmetrics_format:
@@ -107,6 +112,19 @@ domains = st.builds(
     ),
     vcpu_count=st.none() | st.integers(0, 64),
     vcpus=st.lists(vcpus, max_size=4).map(tuple),
+    host_stats=st.one_of(
+        st.just({}),
+        st.builds(
+            lambda balloon: {"balloon": balloon},
+            st.builds(
+                BalloonStats,
+                **{
+                    name: st.none() | st.integers(min_value=0, max_value=2**63)
+                    for name in BalloonStats.__dataclass_fields__
+                },
+            ),
+        ),
+    ),
 )
 label_names = st.one_of(
     st.sampled_from(BUILD_INFO_LABELS),
@@ -152,7 +170,9 @@ def test_both_formats_equal_prometheus_client_byte_for_byte(
     sequence: list[Snapshot], vcpu_collector: bool
 ) -> None:
     writer = SnapshotWriter(
-        metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+        metric_set=MetricSet(
+            host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=vcpu_collector
+        )
     )
     for snapshot in sequence:
         for openmetrics_format in (False, True):
@@ -164,10 +184,14 @@ def test_both_formats_equal_prometheus_client_byte_for_byte(
 @pytest.mark.parametrize("vcpu_collector", [True, False])
 def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collector: bool) -> None:
     """Realistic values (large vCPU counters in exponent form), the same VMs in two renders."""
-    source = SimulatedSource(simulation=Simulation(vms=40, seed=7), churn_thread=False)
+    source = SimulatedSource(
+        simulation=Simulation(vms=40, seed=7), churn_thread=False, host_stats=ALL_HOST_STATS
+    )
     source.connect()
     writer = SnapshotWriter(
-        metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=vcpu_collector)
+        metric_set=MetricSet(
+            host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=vcpu_collector
+        )
     )
     for poll in (1, 2):
         snapshot = Snapshot(
@@ -184,6 +208,7 @@ def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collec
                     },
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
+                    host_stats=inventory.host_stats,
                 )
                 for inventory in source.list_running_domains()
             ),
@@ -197,7 +222,9 @@ def test_simulated_vms_polled_twice_render_as_prometheus_client_does(vcpu_collec
 
 
 def test_an_empty_snapshot_has_every_family_header_and_no_vm_sample() -> None:
-    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=True))
+    writer = SnapshotWriter(
+        metric_set=MetricSet(host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=True)
+    )
     body = written(writer, Snapshot(source_up=False), openmetrics_format=False).decode()
     assert (
         body
@@ -262,16 +289,23 @@ def test_value_formats(value: float, text: str) -> None:
 
 
 def test_every_family_is_described_once() -> None:
-    names = [spec.sample_name for spec in MetricSet(queries=ALL_QUERIES).all_families()]
+    names = [
+        spec.sample_name
+        for spec in MetricSet(host_stats=ALL_HOST_STATS, queries=ALL_QUERIES).all_families()
+    ]
     assert len(set(names)) == len(names)
 
 
 def test_samples_carry_the_labels_their_family_declares() -> None:
     snapshot = sample_snapshot()
     for domain in snapshot.domains:
-        for spec, extra, _ in MetricSet(queries=ALL_QUERIES).domain_samples(domain):
+        for spec, extra, _ in MetricSet(
+            host_stats=ALL_HOST_STATS, queries=ALL_QUERIES
+        ).domain_samples(domain):
             assert len(VM_LABELS) + len(extra) == len(spec.labels), spec.name
-    for spec, samples in MetricSet(queries=ALL_QUERIES).exporter_families(snapshot):
+    for spec, samples in MetricSet(
+        host_stats=ALL_HOST_STATS, queries=ALL_QUERIES
+    ).exporter_families(snapshot):
         for labels, _ in samples:
             assert set(labels) <= set(spec.labels), spec.name
 
@@ -304,7 +338,9 @@ def test_build_info_documents_every_label_a_source_describes() -> None:
 
 
 def test_socket_health_is_a_family_only_in_kubevirt_node_mode() -> None:
-    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES, vcpu_collector=True))
+    writer = SnapshotWriter(
+        metric_set=MetricSet(host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=True)
+    )
     single = written(writer, Snapshot(source_up=True), openmetrics_format=False).decode()
     assert "guestload_libvirt_socket_up" not in single
     none_yet = written(writer, Snapshot(source_up=True, sockets=()), openmetrics_format=False)

@@ -35,17 +35,22 @@ EXIT_FAILURE: Final = 1
 
 def make_source(settings: Settings) -> Source:
     """The configured hypervisor: simulated, one libvirt URI, or one per matching socket."""
+    host_stats = settings.host_stats()
     if settings.source is SourceKind.SIMULATED:
-        return SimulatedSource(simulation=settings.simulation)
+        return SimulatedSource(simulation=settings.simulation, host_stats=host_stats)
     from guestload.sources.libvirt import LibvirtSource  # noqa: PLC0415 - imports libvirt
 
     readers = metadata_readers_for(settings.identity_mode)
     if not settings.socket_glob:
-        return LibvirtSource(uri=settings.libvirt_uri, metadata_readers=readers)
+        return LibvirtSource(
+            uri=settings.libvirt_uri, metadata_readers=readers, host_stats=host_stats
+        )
     return SocketGlobSource(
         socket_glob=settings.socket_glob,
         uri_template=settings.socket_uri_template,
-        make_source=lambda uri: LibvirtSource(uri=uri, metadata_readers=readers),
+        make_source=lambda uri: LibvirtSource(
+            uri=uri, metadata_readers=readers, host_stats=host_stats
+        ),
     )
 
 
@@ -101,7 +106,11 @@ def serve(
     """Run until SIGTERM or SIGINT; SIGHUP re-reads ``web_config``."""
     live_registry = CollectorRegistry(auto_describe=False)
     cache = MetricsCache(
-        metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector),
+        metric_set=MetricSet(
+            queries=settings.queries(),
+            vcpu_collector=settings.vcpu_collector,
+            host_stats=settings.host_stats(),
+        ),
         live_collectors=(
             ProcessCollector(registry=live_registry),
             PlatformCollector(registry=live_registry),

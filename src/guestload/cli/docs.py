@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from guestload.exposition.schema import LIVE_FAMILIES, MetricSet
+from guestload.hoststats.catalog import ALL_HOST_STATS
 from guestload.queries.catalog import ALL_QUERIES
 
 #: The terminal width the CLI reference is rendered at.
@@ -30,11 +31,14 @@ def metrics_markdown() -> str:
         "exporter process itself. The `kubevirt_vmi_vcpu_*` counters are left out with",
         "`--no-collector.vcpu`, `guestload_guest_cpu_seconds_total` with",
         "`--no-collector.guest-cpu`; `--collector.guest-cpu.per-cpu` adds a `cpu` label to it.",
+        "The `guestload_memory_*` series are left out with `--no-collector.balloon`; each is",
+        "present only where libvirt reported its key for the VM.",
         "",
         "| metric | type | labels | help |",
         "| --- | --- | --- | --- |",
     ]
-    for spec in (*MetricSet(queries=ALL_QUERIES).all_families(), *LIVE_FAMILIES):
+    reference = MetricSet(queries=ALL_QUERIES, host_stats=ALL_HOST_STATS)
+    for spec in (*reference.all_families(), *LIVE_FAMILIES):
         labels = ", ".join(sorted(spec.labels)) or "—"
         help_text = spec.help.replace("|", "\\|")
         lines.append(f"| `{spec.sample_name}` | {spec.type} | {labels} | {help_text} |")

@@ -3,8 +3,9 @@
 Each flag is bound to the Settings field it sets (``simulation.vms`` for a field of a nested
 dataclass): its default is that field's default, its choices come from the field's enum, its
 parser from the field's type, and its help shows the default as users type it. The guest-agent
-queries' ``--collector.*`` flags come from their registrations (:mod:`guestload.queries.registry`)
-the same way, bound to a field of the query's options instead (``query.<name>.<field>``).
+queries' and host stats' ``--collector.*`` flags come from their registrations
+(:mod:`guestload.registration`) the same way, bound to a field of the collector's options
+instead (``query.<name>.<field>``, ``host_stat.<name>.<field>``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import MISSING, fields
 from typing import Any, Final, NoReturn, get_type_hints
 
 from guestload import __version__
+from guestload.hoststats.catalog import HOST_STATS
+from guestload.hoststats.registry import HostStatRegistry, HostStatSelection
 from guestload.identity import default_node
 from guestload.logs import FORMATS, LEVELS
 from guestload.queries.catalog import QUERIES
-from guestload.queries.registry import QueryRegistration, QueryRegistry, QuerySelection
+from guestload.queries.registry import QueryRegistry, QuerySelection
+from guestload.registration import Registration
 from guestload.settings import (
     DERIVED_FROM_INTERVAL,
     ListenAddress,
@@ -119,6 +123,8 @@ def shown_default(path: str, value: object) -> str:
 _UNSET: Final = object()
 QUERY_DEST: Final = "query"
 """The head of a query flag's destination: ``query.<query name>.<options field>``."""
+HOST_STAT_DEST: Final = "host_stat"
+"""The head of a host stat flag's destination: ``host_stat.<host stat name>.<options field>``."""
 
 
 def _flag(
@@ -145,10 +151,12 @@ def _flag(
     )
 
 
-def _query_flags(parser: argparse.ArgumentParser, registration: QueryRegistration) -> None:
-    """Add the flags of a registered query, each setting a field of the query's options."""
+def _collector_flags(
+    parser: argparse.ArgumentParser, registration: Registration, head: str
+) -> None:
+    """Add the flags of a registered collector, each setting a field of its options."""
     for flag in registration.flags:
-        dest = f"{QUERY_DEST}.{registration.name}.{flag.option}"
+        dest = f"{head}.{registration.name}.{flag.option}"
         kind = registration.option_type(flag.option)
         value = registration.default(flag.option)
         _argument(parser, flag.name, dest=dest, kind=kind, value=value, help_text=flag.help)
@@ -315,9 +323,11 @@ def _add_source_flags(parser: argparse.ArgumentParser, *, log_level: str) -> Non
     )
 
 
-def build_parser(queries: QueryRegistry = QUERIES) -> argparse.ArgumentParser:
+def build_parser(
+    queries: QueryRegistry = QUERIES, host_stats: HostStatRegistry = HOST_STATS
+) -> argparse.ArgumentParser:
     """``guestload`` with its ``serve``, ``probe`` and ``bundle`` subcommands; ``serve`` has
-    the flags of every query in ``queries``."""
+    the flags of every query in ``queries`` and every host stat in ``host_stats``."""
     parser = _Parser(
         prog="guestload",
         description="Exports each libvirt VM's guest load average and CPU time by mode, read "
@@ -378,8 +388,8 @@ def build_parser(queries: QueryRegistry = QUERIES) -> argparse.ArgumentParser:
         "--collector.interval (default: %(default)s, or --collector.interval when longer)",
         default=None,
     )
-    for registration in queries:
-        _query_flags(serve, registration)
+    for query in queries:
+        _collector_flags(serve, query, QUERY_DEST)
     _flag(
         serve,
         "--collector.vcpu",
@@ -387,6 +397,8 @@ def build_parser(queries: QueryRegistry = QUERIES) -> argparse.ArgumentParser:
         "export the kubevirt_vmi_vcpu_* counters (off where KubeVirt's virt-handler "
         "already exports them; default: %(default)s)",
     )
+    for host_stat in host_stats:
+        _collector_flags(serve, host_stat, HOST_STAT_DEST)
     _add_source_flags(serve, log_level=str(field_default("log_level")))
 
     probe = commands.add_parser(
@@ -419,29 +431,49 @@ def build_parser(queries: QueryRegistry = QUERIES) -> argparse.ArgumentParser:
     return parser
 
 
+def _given(args: argparse.Namespace, head: str) -> dict[str, dict[str, object]]:
+    """Collector name -> option -> value, for the flags in ``args`` whose destination is
+    ``<head>.<name>.<option>``."""
+    given: dict[str, dict[str, object]] = {}
+    for dest, value in vars(args).items():
+        dest_head, _, rest = dest.partition(".")
+        if dest_head == head:
+            name, _, option = rest.partition(".")
+            given.setdefault(name, {})[option] = value
+    return given
+
+
 def query_options_from_args(
     args: argparse.Namespace, queries: QueryRegistry = QUERIES
 ) -> QuerySelection:
     """Every query's options: its defaults, with the values of its flags in ``args``."""
-    given: dict[str, dict[str, object]] = {}
-    for dest, value in vars(args).items():
-        head, _, rest = dest.partition(".")
-        if head == QUERY_DEST:
-            query, _, option = rest.partition(".")
-            given.setdefault(query, {})[option] = value
-    return queries.selection(given)
+    return queries.selection(_given(args, QUERY_DEST))
 
 
-def settings_from_args(args: argparse.Namespace, queries: QueryRegistry = QUERIES) -> Settings:
+def host_stat_options_from_args(
+    args: argparse.Namespace, host_stats: HostStatRegistry = HOST_STATS
+) -> HostStatSelection:
+    """Every host stat's options: its defaults, with the values of its flags in ``args``."""
+    return host_stats.selection(_given(args, HOST_STAT_DEST))
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    queries: QueryRegistry = QUERIES,
+    host_stats: HostStatRegistry = HOST_STATS,
+) -> Settings:
     """Settings from the parsed flags; raises SettingsError naming the flag.
 
     Fields without a flag in the subcommand keep their defaults; ``--node`` left out means
     ``$NODE_NAME``, else the host name; timings left out that follow the interval
     (:data:`~guestload.settings.DERIVED_FROM_INTERVAL`) are derived from it. Each query in
-    ``queries`` gets its options from its own flags.
+    ``queries`` and each host stat in ``host_stats`` gets its options from its own flags.
     """
     names = {spec.name for spec in fields(Settings)}
-    values: dict[str, Any] = {"query_options": query_options_from_args(args, queries)}
+    values: dict[str, Any] = {
+        "query_options": query_options_from_args(args, queries),
+        "host_stat_options": host_stat_options_from_args(args, host_stats),
+    }
     nested: dict[str, dict[str, Any]] = {}
     for dest, value in vars(args).items():
         head, dot, tail = dest.partition(".")

@@ -1,9 +1,10 @@
 """The metric set: every family guestload exports, and which samples a snapshot gives it.
 
 This module is the one description of the metrics. :class:`MetricSpec` constants name each
-family with its type, help and labels (each guest-agent query names its own families in its
-module; the query registry keeps their names apart from these); a :class:`MetricSet` says which
-families one configuration exports and which samples a snapshot gives them. The exposition
+family with its type, help and labels (each guest-agent query and each host stat names its own
+families in its module; their registries keep their names apart from these); a
+:class:`MetricSet` says which families one configuration exports and which samples a snapshot
+gives them. The exposition
 writer (:mod:`guestload.exposition.writer`, what ``/metrics`` serves) and the metrics reference
 (:mod:`guestload.cli.docs`) read it. Pure: it reads only the snapshot it is given.
 """
@@ -20,6 +21,7 @@ from guestload import __version__
 from guestload.model import AgentState, DomainSample, Identity, Snapshot
 
 if TYPE_CHECKING:
+    from guestload.hoststats.hoststat import HostStat
     from guestload.queries.query import GuestQuery
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -189,8 +191,8 @@ RENDER_DURATION = MetricSpec(
 LIVE_FAMILIES = (RENDER_DURATION,)
 """Families measured at scrape time, after the snapshot's (see guestload.exposition.cache)."""
 FIXED_FAMILIES = (*VM_FAMILIES, *VCPU_FAMILIES, *EXPORTER_FAMILIES, *LIVE_FAMILIES)
-"""Every family the exporter has of its own; no guest-agent query may export one of their names
-(:class:`~guestload.queries.registry.QueryRegistry` refuses it)."""
+"""Every family the exporter has of its own; no guest-agent query or host stat may export one of
+their names (:class:`~guestload.registration.Claims` refuses it)."""
 
 # -- samples -------------------------------------------------------------------------------------
 
@@ -207,16 +209,19 @@ def vm_label_values(identity: Identity) -> tuple[str, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class MetricSet:
-    """The families one configuration exports: its guest-agent queries' and the rest."""
+    """The families one configuration exports: its guest-agent queries', its host stats' and
+    the rest."""
 
     queries: Sequence[GuestQuery]
     vcpu_collector: bool = True
+    host_stats: Sequence[HostStat] = ()
 
     def vm_families(self) -> tuple[MetricSpec, ...]:
         """The per-VM families, in exposition order (each present even when empty)."""
         query_families = tuple(spec for query in self.queries for spec in query.families)
         vcpu_families = VCPU_FAMILIES if self.vcpu_collector else ()
-        return (*query_families, *VM_FAMILIES, *vcpu_families)
+        host_families = tuple(spec for stat in self.host_stats for spec in stat.families)
+        return (*query_families, *VM_FAMILIES, *vcpu_families, *host_families)
 
     def all_families(self) -> tuple[MetricSpec, ...]:
         """Every family of a snapshot, in exposition order."""
@@ -232,16 +237,19 @@ class MetricSet:
             if reading.state is AgentState.OK:
                 yield from query.samples(reading.value)
         yield DOMAIN_INFO, (domain.domain_name, domain.uuid), 1.0
-        if not self.vcpu_collector:
-            return
-        for vcpu in domain.vcpus:
-            vcpu_id = str(vcpu.id)
-            if vcpu.time_seconds is not None:
-                yield VCPU_SECONDS, (vcpu_id, vcpu.state.value), vcpu.time_seconds
-            if vcpu.delay_seconds is not None:
-                yield VCPU_DELAY, (vcpu_id,), vcpu.delay_seconds
-            if vcpu.wait_seconds is not None:
-                yield VCPU_WAIT, (vcpu_id,), vcpu.wait_seconds
+        if self.vcpu_collector:
+            for vcpu in domain.vcpus:
+                vcpu_id = str(vcpu.id)
+                if vcpu.time_seconds is not None:
+                    yield VCPU_SECONDS, (vcpu_id, vcpu.state.value), vcpu.time_seconds
+                if vcpu.delay_seconds is not None:
+                    yield VCPU_DELAY, (vcpu_id,), vcpu.delay_seconds
+                if vcpu.wait_seconds is not None:
+                    yield VCPU_WAIT, (vcpu_id,), vcpu.wait_seconds
+        for host_stat in self.host_stats:
+            value = domain.host_stats.get(host_stat.name)
+            if value is not None:
+                yield from host_stat.samples(value)
 
     def exporter_families(self, snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
         """The exporter's own families with their samples, in exposition order.

@@ -589,6 +589,7 @@ class Poller:
                     readings=readings,
                     vcpu_count=inventory.vcpu_count,
                     vcpus=inventory.vcpus,
+                    host_stats=inventory.host_stats,
                 )
             )
         self._log_conflicts(frozenset(conflicts))

@@ -29,7 +29,8 @@ from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSam
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
 from guestload.queries.query import GuestQuery
-from guestload.queries.registry import QueryFlag, SimulatedGuest, registration
+from guestload.queries.registry import registration
+from guestload.registration import CollectorFlag, SimulatedGuest
 
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 """The modes exported, in the order of Linux's ``/proc/stat``."""
@@ -172,13 +173,13 @@ REGISTRATION = registration(
     name=CpuStatsQuery.name,
     defaults=CpuStatsOptions(),
     flags=(
-        QueryFlag(
+        CollectorFlag(
             "--collector.guest-cpu",
             "enabled",
             "ask guest agents for CPU time by mode (guest-get-cpustats, through libvirt's agent "
             "passthrough, which marks each domain tainted once per run; default: %(default)s)",
         ),
-        QueryFlag(
+        CollectorFlag(
             "--collector.guest-cpu.per-cpu",
             "per_cpu",
             "export guest CPU time per guest CPU (a cpu label) instead of summed per VM",

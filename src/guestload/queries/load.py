@@ -18,7 +18,8 @@ from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSam
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
 from guestload.queries.query import GuestInfoCall, GuestQuery
-from guestload.queries.registry import QueryFlag, SimulatedGuest, registration
+from guestload.queries.registry import registration
+from guestload.registration import CollectorFlag, SimulatedGuest
 
 MAX_LOAD = float(2**22)
 """The largest load accepted as real: Linux's PID_MAX_LIMIT (4,194,304 tasks on 64-bit).
@@ -122,7 +123,7 @@ REGISTRATION = registration(
     name=LOAD.name,
     defaults=LoadOptions(),
     flags=(
-        QueryFlag(
+        CollectorFlag(
             "--collector.load",
             "enabled",
             "ask guest agents for their load average and export kubevirt_vmi_guest_load_* (off "

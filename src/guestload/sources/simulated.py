@@ -11,8 +11,12 @@ Everything is a function of the seed and of the time since :meth:`SimulatedSourc
 the random numbers are hashes of (seed, VM, step), so the same seed gives the same VMs and
 the same load curves, however often they are read. A healthy agent answers each query with
 what the query's registration makes of a read-only view of the VM
-(:class:`~guestload.queries.registry.SimulatedGuest`): the texts real agents send, judged by
-the query's own parser. An old agent lacks the commands of QEMU versions after its own. Failures
+(:class:`~guestload.registration.SimulatedGuest`): the texts real agents send, judged by
+the query's own parser. Each listing gives every VM the host stats asked for the same way: the
+bulk-stats keys libvirt would report, made by each host stat's registration and judged by its
+own parser. Memory sizes and the balloon statistics period are drawn per VM; a few VMs thrash
+(their swap counters grow), the rest do not swap. An old agent lacks the commands of QEMU
+versions after its own. Failures
 go through the same classification as libvirt's errors (:mod:`guestload.queries.agent`). The
 VMs, their agents' misbehaviour and the churn stay in one module because all are drawn from
 those same hashes: a replay of the simulation depends on every draw being made in one place.
@@ -30,6 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from guestload.hoststats.catalog import HOST_STATS
+from guestload.hoststats.hoststat import HostStat
+from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
     DomainEvent,
@@ -48,7 +55,8 @@ from guestload.queries.agent import (
 )
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
-from guestload.queries.registry import QueryRegistration, QueryRegistry, SimulatedGuest
+from guestload.queries.registry import QueryRegistration, QueryRegistry
+from guestload.registration import SimulatedGuest, SimulatedMemory
 from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
@@ -70,6 +78,14 @@ _NOISE = 0.06
 _BURST_CHANCE = 0.002
 _MASK64 = (1 << 64) - 1
 _FLAP_SALT = 0x666C6170
+_MEMORY_SALT = 8
+"""The salt of a VM's memory draw (salts 0 to 7 draw its other traits)."""
+GIB_PER_VCPU = (1, 2, 4)
+"""A VM has one of these GiB of memory per vCPU."""
+NO_STATS_PERIOD_SHARE = 0.2
+"""The share of VMs whose balloon has no statistics period: only its size is reported."""
+THRASHING_SHARE = 0.02
+"""The share of VMs (with a statistics period) whose guest swaps continuously."""
 
 # What libvirt says in each failure case (measured with real VMs; see queries.agent).
 _NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
@@ -204,6 +220,7 @@ class _Vm:
         "key",
         "loads",
         "mean",
+        "memory_traits",
         "started_step",
         "step",
         "uptime",
@@ -258,6 +275,18 @@ class _Vm:
             self.loads = (0.0, 0.0, 0.0)
         self.busy = self.uptime * min(self.mean, 1.0)
         self.vcpu_bases = tuple(0.0 for _ in range(self.vcpus))
+        memory_draw = _mix(key ^ _MEMORY_SALT)
+        gib = self.vcpus * GIB_PER_VCPU[memory_draw % len(GIB_PER_VCPU)]
+        stats_period = _unit(memory_draw >> 8) >= NO_STATS_PERIOD_SHARE
+        thrashing = stats_period and _unit(memory_draw >> 29) < THRASHING_SHARE
+        self.memory_traits = (
+            gib * 1024 * 1024,
+            0.97 if thrashing else 0.2 + 0.5 * _unit(memory_draw >> 50),
+            thrashing,
+            stats_period,
+        )
+        """Memory in KiB, the share in use, whether the guest thrashes, whether its balloon
+        has a statistics period."""
 
     def advance(self, step: int) -> None:
         """Move the VM forward to ``step``, one kernel load update at a time."""
@@ -286,7 +315,7 @@ class _Vm:
         self.util, self.busy, self.step = util, busy, step
         self.loads = (one, five, fifteen)
 
-    def inventory(self) -> DomainInventory:
+    def inventory(self, host_stats: Mapping[str, object]) -> DomainInventory:
         vcpus = tuple(
             VcpuStat(
                 id=vcpu,
@@ -303,10 +332,13 @@ class _Vm:
             vcpu_count=self.vcpus,
             vcpus=vcpus,
             metadata=self.inventory_metadata,
+            host_stats=host_stats,
         )
 
-    def guest(self) -> SimulatedGuest:
-        """What the queries' simulated answers are made of, as the VM is now."""
+    def guest(self, wall_seconds: float) -> SimulatedGuest:
+        """What the collectors' simulated answers are made of, as the VM is now; the guest's
+        last memory statistics are of ``wall_seconds`` (Unix time)."""
+        size_kib, used_share, thrashing, stats_period = self.memory_traits
         return SimulatedGuest(
             loads=self.loads,
             busy_seconds=self.busy,
@@ -314,6 +346,13 @@ class _Vm:
             vcpu_weights=self.vcpu_weights,
             wait_share=self.wait_share,
             delay_share=self.delay_share,
+            memory=SimulatedMemory(
+                size_kib=size_kib,
+                used_share=used_share,
+                thrashing=thrashing,
+                stats_period=stats_period,
+                updated_at_seconds=wall_seconds,
+            ),
         )
 
     def agent_connected(self, step: int) -> bool:
@@ -339,7 +378,9 @@ class SimulatedSource:
     ``clock`` drives the simulation (tests pass a fake one). With churn or agent flaps, a
     daemon thread replaces VMs and disconnects agents on time and sends their events even
     when nobody polls; without the thread, listing the VMs catches up. Agents answer the
-    queries registered in ``queries``; others are unknown commands to them.
+    queries registered in ``queries``; others are unknown commands to them. Each listing gives
+    every VM a value of each of ``host_stats`` (registered in ``host_stat_registry``), whose
+    timestamps follow ``wall_clock`` from :meth:`connect` on.
     """
 
     def __init__(
@@ -347,12 +388,22 @@ class SimulatedSource:
         *,
         simulation: Simulation,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         churn_thread: bool = True,
         queries: QueryRegistry = QUERIES,
+        host_stats: Sequence[HostStat] = (),
+        host_stat_registry: HostStatRegistry = HOST_STATS,
     ) -> None:
         self._simulation = simulation
         self._queries = queries
+        self._host_stats = tuple(
+            (host_stat, registration.simulated_record)
+            for host_stat in host_stats
+            if (registration := host_stat_registry.get(host_stat.name)) is not None
+        )
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._wall_origin = 0.0
         self._churn_thread = churn_thread and (
             simulation.churn_per_minute > 0 or simulation.agent_flaps_per_minute > 0
         )
@@ -377,6 +428,7 @@ class SimulatedSource:
             self._closing.clear()
             if self._origin is None:
                 self._origin = self._clock()
+                self._wall_origin = self._wall_clock()
                 for index in range(self._simulation.vms):
                     vm = self._new_vm(index, step=0, booted=True)
                     self._vms[vm.uuid] = vm
@@ -396,7 +448,9 @@ class SimulatedSource:
             events = self._advance_population(step)
             for vm in self._vms.values():
                 vm.advance(step)
-            inventories = [vm.inventory() for vm in self._vms.values()]
+            inventories = [
+                vm.inventory(self._host_stat_values(vm, step)) for vm in self._vms.values()
+            ]
         self._deliver(events)
         return inventories
 
@@ -410,7 +464,7 @@ class SimulatedSource:
                 vm.advance(step)
                 behaviour = vm.behaviour
                 connected = vm.agent_connected(step)
-                guest = vm.guest()
+                guest = vm.guest(self._wall_seconds(step))
         if vm is None:
             gone = _libvirt_error(VIR_ERR_NO_DOMAIN, f"Domain not found: no domain {uuid}")
             return dict.fromkeys((query.name for query in queries), gone)
@@ -458,6 +512,22 @@ class SimulatedSource:
         """UUID -> agent behaviour of every VM running now (for tests and benchmarks)."""
         with self._lock:
             return {uuid: vm.behaviour for uuid, vm in self._vms.items()}
+
+    def _wall_seconds(self, step: int) -> float:
+        """The Unix time of ``step``: the guests' statistics are as fresh as the step."""
+        return self._wall_origin + step * STEP_SECONDS
+
+    def _host_stat_values(self, vm: _Vm, step: int) -> Mapping[str, object]:
+        """Each host stat's value for ``vm``: its simulated record, judged by its own parser."""
+        if not self._host_stats:
+            return {}
+        guest = vm.guest(self._wall_seconds(step))
+        values: dict[str, object] = {}
+        for host_stat, simulated_record in self._host_stats:
+            value = host_stat.parse(simulated_record(guest))
+            if value is not None:
+                values[host_stat.name] = value
+        return values
 
     def _step(self) -> int:
         if self._origin is None:

@@ -1,0 +1,1 @@
+"""Host stats: groups of libvirt's bulk domain stats, each registered from its own module."""
