@@ -2,11 +2,12 @@
 
 Real guests make each cause: a CPU-bound guest (``stress-ng``), a guest whose tasks wait on a
 disk throttled to 5 IOPS while its vCPU idles, a guest whose tasks hang on a FUSE mount whose
-daemon never answers (uninterruptible sleep on no disk: load without iowait), two busy guests
-pinned to one host CPU, and an idle guest. A monitoring chain (guestload, Prometheus with
-``monitoring/rules/guestload.rules.yml``, Alertmanager, a webhook) with guest CPU times (the
-default) watches them, and each test asserts the cause and which alerts fire and which never
-do (the matrix in docs/causes.md).
+daemon never answers (uninterruptible sleep on no disk: load without iowait), a guest in a swap
+storm (more memory touched than it has, a swap disk, a virtio balloon reporting its statistics),
+two busy guests pinned to one host CPU, and an idle guest. A monitoring chain (guestload,
+Prometheus with ``monitoring/rules/guestload.rules.yml``, Alertmanager, a webhook) with guest
+CPU times (the default) watches them, and each test asserts the cause and which alerts fire and
+which never do (the matrix in docs/causes.md).
 
 A second chain runs with ``--no-collector.guest-cpu``, where the rules fall back to host-side
 vCPU time. The fallback needs a full 10-minute window of vCPU samples before it judges a VM,
@@ -47,7 +48,17 @@ DISK_IOPS = 5
 FULL_WINDOW_SECONDS = 600.0
 """The rules' rate window: the host-side busy share exists once a VM has this much history."""
 QUEUE_ALERTS = ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical", "GuestVCPUSaturation")
-GUEST_ALERTS = (*QUEUE_ALERTS, "GuestIOStall", "GuestBlockedTasks", "GuestVCPUHostContention")
+GUEST_ALERTS = (
+    *QUEUE_ALERTS,
+    "GuestIOStall",
+    "GuestBlockedTasks",
+    "GuestMemoryThrash",
+    "GuestVCPUHostContention",
+)
+MEMORY_WORKERS = 16
+"""stress-ng --vm workers sharing HOG_MIB: each rewrites its part of it over and over."""
+HOG_MIB = 192
+"""More than the swap-storm guest's free memory (about 95 MiB of 192 after boot)."""
 FAST_WARNING_SECONDS = 60.0
 """A CPU-bound guest's warning fires at most this long after its queue passes 10."""
 CAUSE = "namespace_name_node:guestload_pressure_cause:info"
@@ -63,12 +74,13 @@ SPECS = {
     "pinned_a": _spec("pinned-a", host_cpu=0),
     "pinned_b": _spec("pinned-b", host_cpu=0),
     "blocked": _spec("blocked"),
+    "memory": _spec("swap-storm", memory_mib=192, swap_mib=256, balloon_stats_period=5),
     "idle": _spec("idle-quiet"),
 }
 LATE_SPEC = _spec("io-late", disk_iops=DISK_IOPS)
 """The fallback's stalled guest."""
-STRESSED = ("cpu", "pinned_a", "pinned_b")
-"""These boot the image with stress-ng; the disk readers need only busybox."""
+STRESSED = ("cpu", "pinned_a", "pinned_b", "memory")
+"""These boot the image with stress-ng; the disk readers and blocked tasks need only busybox."""
 
 
 @dataclass
@@ -162,6 +174,8 @@ def cause_lab(
             started["io"] = time.monotonic()
             vms["blocked"].start_blocked_tasks(WORKERS)
             started["blocked"] = time.monotonic()
+            vms["memory"].start_memory_hog(MEMORY_WORKERS, total_mib=HOG_MIB, seconds=900)
+            started["memory"] = time.monotonic()
             vms["cpu"].start_stress(WORKERS, seconds=900)
             started["cpu"] = time.monotonic()
             for key in ("pinned_a", "pinned_b"):
@@ -301,6 +315,33 @@ def test_a_guest_blocked_on_a_hung_fuse_mount_fires_guest_blocked_tasks_and_no_q
     assert "(guest view)" in description
     assert "iowait 0.00" in description
     vm.stop_blocked_tasks()
+
+
+def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
+    cause_lab: CauseLab,
+) -> None:
+    vm = cause_lab.vms["memory"]
+    chain = cause_lab.guest_view
+    budget = 720.0 - (time.monotonic() - cause_lab.started["memory"])
+
+    thrash = chain.webhook.wait_for_alert(
+        "GuestMemoryThrash", timeout=max(budget, 5.0), name=_name(vm)
+    )
+    cause_lab.timings["swap storm: hog to GuestMemoryThrash"] = (
+        time.monotonic() - cause_lab.started["memory"]
+    )
+
+    causes = _causes(chain, vm)
+    assert "memory" in causes
+    assert not causes & {"cpu", "io", "blocked", "unknown"}, causes
+    assert _queue_alerts_ever(chain, vm) == []
+    assert _alerts_ever(chain, vm, ("GuestIOStall", "GuestBlockedTasks")) == []
+    busy = chain.prometheus.query(
+        f'guestload_guest_cpu_last_poll_ratio{{name="{_name(vm)}", share="busy"}}'
+    )
+    cause_lab.timings["swap storm: busy share at GuestMemoryThrash"] = float(busy[0]["value"][1])
+    assert "B/s" in thrash["annotations"]["description"]
+    vm.stop_memory_hog()
 
 
 def test_an_idle_guest_has_no_cause_and_no_alert(cause_lab: CauseLab) -> None:
