@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.exposition.cache import MetricsCache
-from guestload.exposition.schema import VM_LABELS, MetricSet, MetricSpec, MetricType, VmSample
+from guestload.exposition.schema import MetricSet
 from guestload.hoststats import balloon
 from guestload.hoststats.balloon import (
     BALLOON,
@@ -29,6 +29,7 @@ from guestload.hoststats.registry import (
     HostStatRegistry,
     registration,
 )
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import DomainInventory, Snapshot
 from guestload.queries import cpustats, load
 from guestload.queries.registry import QueryRegistry

@@ -10,14 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from guestload.cli.flags import build_parser, query_options_from_args
-from guestload.exposition.schema import (
-    FIXED_FAMILIES,
-    VM_LABELS,
-    MetricSet,
-    MetricSpec,
-    MetricType,
-    VmSample,
-)
+from guestload.exposition.schema import FIXED_FAMILIES, MetricSet
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries import cpustats, load
 from guestload.queries.agent import invalid, reply_return

@@ -15,7 +15,7 @@ import abc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from guestload.exposition.schema import MetricSpec, VmSample
+from guestload.metricspec import MetricSpec, VmSample
 from guestload.model import AgentState, QueryReading
 
 #: States that describe the agent or the domain rather than one query. After one query ends
