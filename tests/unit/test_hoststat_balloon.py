@@ -36,7 +36,8 @@ from guestload.queries.registry import QueryRegistry
 from guestload.queries.registry import registration as query_registration
 from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings
-from guestload.sources.simulated import STEP_SECONDS, SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import FakeSource, domain
 from tests.unit.pollers import Clock, make_poller
 from tests.unit.snapshots import sample_snapshot

@@ -25,7 +25,8 @@ from guestload.queries.query import GuestQuery
 from guestload.queries.registry import QueryRegistration, QueryRegistry, registration
 from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings, SettingsError
-from guestload.sources.simulated import SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import SimulatedSource
 
 GUEST = SimulatedGuest(
     loads=(1.234, 0.5, 0.25),

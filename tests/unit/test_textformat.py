@@ -39,7 +39,8 @@ from guestload.model import (
 )
 from guestload.queries.catalog import ALL_QUERIES
 from guestload.queries.load import GuestLoad
-from guestload.sources.simulated import SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import SimulatedSource
 from tests.unit.snapshots import sample_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
