@@ -66,6 +66,18 @@ def test_json_logs_are_one_object_per_line() -> None:
     assert parsed["level"] == "warn"
 
 
+def test_json_logs_escape_control_characters() -> None:
+    """As in logfmt: no C0, DEL or C1 character reaches the line raw, and each reads back."""
+    hostile = "GET /\x1b[2J\x00\r\x7f\x85\ttab HTTP/1.0"
+    line = JsonFormatter().format(_record("http \x7frequest", line=hostile, **{"k\x7f": 1}))
+    assert '"line": "GET /\\u001b[2J\\u0000\\r\\u007f\\u0085\\ttab HTTP/1.0"' in line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+    parsed = json.loads(line)
+    assert parsed["line"] == hostile
+    assert parsed["msg"] == "http \x7frequest"
+    assert parsed["k\x7f"] == 1
+
+
 def test_probe_prints_a_table_and_json() -> None:
     source = FakeSource(
         domains=[
