@@ -47,13 +47,14 @@ class UptimeQuery(GuestQuery):
 
     name = "uptime"
     agent_command = "guest-test-uptime"
+    max_reply_chars = 1024
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
         return (UPTIME,)
 
     def parse_agent_reply(self, reply: object) -> QueryReading:
-        answer = reply_return(reply, max_chars=1024)
+        answer = reply_return(reply, max_chars=self.max_reply_chars)
         if isinstance(answer, QueryReading):
             return answer
         if not isinstance(answer, dict) or not isinstance(answer.get("seconds"), float):
@@ -98,6 +99,15 @@ def test_the_catalog_registers_load_then_cpustats() -> None:
     assert [reg.name for reg in QUERIES] == ["load", "cpustats"]
     assert [query.name for query in ALL_QUERIES] == ["load", "cpustats"]
     assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]
+
+
+@pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda query: query.name)
+def test_a_query_s_reply_limit_is_the_one_its_parser_applies(query: GuestQuery) -> None:
+    longest = " " * query.max_reply_chars
+    assert "exceeds" not in query.parse_agent_reply(longest).detail
+    assert query.parse_agent_reply(longest + " ") == invalid(
+        f"reply of {query.max_reply_chars + 1} characters exceeds {query.max_reply_chars}"
+    )
 
 
 def test_a_query_s_alternative_families_may_share_a_name() -> None:
