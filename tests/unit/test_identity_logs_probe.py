@@ -129,11 +129,17 @@ def test_probe_prints_a_table_and_json() -> None:
     assert parsed["domains"][1]["load"] == {"1m": 2.5, "5m": 1.25, "15m": 0.5}
 
 
+def test_probe_connects_once() -> None:
+    """The reachability check's connection is the one the poll uses."""
+    source = FakeSource(domains=[domain("a", "vm")], answers={"a": ok(1.0, 1.0, 1.0)})
+    assert probe(source, output="json", stream=io.StringIO()) == 0
+    assert source.connects == 1
+
+
 def probe(source: FakeSource, *, output: str, stream: io.StringIO, uri: str = URI) -> int:
     errors = io.StringIO()
     answer = print_probe(
         make_poller(source, Clock(), []),
-        source=source,
         uri=uri,
         output=output,
         stream=stream,
@@ -149,7 +155,6 @@ def test_probe_prints_only_the_error_when_libvirt_is_unreachable(output: str) ->
     source = FakeSource(reachable=False)
     answer = print_probe(
         make_poller(source, Clock(), []),
-        source=source,
         uri=URI,
         output=output,
         stream=out,
