@@ -29,7 +29,8 @@ from bench.common import (
     write_results,
 )
 from guestload.settings import Settings, parse_duration
-from guestload.sources.simulated import STEP_SECONDS, SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 from guestload_lab.processes import ProcessRegistry
 
 TARGET_CPU_SHARE = 0.05

@@ -30,8 +30,9 @@ from guestload.polling.poller import Poller
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery
 from guestload.settings import Settings, parse_duration
+from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener
-from guestload.sources.simulated import AgentBehaviour, AgentFailures, SimulatedSource, Simulation
+from guestload.sources.simulated import SimulatedSource
 
 LATE_FACTOR = 1.1
 """A healthy VM is late when two of its answers are more than 1.1 intervals apart: polls start

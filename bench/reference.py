@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from guestload.exposition.schema import MetricSet, MetricSpec, MetricType, vm_label_values
+from guestload.exposition.schema import MetricSet, vm_label_values
+from guestload.metricspec import MetricSpec, MetricType
 from guestload.model import Snapshot
 
 

@@ -40,8 +40,9 @@ from guestload.exposition.writer import SnapshotWriter
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainSample, Snapshot
 from guestload.settings import Settings
+from guestload.simulation import Simulation
 from guestload.sources.libvirt import parse_vcpu_stats
-from guestload.sources.simulated import SimulatedSource, Simulation
+from guestload.sources.simulated import SimulatedSource
 
 QUERIES = Settings(node="bench-node").queries()
 """The default queries: the load and guest CPU time."""

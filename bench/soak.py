@@ -58,7 +58,8 @@ from bench.common import (
 )
 from bench.staleness import PopulationReplay, check_scrape, exported_vms
 from guestload.settings import parse_duration
-from guestload.sources.simulated import STEP_SECONDS, AgentFailures, Simulation
+from guestload.simulation import AgentFailures, Simulation
+from guestload.sources.simulated import STEP_SECONDS
 from guestload_lab.processes import ProcessRegistry, pid_alive
 
 NODE = "bench-node"

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.sources.simulated import STEP_SECONDS, AgentBehaviour, SimulatedSource, Simulation
+from guestload.simulation import AgentBehaviour, Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 
 VmKey = tuple[str, str]
 """A VM as the exposition names it: (namespace, name)."""

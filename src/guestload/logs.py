@@ -54,10 +54,12 @@ class LogfmtFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line, ASCII only, with every control character escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str)
+        # json.dumps escapes C0 and, as non-ASCII, C1 characters, but leaves DEL raw; outside
+        # a string no DEL can occur, so each one written is inside a string and may be escaped.
+        return json.dumps(_fields(record), default=str).replace("\x7f", "\\u007f")
 
 
 def configure_logging(*, level: str, fmt: str) -> None:

@@ -29,7 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Protocol, Self, TypeVar, get_type_hints
 
-from guestload.exposition.schema import FIXED_FAMILIES, VM_LABELS, MetricSpec
+from guestload.exposition.schema import FIXED_FAMILIES
+from guestload.metricspec import VM_LABELS, MetricSpec
 
 FLAG_PREFIX = "--collector."
 """Every collector flag's prefix, as node_exporter's collector flags have."""

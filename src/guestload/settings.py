@@ -14,7 +14,7 @@ from guestload.identity import IdentityMode
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery
 from guestload.queries.registry import QuerySelection
-from guestload.sources.simulated import Simulation
+from guestload.simulation import Simulation
 
 MAX_SIMULATED_VMS: Final = 100_000
 

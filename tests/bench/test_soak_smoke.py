@@ -17,13 +17,8 @@ from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityResolver
 from guestload.model import Snapshot
 from guestload.polling.poller import Poller
-from guestload.sources.simulated import (
-    STEP_SECONDS,
-    AgentBehaviour,
-    AgentFailures,
-    SimulatedSource,
-    Simulation,
-)
+from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY
 
 NODE = soak.NODE

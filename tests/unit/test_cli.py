@@ -33,7 +33,7 @@ from guestload.settings import (
     format_duration,
     parse_duration,
 )
-from guestload.sources.simulated import Simulation
+from guestload.simulation import Simulation
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.exposition.cache import MetricsCache
-from guestload.exposition.schema import VM_LABELS, MetricSet, MetricSpec, MetricType, VmSample
+from guestload.exposition.schema import MetricSet
 from guestload.hoststats import balloon
 from guestload.hoststats.balloon import (
     BALLOON,
@@ -29,13 +29,15 @@ from guestload.hoststats.registry import (
     HostStatRegistry,
     registration,
 )
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import DomainInventory, Snapshot
 from guestload.queries import cpustats, load
 from guestload.queries.registry import QueryRegistry
 from guestload.queries.registry import registration as query_registration
 from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings
-from guestload.sources.simulated import STEP_SECONDS, SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import FakeSource, domain
 from tests.unit.pollers import Clock, make_poller
 from tests.unit.snapshots import sample_snapshot

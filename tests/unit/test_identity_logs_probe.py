@@ -66,6 +66,18 @@ def test_json_logs_are_one_object_per_line() -> None:
     assert parsed["level"] == "warn"
 
 
+def test_json_logs_escape_control_characters() -> None:
+    """As in logfmt: no C0, DEL or C1 character reaches the line raw, and each reads back."""
+    hostile = "GET /\x1b[2J\x00\r\x7f\x85\ttab HTTP/1.0"
+    line = JsonFormatter().format(_record("http \x7frequest", line=hostile, **{"k\x7f": 1}))
+    assert '"line": "GET /\\u001b[2J\\u0000\\r\\u007f\\u0085\\ttab HTTP/1.0"' in line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), repr(line)
+    parsed = json.loads(line)
+    assert parsed["line"] == hostile
+    assert parsed["msg"] == "http \x7frequest"
+    assert parsed["k\x7f"] == 1
+
+
 def test_probe_prints_a_table_and_json() -> None:
     source = FakeSource(
         domains=[
@@ -117,11 +129,17 @@ def test_probe_prints_a_table_and_json() -> None:
     assert parsed["domains"][1]["load"] == {"1m": 2.5, "5m": 1.25, "15m": 0.5}
 
 
+def test_probe_connects_once() -> None:
+    """The reachability check's connection is the one the poll uses."""
+    source = FakeSource(domains=[domain("a", "vm")], answers={"a": ok(1.0, 1.0, 1.0)})
+    assert probe(source, output="json", stream=io.StringIO()) == 0
+    assert source.connects == 1
+
+
 def probe(source: FakeSource, *, output: str, stream: io.StringIO, uri: str = URI) -> int:
     errors = io.StringIO()
     answer = print_probe(
         make_poller(source, Clock(), []),
-        source=source,
         uri=uri,
         output=output,
         stream=stream,
@@ -137,7 +155,6 @@ def test_probe_prints_only_the_error_when_libvirt_is_unreachable(output: str) ->
     source = FakeSource(reachable=False)
     answer = print_probe(
         make_poller(source, Clock(), []),
-        source=source,
         uri=URI,
         output=output,
         stream=out,

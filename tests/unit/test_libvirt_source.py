@@ -10,11 +10,11 @@ from typing import Any
 import libvirt
 import pytest
 
-from guestload.exposition.schema import VmSample
 from guestload.hoststats.balloon import BALLOON, BalloonStats
 from guestload.hoststats.hoststat import HostStat
 from guestload.identity import parse_kubevirt_metadata
 from guestload.logs import JsonFormatter
+from guestload.metricspec import VmSample
 from guestload.model import (
     AgentState,
     DomainEvent,

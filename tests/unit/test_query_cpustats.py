@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestload.exposition.schema import VM_LABELS, MetricType
+from guestload.metricspec import VM_LABELS, MetricType
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import VIR_ERR_AGENT_COMMAND_FAILED, classify_libvirt_error
 from guestload.queries.cpustats import (

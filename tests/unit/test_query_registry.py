@@ -10,14 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from guestload.cli.flags import build_parser, query_options_from_args
-from guestload.exposition.schema import (
-    FIXED_FAMILIES,
-    VM_LABELS,
-    MetricSet,
-    MetricSpec,
-    MetricType,
-    VmSample,
-)
+from guestload.exposition.schema import FIXED_FAMILIES, MetricSet
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries import cpustats, load
 from guestload.queries.agent import invalid, reply_return
@@ -31,7 +25,8 @@ from guestload.queries.query import GuestQuery
 from guestload.queries.registry import QueryRegistration, QueryRegistry, registration
 from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings, SettingsError
-from guestload.sources.simulated import SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import SimulatedSource
 
 GUEST = SimulatedGuest(
     loads=(1.234, 0.5, 0.25),
@@ -52,13 +47,14 @@ class UptimeQuery(GuestQuery):
 
     name = "uptime"
     agent_command = "guest-test-uptime"
+    max_reply_chars = 1024
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
         return (UPTIME,)
 
     def parse_agent_reply(self, reply: object) -> QueryReading:
-        answer = reply_return(reply, max_chars=1024)
+        answer = reply_return(reply, max_chars=self.max_reply_chars)
         if isinstance(answer, QueryReading):
             return answer
         if not isinstance(answer, dict) or not isinstance(answer.get("seconds"), float):
@@ -103,6 +99,15 @@ def test_the_catalog_registers_load_then_cpustats() -> None:
     assert [reg.name for reg in QUERIES] == ["load", "cpustats"]
     assert [query.name for query in ALL_QUERIES] == ["load", "cpustats"]
     assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]
+
+
+@pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda query: query.name)
+def test_a_query_s_reply_limit_is_the_one_its_parser_applies(query: GuestQuery) -> None:
+    longest = " " * query.max_reply_chars
+    assert "exceeds" not in query.parse_agent_reply(longest).detail
+    assert query.parse_agent_reply(longest + " ") == invalid(
+        f"reply of {query.max_reply_chars + 1} characters exceeds {query.max_reply_chars}"
+    )
 
 
 def test_a_query_s_alternative_families_may_share_a_name() -> None:

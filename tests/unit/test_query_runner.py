@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from guestload.exposition.schema import MetricSpec, VmSample
+from guestload.metricspec import MetricSpec, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries.query import AGENT_WIDE_STATES, GuestQuery, run_queries
 

@@ -16,15 +16,8 @@ from guestload.cli.main import main
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.polling.poller import Poller
-from guestload.sources.simulated import (
-    AGENT_AWAY_STEPS,
-    BOOT_STEPS,
-    STEP_SECONDS,
-    AgentBehaviour,
-    AgentFailures,
-    SimulatedSource,
-    Simulation,
-)
+from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.simulated import AGENT_AWAY_STEPS, BOOT_STEPS, STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
 
 PROBE = (sys.executable, "-m", "guestload", "probe")

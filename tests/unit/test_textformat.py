@@ -22,16 +22,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from guestload import __version__
-from guestload.exposition.schema import (
-    BUILD_INFO_LABELS,
-    VM_LABELS,
-    MetricSet,
-    MetricSpec,
-    MetricType,
-)
+from guestload.exposition.schema import BUILD_INFO_LABELS, MetricSet
 from guestload.exposition.writer import SnapshotWriter, _VmLayout, format_value, header_lines
 from guestload.hoststats.balloon import BalloonStats
 from guestload.hoststats.catalog import ALL_HOST_STATS
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -44,7 +39,8 @@ from guestload.model import (
 )
 from guestload.queries.catalog import ALL_QUERIES
 from guestload.queries.load import GuestLoad
-from guestload.sources.simulated import SimulatedSource, Simulation
+from guestload.simulation import Simulation
+from guestload.sources.simulated import SimulatedSource
 from tests.unit.snapshots import sample_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"

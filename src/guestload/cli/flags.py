@@ -31,7 +31,7 @@ from guestload.settings import (
     format_duration,
     parse_duration,
 )
-from guestload.sources.simulated import AgentFailures
+from guestload.simulation import AgentFailures
 
 EXIT_USAGE: Final = 2
 PROBE_LOG_LEVEL: Final = "warn"

@@ -14,7 +14,7 @@ from typing import TextIO
 from guestload.model import DomainSample, Snapshot
 from guestload.polling.poller import Poller
 from guestload.queries.load import LOAD, GuestLoad
-from guestload.sources.protocol import Source, SourceUnavailableError
+from guestload.sources.protocol import SourceUnavailableError
 
 _COLUMNS = ("NAMESPACE", "NAME", "NODE", "DOMAIN", "VCPUS", "LOAD1", "LOAD5", "LOAD15", "AGENT")
 
@@ -128,20 +128,21 @@ def unreachable_message(uri: str, error: str) -> str:
 def print_probe(
     poller: Poller,
     *,
-    source: Source,
     uri: str,
     output: str,
     stream: TextIO = sys.stdout,
     errors: TextIO = sys.stderr,
 ) -> int:
-    """Poll ``source`` once through ``poller`` and print what it found; 0 when reached.
+    """Connect ``poller``'s source, poll it once and print what it found; 0 when reached.
+
+    The poll keeps the connection made first: the source is connected once.
 
     When libvirt (``uri``) cannot be reached, only the error and what to check are printed,
     on ``errors``, and the answer is 1: no table, which would read as "connected, no VMs".
     """
     try:
         try:
-            source.connect()
+            poller.connect()
         except SourceUnavailableError as error:
             errors.write(unreachable_message(uri, str(error)))
             return 1

@@ -1,67 +1,28 @@
 """The metric set: every family guestload exports, and which samples a snapshot gives it.
 
-This module is the one description of the metrics. :class:`MetricSpec` constants name each
-family with its type, help and labels (each guest-agent query and each host stat names its own
-families in its module; their registries keep their names apart from these); a
-:class:`MetricSet` says which families one configuration exports and which samples a snapshot
-gives them. The exposition
-writer (:mod:`guestload.exposition.writer`, what ``/metrics`` serves) and the metrics reference
+This module is the one list of the metrics. Its :class:`~guestload.metricspec.MetricSpec`
+constants name the exporter's own families (each guest-agent query and each host stat names its
+own families in its module, with the same description from :mod:`guestload.metricspec`; their
+registries keep their names apart from these); a :class:`MetricSet` says which families one
+configuration exports and which samples a snapshot gives them. The exposition writer
+(:mod:`guestload.exposition.writer`, what ``/metrics`` serves) and the metrics reference
 (:mod:`guestload.cli.docs`) read it. Pure: it reads only the snapshot it is given.
 """
 
 from __future__ import annotations
 
-import enum
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from guestload import __version__
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, DomainSample, Identity, Snapshot
 
 if TYPE_CHECKING:
     from guestload.hoststats.hoststat import HostStat
     from guestload.queries.query import GuestQuery
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-class MetricType(enum.StrEnum):
-    GAUGE = "gauge"
-    COUNTER = "counter"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class MetricSpec:
-    """One exported family. Compared by identity: each family is one constant below."""
-
-    name: str
-    """The family's name; a counter's samples and its text-format name add ``_total``."""
-    type: MetricType
-    help: str
-    labels: tuple[str, ...] = ()
-    """Label names; a per-VM family's start with :data:`VM_LABELS`."""
-
-    def __post_init__(self) -> None:
-        if not _METRIC_NAME.fullmatch(self.name):
-            raise ValueError(f"invalid metric name {self.name!r}")
-        if self.type is MetricType.COUNTER and self.name.endswith("_total"):
-            raise ValueError(f"counter {self.name!r}: name it without _total")
-        for label in self.labels:
-            if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
-                raise ValueError(f"{self.name}: invalid label name {label!r}")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"{self.name}: duplicate label names")
-
-    @property
-    def sample_name(self) -> str:
-        """The name on each sample line (and in the text format's HELP and TYPE lines)."""
-        return f"{self.name}_total" if self.type is MetricType.COUNTER else self.name
-
-
-VM_LABELS = ("namespace", "name", "node")
 VCPU_LABELS = (*VM_LABELS, "id")
 BUILD_INFO_LABELS = (
     "version",
@@ -196,8 +157,6 @@ their names (:class:`~guestload.registration.Claims` refuses it)."""
 
 # -- samples -------------------------------------------------------------------------------------
 
-VmSample = tuple[MetricSpec, tuple[str, ...], float]
-"""A per-VM family, the values of its labels after :data:`VM_LABELS`, and the value."""
 LabelledValue = tuple[Mapping[str, str], float]
 """An exporter-wide sample: label name -> value, and the value."""
 

@@ -18,13 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from guestload.exposition.schema import (
-    VM_LABELS,
-    LabelledValue,
-    MetricSet,
-    MetricSpec,
-    vm_label_values,
-)
+from guestload.exposition.schema import LabelledValue, MetricSet, vm_label_values
+from guestload.metricspec import VM_LABELS, MetricSpec
 from guestload.model import Identity, Snapshot
 
 _SPECIAL_FLOATS = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}

@@ -25,9 +25,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.hoststats.hoststat import HostStat
 from guestload.hoststats.registry import registration
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.registration import CollectorFlag, SimulatedGuest
 
 KIB: Final = 1024

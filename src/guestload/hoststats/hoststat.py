@@ -20,7 +20,7 @@ import abc
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
-from guestload.exposition.schema import MetricSpec, VmSample
+from guestload.metricspec import MetricSpec, VmSample
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from guestload.exposition.schema import MetricSpec
 from guestload.hoststats.hoststat import STATS_GROUP_PREFIX, HostStat
+from guestload.metricspec import MetricSpec
 from guestload.registration import (
     CollectorFlag,
     CollectorOptions,

@@ -203,6 +203,14 @@ class Poller:
         self._stop.set()
         self._wake.set()
 
+    def connect(self) -> None:
+        """Connect the source now, as a poll does while disconnected; the next poll keeps this
+        connection. Raises :class:`SourceUnavailableError` when the source cannot be reached.
+        """
+        self._source.connect()
+        self._connected = True
+        self._build_info.update(self._source.describe())
+
     def close(self) -> None:
         """Release the worker pool (calls still running are abandoned) and the source."""
         self._workers.close()
@@ -253,9 +261,7 @@ class Poller:
             self._polls_total += 1
         try:
             if not self._connected:
-                self._source.connect()
-                self._connected = True
-                self._build_info.update(self._source.describe())
+                self.connect()
             inventory = self._source.list_running_domains()
         except SourceUnavailableError as error:
             return self._fail(error, started=started, full=full)

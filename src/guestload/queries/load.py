@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from guestload.exposition.schema import VM_LABELS, MetricSpec, MetricType, VmSample
+from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
 from guestload.queries.query import GuestInfoCall, GuestQuery

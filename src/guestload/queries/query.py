@@ -15,7 +15,7 @@ import abc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from guestload.exposition.schema import MetricSpec, VmSample
+from guestload.metricspec import MetricSpec, VmSample
 from guestload.model import AgentState, QueryReading
 
 #: States that describe the agent or the domain rather than one query. After one query ends
@@ -51,8 +51,10 @@ class GuestQuery(abc.ABC):
     """The agent command (passthrough), e.g. ``guest-get-load``."""
     guest_info: GuestInfoCall | None = None
     """libvirt's typed API for the same answer, preferred where available."""
-    max_reply_chars: int = 64 * 1024
-    """Longest passthrough reply parsed; longer ones are invalid."""
+    max_reply_chars: int
+    """Longest passthrough reply parsed; longer ones are invalid. Each query sets it to the
+    constant of its module that its parser passes to
+    :func:`~guestload.queries.agent.reply_return`, so the limit is written once."""
 
     @property
     @abc.abstractmethod

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from guestload.exposition.schema import MetricSpec
+from guestload.metricspec import MetricSpec
 from guestload.queries.query import GuestQuery
 from guestload.registration import (
     FLAG_PREFIX,
