@@ -369,10 +369,15 @@ def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
         # is named cpu at the poll its queue passes the threshold. Where it is missing (the
         # first poll, an exporter without it) the rate-window share stands in, the guest's
         # where it has one, else the host's vCPU run time (the source label says which).
+        # The window label keeps the two sides' label sets apart: over a range, MetricsQL
+        # returns two series where the sides of "or" share one, one for each side's span.
         RecordingRule(
             record=CAUSE_BUSY,
             expr=(
-                f'label_replace({last_busy}, "source", "guest", "", "")\n'
+                "label_replace(\n"
+                f'  label_replace({last_busy}, "source", "guest", "", ""),\n'
+                '  "window", "last_poll", "", ""\n'
+                ")\n"
                 "  or\n"
                 f"(\n  {records.cpu_busy}\n    unless on ({VM})\n  {last_busy}\n)"
             ),
@@ -393,7 +398,7 @@ def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
         RecordingRule(
             record=CAUSE_IOWAIT,
             expr=(
-                f"{last_iowait}\n"
+                f'label_replace({last_iowait}, "window", "last_poll", "", "")\n'
                 "  or\n"
                 f"(\n  {records.guest_iowait}\n    unless on ({VM})\n  {last_iowait}\n)"
             ),
@@ -519,7 +524,13 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 alert=name,
                 # Only a CPU queue: vCPUs busy running guest work. A queue on idle vCPUs
                 # (blocked tasks, an I/O stall) or of unknown cause never advises more vCPUs.
-                expr=f"{VCPU_QUEUE} > {queue}\n  and on ({VM})\n{_cause_is('cpu')}",
+                # The cause cpu's condition itself rather than its series: a series that
+                # ends lingers for a lookback where no staleness marker ends it (a store
+                # that receives the rules' results by remote write), and so would the page.
+                expr=(
+                    f"{VCPU_QUEUE} > {queue}\n  and on ({VM})\n{CAUSE_BUSY} >= {busy_share}\n"
+                    f"  unless on ({VM})\n{memory_condition(settings)}"
+                ),
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",

@@ -10,6 +10,7 @@ queries, so chained rules read their own engine's results. Every recorded series
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ from guestload_lab.victoria import VictoriaMetrics, VMAgent, VMAlert
 from tests.monitoring.monitoring_bundle import PROMTOOL_TESTS, recorded_metrics
 
 # Far enough back that every case ends before now, within Prometheus's out-of-order window.
-OUT_OF_ORDER_WINDOW = "30d"
+OUT_OF_ORDER_DAYS = 30
+OUT_OF_ORDER_WINDOW = f"{OUT_OF_ORDER_DAYS}d"
+DAY = 86400.0
 INPUT_METRICS = "kubevirt_.*|guestload_.*|up"
 GUEST_ALERTS = {
     "GuestVCPUQueueHighWarning",
@@ -55,14 +58,21 @@ def rules_without_annotations(path: Path) -> Path:
     return path
 
 
-def _first_start(days_back: int) -> float:
-    return (int(time.time()) // 86400 - days_back) * 86400.0
+def _first_start(span_seconds: float) -> float:
+    """A midnight far enough back that cases spanning ``span_seconds`` end a day before now."""
+    days_back = math.ceil(span_seconds / DAY) + 1
+    assert days_back < OUT_OF_ORDER_DAYS, (
+        f"the cases span {span_seconds / DAY:.1f} days: more than Prometheus's out-of-order "
+        f"window of {OUT_OF_ORDER_WINDOW} takes"
+    )
+    return (int(time.time()) // DAY - days_back) * DAY
 
 
 def test_every_recorded_series_and_alert_matches_between_promql_and_metricsql(
     tmp_path: Path,
 ) -> None:
-    cases = load_cases(PROMTOOL_TESTS, first_start=_first_start(10))
+    laid_out = load_cases(PROMTOOL_TESTS, first_start=0.0)
+    cases = load_cases(PROMTOOL_TESTS, first_start=_first_start(laid_out[-1].end))
     start, end = cases[0].start, cases[-1].end
     assert end < time.time() - 3600, "the cases must lie in the past"
     text = import_text(cases)

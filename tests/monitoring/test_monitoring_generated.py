@@ -108,8 +108,10 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
 
 
 def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
-    """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only where
-    the rules call the queue's cause cpu; where they call it io GuestIOStall fires, and where
+    """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only on the
+    cause cpu's condition (a busy share of at least 0.3 and no memory thrash; the condition,
+    not its series, which could linger a lookback where no staleness marker ends it); where
+    the rules call the cause io GuestIOStall fires, and where
     they call it blocked GuestBlockedTasks, both after 5 minutes. GuestMemoryThrash fires on
     the memory condition alone (no queue) after 5 minutes, and GuestVCPUSaturation stands down
     for it."""
@@ -121,10 +123,11 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
         return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
     memory = f"({_SWAP_IN} > 1048576 or {_MAJOR_FAULTS} > 100)"
+    cpu = f"{vm} namespace_name_node:guestload_cause_busy:ratio >= 0.3 unless {vm} {memory}"
 
     expected = {
-        "GuestVCPUQueueHighWarning": (f"{queue} > 10 and {vm} {cause('cpu')}", None, "warning"),
-        "GuestVCPUQueueHighCritical": (f"{queue} > 20 and {vm} {cause('cpu')}", None, "critical"),
+        "GuestVCPUQueueHighWarning": (f"{queue} > 10 and {cpu}", None, "warning"),
+        "GuestVCPUQueueHighCritical": (f"{queue} > 20 and {cpu}", None, "critical"),
         "GuestIOStall": (f"{queue} and {vm} {cause('io')}", "5m", "warning"),
         "GuestBlockedTasks": (f"{queue} and {vm} {cause('blocked')}", "5m", "warning"),
         "GuestMemoryThrash": (memory, "5m", "warning"),
