@@ -334,7 +334,14 @@ def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
     causes = _causes(chain, vm)
     assert "memory" in causes
     assert not causes & {"cpu", "io", "blocked", "unknown"}, causes
-    assert _queue_alerts_ever(chain, vm) == []
+    queue_alerts = ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical")
+    assert _alerts_ever(chain, vm, queue_alerts) == []
+    # Saturation may turn pending for a moment: the 5-minute load passes 2 per vCPU about 40 s
+    # into the storm, sometimes before the 10-minute swap rate passes its threshold. Once the
+    # memory evidence holds it stands down, long before its 15 minutes of `for` elapse.
+    assert not chain.prometheus.query(
+        f'ALERTS{{alertname="GuestVCPUSaturation", name="{_name(vm)}"}}'
+    ), "GuestVCPUSaturation is pending for a guest that thrashes"
     assert _alerts_ever(chain, vm, ("GuestIOStall", "GuestBlockedTasks")) == []
     busy = chain.prometheus.query(
         f'guestload_guest_cpu_last_poll_ratio{{name="{_name(vm)}", share="busy"}}'
