@@ -1,4 +1,4 @@
-"""Pollers for unit tests: a clock the test sets by hand, and a poller over a FakeSource."""
+"""Pollers for unit tests: clocks the test moves, and a poller over a FakeSource."""
 
 from __future__ import annotations
 
@@ -18,6 +18,36 @@ class Clock:
         self.now = 1000.0
 
     def __call__(self) -> float:
+        return self.now
+
+
+class HangClock(Clock):
+    """A fake clock for polls with a hung call: time passes only while that call hangs.
+
+    Read on the thread that made it (the test's, which polls) while the hung call blocks
+    (``hanging`` set) and every other call in flight is still unstarted, it moves to ``step``
+    seconds after the hung call started: past that call's time limit, never past the limit of
+    a call that runs or awaits collection, however the machine schedules the threads.
+    """
+
+    def __init__(self, *, hung: str, step: float) -> None:
+        super().__init__()
+        self.hung = hung
+        self.step = step
+        self.hanging = threading.Event()
+        self.poller: Poller | None = None
+        self._polling_thread = threading.get_ident()
+
+    def __call__(self) -> float:
+        if (
+            self.poller is not None
+            and self.hanging.is_set()
+            and threading.get_ident() == self._polling_thread
+        ):
+            calls = dict(self.poller._in_flight)
+            hung = calls.pop(self.hung, None)
+            if hung is not None and hung.started and not any(c.started for c in calls.values()):
+                self.now = max(self.now, hung.started[0] + self.step)
         return self.now
 
 

@@ -287,7 +287,9 @@ class SimulatedSource:
     when nobody polls; without the thread, listing the VMs catches up. Agents answer the
     queries registered in ``queries``; others are unknown commands to them. Each listing gives
     every VM a value of each of ``host_stats`` (registered in ``host_stat_registry``), whose
-    timestamps follow ``wall_clock`` from :meth:`connect` on.
+    timestamps follow ``wall_clock`` from :meth:`connect` on. ``answer_wait`` lets an agent's
+    answer time pass (by default a wait that :meth:`close` ends early; tests pass one that
+    moves their fake clock).
     """
 
     def __init__(
@@ -300,6 +302,7 @@ class SimulatedSource:
         queries: QueryRegistry = QUERIES,
         host_stats: Sequence[HostStat] = (),
         host_stat_registry: HostStatRegistry = HOST_STATS,
+        answer_wait: Callable[[float], object] | None = None,
     ) -> None:
         self._simulation = simulation
         self._queries = queries
@@ -316,6 +319,7 @@ class SimulatedSource:
         )
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._answer_wait = self._closing.wait if answer_wait is None else answer_wait
         self._listener: EventListener | None = None
         self._origin: float | None = None
         self._vms: dict[str, _Vm] = {}
@@ -385,7 +389,7 @@ class SimulatedSource:
                 return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
             if behaviour is AgentBehaviour.HUNG:
                 # libvirt's agent response timeout: the call returns when it expires.
-                self._closing.wait(timeout_seconds)
+                self._answer_wait(timeout_seconds)
                 seconds = max(1, math.ceil(timeout_seconds))
                 return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
             delay = self._simulation.agent_latency_seconds
@@ -393,7 +397,7 @@ class SimulatedSource:
                 delay = max(delay, timeout_seconds / 2)
             if delay > 0 and not waited:
                 waited = True  # one answer time per call, as one agent round trip
-                self._closing.wait(delay)
+                self._answer_wait(delay)
             registration = self._queries.get(query.name)
             old = behaviour is AgentBehaviour.OLD
             return _agent_reading(query, registration, guest, old_agent=old)
