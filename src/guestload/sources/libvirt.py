@@ -318,6 +318,7 @@ class LibvirtSource:
                         vcpus=vcpus,
                         metadata=dict(handle.metadata or {}),
                         host_stats=read_record(self._host_stats, stats),
+                        domain_id=handle.domain_id,
                     )
                 )
                 handles[uuid] = handle
