@@ -8,6 +8,8 @@ from itertools import count
 from typing import Any
 
 from monitoring.rules import (
+    DISK_REQUESTS,
+    DISK_THROTTLE_USE,
     LOAD_PER_VCPU,
     PRESSURE_CAUSE,
     VCPU_COUNT,
@@ -23,6 +25,7 @@ UID = "guestload-vmi-load"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 VM_SELECTOR = 'namespace=~"$namespace", name=~"$name", node=~"$node"'
 VM_LEGEND = "{{namespace}}/{{name}} ({{node}})"
+DISK_LEGEND = "{{namespace}}/{{name}} {{device}} ({{node}})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,7 @@ def _cause_panels(settings: Settings) -> list[Panel]:
     contention = _number(settings.cause("contention_share"))
     swap_in = _number(settings.cause("swap_in_bytes_per_second"))
     faults = _number(settings.cause("major_faults_per_second"))
+    throttled = _number(settings.cause("throttle_use_share"))
     return [
         Panel(
             kind="timeseries",
@@ -378,6 +382,32 @@ def _cause_panels(settings: Settings) -> list[Panel]:
             queries=(Query(f"{records.major_faults}{{{vm}}}", VM_LEGEND),),
             unit="short",
             thresholds=(("orange", faults),),
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Disk requests (host view)",
+            description=(
+                "Requests a second the host served each of the VM's disks over the exporter's "
+                "last poll, reads and writes together. A stalled guest whose disk serves few "
+                "requests waits for slow or failing storage; one whose disk serves its cap "
+                "is held back by its own throttle (next panel)."
+            ),
+            queries=(Query(f"{DISK_REQUESTS}{{{vm}}}", DISK_LEGEND),),
+            unit="reqps",
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Disk throttle use",
+            description=(
+                "Each capped disk's use of its tightest throttle cap (its <iotune> IOPS or bytes "
+                f"a second) over the last poll. At the line ({throttled}) and above, the disk "
+                "runs at its cap: raising the cap, not the storage, shortens the queue."
+            ),
+            queries=(Query(f"{DISK_THROTTLE_USE}{{{vm}}}", DISK_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", throttled),),
             width=12,
         ),
         Panel(

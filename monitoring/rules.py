@@ -50,6 +50,15 @@ MAJOR_FAULT_COUNTERS = (
 )
 """The guest's major page faults: guestload's balloon stats, or virt-handler's."""
 
+DISK = f"{VM}, device"
+"""The labels that identify one disk of a VM."""
+DISK_LAST_POLL_REQUESTS = "guestload_disk_last_poll_requests_per_second"
+DISK_LAST_POLL_BYTES = "guestload_disk_last_poll_bytes_per_second"
+DISK_REQUESTS = "namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum"
+"""Each disk's requests per second over the exporter's last poll, reads and writes together."""
+DISK_THROTTLE_USE = "namespace_name_node_device:guestload_disk_throttle_use:ratio"
+"""Each capped disk's use of its tightest cap over the last poll (1 = at the cap)."""
+
 GUEST_CPU = "guestload_guest_cpu_seconds_total"
 BUSY_MODES = "user|nice|system|irq|softirq"
 """Guest CPU modes that are guest work. Steal is the host's, idle and iowait are no work."""
@@ -163,6 +172,30 @@ def _vm_query(record: str, found: str, missing: str) -> str:
 _SHARE = '{{ . | first | value | printf "%.2f" }}'
 
 
+def disks_text(settings: Settings) -> str:
+    """The sentence naming the alerting VM's disks: each one's requests over the exporter's
+    last poll and whether it runs at its throttle cap."""
+    at_cap = float(settings.cause("throttle_use_share"))  # ge compares floats with floats
+    vm = "{namespace='%s', name='%s', node='%s'}"
+    vm_args = "$labels.namespace $labels.name $labels.node"
+    use = (
+        f"{{{{ with printf \"{DISK_THROTTLE_USE}{vm[:-1]}, device='%s'}}\" {vm_args} "
+        ".Labels.device | query }}"
+        f"{{{{ if ge (. | first | value) {at_cap} }}}}, at its throttle cap{{{{ else }}}}, "
+        "below its throttle cap{{ end }} ("
+        "{{ . | first | value | humanizePercentage }} of its tightest cap)"
+        "{{ else }}, no throttle cap{{ end }}"
+    )
+    return (
+        "Disks (host view, the exporter's last poll): "
+        f'{{{{ range printf "{DISK_REQUESTS}{vm}" {vm_args} | query | sortByLabel '
+        '"device" }}'
+        '{{ .Labels.device }} {{ .Value | printf "%.1f" }} requests/s'
+        f"{use}; "
+        "{{ else }}none reported; {{ end }}"
+    )
+
+
 def breakdown(settings: Settings) -> str:
     """The sentence every guest alert ends with: the evidence the causes are named from."""
     busy = _vm_query(CAUSE_BUSY, f'{_SHARE} ({{{{ . | first | label "source" }}}} view)', "unknown")
@@ -248,6 +281,51 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
         *_cpu_share_rules(settings),
         *_cause_evidence_rules(settings),
         _cause_rule(settings),
+        *_disk_rules(),
+    ]
+
+
+def _per_op_with_total(family: str) -> str:
+    """Each disk's *family* per op (read, write), and their sum as op ``total``; max by
+    merges a disk exported by two jobs."""
+    per_op = f"max by ({DISK}, op) ({family})"
+    return (
+        f"(\n      {per_op}\n    or\n"
+        "      label_replace(\n"
+        f"        sum by ({DISK}) ({per_op}),\n"
+        '        "op", "total", "", ""\n'
+        "      )\n    )"
+    )
+
+
+def _disk_rules() -> list[RecordingRule]:
+    """Each disk's requests over the exporter's last poll, and its use of its throttle caps:
+    the rate and the cap per op (total, read, write), the largest share over requests and
+    bytes. A disk without a cap has no use series."""
+    uses = []
+    for family, cap, kind in (
+        (DISK_LAST_POLL_REQUESTS, "guestload_disk_throttle_iops", "iops"),
+        (DISK_LAST_POLL_BYTES, "guestload_disk_throttle_bytes_per_second", "bytes"),
+    ):
+        # The kind label keeps the two divisions apart: or would drop the bytes one's series
+        # for a disk and op the requests one already has.
+        uses.append(
+            "  label_replace(\n"
+            f"    {_per_op_with_total(family)}\n"
+            f"      / on ({DISK}, op)\n"
+            f"    max by ({DISK}, op) ({cap} > 0),\n"
+            f'    "kind", "{kind}", "", ""\n'
+            "  )"
+        )
+    return [
+        RecordingRule(
+            record=DISK_REQUESTS,
+            expr=f"sum by ({DISK}) (\n  max by ({DISK}, op) ({DISK_LAST_POLL_REQUESTS})\n)",
+        ),
+        RecordingRule(
+            record=DISK_THROTTLE_USE,
+            expr=f"max by ({DISK}) (\n" + "\n    or\n".join(uses) + "\n)",
+        ),
     ]
 
 
@@ -555,7 +633,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 f"vCPUs in its 1-minute load for {stall.for_.value} while its vCPUs were "
                 f"mostly idle (CPU busy share below {busy_share}; iowait share at least "
                 f"{iowait_share} where the guest reports it): the tasks are blocked on I/O, "
-                f"and more vCPUs would not help. {explain}"
+                f"and more vCPUs would not help. {disks_text(settings)}{explain}"
             ),
             runbook_url=settings.runbook_url("GuestIOStall"),
         )
