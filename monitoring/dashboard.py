@@ -11,6 +11,8 @@ from monitoring.rules import (
     DISK_REQUESTS,
     DISK_THROTTLE_USE,
     LOAD_PER_VCPU,
+    LOAD_SEMANTICS,
+    LOAD_WARMING_UP,
     PRESSURE_CAUSE,
     VCPU_COUNT,
     VCPU_QUEUE,
@@ -421,6 +423,20 @@ def _cause_panels(settings: Settings) -> list[Panel]:
                 "can have two causes."
             ),
             queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
+        ),
+        Panel(
+            kind="table",
+            title="Load semantics",
+            description=(
+                "What each VM's load counts: linux (runnable and uninterruptible tasks, the "
+                "ones its vCPUs run included; the queue is the load minus the vCPUs) or windows "
+                "(threads waiting for a CPU; the queue is the load itself). A Windows VM in its "
+                "first minutes also shows in the warming-up query: its averages start at 0."
+            ),
+            queries=(
+                Query(f"{LOAD_SEMANTICS}{{{vm}}}", instant=True),
+                Query(f"{LOAD_WARMING_UP}{{{vm}}}", instant=True),
+            ),
         ),
         Panel(
             kind="table",
