@@ -117,6 +117,10 @@ class AgentKind(enum.StrEnum):
     """qemu-ga 10.0: has guest-get-load."""
     OLD = "old"
     """qemu-ga 7.2: lacks guest-get-load."""
+    WINDOWS = "windows"
+    """The lab's Windows-like agent (``guestload_lab.windows_agent``): answers as Windows'
+    qemu-ga does (OS ``mswindows``, guest-get-load from the processor queue, starting at 0, no
+    guest-get-cpustats)."""
     NONE = "none"
     """The channel exists but no agent is started."""
 
