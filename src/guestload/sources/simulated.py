@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from guestload.hoststats.catalog import HOST_STATS
-from guestload.hoststats.hoststat import HostStat
+from guestload.hoststats.hoststat import HostStat, Kept, fold_values
 from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
@@ -142,6 +142,7 @@ class _Vm:
         "delay_share",
         "domain_name",
         "guest_os",
+        "host_stats_kept",
         "index",
         "inventory_metadata",
         "key",
@@ -188,6 +189,8 @@ class _Vm:
             0.8 + 0.4 * _unit(_mix(draws[7] ^ vcpu)) for vcpu in range(self.vcpus)
         )
         self.started_step = step if not booted else -BOOT_STEPS
+        self.host_stats_kept: Mapping[str, Kept] = {}
+        """Each host stat's value at the last listing, with its simulated time."""
         self.away = False
         self.step = step
         self.util = self.mean
@@ -449,7 +452,8 @@ class SimulatedSource:
         return self._wall_origin + step * STEP_SECONDS
 
     def _host_stat_values(self, vm: _Vm, step: int) -> Mapping[str, object]:
-        """Each host stat's value for ``vm``: its simulated record, judged by its own parser."""
+        """Each host stat's value for ``vm``: its simulated record, judged by its own parser
+        and folded with the last listing's, as the libvirt source does."""
         if not self._host_stats:
             return {}
         guest = vm.guest(self._wall_seconds(step))
@@ -458,7 +462,13 @@ class SimulatedSource:
             value = host_stat.parse(simulated_record(guest))
             if value is not None:
                 values[host_stat.name] = value
-        return values
+        vm.host_stats_kept = fold_values(
+            [host_stat for host_stat, _ in self._host_stats],
+            values,
+            vm.host_stats_kept,
+            step * STEP_SECONDS,
+        )
+        return {name: kept.value for name, kept in vm.host_stats_kept.items()}
 
     def _step(self) -> int:
         if self._origin is None:
