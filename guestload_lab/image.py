@@ -1,12 +1,13 @@
-"""The guest's initramfs: busybox, two guest agents, stress-ng, the virtio and fuse modules.
+"""The guest's initramfs: busybox, three guest agents, stress-ng, the virtio and fuse modules.
 
 The kernel boots straight into this initramfs (a disk, when a VM has one, is only read by
 load generators or used as swap), whose ``/init`` loads the kernel modules, turns swap on on the
 virtio disk whose serial is ``SWAP_DISK_SERIAL`` (if there is one), finds the guest-agent port
 and, as the kernel command line says, starts qemu-ga 10.0 (``guestload.agent=current``, the
-default), the old qemu-ga 7.2 (``guestload.agent=old``) or no agent (``guestload.agent=none``),
-and optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The image is cached under a hash of
-everything that goes into it, so a second build is a file lookup.
+default), the old qemu-ga 7.2 (``guestload.agent=old``), the lab's Windows-like agent
+(``guestload.agent=windows``, see ``guestload_lab.windows_agent``) or no agent
+(``guestload.agent=none``), and optionally ``stress-ng --cpu N`` (``guestload.stress=N``). The
+image is cached under a hash of everything that goes into it, so a second build is a file lookup.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guestload_lab.deps import DEFAULT_CACHE_DIR, GuestParts
+from guestload_lab.windows_agent import GUEST_PATH as GUEST_WINDOWS_AGENT_PATH
+from guestload_lab.windows_agent import build_windows_agent
 
 MODULE_ORDER = (
     "virtio_ring",
@@ -110,6 +113,7 @@ if [ "$agent" != none ] && [ -n "$port" ]; then
   case "$agent" in
     current) {GUEST_AGENT_PATH} -m virtio-serial -p "$port" & ;;
     old) {GUEST_OLD_AGENT_PATH} -m virtio-serial -p "$port" & ;;
+    windows) {GUEST_WINDOWS_AGENT_PATH} -m virtio-serial -p "$port" & ;;
   esac
 fi
 echo "{READY_LINE}"
@@ -141,6 +145,7 @@ def build_image(
     ~13 MB to ~2 MB and boots faster under TCG (such a guest ignores ``guestload.stress``).
     """
     files = _image_files(parts, with_stress=with_stress)
+    files[GUEST_WINDOWS_AGENT_PATH] = build_windows_agent(cache_dir=cache_dir)
     digest = _content_hash(files)
     images = cache_dir / "images"
     initrd = images / f"initramfs-{digest[:16]}.img.gz"

@@ -101,6 +101,22 @@ exit 0
 """
 
 
+BURST_WORKERS = 16
+"""``stress-ng --cpu`` workers of each burst of ``LabVm.start_bursts`` by default."""
+BURST_PERIOD = 300
+"""Seconds from one burst's start to the next one's by default."""
+BURST_SECONDS = 30
+"""How long each burst lasts by default."""
+BURST_LOOP_PID = "/run/guestload-bursts.pid"
+"""Where the guest keeps the pid of the shell loop that starts the bursts."""
+_STOP_BURSTS_SCRIPT = f"""[ -f {BURST_LOOP_PID} ] && kill -9 $(cat {BURST_LOOP_PID}) 2>/dev/null
+rm -f {BURST_LOOP_PID}
+killall -9 stress-ng 2>/dev/null
+exit 0
+"""
+"""Ends the loop first (so it starts no new burst), then the burst that runs."""
+
+
 _CONNECTION_ERROR_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
 """Where libvirt reports a broken connection (the daemon went away)."""
 
@@ -117,6 +133,10 @@ class AgentKind(enum.StrEnum):
     """qemu-ga 10.0: has guest-get-load."""
     OLD = "old"
     """qemu-ga 7.2: lacks guest-get-load."""
+    WINDOWS = "windows"
+    """The lab's Windows-like agent (``guestload_lab.windows_agent``): answers as Windows'
+    qemu-ga does (OS ``mswindows``, guest-get-load from the processor queue, starting at 0, no
+    guest-get-cpustats)."""
     NONE = "none"
     """The channel exists but no agent is started."""
 
@@ -446,6 +466,48 @@ class LabVm:
     def stop_stress(self) -> None:
         """Kill every stress-ng process in the guest."""
         self.guest_exec(["/bin/busybox", "killall", "-9", "stress-ng"])
+
+    def start_bursts(
+        self,
+        workers: int = BURST_WORKERS,
+        *,
+        period: int = BURST_PERIOD,
+        burst_seconds: int = BURST_SECONDS,
+    ) -> int:
+        """Start a guest loop that runs ``stress-ng --cpu workers`` for ``burst_seconds`` every
+        ``period`` seconds, the first burst at once: a bursty guest. Returns the loop's pid.
+
+        Bursts start on a fixed schedule (``period`` apart, however long stress-ng takes to
+        stop). Measured 2026-12-06 on two 1-vCPU TCG guests side by side (qemu-ga 10.0, Linux
+        load average read every 2 s; ``python -m guestload_lab.bursts``), 30-s bursts every
+        300 s, first and second burst:
+
+        - 16 workers (the default): load.1m peaks at 6.35 and 7.04, 28-34 s after the burst's
+          start; load.5m at 1.55 and 2.30; load.1m is below 1 again 113 s after a burst ends.
+        - 32 workers: load.1m peaks at 12.49 and 11.01 (briefly past 10 + 1 vCPU); load.5m at
+          3.18 and 3.75; load.1m below 1 again 159 s after the burst.
+
+        With the defaults the guest has 16 x 30 / 300 = 1.6 runnable tasks per period on
+        average; of the measured load.5m peaks (1.55, 2.30) only the second passes 2 per vCPU.
+        """
+        if burst_seconds < 1 or period <= burst_seconds or workers < 1:
+            raise ValueError("a burst lasts at least 1 s, less than its period, with 1+ workers")
+        loop = (
+            f"echo $$ >{BURST_LOOP_PID}; next=$(date +%s); while true; do"
+            f" /usr/bin/stress-ng --cpu {workers} --timeout {burst_seconds} -q;"
+            f" next=$((next + {period})); now=$(date +%s);"
+            ' [ "$next" -gt "$now" ] && sleep $((next - now));'
+            " done"
+        )
+        return self.guest_exec(["/bin/busybox", "sh", "-c", loop])
+
+    def stop_bursts(self, *, timeout: float = 60.0) -> None:
+        """End the burst loop of ``start_bursts`` and the burst that runs, if any."""
+        code, output = self.run_in_guest(
+            ["/bin/busybox", "sh", "-c", _STOP_BURSTS_SCRIPT], timeout=timeout
+        )
+        if code != 0:
+            raise VmError(f"{self.name}: stopping the bursts failed ({code}): {output}")
 
     def start_memory_hog(
         self, workers: int = 16, *, total_mib: int = 192, seconds: int = 600

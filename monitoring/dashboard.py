@@ -8,7 +8,11 @@ from itertools import count
 from typing import Any
 
 from monitoring.rules import (
+    DISK_REQUESTS,
+    DISK_THROTTLE_USE,
     LOAD_PER_VCPU,
+    LOAD_SEMANTICS,
+    LOAD_WARMING_UP,
     PRESSURE_CAUSE,
     VCPU_COUNT,
     VCPU_QUEUE,
@@ -23,6 +27,7 @@ UID = "guestload-vmi-load"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 VM_SELECTOR = 'namespace=~"$namespace", name=~"$name", node=~"$node"'
 VM_LEGEND = "{{namespace}}/{{name}} ({{node}})"
+DISK_LEGEND = "{{namespace}}/{{name}} {{device}} ({{node}})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +317,7 @@ def _cause_panels(settings: Settings) -> list[Panel]:
     contention = _number(settings.cause("contention_share"))
     swap_in = _number(settings.cause("swap_in_bytes_per_second"))
     faults = _number(settings.cause("major_faults_per_second"))
+    throttled = _number(settings.cause("throttle_use_share"))
     return [
         Panel(
             kind="timeseries",
@@ -382,6 +388,32 @@ def _cause_panels(settings: Settings) -> list[Panel]:
         ),
         Panel(
             kind="timeseries",
+            title="Disk requests (host view)",
+            description=(
+                "Requests a second the host served each of the VM's disks over the exporter's "
+                "last poll, reads and writes together. A stalled guest whose disk serves few "
+                "requests waits for slow or failing storage; one whose disk serves its cap "
+                "is held back by its own throttle (next panel)."
+            ),
+            queries=(Query(f"{DISK_REQUESTS}{{{vm}}}", DISK_LEGEND),),
+            unit="reqps",
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
+            title="Disk throttle use",
+            description=(
+                "Each capped disk's use of its tightest throttle cap (its <iotune> IOPS or bytes "
+                f"a second) over the last poll. At the line ({throttled}) and above, the disk "
+                "runs at its cap: raising the cap, not the storage, shortens the queue."
+            ),
+            queries=(Query(f"{DISK_THROTTLE_USE}{{{vm}}}", DISK_LEGEND),),
+            unit="percentunit",
+            thresholds=(("orange", throttled),),
+            width=12,
+        ),
+        Panel(
+            kind="timeseries",
             title="Long queues by cause",
             description=(
                 "VMs whose run-queue is above the warning threshold, by the cause the rules "
@@ -391,6 +423,20 @@ def _cause_panels(settings: Settings) -> list[Panel]:
                 "can have two causes."
             ),
             queries=(Query(f"count by (cause) ({PRESSURE_CAUSE}{{{vm}}})", "{{cause}}"),),
+        ),
+        Panel(
+            kind="table",
+            title="Load semantics",
+            description=(
+                "What each VM's load counts: linux (runnable and uninterruptible tasks, the "
+                "ones its vCPUs run included; the queue is the load minus the vCPUs) or windows "
+                "(threads waiting for a CPU; the queue is the load itself). A Windows VM in its "
+                "first minutes also shows in the warming-up query: its averages start at 0."
+            ),
+            queries=(
+                Query(f"{LOAD_SEMANTICS}{{{vm}}}", instant=True),
+                Query(f"{LOAD_WARMING_UP}{{{vm}}}", instant=True),
+            ),
         ),
         Panel(
             kind="table",

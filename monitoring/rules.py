@@ -26,6 +26,15 @@ CAUSE_BUSY = "namespace_name_node:guestload_cause_busy:ratio"
 CAUSE_IOWAIT = "namespace_name_node:guestload_cause_iowait:ratio"
 CAUSE_CONTENTION = "namespace_name_node:guestload_cause_contention:ratio"
 PRESSURE_CAUSE = "namespace_name_node:guestload_pressure_cause:info"
+LOAD_SEMANTICS = "namespace_name_node:guestload_guest_load_semantics:info"
+"""What each VM's guest load counts (label ``semantics``): ``linux``, runnable and
+uninterruptible tasks, vCPUs' running ones included; ``windows``, threads waiting for a CPU."""
+LOAD_WARMING_UP = "namespace_name_node:guestload_guest_load_warming_up:info"
+"""Windows VMs whose load series is younger than its warm-up: the agent's averages start at 0
+on its first call and under-report until then."""
+WINDOWS_OS_ID = "mswindows"
+"""The operating system id the QEMU guest agent for Windows reports (guest-get-osinfo)."""
+GUEST_OS_INFO = "guestload_guest_os_info"
 CAUSES = ("cpu", "io", "blocked", "memory", "host", "unknown")
 """The values of the cause label of PRESSURE_CAUSE."""
 UNKNOWN_REASONS = ("warming_up", "no_cpu_stats")
@@ -49,6 +58,15 @@ MAJOR_FAULT_COUNTERS = (
     "kubevirt_vmi_memory_pgmajfault",
 )
 """The guest's major page faults: guestload's balloon stats, or virt-handler's."""
+
+DISK = f"{VM}, device"
+"""The labels that identify one disk of a VM."""
+DISK_LAST_POLL_REQUESTS = "guestload_disk_last_poll_requests_per_second"
+DISK_LAST_POLL_BYTES = "guestload_disk_last_poll_bytes_per_second"
+DISK_REQUESTS = "namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum"
+"""Each disk's requests per second over the exporter's last poll, reads and writes together."""
+DISK_THROTTLE_USE = "namespace_name_node_device:guestload_disk_throttle_use:ratio"
+"""Each capped disk's use of its tightest cap over the last poll (1 = at the cap)."""
 
 GUEST_CPU = "guestload_guest_cpu_seconds_total"
 BUSY_MODES = "user|nice|system|irq|softirq"
@@ -151,16 +169,73 @@ class Records:
         )
 
 
-def _vm_query(record: str, found: str, missing: str) -> str:
-    """A template printing *found* with the alerting VM's *record* in `.`, else *missing*."""
+def _vm_query(record: str, found: str, missing: str, *, matchers: str = "") -> str:
+    """A template printing *found* with the alerting VM's *record* (and *matchers*, e.g.
+    ``, semantics='windows'``) in `.`, else *missing*."""
     return (
-        f"{{{{ with printf \"{record}{{namespace='%s', name='%s', node='%s'}}\" "
+        f"{{{{ with printf \"{record}{{namespace='%s', name='%s', node='%s'{matchers}}}\" "
         "$labels.namespace $labels.name $labels.node | query }}"
         f"{found}{{{{ else }}}}{missing}{{{{ end }}}}"
     )
 
 
 _SHARE = '{{ . | first | value | printf "%.2f" }}'
+
+
+def disks_text(settings: Settings) -> str:
+    """The sentence naming the alerting VM's disks: each one's requests over the exporter's
+    last poll and whether it runs at its throttle cap."""
+    at_cap = float(settings.cause("throttle_use_share"))  # ge compares floats with floats
+    vm = "{namespace='%s', name='%s', node='%s'}"
+    vm_args = "$labels.namespace $labels.name $labels.node"
+    use = (
+        f"{{{{ with printf \"{DISK_THROTTLE_USE}{vm[:-1]}, device='%s'}}\" {vm_args} "
+        ".Labels.device | query }}"
+        f"{{{{ if ge (. | first | value) {at_cap} }}}}, at its throttle cap{{{{ else }}}}, "
+        "below its throttle cap{{ end }} ("
+        "{{ . | first | value | humanizePercentage }} of its tightest cap)"
+        "{{ else }}, no throttle cap{{ end }}"
+    )
+    return (
+        "Disks (host view, the exporter's last poll): "
+        f'{{{{ range printf "{DISK_REQUESTS}{vm}" {vm_args} | query | sortByLabel '
+        '"device" }}'
+        '{{ .Labels.device }} {{ .Value | printf "%.1f" }} requests/s'
+        f"{use}; "
+        "{{ else }}none reported; {{ end }}"
+    )
+
+
+def _windows_text(found: str, missing: str) -> str:
+    """A template printing *found* for a VM with Windows load semantics, else *missing*."""
+    return _vm_query(LOAD_SEMANTICS, found, missing, matchers=", semantics='windows'")
+
+
+def queue_text(settings: Settings, busy_share: str) -> str:
+    """What the queue alerts' value counts, by the VM's load semantics, and their evidence."""
+    warm_up = settings.window("windows_load_warm_up")
+    warming = _vm_query(
+        LOAD_WARMING_UP,
+        f" It is still warming up: the agent's average starts at 0 and under-reports for its "
+        f"first {warm_up}.",
+        "",
+    )
+    return _windows_text(
+        "a Windows guest, whose agent reports the threads ready to run and waiting for a CPU "
+        "(its Processor Queue Length, 1-minute average), running threads and I/O waits "
+        f"excluded: the queue itself is the evidence.{warming}",
+        "runnable tasks beyond its vCPUs (1-minute guest load minus vCPU count), while its "
+        f"vCPUs are busy (CPU busy share at least {busy_share}).",
+    )
+
+
+def saturation_text(settings: Settings, busy_share: str, window: str) -> str:
+    """What GuestVCPUSaturation's evidence is, by the VM's load semantics."""
+    del settings
+    return _windows_text(
+        "counting only threads waiting for a CPU (a Windows guest's Processor Queue Length)",
+        f"with its vCPUs busy (CPU busy share at least {busy_share} over {window})",
+    )
 
 
 def breakdown(settings: Settings) -> str:
@@ -216,8 +291,11 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
                 ")"
             ),
         ),
+        *_load_semantics_rules(settings),
         # max by drops job/instance/pod and merges a VM's load exported by two jobs, and
-        # on (...) matches the VM however many target labels the scrape added.
+        # on (...) matches the VM however many target labels the scrape added. A Linux load
+        # counts the tasks its vCPUs run: the queue is what exceeds them. Windows' agent
+        # reports the threads waiting for a CPU, running ones excluded: that is the queue.
         RecordingRule(
             record=VCPU_QUEUE,
             expr=(
@@ -226,7 +304,13 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
                 f"  - on ({VM})\n"
                 f"    {VCPU_COUNT},\n"
                 "  0\n"
-                ")"
+                ")\n"
+                f"  unless on ({VM})\n"
+                f"{_is_windows()}\n"
+                "or\n"
+                f"max by ({VM}) (kubevirt_vmi_guest_load_1m)\n"
+                f"  and on ({VM})\n"
+                f"{_is_windows()}"
             ),
         ),
         RecordingRule(
@@ -248,6 +332,91 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
         *_cpu_share_rules(settings),
         *_cause_evidence_rules(settings),
         _cause_rule(settings),
+        *_disk_rules(),
+    ]
+
+
+def _per_op_with_total(family: str) -> str:
+    """Each disk's *family* per op (read, write), and their sum as op ``total``; max by
+    merges a disk exported by two jobs."""
+    per_op = f"max by ({DISK}, op) ({family})"
+    return (
+        f"(\n      {per_op}\n    or\n"
+        "      label_replace(\n"
+        f"        sum by ({DISK}) ({per_op}),\n"
+        '        "op", "total", "", ""\n'
+        "      )\n    )"
+    )
+
+
+def _disk_rules() -> list[RecordingRule]:
+    """Each disk's requests over the exporter's last poll, and its use of its throttle caps:
+    the rate and the cap per op (total, read, write), the largest share over requests and
+    bytes. A disk without a cap has no use series."""
+    uses = []
+    for family, cap, kind in (
+        (DISK_LAST_POLL_REQUESTS, "guestload_disk_throttle_iops", "iops"),
+        (DISK_LAST_POLL_BYTES, "guestload_disk_throttle_bytes_per_second", "bytes"),
+    ):
+        # The kind label keeps the two divisions apart: or would drop the bytes one's series
+        # for a disk and op the requests one already has.
+        uses.append(
+            "  label_replace(\n"
+            f"    {_per_op_with_total(family)}\n"
+            f"      / on ({DISK}, op)\n"
+            f"    max by ({DISK}, op) ({cap} > 0),\n"
+            f'    "kind", "{kind}", "", ""\n'
+            "  )"
+        )
+    return [
+        RecordingRule(
+            record=DISK_REQUESTS,
+            expr=f"sum by ({DISK}) (\n  max by ({DISK}, op) ({DISK_LAST_POLL_REQUESTS})\n)",
+        ),
+        RecordingRule(
+            record=DISK_THROTTLE_USE,
+            expr=f"max by ({DISK}) (\n" + "\n    or\n".join(uses) + "\n)",
+        ),
+    ]
+
+
+def _is_windows() -> str:
+    """The VMs whose load has Windows' semantics."""
+    return f'{LOAD_SEMANTICS}{{semantics="windows"}}'
+
+
+def _load_semantics_rules(settings: Settings) -> list[RecordingRule]:
+    """Which semantics each VM's load has, from the guest OS its agent reports, and which
+    Windows VMs' load is still warming up."""
+    windows = f'group by ({VM}) ({GUEST_OS_INFO}{{id="{WINDOWS_OS_ID}"}})'
+    loaded = f"group by ({VM}) (kubevirt_vmi_guest_load_1m)"
+    warm_up = settings.window("windows_load_warm_up")
+    return [
+        # Linux unless the agent says Windows: a VM whose OS is not known yet (the first poll,
+        # --no-collector.guest-os) keeps the semantics of every agent before QEMU 10.1.
+        RecordingRule(
+            record=LOAD_SEMANTICS,
+            expr=(
+                "label_replace(\n"
+                f"  {loaded}\n    and on ({VM})\n  {windows},\n"
+                '  "semantics", "windows", "", ""\n'
+                ")\n"
+                "or\n"
+                "label_replace(\n"
+                f"  {loaded}\n    unless on ({VM})\n  {windows},\n"
+                '  "semantics", "linux", "", ""\n'
+                ")"
+            ),
+        ),
+        # Warm once the load series existed a warm-up ago (within the lookback before that).
+        RecordingRule(
+            record=LOAD_WARMING_UP,
+            expr=(
+                f"group by ({VM}) ({_is_windows()})\n"
+                f"  unless on ({VM})\n"
+                f"group by ({VM}) (kubevirt_vmi_guest_load_1m offset {warm_up})"
+            ),
+        ),
     ]
 
 
@@ -435,20 +604,23 @@ def cause_conditions(settings: Settings) -> dict[str, str]:
     contention = f"{CAUSE_CONTENTION} > {settings.cause('contention_share')}"
     memory = memory_condition(settings, indent=" " * 4)
     not_memory = f"\n      unless on ({VM})\n    {memory}"
+    not_windows = f"\n      unless on ({VM})\n    {_is_windows()}"
     return {
-        "cpu": f"{CAUSE_BUSY} >= {busy}{not_memory}",
+        # Busy vCPUs; on Windows the load itself, which counts only threads waiting for a CPU.
+        "cpu": f"(\n      {CAUSE_BUSY} >= {busy}\n        or\n      {_is_windows()}\n    )"
+        f"{not_memory}",
         # Idle vCPUs with iowait, or with no iowait known (the host's view cannot tell).
         "io": (
             f"(\n      {CAUSE_BUSY} < {busy}\n        unless on ({VM})\n"
             f"      {CAUSE_IOWAIT} < {iowait}\n    )"
-            f"{not_memory}"
+            f"{not_memory}{not_windows}"
         ),
         # Idle vCPUs without iowait and without a host that starves them: tasks asleep in
         # uninterruptible waits that are not block I/O (NFS, FUSE, locks).
         "blocked": (
             f"(\n      {CAUSE_BUSY} < {busy}\n        and on ({VM})\n"
             f"      {CAUSE_IOWAIT} < {iowait}\n    )\n      unless on ({VM})\n"
-            f"    {contention}{not_memory}"
+            f"    {contention}{not_memory}{not_windows}"
         ),
         "memory": memory,
         "host": contention,
@@ -471,8 +643,9 @@ def _cause_rule(settings: Settings) -> RecordingRule:
         ")"
         for cause, condition in cause_conditions(settings).items()
     ]
-    # Every VM with a queue has vCPU samples (the queue subtracts their count), so a busy
-    # share comes once they span the rate window: until then the cause is not known yet.
+    # Every Linux VM with a queue has vCPU samples (the queue subtracts their count), so a
+    # busy share comes once they span the rate window: until then the cause is not known
+    # yet. A Windows VM's queue needs no busy share: it is made of threads waiting for a CPU.
     unknown = (
         "label_replace(\n"
         "  label_replace(\n"
@@ -482,6 +655,8 @@ def _cause_rule(settings: Settings) -> RecordingRule:
         f"      {CAUSE_BUSY}\n"
         f"        unless on ({VM})\n"
         f"      {memory_condition(settings, indent=' ' * 6)}\n"
+        f"        unless on ({VM})\n"
+        f"      {_is_windows()}\n"
         "    ),\n"
         '    "cause", "unknown", "", ""\n'
         "  ),\n"
@@ -524,17 +699,17 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 # ends lingers for a lookback where no staleness marker ends it (a store
                 # that receives the rules' results by remote write), and so would the page.
                 expr=(
-                    f"{VCPU_QUEUE} > {queue}\n  and on ({VM})\n{CAUSE_BUSY} >= {busy_share}\n"
+                    f"{VCPU_QUEUE} > {queue}\n  and on ({VM})\n"
+                    f"(\n  {CAUSE_BUSY} >= {busy_share}\n    or\n  {_is_windows()}\n)\n"
                     f"  unless on ({VM})\n{memory_condition(settings)}"
                 ),
                 for_=level.for_.value,
                 severity=level.severity,
                 summary=f"Guest run-queue of {_VM_TEXT} is above {queue}.",
                 description=(
-                    f"VM {_VM_TEXT} on node {_NODE_TEXT} has {_VALUE_TEXT} runnable tasks "
-                    f"beyond its vCPUs (1-minute guest load minus vCPU count), above the "
-                    f"{level.severity} threshold of {queue}, while its vCPUs are busy (CPU "
-                    f"busy share at least {busy_share}). {explain}"
+                    f"VM {_VM_TEXT} on node {_NODE_TEXT} has {_VALUE_TEXT} tasks waiting for "
+                    f"a vCPU, above the {level.severity} threshold of {queue}: "
+                    f"{queue_text(settings, busy_share)} {explain}"
                 ),
                 runbook_url=settings.runbook_url(name),
             )
@@ -551,7 +726,7 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
                 f"vCPUs in its 1-minute load for {stall.for_.value} while its vCPUs were "
                 f"mostly idle (CPU busy share below {busy_share}; iowait share at least "
                 f"{iowait_share} where the guest reports it): the tasks are blocked on I/O, "
-                f"and more vCPUs would not help. {explain}"
+                f"and more vCPUs would not help. {disks_text(settings)}{explain}"
             ),
             runbook_url=settings.runbook_url("GuestIOStall"),
         )
@@ -610,17 +785,17 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
             # Only with busy vCPUs: the same load made of blocked tasks is no lack of vCPUs.
             expr=(
                 f"{LOAD_PER_VCPU} > {per_vcpu}\n  and on ({VM})\n"
-                f"{records.cpu_busy} >= {busy_share}\n  unless on ({VM})\n"
-                f"{memory_condition(settings)}"
+                f"(\n  {records.cpu_busy} >= {busy_share}\n    or\n  {_is_windows()}\n)\n"
+                f"  unless on ({VM})\n{memory_condition(settings)}"
             ),
             for_=saturation.for_.value,
             severity=saturation.severity,
             summary=f"Guest {_VM_TEXT} has more than {per_vcpu} runnable tasks per vCPU.",
             description=(
                 f"VM {_VM_TEXT} on node {_NODE_TEXT} has had a 5-minute guest load of "
-                f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}, with its "
-                f"vCPUs busy (CPU busy share at least {busy_share} over {window}): its "
-                f"workload needs more vCPUs than it has. {explain}"
+                f"{_VALUE_TEXT} per vCPU for {saturation.for_.value}, above {per_vcpu}, "
+                f"{saturation_text(settings, busy_share, window)}: its workload needs more "
+                f"vCPUs than it has. {explain}"
             ),
             runbook_url=settings.runbook_url("GuestVCPUSaturation"),
         )

@@ -196,7 +196,8 @@ def test_pods_that_come_and_go_are_picked_up_and_dropped(node: Node) -> None:
     node.wait_for_event(EventKind.STOPPED, first.domain_uuid)
     assert node.names() == ["prod_web-2"]
     assert ask_load(node.source, first.domain_uuid, 1.0).state is AgentState.GONE
-    assert node.source.socket_paths == [str(second.socket_path)]
+    resolve = IdentityResolver(node="node-1", default_namespace="libvirt").resolve
+    assert [h.socket for h in node.source.socket_health(resolve)] == [str(second.socket_path)]
 
 
 def test_a_crashed_daemon_degrades_only_its_own_domain_and_comes_back(node: Node) -> None:

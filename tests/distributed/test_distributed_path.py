@@ -130,7 +130,7 @@ def test_sharded_sites_feed_a_central_store_whose_vmalert_pages_through_alertman
         )
         # vmalert renders the project's annotations, its query template included.
         description = alert["annotations"]["description"]
-        assert "has 25.00 runnable tasks beyond its vCPUs" in description
+        assert "has 25.00 tasks waiting for a vCPU" in description
         assert "CPU busy 1.00 (guest view)" in description
         assert alert["annotations"]["runbook_url"].endswith("GuestVCPUQueueHighCritical.md")
 

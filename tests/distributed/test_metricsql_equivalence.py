@@ -47,6 +47,11 @@ GUEST_ALERTS = {
 }
 
 
+EDGE_RECORDS = frozenset({"namespace_name_node:guestload_guest_load_warming_up:info"})
+"""Records that exist only in the first minutes of a series' life (a Windows VM's load warming
+up), where the replay compares nothing by design (``steady_steps``): promtool tests them."""
+
+
 def rules_without_annotations(path: Path) -> Path:
     """The shipped rule file less its annotations: vmalert's replay mode cannot run their
     ``query`` template, and they change no value (the live test renders them)."""
@@ -169,7 +174,7 @@ def test_every_recorded_series_and_alert_matches_between_promql_and_metricsql(
     alerts = {key: points for key, points in promql.items() if key[0] == "ALERTS"}
     # The input exercises every rule: each recorded metric has samples at steady steps, and
     # every guest alert fires there. (The exporter alerts' cases have gaps by design.)
-    assert {name for name, _ in recorded} == recorded_metrics()
+    assert {name for name, _ in recorded} == recorded_metrics() - EDGE_RECORDS
     firing = {
         dict(labels)["alertname"] for _, labels in alerts if dict(labels)["alertstate"] == "firing"
     }

@@ -21,6 +21,7 @@ The file sorts first on purpose: its busy VMs are gone before the session's VMs 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -283,6 +284,19 @@ def test_an_io_stalled_guest_fires_guest_io_stall_and_no_queue_alert(
     description = stall["annotations"]["description"]
     assert "(guest view)" in description
     assert "iowait 0." in description or "iowait 1." in description
+    # The disk is named, with the requests the host served it and its cap: the readers keep
+    # more requests waiting than the cap lets through, so the disk runs at it.
+    served = re.search(
+        r"Disks \(host view, the exporter's last poll\): vda ([0-9.]+) requests/s, "
+        r"at its throttle cap \(([0-9.]+)% of its tightest cap\)",
+        description,
+    )
+    assert served, description
+    assert 0.9 * DISK_IOPS <= float(served.group(1)) <= 1.1 * DISK_IOPS, description
+    (cap,) = chain.prometheus.query(
+        f'guestload_disk_throttle_iops{{name="{_name(vm)}", device="vda", op="total"}}'
+    )
+    assert float(cap["value"][1]) == DISK_IOPS
     assert not [
         alert
         for alert in chain.webhook.alerts()

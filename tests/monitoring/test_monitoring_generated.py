@@ -109,7 +109,8 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
 
 def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
     """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only on the
-    cause cpu's condition (a busy share of at least 0.3 and no memory thrash; the condition,
+    cause cpu's condition (a busy share of at least 0.3, or a Windows guest's load, which
+    counts only threads waiting for a CPU, and no memory thrash; the condition,
     not its series, which could linger a lookback where no staleness marker ends it); where
     the rules call the cause io GuestIOStall fires, and where
     they call it blocked GuestBlockedTasks, both after 5 minutes. GuestMemoryThrash fires on
@@ -123,7 +124,11 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
         return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
     memory = f"({_SWAP_IN} > 1048576 or {_MAJOR_FAULTS} > 100)"
-    cpu = f"{vm} namespace_name_node:guestload_cause_busy:ratio >= 0.3 unless {vm} {memory}"
+    windows = 'namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"}'
+    cpu = (
+        f"{vm} (namespace_name_node:guestload_cause_busy:ratio >= 0.3 or {windows}) "
+        f"unless {vm} {memory}"
+    )
 
     expected = {
         "GuestVCPUQueueHighWarning": (f"{queue} > 10 and {cpu}", None, "warning"),
@@ -133,7 +138,8 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
         "GuestMemoryThrash": (memory, "5m", "warning"),
         "GuestVCPUSaturation": (
             "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 and "
-            f"{vm} namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3 unless {vm} {memory}",
+            f"{vm} (namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3 or {windows}) "
+            f"unless {vm} {memory}",
             "15m",
             "warning",
         ),

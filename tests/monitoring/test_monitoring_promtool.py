@@ -334,7 +334,8 @@ _CAUSE_GOT = 'got: {__name__="namespace_name_node:guestload_pressure_cause:info"
     ("clause", "symptom"),
     [
         (
-            "namespace_name_node:guestload_cause_busy:ratio >= 0.3",
+            "namespace_name_node:guestload_cause_busy:ratio >= 0.3\n        or\n      "
+            'namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"}\n    )',
             _CAUSE_GOT + 'cause="cpu", name="storm"',
         ),
         (

@@ -21,8 +21,8 @@ import bcrypt
 import pytest
 
 from guestload_lab.services import Exporter
+from tests.certs import TlsFiles, make_tls_files
 from tests.security.exporters import Exporters
-from tests.unit.certs import TlsFiles, make_tls_files
 
 SIMULATED = ("--source", "simulated", "--simulated.vms", "20")
 #: The exporter-toolkit's web/testdata/web_config_headers.good.yml, as it is written there.

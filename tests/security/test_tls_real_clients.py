@@ -18,9 +18,9 @@ import pytest
 
 from guestload_lab.services import Exporter
 from guestload_lab.waiting import wait_until
+from tests.certs import TlsFiles, make_tls_files
 from tests.exposition import metric_value
 from tests.security.exporters import GUESTLOAD, Exporters, command_output
-from tests.unit.certs import TlsFiles, make_tls_files
 
 PASSWORD = "correct horse"  # noqa: S105 - the test's own made-up password
 

@@ -1,13 +1,14 @@
-"""Pollers for unit tests: a clock the test sets by hand, and a poller over a FakeSource."""
+"""Pollers for unit tests: clocks the test moves, and a poller over a FakeSource."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from guestload.identity import IdentityResolver
 from guestload.model import Snapshot
 from guestload.polling.poller import Poller
+from guestload.queries.query import GuestQuery
 from tests.unit.fakes import LOAD_ONLY, FakeSource
 
 
@@ -18,6 +19,36 @@ class Clock:
         self.now = 1000.0
 
     def __call__(self) -> float:
+        return self.now
+
+
+class HangClock(Clock):
+    """A fake clock for polls with a hung call: time passes only while that call hangs.
+
+    Read on the thread that made it (the test's, which polls) while the hung call blocks
+    (``hanging`` set) and every other call in flight is still unstarted, it moves to ``step``
+    seconds after the hung call started: past that call's time limit, never past the limit of
+    a call that runs or awaits collection, however the machine schedules the threads.
+    """
+
+    def __init__(self, *, hung: str, step: float) -> None:
+        super().__init__()
+        self.hung = hung
+        self.step = step
+        self.hanging = threading.Event()
+        self.poller: Poller | None = None
+        self._polling_thread = threading.get_ident()
+
+    def __call__(self) -> float:
+        if (
+            self.poller is not None
+            and self.hanging.is_set()
+            and threading.get_ident() == self._polling_thread
+        ):
+            calls = dict(self.poller._in_flight)
+            hung = calls.pop(self.hung, None)
+            if hung is not None and hung.started and not any(c.started for c in calls.values()):
+                self.now = max(self.now, hung.started[0] + self.step)
         return self.now
 
 
@@ -48,10 +79,11 @@ def make_poller(
     agent_timeout: float = 0.2,
     concurrency: int = 4,
     backoff_max: float = 240.0,
+    queries: Sequence[GuestQuery] = LOAD_ONLY,
 ) -> Poller:
     return Poller(
         source=source,
-        queries=LOAD_ONLY,
+        queries=queries,
         identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
         poll_interval_seconds=interval,
         agent_timeout_seconds=agent_timeout,

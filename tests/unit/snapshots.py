@@ -1,8 +1,9 @@
 """The snapshot behind the golden exposition ``tests/unit/golden/metrics.prom``.
 
-Two VMs on one node: one whose agent answered both queries and whose balloon reports every
-statistic, one with an odd name whose agent answered neither and whose balloon reports only its
-size; vCPU statistics, poll counters and build information filled in.
+Two VMs on one node: one whose agent answered every query, whose balloon reports every
+statistic and whose two disks report their requests (one of them capped), one with an odd name
+whose agent answered only its OS (kernel fields alone) and whose balloon reports only its size;
+vCPU statistics, poll counters and build information filled in.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.hoststats.balloon import BALLOON, BalloonStats
+from guestload.hoststats.block import BLOCK, IOTUNE_PREFIX
 from guestload.model import (
     AgentState,
     DomainSample,
@@ -21,6 +23,7 @@ from guestload.model import (
 )
 from guestload.queries.cpustats import CpuStatsQuery
 from guestload.queries.load import LOAD, GuestLoad
+from guestload.queries.osinfo import OSINFO, GuestOs
 
 
 def sample_snapshot() -> Snapshot:
@@ -37,13 +40,14 @@ def sample_snapshot() -> Snapshot:
                         state=AgentState.OK, value=GuestLoad(one=2.5, five=1.25, fifteen=0.5)
                     ),
                     "cpustats": QueryReading(state=AgentState.OK, value=CPU_TIMES),
+                    "osinfo": QueryReading(state=AgentState.OK, value=DEBIAN),
                 },
                 vcpu_count=2,
                 vcpus=(
                     VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
                     VcpuStat(1, VcpuState.BLOCKED, 3.0, None, None),
                 ),
-                host_stats={"balloon": BALLOON_STATS},
+                host_stats={"balloon": BALLOON_STATS, "block": DISKS},
             ),
             DomainSample(
                 uuid="u2",
@@ -52,6 +56,7 @@ def sample_snapshot() -> Snapshot:
                 readings={
                     "load": QueryReading(state=AgentState.UNSUPPORTED),
                     "cpustats": QueryReading(state=AgentState.NOT_CONNECTED),
+                    "osinfo": QueryReading(state=AgentState.OK, value=KERNEL_ONLY),
                 },
                 vcpu_count=1,
                 vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
@@ -67,6 +72,16 @@ def sample_snapshot() -> Snapshot:
     )
 
 
+#: The first VM's OS: a Debian 12 guest, every label filled in but the variant.
+DEBIAN = GuestOs(
+    id="debian",
+    version_id="12",
+    pretty_name='Debian GNU/Linux 12 "bookworm"',
+    kernel_release="6.1.0-28-cloud-amd64",
+    machine="x86_64",
+)
+#: The second VM's OS: a guest without os-release, whose agent reports only its kernel.
+KERNEL_ONLY = GuestOs(kernel_release="6.1.0-41-cloud-amd64", machine="x86_64")
 #: Guest CPU times of the first VM, as the agent reported them in its last answer (ms).
 CPU_TIMES = CpuStatsQuery().fold(
     None, {0: {"user": 1500, "system": 250, "idle": 90_000, "iowait": 4_970}, 1: {"user": 10}}
@@ -88,8 +103,42 @@ BALLOON_STATS = BALLOON.parse(
         "balloon.rss": 3 * 1024 * 1024,
     }
 )
-QUERIES = (LOAD, CpuStatsQuery())
-HOST_STATS = (BALLOON,)
+#: The first VM's disks: vda capped at 5 requests a second and 1 MiB/s of reads, vdb uncapped;
+#: vda read 600 requests (2.4 MB) in the last poll interval of 120 s, vdb nothing.
+DISKS_BEFORE = BLOCK.parse(
+    {
+        "block.count": 2,
+        "block.0.name": "vda",
+        "block.0.rd.reqs": 900,
+        "block.0.rd.bytes": 900 * 4096,
+        "block.0.wr.reqs": 12,
+        "block.0.wr.bytes": 12 * 4096,
+        "block.1.name": "vdb",
+        "block.1.rd.reqs": 40,
+        "block.1.rd.bytes": 40 * 65536,
+    }
+)
+DISKS_NOW = BLOCK.parse(
+    {
+        "block.count": 2,
+        "block.0.name": "vda",
+        "block.0.rd.reqs": 1500,
+        "block.0.rd.bytes": 1500 * 4096,
+        "block.0.rd.times": 299_000_000_000,
+        "block.0.wr.reqs": 12,
+        "block.0.wr.bytes": 12 * 4096,
+        "block.0.wr.times": 2_500_000_000,
+        "block.0.fl.reqs": 3,
+        "block.1.name": "vdb",
+        "block.1.rd.reqs": 40,
+        "block.1.rd.bytes": 40 * 65536,
+        f"{IOTUNE_PREFIX}vda.total_iops_sec": 5,
+        f"{IOTUNE_PREFIX}vda.read_bytes_sec": 1024 * 1024,
+    }
+)
+DISKS = BLOCK.fold(DISKS_BEFORE, DISKS_NOW, 120.0)
+QUERIES = (LOAD, CpuStatsQuery(), OSINFO)
+HOST_STATS = (BALLOON, BLOCK)
 
 
 def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:

@@ -1,19 +1,19 @@
-"""The epoll event loop that stands in for libvirt's default one, on real sockets."""
+"""The epoll event loop that stands in for libvirt's default one, on socket pairs and a fake
+clock: epoll itself is real, nothing waits."""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from guestload.sources.event_loop import HANGUP, READABLE, WRITABLE, EventLoop
+from tests.unit.pollers import Clock
 
-SHORT = 0.05
-"""A wait that must end without any event (seconds)."""
+SHORT = 0.0
+"""A wait that must end without any event: epoll reports what is ready at once (seconds)."""
 
 
 class Recorder:
@@ -37,8 +37,26 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def loop(recorder: Recorder) -> EventLoop:
-    return EventLoop(invoke_free=recorder.freed.append)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def loop(recorder: Recorder, clock: Clock) -> EventLoop:
+    return EventLoop(invoke_free=recorder.freed.append, clock=clock)
+
+
+def count_wakeups(loop: EventLoop, monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One entry per wake-up the loop sends itself from now on (they still wake it)."""
+    wakeups: list[None] = []
+    wake = loop._wake
+
+    def counted() -> None:
+        wakeups.append(None)
+        wake()
+
+    monkeypatch.setattr(loop, "_wake", counted)
+    return wakeups
 
 
 @pytest.fixture
@@ -77,24 +95,24 @@ def test_a_handle_updated_to_no_events_is_not_called(
     assert recorder.handles[0][2] & READABLE
 
 
-def test_updates_from_another_thread_do_not_wake_the_loop(
-    loop: EventLoop, recorder: Recorder, pair: tuple[socket.socket, socket.socket]
+def test_watch_updates_do_not_wake_the_loop(
+    loop: EventLoop,
+    recorder: Recorder,
+    pair: tuple[socket.socket, socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """libvirt updates the watch twice around every call: that must cost the loop nothing."""
+    """libvirt updates the watch twice around every call, from its own threads: that must cost
+    the loop nothing. epoll takes the change while the loop waits in it: no wake-up is sent."""
     ours, peer = pair
     watch = loop.add_handle(ours.fileno(), READABLE, recorder.on_handle, None)
-    waiter = threading.Thread(target=loop.run_once, kwargs={"max_wait": 30.0}, daemon=True)
-    waiter.start()
-    time.sleep(SHORT)
+    loop.run_once(max_wait=SHORT)
+    wakeups = count_wakeups(loop, monkeypatch)
     for _ in range(100):
         loop.update_handle(watch, 0)
         loop.update_handle(watch, READABLE)
-    time.sleep(SHORT)
-    assert loop.iterations == 0, "an update woke the loop"
+    assert wakeups == [], "an update woke the loop"
     peer.send(b"x")  # but the interest restored by the last update is live at once
-    waiter.join(timeout=5.0)
-    assert not waiter.is_alive()
-    assert loop.iterations == 1
+    loop.run_once(max_wait=SHORT)
     assert len(recorder.handles) == 1
 
 
@@ -130,35 +148,35 @@ def test_a_removed_handle_is_freed_by_the_loop_and_never_called(
     assert loop.remove_handle(watch) == -1
 
 
-def test_timers_fire_on_their_interval(loop: EventLoop, recorder: Recorder) -> None:
+def test_timers_fire_on_their_interval(loop: EventLoop, recorder: Recorder, clock: Clock) -> None:
     timer = loop.add_timeout(50, recorder.on_timer, "keepalive")
     disabled = loop.add_timeout(-1, recorder.on_timer, "disabled")
-    started = time.monotonic()
-    while len(recorder.timers) < 3:
-        loop.run_once(max_wait=1.0)
-    took = time.monotonic() - started
-    assert recorder.timers == [(timer, "keepalive")] * 3
-    assert took >= 0.14, "a timer fired before its interval"
+    for fired in range(1, 4):
+        clock.now += 0.04
+        loop.run_once(max_wait=SHORT)
+        assert len(recorder.timers) == fired - 1, "a timer fired before its interval"
+        clock.now += 0.02
+        loop.run_once(max_wait=SHORT)
+        assert recorder.timers == [(timer, "keepalive")] * fired
     loop.update_timeout(disabled, 0)  # 0: every iteration
     loop.update_timeout(timer, -1)
     recorder.timers.clear()
-    loop.run_once(max_wait=1.0)
-    loop.run_once(max_wait=1.0)
+    loop.run_once(max_wait=SHORT)
+    loop.run_once(max_wait=SHORT)
     assert recorder.timers == [(disabled, "disabled")] * 2
 
 
-def test_a_timer_moved_earlier_wakes_a_waiting_loop(loop: EventLoop, recorder: Recorder) -> None:
+def test_only_a_timer_moved_earlier_wakes_a_waiting_loop(
+    loop: EventLoop, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     timer = loop.add_timeout(10_000, recorder.on_timer, None)
-    loop.run_once(max_wait=SHORT)  # the first timer woke the loop: it now waits 10 s
-    waiter = threading.Thread(target=loop.run_once, kwargs={"max_wait": 30.0}, daemon=True)
-    waiter.start()
-    time.sleep(SHORT)
+    loop.run_once(max_wait=SHORT)  # the new timer woke the loop: it now waits 10 s
+    wakeups = count_wakeups(loop, monkeypatch)
     loop.update_timeout(timer, 20_000)  # later: nothing to do before the current deadline
-    time.sleep(SHORT)
-    assert loop.iterations == 1
+    assert wakeups == []
     loop.update_timeout(timer, 0)
-    waiter.join(timeout=5.0)
-    assert not waiter.is_alive(), "a sooner timer must wake the loop"
+    assert wakeups == [None], "a sooner timer must wake the loop"
+    loop.run_once(max_wait=SHORT)
     assert recorder.timers == [(timer, None)]
 
 

@@ -22,6 +22,7 @@ from guestload.hoststats.balloon import (
     BalloonStats,
     parse_balloon_stats,
 )
+from guestload.hoststats.block import BLOCK
 from guestload.hoststats.catalog import ALL_HOST_STATS, HOST_STATS
 from guestload.hoststats.hoststat import HostStat, read_record
 from guestload.hoststats.registry import (
@@ -265,9 +266,9 @@ def _beside_the_queries() -> tuple[QueryRegistry, HostStatRegistry]:
 
 
 def test_the_catalog_registers_the_balloon_beside_the_queries() -> None:
-    assert [reg.name for reg in HOST_STATS] == ["balloon"]
-    assert ALL_HOST_STATS == (BALLOON,)
-    assert Settings(node="n").host_stats() == (BALLOON,)
+    assert [reg.name for reg in HOST_STATS] == ["balloon", "block"]
+    assert ALL_HOST_STATS == (BALLOON, BLOCK)
+    assert Settings(node="n").host_stats() == (BALLOON, BLOCK)
     assert BALLOON.stats_group == "VIR_DOMAIN_STATS_BALLOON"
 
 
@@ -366,7 +367,7 @@ def test_the_balloon_is_read_by_default_and_no_collector_balloon_removes_its_fam
     on, off = _settings(), _settings("--no-collector.balloon")
     assert on.host_stat_options.of(BalloonOptions) == BalloonOptions(enabled=True)
     assert off.host_stat_options.of(BalloonOptions) == BalloonOptions(enabled=False)
-    assert (on.host_stats(), off.host_stats()) == ((BALLOON,), ())
+    assert (on.host_stats(), off.host_stats()) == ((BALLOON, BLOCK), (BLOCK,))
     with_balloon, without = _families(on), _families(off)
     memory = {spec.name for spec in BALLOON.families}
     assert memory <= set(with_balloon)

@@ -11,6 +11,7 @@ import libvirt
 import pytest
 
 from guestload.hoststats.balloon import BALLOON, BalloonStats
+from guestload.hoststats.block import BLOCK, DiskStats
 from guestload.hoststats.hoststat import HostStat
 from guestload.identity import parse_kubevirt_metadata
 from guestload.logs import JsonFormatter
@@ -18,6 +19,7 @@ from guestload.metricspec import VmSample
 from guestload.model import (
     AgentState,
     DomainEvent,
+    DomainInventory,
     EventKind,
     QueryReading,
     VcpuStat,
@@ -192,6 +194,7 @@ def raises(error: Exception) -> Answer:
 GUEST_INFO_ANSWER = returns({"load.1m": 1.0, "load.5m": 0.5, "load.15m": 0.25})
 TIMEOUT_ANSWER = returns(0)
 METADATA_ANSWER = returns(KUBEVIRT_ELEMENT)
+XML_ANSWER = returns("<domain type='qemu'><devices/></domain>")
 AGENT_REPLY = returns('{"return":{"load1m":2,"load5m":1,"load15m":0.5}}')
 
 
@@ -205,6 +208,7 @@ class FakeDomain:
     guest_info_answer: Answer = GUEST_INFO_ANSWER
     timeout_answer: Answer = TIMEOUT_ANSWER
     metadata_answer: Answer = METADATA_ANSWER
+    xml_answer: Answer = XML_ANSWER
     calls: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
 
     def UUIDString(self) -> str:  # noqa: N802 - libvirt's name
@@ -227,6 +231,10 @@ class FakeDomain:
     def metadata(self, kind: int, uri: str, flags: int) -> object:
         self.calls.append(("metadata", (kind, uri, flags)))
         return self.metadata_answer()
+
+    def XMLDesc(self, flags: int) -> object:  # noqa: N802 - libvirt's name
+        self.calls.append(("XMLDesc", (flags,)))
+        return self.xml_answer()
 
     def count(self, call: str) -> int:
         return sum(name == call for name, _ in self.calls)
@@ -305,6 +313,12 @@ class FakeConnection:
         for registered_id, callback in list(self.event_callbacks.values()):
             if registered_id == event_id:
                 callback(self, domain, first, second, None)
+
+    def emit_tunable(self, domain: FakeDomain, params: Mapping[str, object]) -> None:
+        """Call every tunable callback, as libvirt's event loop would after a tune."""
+        for registered_id, callback in list(self.event_callbacks.values()):
+            if registered_id == libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE:
+                callback(self, domain, params, None)
 
 
 @dataclass
@@ -553,6 +567,89 @@ def test_hostile_balloon_values_cost_only_their_own_field() -> None:
         }
         (listed,) = rig.source.list_running_domains()
         assert listed.host_stats == {"balloon": BalloonStats(balloon_bytes=1024 * 1024)}
+
+
+CAPPED_XML = (
+    "<domain type='qemu'><devices>"
+    "<disk type='file' device='disk'><target dev='vda' bus='virtio'/>"
+    "<iotune><total_iops_sec>5</total_iops_sec></iotune></disk>"
+    "</devices></domain>"
+)
+DISK_RECORD = {"block.count": 1, "block.0.name": "vda", "block.0.rd.reqs": 7}
+
+
+def _caps(listed: DomainInventory) -> tuple[tuple[str, int], ...]:
+    disks = listed.host_stats["block"]
+    assert isinstance(disks, tuple)
+    (disk,) = disks
+    assert isinstance(disk, DiskStats)
+    return disk.caps
+
+
+def test_a_domain_s_caps_are_read_once_per_run_and_again_after_a_tune() -> None:
+    domain = fake_domain(xml_answer=returns(CAPPED_XML))
+    for rig in make_rig(domain, host_stats=(BLOCK,)):
+        rig.connection.stats = {UUID_A: DISK_RECORD}
+        for _ in range(3):
+            (listed,) = rig.source.list_running_domains()
+            assert _caps(listed) == (("total_iops_sec", 5),)
+        assert domain.count("XMLDesc") == 1
+        domain.xml_answer = returns(CAPPED_XML.replace(">5<", ">50<"))
+        rig.connection.emit_tunable(domain, {"cputune.vcpu_period": 1})
+        assert _caps(rig.source.list_running_domains()[0]) == (("total_iops_sec", 5),)
+        rig.connection.emit_tunable(domain, {"blkdeviotune.disk": "vda"})
+        assert _caps(rig.source.list_running_domains()[0]) == (("total_iops_sec", 50),)
+        domain.domain_id = 2  # a new QEMU process reads its own definition
+        rig.source.list_running_domains()
+        assert domain.count("XMLDesc") == 3
+
+
+def test_disk_rates_are_folded_over_the_clock_within_one_domain_run() -> None:
+    domain = fake_domain()
+    now = [1000.0]
+    connection = FakeConnection(domains=[domain])
+    source = LibvirtSource(
+        uri=URI,
+        open_connection=lambda _uri: connection,
+        agent_command=FakeAgent(),
+        host_stats=(BLOCK,),
+        clock=lambda: now[0],
+    )
+    source.connect()
+
+    def rates(reads: int) -> dict[str, float]:
+        connection.stats = {UUID_A: {"block.0.name": "vda", "block.0.rd.reqs": reads}}
+        (listed,) = source.list_running_domains()
+        disks = listed.host_stats["block"]
+        assert isinstance(disks, tuple)
+        return dict(disks[0].rates)
+
+    try:
+        assert rates(100) == {}
+        now[0] += 120.0
+        assert rates(700) == {"reads": 5.0}
+        domain.domain_id = 2  # restarted: its counters start again, and so do the rates
+        now[0] += 120.0
+        assert rates(10) == {}
+    finally:
+        source.close()
+
+
+def test_a_failed_xml_read_is_retried_and_costs_only_the_caps() -> None:
+    domain = fake_domain(xml_answer=raises(libvirt_error(1, "internal error")))
+    for rig in make_rig(domain, host_stats=(BLOCK,)):
+        rig.connection.stats = {UUID_A: DISK_RECORD}
+        assert _caps(rig.source.list_running_domains()[0]) == ()
+        domain.xml_answer = returns(CAPPED_XML)
+        assert _caps(rig.source.list_running_domains()[0]) == (("total_iops_sec", 5),)
+
+
+def test_without_a_host_stat_that_reads_it_the_xml_is_never_read(rig: Rig) -> None:
+    rig.source.list_running_domains()
+    assert domain_of(rig).count("XMLDesc") == 0
+    assert libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE not in {
+        event_id for event_id, _ in rig.connection.event_callbacks.values()
+    }
 
 
 def test_listing_refreshes_per_run_state_after_a_restart(rig: Rig) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -23,7 +22,7 @@ from guestload.polling import poller as poller_module
 from guestload.polling.poller import FIRST_CALL_TIMEOUT_SECONDS, Poller
 from guestload.queries.query import GuestQuery
 from tests.unit.fakes import FakeSource, domain, load_of, ok, state_of
-from tests.unit.pollers import Clock, Published, make_poller
+from tests.unit.pollers import Clock, HangClock, Published, make_poller
 
 
 @pytest.fixture
@@ -56,29 +55,55 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def hanging_call(release: threading.Event, answer: QueryReading) -> Callable[[], QueryReading]:
-    """A guest-load call that blocks (at most 10 s) until ``release`` is set."""
+def hanging_call(
+    release: threading.Event, answer: QueryReading, clock: HangClock
+) -> Callable[[], QueryReading]:
+    """A guest-load call that blocks (at most 10 s) until ``release`` is set; ``clock`` runs
+    while it blocks."""
 
     def hang() -> QueryReading:
-        release.wait(10)
+        if not release.is_set():
+            clock.hanging.set()
+            release.wait(10)
+            clock.hanging.clear()
         return answer
 
     return hang
 
 
+def hung_poller(
+    source: FakeSource, published: Published, *, interval: float = 30.0, concurrency: int = 4
+) -> tuple[Poller, HangClock]:
+    """A poller whose clock passes the hung domain's time limit (0.4 s) while it hangs: by 1 s,
+    past a 1 s interval's poll budget (0.8 s) too, and well within a 30 s interval's."""
+    clock = HangClock(hung="hung", step=1.0)
+    poller = make_poller(source, clock, published, interval=interval, concurrency=concurrency)
+    clock.poller = poller
+    return poller, clock
+
+
 class SlowListing(FakeSource):
-    """Listing takes longer than :func:`back_to_back_poller`'s interval."""
+    """Listing takes 0.3 s on ``clock``, longer than :func:`back_to_back_poller`'s interval;
+    ``during_listing`` runs in each listing (the n-th, counted from 1, is given n)."""
+
+    def __init__(self, clock: Clock, during_listing: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.during_listing = during_listing
+        self.listings = 0
 
     def list_running_domains(self) -> list[DomainInventory]:
-        time.sleep(0.3)
+        self.clock.now += 0.3
+        self.listings += 1
+        self.during_listing(self.listings)
         return list(super().list_running_domains())
 
 
-def back_to_back_poller(source: FakeSource, published: Published) -> Poller:
-    """A real-clock poller whose polls overrun its 0.25 s interval on a SlowListing."""
+def back_to_back_poller(source: SlowListing, published: Published) -> Poller:
+    """A poller whose polls overrun its 0.25 s interval on a SlowListing."""
     return make_poller(
         source,
-        time.monotonic,
+        source.clock,
         published,
         interval=0.25,
         agent_timeout=0.1,
@@ -131,13 +156,11 @@ def test_an_agent_that_stops_answering_loses_its_load_at_once(
 
 
 def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
-    source: FakeSource, clock: Clock, published: Published, release: threading.Event
+    source: FakeSource, published: Published, release: threading.Event
 ) -> None:
-    hang = hanging_call(release, ok(9.0))
-
+    poller, clock = hung_poller(source, published)
     source.domains = [domain("hung"), domain("fine")]
-    source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)
+    source.answers = {"hung": hanging_call(release, ok(9.0), clock), "fine": ok(1.0)}
     try:
         first = poller.poll()
         assert states(first) == {"hung": AgentState.TIMEOUT, "fine": AgentState.OK}
@@ -147,13 +170,8 @@ def test_a_call_that_never_returns_is_not_repeated_and_does_not_delay_others(
         assert source.calls.count("fine") == 2
         assert second.agent_calls_total[("load", AgentState.TIMEOUT)] == 2
         release.set()
-        # The worker ends the call as soon as it runs; on a loaded machine that can take a
-        # while, and each poll before it says "still running" without asking again.
-        deadline = time.monotonic() + 5.0
+        assert wait_futures([poller._in_flight["hung"].future], timeout=5).done
         third = poller.poll()
-        while source.calls.count("hung") < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-            third = poller.poll()
         assert source.calls.count("hung") == 2, "the domain is asked again once the call ended"
         assert states(third)["hung"] is AgentState.OK
     finally:
@@ -254,11 +272,11 @@ def test_a_source_that_raises_marks_only_that_domain_as_error(
 
 
 def test_run_polls_until_stopped_and_reacts_to_events(
-    source: FakeSource, published: Published
+    source: FakeSource, clock: Clock, published: Published
 ) -> None:
     source.domains = [domain("a")]
     source.answers = {"a": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)
+    poller = make_poller(source, clock, published)
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
@@ -367,20 +385,11 @@ def test_two_domains_with_one_identity_export_one_and_count_the_other(
 def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
     source: FakeSource, published: Published, release: threading.Event
 ) -> None:
-    hang = hanging_call(release, ok(9.0))
-
     # One worker, a 1 s interval and a 0.2 s timeout: the poll's budget (0.8 s) ends while
     # the hung call holds the only worker, so the healthy domain's call never starts.
+    poller, clock = hung_poller(source, published, interval=1.0, concurrency=1)
     source.domains = [domain("hung"), domain("fine")]
-    source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(
-        source,
-        time.monotonic,
-        published,
-        interval=1.0,
-        concurrency=1,
-        backoff_max=1.0,
-    )
+    source.answers = {"hung": hanging_call(release, ok(9.0), clock), "fine": ok(1.0)}
     try:
         poller.poll()  # both unknown: "hung" is asked first (sorted by UUID) and blocks
         assert states(published[-1])["fine"] is AgentState.TIMEOUT
@@ -395,15 +404,15 @@ def test_calls_still_queued_at_the_deadline_are_dropped_not_carried_over(
 
 
 def test_quick_healthy_agents_are_asked_before_slow_ones(
-    source: FakeSource, published: Published
+    source: FakeSource, clock: Clock, published: Published
 ) -> None:
     def slow() -> QueryReading:
-        time.sleep(0.05)
+        clock.now += 0.05  # the call takes 50 ms
         return ok(1.0)
 
     source.domains = [domain("a-slow"), domain("b-fast"), domain("c-fast")]
     source.answers = {"a-slow": slow, "b-fast": ok(2.0), "c-fast": ok(3.0)}
-    poller = make_poller(source, time.monotonic, published, concurrency=1)
+    poller = make_poller(source, clock, published, concurrency=1)
     try:
         poller.poll()
         assert source.calls == ["a-slow", "b-fast", "c-fast"], "unknown agents in listing order"
@@ -429,12 +438,12 @@ class TimeoutLog(FakeSource):
 
 
 def test_a_first_call_has_a_short_timeout_and_later_ones_the_agent_timeout(
-    published: Published,
+    clock: Clock, published: Published
 ) -> None:
     source = TimeoutLog()
     source.domains = [domain("a")]
     source.answers = {"a": QueryReading(state=AgentState.TIMEOUT)}
-    poller = make_poller(source, time.monotonic, published, agent_timeout=5.0)
+    poller = make_poller(source, clock, published, agent_timeout=5.0)
     try:
         for _ in range(3):
             poller.poll()
@@ -447,11 +456,11 @@ def test_a_domain_dropped_unasked_goes_ahead_of_a_hung_one(
     published: Published, release: threading.Event
 ) -> None:
     source = TimeoutLog()
-    hang = hanging_call(release, QueryReading(state=AgentState.TIMEOUT))
     # As in the test above, the hung call holds the only worker until the poll's deadline.
+    poller, clock = hung_poller(source, published, interval=1.0, concurrency=1)
     source.domains = [domain("hung"), domain("fine")]
-    source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published, interval=1.0, concurrency=1)
+    timed_out = QueryReading(state=AgentState.TIMEOUT)
+    source.answers = {"hung": hanging_call(release, timed_out, clock), "fine": ok(1.0)}
     try:
         poller.poll()
         assert states(published[-1])["fine"] is AgentState.TIMEOUT  # dropped, never asked
@@ -467,65 +476,79 @@ def test_a_domain_dropped_unasked_goes_ahead_of_a_hung_one(
 
 
 def test_events_are_taken_even_when_polls_overrun_the_interval(
-    published: Published, caplog: pytest.LogCaptureFixture
+    clock: Clock, published: Published, caplog: pytest.LogCaptureFixture
 ) -> None:
-    source = SlowListing(domains=[domain("a")], answers={"a": ok(1.0)})
-    poller = back_to_back_poller(source, published)
+    poller: Poller | None = None
+
+    def flood(count: int) -> None:
+        """100 events arrive during every listing; the 20th listing is the last."""
+        assert listing.listener is not None
+        for _ in range(100):
+            listing.listener(DomainEvent(EventKind.AGENT_CONNECTED, "a"))
+        if count == 20 and poller is not None:
+            poller.stop()
+
+    listing = SlowListing(clock, flood, domains=[domain("a")], answers={"a": ok(1.0)})
+    poller = back_to_back_poller(listing, published)
     caplog.set_level("INFO", logger="guestload")
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert source.listener is not None or not published
-            if source.listener is not None:
-                for _ in range(100):
-                    source.listener(DomainEvent(EventKind.AGENT_CONNECTED, "a"))
-            time.sleep(0.05)
+        thread.join(5)
         backlog = poller._events.qsize()
     finally:
         poller.stop()
         thread.join(5)
         poller.close()
-    assert backlog <= 1000, f"{backlog} events piled up while polls ran back to back"
+    assert not thread.is_alive()
+    assert backlog <= 100, f"{backlog} events piled up while polls ran back to back"
     overruns = [r for r in caplog.records if "longer than the interval" in r.getMessage()]
     assert len(overruns) == 1
 
 
 def test_a_stopped_event_is_published_even_when_the_next_poll_is_already_due(
-    published: Published,
+    clock: Clock, published: Published
 ) -> None:
     # libvirt keeps listing "a" (as a listing taken just before it stopped would): only the
     # event can remove it, and polls run back to back, so a poll is always due.
-    source = SlowListing(domains=[domain("a"), domain("b")], answers={"a": ok(1.0), "b": ok(2.0)})
-    poller = back_to_back_poller(source, published)
+    poller: Poller | None = None
+    stopped_after = 0
+
+    def stop_a_then_end(count: int) -> None:
+        nonlocal stopped_after
+        assert listing.listener is not None
+        if count == 3:
+            stopped_after = len(published)
+            listing.listener(DomainEvent(EventKind.STOPPED, "a"))
+        if count == 6 and poller is not None:
+            poller.stop()
+
+    listing = SlowListing(
+        clock,
+        stop_a_then_end,
+        domains=[domain("a"), domain("b")],
+        answers={"a": ok(1.0), "b": ok(2.0)},
+    )
+    poller = back_to_back_poller(listing, published)
     thread = threading.Thread(target=poller.run)
     thread.start()
     try:
-        assert published.wait_for(bool), "no snapshot published"
-        assert source.listener is not None
-        seen = len(published)
-        source.listener(DomainEvent(EventKind.STOPPED, "a"))
-        reached = published.wait_for(
-            lambda snapshots: any(states(s) == {"b": AgentState.OK} for s in snapshots[seen:]),
-            timeout=1.0,
-        )
+        thread.join(5)
     finally:
         poller.stop()
         thread.join(5)
         poller.close()
-    after = [states(s) for s in published[seen:]]
-    assert reached, f"the stop never reached a snapshot within a second: {after}"
+    assert not thread.is_alive()
+    after = [states(s) for s in published[stopped_after:]]
+    assert {"b": AgentState.OK} in after, f"the stop never reached a snapshot: {after}"
 
 
 def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
     source: FakeSource, published: Published, release: threading.Event
 ) -> None:
-    hang = hanging_call(release, ok(1.0))
-
+    poller, clock = hung_poller(source, published)
     source.domains = [domain("hung"), domain("fine")]
-    source.answers = {"hung": hang, "fine": ok(1.0)}
-    poller = make_poller(source, time.monotonic, published)
+    source.answers = {"hung": hanging_call(release, ok(1.0), clock), "fine": ok(1.0)}
     try:
         poller.poll()
         assert "hung" in poller._in_flight

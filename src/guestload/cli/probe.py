@@ -130,8 +130,8 @@ def print_probe(
     *,
     uri: str,
     output: str,
-    stream: TextIO = sys.stdout,
-    errors: TextIO = sys.stderr,
+    stream: TextIO | None = None,
+    errors: TextIO | None = None,
 ) -> int:
     """Connect ``poller``'s source, poll it once and print what it found; 0 when reached.
 
@@ -139,17 +139,20 @@ def print_probe(
 
     When libvirt (``uri``) cannot be reached, only the error and what to check are printed,
     on ``errors``, and the answer is 1: no table, which would read as "connected, no VMs".
+    ``stream`` and ``errors`` default to the standard streams of the moment of the call.
     """
     try:
         try:
             poller.connect()
         except SourceUnavailableError as error:
-            errors.write(unreachable_message(uri, str(error)))
+            (sys.stderr if errors is None else errors).write(unreachable_message(uri, str(error)))
             return 1
         snapshot = poller.poll()
     finally:
         poller.close()
     if not snapshot.source_up:  # lost between the connection and the listing: logged
         return 1
-    stream.write(format_json(snapshot) if output == "json" else format_table(snapshot))
+    (sys.stdout if stream is None else stream).write(
+        format_json(snapshot) if output == "json" else format_table(snapshot)
+    )
     return 0

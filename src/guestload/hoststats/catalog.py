@@ -8,12 +8,12 @@ host stat may be a query's or the exporter's own.
 
 from __future__ import annotations
 
-from guestload.hoststats import balloon
+from guestload.hoststats import balloon, block
 from guestload.hoststats.hoststat import HostStat
 from guestload.hoststats.registry import HostStatRegistry
 from guestload.queries.catalog import QUERIES
 
-HOST_STATS = HostStatRegistry((balloon.REGISTRATION,), claims=QUERIES.claims)
+HOST_STATS = HostStatRegistry((balloon.REGISTRATION, block.REGISTRATION), claims=QUERIES.claims)
 """Every host stat guestload has, in exposition order."""
 
 ALL_HOST_STATS: tuple[HostStat, ...] = HOST_STATS.reference_host_stats()

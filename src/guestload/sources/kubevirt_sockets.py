@@ -135,12 +135,6 @@ class SocketGlobSource:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    @property
-    def socket_paths(self) -> list[str]:
-        """The sockets currently known (connected or not), sorted."""
-        with self._lock:
-            return sorted(self._members)
-
     def socket_health(
         self, identify: Callable[[DomainInventory], Identity]
     ) -> tuple[SocketHealth, ...]:

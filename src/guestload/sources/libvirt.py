@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,13 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from guestload.hoststats.hoststat import HostStat, read_record
+from guestload.hoststats.hoststat import (
+    HostStat,
+    Kept,
+    fold_values,
+    read_definition,
+    read_record,
+)
 from guestload.identity import KUBEVIRT_METADATA, MetadataReader
 from guestload.model import (
     AgentState,
@@ -174,6 +181,11 @@ class _DomainHandle:
     """libvirt refuses response timeouts for this domain: only the passthrough is bounded."""
     metadata: Mapping[str, str] | None = None
     """Identity hints from the domain XML; None until fetched."""
+    definition: Mapping[str, object] | None = None
+    """The host stats' keys from the domain's live XML; None until read, and again after a
+    tunable change."""
+    host_stats: Mapping[str, Kept] = field(default_factory=dict)
+    """Each host stat's value at this domain run's last listing."""
 
 
 @dataclass(slots=True)
@@ -215,7 +227,8 @@ class LibvirtSource:
     instead of blocking the poll forever. Each listing is one bulk stats call that also asks
     the groups of ``host_stats`` and keeps their parsed values in each domain's inventory.
     ``open_connection`` and ``agent_command`` default to libvirt's own functions; tests inject
-    fake connections and domains through them.
+    fake connections and domains through them, and a fake ``clock`` (the monotonic time host
+    stats fold their values over).
     """
 
     def __init__(
@@ -228,13 +241,16 @@ class LibvirtSource:
         host_stats: Sequence[HostStat] = (),
         open_connection: OpenConnection = libvirt.open,
         agent_command: AgentCommand = libvirt_qemu.qemuAgentCommand,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._uri = uri
         self._stats_groups, self._host_stats = stats_groups(host_stats)
+        self._reads_definition = any(stat.reads_definition for stat in self._host_stats)
         self._metadata_readers = tuple(metadata_readers)
         self._keepalive = (keepalive_interval_seconds, keepalive_count)
         self._open_connection = open_connection
         self._agent_command = agent_command
+        self._clock = clock
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._listener: EventListener | None = None
@@ -309,6 +325,9 @@ class LibvirtSource:
                 handle = _current_handle(previous.get(uuid), domain)
                 if handle.metadata is None:
                     handle.metadata = _fetch_metadata(domain, self._metadata_readers)
+                if self._reads_definition and handle.definition is None:
+                    handle.definition = self._fetch_definition(domain)
+                record = {**stats, **handle.definition} if handle.definition else stats
                 vcpu_count, vcpus = parse_vcpu_stats(stats)
                 inventories.append(
                     DomainInventory(
@@ -317,7 +336,8 @@ class LibvirtSource:
                         vcpu_count=vcpu_count,
                         vcpus=vcpus,
                         metadata=dict(handle.metadata or {}),
-                        host_stats=read_record(self._host_stats, stats),
+                        host_stats=self._read_host_stats(handle, record),
+                        domain_id=handle.domain_id,
                     )
                 )
                 handles[uuid] = handle
@@ -327,6 +347,26 @@ class LibvirtSource:
         with session.lock:
             session.handles = handles
         return inventories
+
+    def _read_host_stats(
+        self, handle: _DomainHandle, record: Mapping[str, object]
+    ) -> dict[str, object]:
+        """The host stats' values of one record, folded with the run's last listing's."""
+        if not self._host_stats:
+            return {}
+        values = read_record(self._host_stats, record)
+        handle.host_stats = fold_values(self._host_stats, values, handle.host_stats, self._clock())
+        return {name: kept.value for name, kept in handle.host_stats.items()}
+
+    def _fetch_definition(self, domain: Any) -> Mapping[str, object] | None:
+        """The host stats' keys from the domain's live XML; None when libvirt failed and the
+        next listing should retry."""
+        try:
+            domain_xml = str(domain.XMLDesc(0))
+        except libvirt.libvirtError as error:
+            log.debug("domain XML unavailable", extra={"err": error.get_error_message()})
+            return None
+        return read_definition(self._host_stats, domain_xml)
 
     def query_guest(
         self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
@@ -457,15 +497,35 @@ class LibvirtSource:
             if kind is not None:
                 self._deliver(session, kind, domain)
 
-        for event_id, callback, name in (
+        def on_tunable(
+            _connection: Any, domain: Any, params: Mapping[str, object], _opaque: object
+        ) -> None:
+            # A throttle cap changed (virsh blkdeviotune): read the XML again next listing.
+            if any(key.startswith(_IOTUNE_TUNABLE_PREFIX) for key in params):
+                self._forget_definition(session, domain)
+
+        events: list[tuple[int, Callable[..., None], str]] = [
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, "lifecycle"),
             (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, "agent_lifecycle"),
-        ):
+        ]
+        if self._reads_definition:
+            events.append((libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, on_tunable, "tunable"))
+        for event_id, callback, name in events:
             try:
                 callback_id = connection.domainEventRegisterAny(None, event_id, callback, None)
                 session.event_callback_ids.append(int(callback_id))
             except libvirt.libvirtError as error:
                 log.debug("no events", extra={"uri": self._uri, "events": name, "err": str(error)})
+
+    def _forget_definition(self, session: _Session, domain: Any) -> None:
+        try:
+            uuid = str(domain.UUIDString())
+        except libvirt.libvirtError:
+            return
+        with session.lock:
+            handle = session.handles.get(uuid)
+            if handle is not None:
+                handle.definition = None
 
     def _deliver(self, session: _Session, kind: EventKind, domain: Any) -> None:
         try:
@@ -482,6 +542,9 @@ class LibvirtSource:
                 "domain event listener failed", extra={"uri": self._uri, "event": kind.value}
             )
 
+
+_IOTUNE_TUNABLE_PREFIX = "blkdeviotune."
+"""The head of a tunable event's keys for a disk's throttle (``VIR_DOMAIN_TUNABLE_BLKDEV_*``)."""
 
 _CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",

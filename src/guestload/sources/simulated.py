@@ -15,7 +15,8 @@ what the query's registration makes of a read-only view of the VM
 the query's own parser. Each listing gives every VM the host stats asked for the same way: the
 bulk-stats keys libvirt would report, made by each host stat's registration and judged by its
 own parser. Memory sizes and the balloon statistics period are drawn per VM; a few VMs thrash
-(their swap counters grow), the rest do not swap. An old agent lacks the commands of QEMU
+(their swap counters grow), the rest do not swap. A tenth of the VMs run Windows Server 2022,
+the rest Debian 12 (what their agents report as their OS). An old agent lacks the commands of QEMU
 versions after its own. Failures
 go through the same classification as libvirt's errors (:mod:`guestload.queries.agent`). The
 VMs, their agents' misbehaviour and the churn stay in one module because all are drawn from
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from guestload.hoststats.catalog import HOST_STATS
-from guestload.hoststats.hoststat import HostStat
+from guestload.hoststats.hoststat import HostStat, Kept, fold_values
 from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
@@ -53,7 +54,7 @@ from guestload.queries.agent import (
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.queries.registry import QueryRegistration, QueryRegistry
-from guestload.registration import SimulatedGuest, SimulatedMemory
+from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
 from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener
 
@@ -78,12 +79,30 @@ _MASK64 = (1 << 64) - 1
 _FLAP_SALT = 0x666C6170
 _MEMORY_SALT = 8
 """The salt of a VM's memory draw (salts 0 to 7 draw its other traits)."""
+_OS_SALT = 9
+"""The salt of a VM's operating system draw."""
 GIB_PER_VCPU = (1, 2, 4)
 """A VM has one of these GiB of memory per vCPU."""
 NO_STATS_PERIOD_SHARE = 0.2
 """The share of VMs whose balloon has no statistics period: only its size is reported."""
 THRASHING_SHARE = 0.02
 """The share of VMs (with a statistics period) whose guest swaps continuously."""
+WINDOWS_SHARE = 0.1
+"""The share of VMs running Windows; the others run Debian 12 (:class:`SimulatedOs`)."""
+LINUX = SimulatedOs()
+WINDOWS = SimulatedOs(
+    id="mswindows",
+    name="Microsoft Windows",
+    pretty_name="Windows Server 2022 Datacenter",
+    version="Microsoft Windows Server 2022",
+    version_id="2022",
+    variant="server",
+    variant_id="server",
+    kernel_release="20348",
+    kernel_version="10.0",
+    machine="x86_64",
+)
+"""What QEMU's Windows agent reports for Windows Server 2022."""
 
 # What libvirt says in each failure case (measured with real VMs; see queries.agent).
 _NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
@@ -122,6 +141,8 @@ class _Vm:
         "busy",
         "delay_share",
         "domain_name",
+        "guest_os",
+        "host_stats_kept",
         "index",
         "inventory_metadata",
         "key",
@@ -168,6 +189,8 @@ class _Vm:
             0.8 + 0.4 * _unit(_mix(draws[7] ^ vcpu)) for vcpu in range(self.vcpus)
         )
         self.started_step = step if not booted else -BOOT_STEPS
+        self.host_stats_kept: Mapping[str, Kept] = {}
+        """Each host stat's value at the last listing, with its simulated time."""
         self.away = False
         self.step = step
         self.util = self.mean
@@ -194,6 +217,8 @@ class _Vm:
         )
         """Memory in KiB, the share in use, whether the guest thrashes, whether its balloon
         has a statistics period."""
+        windows = _unit(_mix(key ^ _OS_SALT)) < WINDOWS_SHARE
+        self.guest_os = WINDOWS if windows else LINUX
 
     def advance(self, step: int) -> None:
         """Move the VM forward to ``step``, one kernel load update at a time."""
@@ -240,6 +265,7 @@ class _Vm:
             vcpus=vcpus,
             metadata=self.inventory_metadata,
             host_stats=host_stats,
+            domain_id=self.index + 1,
         )
 
     def guest(self, wall_seconds: float) -> SimulatedGuest:
@@ -260,6 +286,7 @@ class _Vm:
                 stats_period=stats_period,
                 updated_at_seconds=wall_seconds,
             ),
+            os=self.guest_os,
         )
 
     def agent_connected(self, step: int) -> bool:
@@ -287,7 +314,9 @@ class SimulatedSource:
     when nobody polls; without the thread, listing the VMs catches up. Agents answer the
     queries registered in ``queries``; others are unknown commands to them. Each listing gives
     every VM a value of each of ``host_stats`` (registered in ``host_stat_registry``), whose
-    timestamps follow ``wall_clock`` from :meth:`connect` on.
+    timestamps follow ``wall_clock`` from :meth:`connect` on. ``answer_wait`` lets an agent's
+    answer time pass (by default a wait that :meth:`close` ends early; tests pass one that
+    moves their fake clock).
     """
 
     def __init__(
@@ -300,6 +329,7 @@ class SimulatedSource:
         queries: QueryRegistry = QUERIES,
         host_stats: Sequence[HostStat] = (),
         host_stat_registry: HostStatRegistry = HOST_STATS,
+        answer_wait: Callable[[float], object] | None = None,
     ) -> None:
         self._simulation = simulation
         self._queries = queries
@@ -316,6 +346,7 @@ class SimulatedSource:
         )
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._answer_wait = self._closing.wait if answer_wait is None else answer_wait
         self._listener: EventListener | None = None
         self._origin: float | None = None
         self._vms: dict[str, _Vm] = {}
@@ -385,7 +416,7 @@ class SimulatedSource:
                 return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NOT_CONNECTED)
             if behaviour is AgentBehaviour.HUNG:
                 # libvirt's agent response timeout: the call returns when it expires.
-                self._closing.wait(timeout_seconds)
+                self._answer_wait(timeout_seconds)
                 seconds = max(1, math.ceil(timeout_seconds))
                 return _libvirt_error(VIR_ERR_AGENT_UNRESPONSIVE, _NO_SYNC.format(seconds=seconds))
             delay = self._simulation.agent_latency_seconds
@@ -393,7 +424,7 @@ class SimulatedSource:
                 delay = max(delay, timeout_seconds / 2)
             if delay > 0 and not waited:
                 waited = True  # one answer time per call, as one agent round trip
-                self._closing.wait(delay)
+                self._answer_wait(delay)
             registration = self._queries.get(query.name)
             old = behaviour is AgentBehaviour.OLD
             return _agent_reading(query, registration, guest, old_agent=old)
@@ -425,7 +456,8 @@ class SimulatedSource:
         return self._wall_origin + step * STEP_SECONDS
 
     def _host_stat_values(self, vm: _Vm, step: int) -> Mapping[str, object]:
-        """Each host stat's value for ``vm``: its simulated record, judged by its own parser."""
+        """Each host stat's value for ``vm``: its simulated record, judged by its own parser
+        and folded with the last listing's, as the libvirt source does."""
         if not self._host_stats:
             return {}
         guest = vm.guest(self._wall_seconds(step))
@@ -434,7 +466,13 @@ class SimulatedSource:
             value = host_stat.parse(simulated_record(guest))
             if value is not None:
                 values[host_stat.name] = value
-        return values
+        vm.host_stats_kept = fold_values(
+            [host_stat for host_stat, _ in self._host_stats],
+            values,
+            vm.host_stats_kept,
+            step * STEP_SECONDS,
+        )
+        return {name: kept.value for name, kept in vm.host_stats_kept.items()}
 
     def _step(self) -> int:
         if self._origin is None:

@@ -29,7 +29,7 @@ from guestload.web.config import load_web_config
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebSecurity
 from guestload.web.server import ExporterServer, WebApp
-from tests.unit.certs import TlsFiles, make_tls_files
+from tests.certs import TlsFiles, make_tls_files
 from tests.unit.fakes import LOAD_ONLY
 
 SECURITY_DOC = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
@@ -311,7 +311,7 @@ CASES = [
         True,
         True,
     ),
-    # Loads in both; the toolkit then refuses the client's certificate (test_web.py does too).
+    # Loads in both; the toolkit then refuses the client's certificate (test_server.py does too).
     Case(
         "web_config_auth_client_san.bad.yaml",
         _TLS + '  client_auth_type: "RequireAndVerifyClientCert"\n  client_ca_file: "ca.pem"\n'
