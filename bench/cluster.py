@@ -2,24 +2,30 @@
 
 Starts ``--instances`` exporters (``--source simulated``, each its own seed and ``--node``, so
 every VM is unique) with ``--vms`` VMs between them, and Debian's Prometheus (own temporary data
-folder, loopback) scraping them every ``--interval`` with the project's rules
-(``monitoring/rules/guestload.rules.yml``) evaluated at the same interval. After every target
-was scraped once, it measures over ``--minutes``: samples ingested per minute (scraped and
-recorded), series in the head block, rule-group and per-rule evaluation time (Prometheus's
-``/api/v1/rules``), and Prometheus's CPU and RSS.
+folder, loopback) scraping them every ``--interval`` with the project's rules (``--rules``,
+by default ``monitoring/rules/guestload.rules.yml``) evaluated at the same interval, beside
+the reference groups of :mod:`bench.rulecost` and, with ``--compare``, a second rule file
+(renamed apart). After every target was scraped once and ``--warmup`` more minutes (give the
+rates' window time to fill), it measures over ``--minutes``: samples ingested per minute
+(scraped and recorded), series in the head block, each rule group's and rule's evaluation
+time (medians over the window's evaluations) and each group's as a multiple of the reference
+group's (one ``rate`` over the guest CPU counters), and Prometheus's CPU and RSS.
 
     python -m bench.cluster --vms 10000 --instances 10 --interval 30s --minutes 6
+    git show main:monitoring/rules/guestload.rules.yml > /tmp/before.rules.yml
+    python -m bench.cluster --compare /tmp/before.rules.yml --warmup 10 --minutes 5
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from monitoring.settings import load_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
@@ -30,9 +36,23 @@ from bench.common import (
     format_table,
     write_results,
 )
+from bench.rulecost import (
+    COMPARE_PREFIX,
+    EvaluationLog,
+    check_inputs,
+    reference_rule_file,
+    renamed_rule_file,
+    summarise,
+)
 from guestload.settings import parse_duration
 from guestload_lab.processes import ProcessRegistry
-from guestload_lab.services import PROJECT_RULE_FILE, Prometheus, http_get, wait_until
+from guestload_lab.services import (
+    PROJECT_RULE_FILE,
+    REPO_ROOT,
+    Prometheus,
+    http_get,
+    wait_until,
+)
 
 LOAD_METRICS = (
     "kubevirt_vmi_guest_load_1m",
@@ -61,13 +81,34 @@ def _scalar(prometheus: Prometheus, expression: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+def _rule_files(rule_file: Path, compare: Path | None, window: str, workdir: Path) -> list[Path]:
+    """The rule file measured, the reference groups and the compared file, renamed apart."""
+    for path in (rule_file, compare):
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the cluster run needs the rules")
+    check_inputs(rule_file)
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = [rule_file, reference_rule_file(workdir / "reference.rules.yml", window=window)]
+    if compare is not None:
+        files.append(renamed_rule_file(compare, workdir / "compare.rules.yml"))
+    return files
+
+
 def measure(
-    *, vms: int, instances: int, interval: str, minutes: float, workdir: Path
+    *,
+    vms: int,
+    instances: int,
+    interval: str,
+    minutes: float,
+    workdir: Path,
+    rule_file: Path = PROJECT_RULE_FILE,
+    compare: Path | None = None,
+    warmup_minutes: float = 0.0,
+    window: str = "10m",
 ) -> dict[str, Any]:
+    """One run (see the module); *window* is the reference rate's."""
     interval_seconds = parse_duration(interval)
-    rule_file = PROJECT_RULE_FILE
-    if not rule_file.exists():
-        raise FileNotFoundError(f"{rule_file} is missing: the cluster run needs the rules")
+    rule_files = _rule_files(rule_file, compare, window, workdir / "rules")
     per_instance = [vms // instances + (1 if i < vms % instances else 0) for i in range(instances)]
     with ProcessRegistry() as registry:
         exporters = [
@@ -88,7 +129,7 @@ def measure(
             workdir=workdir / "prometheus",
             registry=registry,
             targets=[e.address for e in exporters],
-            rule_files=[rule_file],
+            rule_files=rule_files,
             interval_seconds=interval_seconds,
         )
         prometheus.start()
@@ -102,21 +143,17 @@ def measure(
             what="every target scraped with every VM",
         )
         # Let one rule evaluation pass over the full data before the window opens.
-        time.sleep(interval_seconds)
+        time.sleep(interval_seconds + warmup_minutes * 60)
         before = own_metrics(prometheus)
         exporter_cpu_before = sum(cpu_seconds(e.pid) for e in exporters)
         started = time.monotonic()
-        group_durations: dict[str, list[float]] = {}
-        rule_durations: dict[str, list[float]] = {}
+        evaluations = EvaluationLog()
+        evaluations.observe(prometheus.rule_groups())
         deadline = started + minutes * 60
+        # Several looks per interval: each evaluation is taken once, by its lastEvaluation.
         while time.monotonic() < deadline:
-            time.sleep(min(interval_seconds, max(0.0, deadline - time.monotonic())))
-            for group in prometheus.rule_groups():
-                group_durations.setdefault(group["name"], []).append(float(group["evaluationTime"]))
-                for rule in group["rules"]:
-                    rule_durations.setdefault(rule["name"], []).append(
-                        float(rule["evaluationTime"])
-                    )
+            time.sleep(min(interval_seconds / 3, max(0.0, deadline - time.monotonic())))
+            evaluations.observe(prometheus.rule_groups())
         after = own_metrics(prometheus)
         wall = time.monotonic() - started
         exporter_cpu = sum(cpu_seconds(e.pid) for e in exporters) - exporter_cpu_before
@@ -141,7 +178,14 @@ def measure(
         for name in ("", "_missed")
     }
     per_minute = 60.0 / interval_seconds
+    costs = summarise(evaluations)
+    by_group: dict[str, dict[str, dict[str, float]]] = costs.pop("rule_seconds_by_group")
+    measured_groups = [g["name"] for g in yaml.safe_load(rule_file.read_text())["groups"]]
     return {
+        "rule_file": str(rule_file),
+        "compare_file": None if compare is None else str(compare),
+        "warmup_minutes": warmup_minutes,
+        "reference_window": window,
         "vms": vms,
         "instances": instances,
         "interval": interval,
@@ -155,13 +199,15 @@ def measure(
         "rule_group_iterations": iterations[""],
         "rule_group_iterations_missed": iterations["_missed"],
         "head_series": _total(after, "prometheus_tsdb_head_series"),
-        "rule_group_seconds": {
-            name: {"p50": statistics.median(values), "max": max(values)}
-            for name, values in group_durations.items()
-        },
+        **costs,
         "rule_seconds": {
-            name: {"p50": statistics.median(values), "max": max(values)}
-            for name, values in rule_durations.items()
+            rule: seconds for group in measured_groups for rule, seconds in by_group[group].items()
+        },
+        "compare_rule_seconds": {
+            rule.removeprefix(COMPARE_PREFIX): seconds
+            for group, rules in by_group.items()
+            if group.startswith(COMPARE_PREFIX)
+            for rule, seconds in rules.items()
         },
         "prometheus_cpu_share": prometheus_cpu / wall,
         "prometheus_rss_bytes": _total(after, "process_resident_memory_bytes"),
@@ -194,22 +240,48 @@ def table(result: dict[str, Any]) -> str:
             f"{result['rule_group_iterations']:.0f} ({result['rule_group_iterations_missed']:.0f})",
         ],
     ]
-    for name, seconds in sorted(result["rule_group_seconds"].items()):
-        rows.append(
-            [
-                f"rule group {name} p50 / max ms",
-                f"{seconds['p50'] * 1000:.1f} / {seconds['max'] * 1000:.1f}",
-            ]
-        )
-    ordered = sorted(result["rule_seconds"].items(), key=lambda item: -item[1]["p50"])
-    for name, seconds in ordered:
-        rows.append(
-            [
-                f"rule {name} p50 / max ms",
-                f"{seconds['p50'] * 1000:.1f} / {seconds['max'] * 1000:.1f}",
-            ]
-        )
     return format_table(["measure", "value"], rows)
+
+
+def cost_table(result: dict[str, Any]) -> str:
+    """Each rule group's evaluation time and its multiple of the reference groups'."""
+    to_reference = result.get("ratio_to_reference", {})
+    to_inputs = result.get("ratio_to_inputs", {})
+    rows: list[list[object]] = [
+        [
+            name,
+            f"{seconds['n']:.0f}",
+            seconds["p50"] * 1000,
+            seconds["max"] * 1000,
+            _ratio(to_reference.get(name)),
+            _ratio(to_inputs.get(name)),
+        ]
+        for name, seconds in sorted(result["rule_group_seconds"].items())
+    ]
+    headers = ["rule group", "evaluations", "p50 ms", "max ms", "x reference", "x inputs"]
+    return format_table(headers, rows)
+
+
+def rule_table(rules: dict[str, dict[str, float]], title: str) -> str:
+    """Each rule's evaluation time, costliest first."""
+    ordered = sorted(rules.items(), key=lambda item: -item[1]["p50"])
+    rows: list[list[object]] = [
+        [name, seconds["p50"] * 1000, seconds["max"] * 1000] for name, seconds in ordered
+    ]
+    return format_table([title, "p50 ms", "max ms"], rows)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report(result: dict[str, Any]) -> str:
+    """Every table of a run."""
+    parts = [table(result), cost_table(result), rule_table(result["rule_seconds"], "rule")]
+    if result["compare_rule_seconds"]:
+        parts.append(rule_table(result["compare_rule_seconds"], "rule (compared file)"))
+    parts.extend(f"rule {rule} failed: {error}" for rule, error in result["rule_errors"].items())
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,8 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=10, help="guestload exporters")
     parser.add_argument("--interval", default="30s", help="poll, scrape and rule interval")
     parser.add_argument("--minutes", type=float, default=6.0, help="measured window")
+    parser.add_argument(
+        "--warmup", type=float, default=0.0, help="minutes between the first scrape and the window"
+    )
+    parser.add_argument("--rules", type=Path, default=PROJECT_RULE_FILE, help="rule file measured")
+    parser.add_argument(
+        "--compare", type=Path, help="a second rule file measured beside it (renamed apart)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cluster.json")
     args = parser.parse_args(argv)
+    window = load_settings(REPO_ROOT / "monitoring" / "config.yml").window("vcpu_rate")
     exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="guestload-bench-cluster-") as workdir:
         result = measure(
@@ -228,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval,
             minutes=args.minutes,
             workdir=Path(workdir),
+            rule_file=args.rules,
+            compare=args.compare,
+            warmup_minutes=args.warmup,
+            window=window,
         )
-    print(table(result))
+    print(report(result))
     write_results(args.out, {"benchmark": "cluster", "result": result})
     print(f"wrote {args.out}")
     return 0

@@ -10,7 +10,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, distributed, firstpoll, hostile, poll, pollcycle, scrape
+import yaml
+
+from bench import (
+    cluster,
+    density,
+    distributed,
+    firstpoll,
+    hostile,
+    poll,
+    pollcycle,
+    rulecost,
+    scrape,
+)
+from guestload_lab.services import PROJECT_RULE_FILE
 
 
 def _results(path: Path) -> dict[str, Any]:
@@ -91,6 +104,48 @@ def test_cluster_runs_prometheus_with_the_project_rules(tmp_path: Path) -> None:
     assert result["prometheus_rss_bytes"] > 0
     assert "guestload.recording" in result["rule_group_seconds"]
     assert result["rule_seconds"]["kubevirt_vmi_guest_vcpu_queue"]["p50"] > 0
+    assert result["compare_rule_seconds"] == {}
+    assert result["rule_errors"] == {}
+
+
+def test_cluster_compares_two_rule_files_with_one_rate(tmp_path: Path) -> None:
+    """The shipped file against a copy of itself: both measured in one Prometheus, apart."""
+    out = tmp_path / "cluster.json"
+    copy = tmp_path / "copy.rules.yml"
+    copy.write_text(PROJECT_RULE_FILE.read_text())
+    argv = ["--vms", "40", "--instances", "2", "--interval", "2s", "--minutes", "0.15"]
+    assert cluster.main([*argv, "--compare", str(copy), "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    groups = result["rule_group_seconds"]
+    for group in ("guestload.recording", "compare:guestload.recording", "bench.reference"):
+        assert groups[group]["n"] >= 2, group
+        assert groups[group]["p50"] > 0, group
+    assert result["ratio_to_reference"]["bench.reference"] == 1.0
+    assert result["ratio_to_reference"]["guestload.recording"] > 0
+    assert result["ratio_to_inputs"]["bench.inputs"] == 1.0
+    assert set(result["compare_rule_seconds"]) == set(result["rule_seconds"])
+    assert result["rule_errors"] == {}
+
+
+def test_a_compared_rule_file_records_and_reads_only_its_own_series(tmp_path: Path) -> None:
+    source = tmp_path / "rules.yml"
+    source.write_text(
+        "groups:\n"
+        "  - name: g\n"
+        "    rules:\n"
+        "      - record: a:b\n"
+        "        expr: sum(x)\n"
+        "      - record: a:b:c\n"
+        "        expr: a:b * 2 + a:b:c_other + a:b:c\n"
+        "      - alert: A\n"
+        "        expr: a:b > 1\n"
+    )
+    document = yaml.safe_load(rulecost.renamed_rule_file(source, tmp_path / "out.yml").read_text())
+    (group,) = document["groups"]
+    assert group["name"] == "compare:g"
+    assert [rule.get("record") for rule in group["rules"]] == ["compare:a:b", "compare:a:b:c", None]
+    assert group["rules"][1]["expr"] == "compare:a:b * 2 + a:b:c_other + compare:a:b:c"
+    assert group["rules"][2]["expr"] == "compare:a:b > 1"
 
 
 def test_distributed_runs_sharded_vmagents_a_central_store_and_vmalert(tmp_path: Path) -> None:
