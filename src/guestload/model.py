@@ -77,6 +77,9 @@ class DomainInventory:
     host_stats: Mapping[str, object] = field(default_factory=dict)
     """Host stat name -> its value from the bulk listing, for each enabled host stat whose
     group the listing reported (:mod:`guestload.hoststats`)."""
+    domain_id: int | None = None
+    """The hypervisor's id of the domain's current run (libvirt's domain ID): a restart gives
+    a new one. None where the source does not know it."""
 
 
 @dataclass(frozen=True, slots=True)

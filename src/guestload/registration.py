@@ -88,6 +88,24 @@ class SimulatedMemory:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatedOs:
+    """A simulated VM's operating system, as its agent's ``guest-get-osinfo`` would report it:
+    os-release's fields and the kernel's ``uname``; an empty field is one the agent leaves out.
+    The defaults are a Debian 12 cloud guest."""
+
+    id: str = "debian"
+    name: str = "Debian GNU/Linux"
+    pretty_name: str = "Debian GNU/Linux 12 (bookworm)"
+    version: str = "12 (bookworm)"
+    version_id: str = "12"
+    variant: str = ""
+    variant_id: str = ""
+    kernel_release: str = "6.1.0-28-cloud-amd64"
+    kernel_version: str = "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)"
+    machine: str = "x86_64"
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatedGuest:
     """A read-only view of one simulated VM, from which a collector makes its simulated answer."""
 
@@ -103,6 +121,7 @@ class SimulatedGuest:
     delay_share: float
     """The share of busy time each vCPU waits for a host CPU."""
     memory: SimulatedMemory = field(default_factory=SimulatedMemory)
+    os: SimulatedOs = field(default_factory=SimulatedOs)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -1,4 +1,6 @@
-"""``guestload serve`` beside KubeVirt's virt-handler: no load query, no kubevirt_* series."""
+"""``guestload serve`` beside KubeVirt's virt-handler: no load query, no kubevirt_* series.
+
+The guest's OS stays asked: its family is outside ``kubevirt_*``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tests.exposition import metric_value, sample_lines
 pytestmark = pytest.mark.daemon
 
 
-def test_without_load_and_vcpu_collectors_only_cpu_statistics_are_asked(tmp_path: Path) -> None:
+def test_without_load_and_vcpu_collectors_only_cpu_times_and_os_are_asked(tmp_path: Path) -> None:
     with ProcessRegistry() as registry:
         exporter = Exporter(
             libvirt_uri="test:///default",
@@ -31,7 +33,7 @@ def test_without_load_and_vcpu_collectors_only_cpu_statistics_are_asked(tmp_path
     assert sample_lines(body, "kubevirt_") == []
     states = sample_lines(body, "guestload_agent_state")
     assert states, body
-    assert all('query="cpustats"' in line for line in states), states
+    assert {line.split('query="')[1].split('"')[0] for line in states} == {"cpustats", "osinfo"}
     calls = sample_lines(body, "guestload_agent_calls_total")
     assert calls
     assert not [line for line in calls if 'query="load"' in line]

@@ -1,5 +1,8 @@
 """The release wheel, installed alone into a clean virtualenv (no checkout on the module path),
-serves a real VM's guest load from the lab's private libvirt daemon."""
+serves a real VM's guest load and OS from the lab's private libvirt daemon.
+
+The lab's guest is an initramfs without os-release: its qemu-ga answers guest-get-osinfo
+with the kernel's uname alone, so the OS series has the kernel release and machine, no id."""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from guestload_lab.image import GuestImage
 from guestload_lab.libvirtd import PrivateLibvirtd
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Exporter, wait_until
 from guestload_lab.vm import Hypervisor, VmSpec
-from tests.exposition import metric_value
+from tests.exposition import metric_value, sample_lines
 from tests.release import build_release, install_wheel
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +28,18 @@ NO_CHECKOUT = {"PYTHONPATH": ""}
 """An empty PYTHONPATH adds nothing: the wheel's venv finds only what it installed."""
 
 
-def test_the_wheel_alone_serves_a_real_vms_load(
+def _os_series(body: str) -> list[dict[str, str]]:
+    """The label sets of the guestload_guest_os_info samples (each checked to be 1)."""
+    found = []
+    for family in text_string_to_metric_families(body):
+        if family.name == "guestload_guest_os_info":
+            for sample in family.samples:
+                assert sample.value == 1.0, sample
+                found.append(dict(sample.labels))
+    return found
+
+
+def test_the_wheel_alone_serves_a_real_vms_load_and_os(
     daemon: PrivateLibvirtd, guest_images: tuple[GuestImage, GuestImage], tmp_path: Path
 ) -> None:
     release = build_release(tmp_path / "dist")
@@ -61,10 +76,37 @@ def test_the_wheel_alone_serves_a_real_vms_load(
                 what=series,
                 detail=exporter.log,
             )
-            served = metric_value(exporter.get("/metrics")[1], series)
+            wait_until(
+                lambda: _os_series(exporter.get("/metrics")[1]),
+                timeout=30.0,
+                interval=0.5,
+                what="guestload_guest_os_info",
+                detail=exporter.log,
+            )
+            body = exporter.get("/metrics")[1]
+            served = metric_value(body, series)
             direct = vm.guest_load()["load.1m"]
+            exit_code, uname = vm.run_in_guest(["/bin/busybox", "uname", "-r", "-m"])
         finally:
             vm.destroy()
     assert served is not None
     assert served == pytest.approx(direct, abs=0.5)
+    assert exit_code == 0
+    kernel_release, machine = uname.split()
+    assert _os_series(body) == [
+        {
+            "id": "",
+            "kernel_release": kernel_release,
+            "machine": machine,
+            "name": VM_NAME,
+            "namespace": "libvirt",
+            "node": NODE,
+            "pretty_name": "",
+            "variant_id": "",
+            "version_id": "",
+        }
+    ]
+    assert machine == "x86_64"
+    os_state = 'query="osinfo",state="ok"'
+    assert any(os_state in line for line in sample_lines(body, "guestload_agent_state{")), body
     assert f"version={release.wheel.name.split('-')[1]}" in exporter.log()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from guestload.identity import IdentityResolver
 from guestload.model import Snapshot
 from guestload.polling.poller import Poller
+from guestload.queries.query import GuestQuery
 from tests.unit.fakes import LOAD_ONLY, FakeSource
 
 
@@ -48,10 +49,11 @@ def make_poller(
     agent_timeout: float = 0.2,
     concurrency: int = 4,
     backoff_max: float = 240.0,
+    queries: Sequence[GuestQuery] = LOAD_ONLY,
 ) -> Poller:
     return Poller(
         source=source,
-        queries=LOAD_ONLY,
+        queries=queries,
         identity=IdentityResolver(node="node-1", default_namespace="libvirt"),
         poll_interval_seconds=interval,
         agent_timeout_seconds=agent_timeout,

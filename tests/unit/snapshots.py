@@ -1,9 +1,9 @@
 """The snapshot behind the golden exposition ``tests/unit/golden/metrics.prom``.
 
-Two VMs on one node: one whose agent answered both queries, whose balloon reports every
+Two VMs on one node: one whose agent answered every query, whose balloon reports every
 statistic and whose two disks report their requests (one of them capped), one with an odd name
-whose agent answered neither and whose balloon reports only its size; vCPU statistics, poll
-counters and build information filled in.
+whose agent answered only its OS (kernel fields alone) and whose balloon reports only its size;
+vCPU statistics, poll counters and build information filled in.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from guestload.model import (
 )
 from guestload.queries.cpustats import CpuStatsQuery
 from guestload.queries.load import LOAD, GuestLoad
+from guestload.queries.osinfo import OSINFO, GuestOs
 
 
 def sample_snapshot() -> Snapshot:
@@ -39,6 +40,7 @@ def sample_snapshot() -> Snapshot:
                         state=AgentState.OK, value=GuestLoad(one=2.5, five=1.25, fifteen=0.5)
                     ),
                     "cpustats": QueryReading(state=AgentState.OK, value=CPU_TIMES),
+                    "osinfo": QueryReading(state=AgentState.OK, value=DEBIAN),
                 },
                 vcpu_count=2,
                 vcpus=(
@@ -54,6 +56,7 @@ def sample_snapshot() -> Snapshot:
                 readings={
                     "load": QueryReading(state=AgentState.UNSUPPORTED),
                     "cpustats": QueryReading(state=AgentState.NOT_CONNECTED),
+                    "osinfo": QueryReading(state=AgentState.OK, value=KERNEL_ONLY),
                 },
                 vcpu_count=1,
                 vcpus=(VcpuStat(0, VcpuState.OFFLINE, None, None, None),),
@@ -69,6 +72,16 @@ def sample_snapshot() -> Snapshot:
     )
 
 
+#: The first VM's OS: a Debian 12 guest, every label filled in but the variant.
+DEBIAN = GuestOs(
+    id="debian",
+    version_id="12",
+    pretty_name='Debian GNU/Linux 12 "bookworm"',
+    kernel_release="6.1.0-28-cloud-amd64",
+    machine="x86_64",
+)
+#: The second VM's OS: a guest without os-release, whose agent reports only its kernel.
+KERNEL_ONLY = GuestOs(kernel_release="6.1.0-41-cloud-amd64", machine="x86_64")
 #: Guest CPU times of the first VM, as the agent reported them in its last answer (ms).
 CPU_TIMES = CpuStatsQuery().fold(
     None, {0: {"user": 1500, "system": 250, "idle": 90_000, "iowait": 4_970}, 1: {"user": 10}}
@@ -124,7 +137,7 @@ DISKS_NOW = BLOCK.parse(
     }
 )
 DISKS = BLOCK.fold(DISKS_BEFORE, DISKS_NOW, 120.0)
-QUERIES = (LOAD, CpuStatsQuery())
+QUERIES = (LOAD, CpuStatsQuery(), OSINFO)
 HOST_STATS = (BALLOON, BLOCK)
 
 

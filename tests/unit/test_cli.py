@@ -207,7 +207,10 @@ def test_enum_flags_give_enum_members() -> None:
         (["probe", "--identity.mode", "nova"], "--identity.mode"),
         (["probe", "--source", "qemu"], "--source"),
         (["serve", "--simulated.agent-latency", "fast"], "--simulated.agent-latency"),
-        (["serve", "--no-collector.load", "--no-collector.guest-cpu"], "--no-collector.load"),
+        (
+            ["serve", "--no-collector.load", "--no-collector.guest-cpu", "--no-collector.guest-os"],
+            "--no-collector.load",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(
@@ -314,11 +317,17 @@ def test_given_timings_that_do_not_fit_exit_2_with_one_line(
     assert capsys.readouterr().err == f"guestload: error: {message}\n"
 
 
-def test_no_load_collector_asks_agents_only_for_cpu_statistics() -> None:
+def test_no_load_collector_asks_agents_only_for_cpu_statistics_and_os() -> None:
     args = build_parser().parse_args(
         ["serve", "--node", "n1", "--no-collector.load", "--no-collector.vcpu"]
     )
     settings = settings_from_args(args)
     assert not settings.query_options.of(LoadOptions).enabled
-    assert [query.name for query in settings.queries()] == ["cpustats"]
-    assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]
+    assert [query.name for query in settings.queries()] == ["cpustats", "osinfo"]
+    assert [query.name for query in Settings(node="n").queries()] == [
+        "load",
+        "cpustats",
+        "osinfo",
+    ]
+    without_os = settings_from_args(build_parser().parse_args(["serve", "--no-collector.guest-os"]))
+    assert [query.name for query in without_os.queries()] == ["load", "cpustats"]

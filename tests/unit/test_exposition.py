@@ -48,8 +48,10 @@ def test_load_series_exist_only_for_vms_whose_agent_answered() -> None:
     assert states == {
         ("web-1", "load"): "ok",
         ("web-1", "cpustats"): "ok",
+        ("web-1", "osinfo"): "ok",
         ('odd "name"\\with\nnewline', "load"): "unsupported",
         ('odd "name"\\with\nnewline', "cpustats"): "not_connected",
+        ('odd "name"\\with\nnewline', "osinfo"): "ok",
     }
 
 
@@ -75,7 +77,9 @@ def test_without_load_and_vcpu_collectors_no_kubevirt_series_remain() -> None:
     }
     assert not [name for name in families if name.startswith("kubevirt_")]
     assert families["guestload_guest_cpu_seconds"].samples
-    assert {s.labels["query"] for s in families["guestload_agent_state"].samples} == {"cpustats"}
+    queries = {s.labels["query"] for s in families["guestload_agent_state"].samples}
+    assert queries == {"cpustats", "osinfo"}
+    assert families["guestload_guest_os_info"].samples
 
 
 def test_openmetrics_has_the_same_samples_and_ends_with_eof() -> None:

@@ -13,7 +13,7 @@ from guestload.cli.flags import build_parser, query_options_from_args
 from guestload.exposition.schema import FIXED_FAMILIES, MetricSet
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
-from guestload.queries import cpustats, load
+from guestload.queries import cpustats, load, osinfo
 from guestload.queries.agent import invalid, reply_return
 from guestload.queries.catalog import ALL_QUERIES, QUERIES
 from guestload.queries.cpustats import (
@@ -21,7 +21,7 @@ from guestload.queries.cpustats import (
     GUEST_CPU_SECONDS,
     GUEST_CPU_SECONDS_PER_CPU,
 )
-from guestload.queries.query import GuestQuery
+from guestload.queries.query import GuestQuery, Refresh
 from guestload.queries.registry import QueryRegistration, QueryRegistry, registration
 from guestload.registration import CollectorFlag, RegistrationError, SimulatedGuest
 from guestload.settings import Settings, SettingsError
@@ -95,10 +95,32 @@ def with_uptime(**changes: object) -> QueryRegistry:
     return registry
 
 
-def test_the_catalog_registers_load_then_cpustats() -> None:
-    assert [reg.name for reg in QUERIES] == ["load", "cpustats"]
-    assert [query.name for query in ALL_QUERIES] == ["load", "cpustats"]
-    assert [query.name for query in Settings(node="n").queries()] == ["load", "cpustats"]
+def test_the_catalog_registers_load_then_cpustats_then_osinfo() -> None:
+    names = ["load", "cpustats", "osinfo"]
+    assert [reg.name for reg in QUERIES] == names
+    assert [query.name for query in ALL_QUERIES] == names
+    assert [query.name for query in Settings(node="n").queries()] == names
+    assert [query.refresh for query in ALL_QUERIES] == [
+        Refresh.EVERY_POLL,
+        Refresh.EVERY_POLL,
+        Refresh.ONCE_PER_RUN,
+    ]
+
+
+def test_the_os_query_registers_its_flag_and_family() -> None:
+    registered = QUERIES.get("osinfo")
+    assert registered is osinfo.REGISTRATION
+    assert [flag.name for flag in registered.flags] == ["--collector.guest-os"]
+    assert registered.defaults == osinfo.OsInfoOptions(enabled=True)
+    assert registered.families == (osinfo.OS_INFO,)
+    assert osinfo.OS_INFO.name == "guestload_guest_os_info"
+    assert not osinfo.OS_INFO.name.startswith("kubevirt_vmi_")
+    assert osinfo.OS_INFO.labels[: len(VM_LABELS)] == VM_LABELS
+    assert "--collector.guest-os, --no-collector.guest-os" in _serve_help(QUERIES)
+    metric_set = MetricSet(queries=QUERIES.defaults().queries())
+    assert osinfo.OS_INFO in metric_set.vm_families()
+    off = QUERIES.defaults().replaced(osinfo.OsInfoOptions(enabled=False))
+    assert osinfo.OS_INFO not in MetricSet(queries=off.queries()).vm_families()
 
 
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda query: query.name)
@@ -228,7 +250,7 @@ def test_the_registered_builds_follow_the_options() -> None:
     per_cpu = summed.replaced(cpustats.CpuStatsOptions(per_cpu=True))
     assert per_cpu.queries()[1].families == (GUEST_CPU_SECONDS_PER_CPU, GUEST_CPU_LAST_POLL)
     assert summed.queries()[1].families == (GUEST_CPU_SECONDS, GUEST_CPU_LAST_POLL)
-    only_cpu = summed.replaced(load.LoadOptions(enabled=False))
+    only_cpu = summed.replaced(load.LoadOptions(enabled=False), osinfo.OsInfoOptions(enabled=False))
     assert [query.name for query in only_cpu.queries()] == ["cpustats"]
     assert only_cpu.of(load.LoadOptions) == load.LoadOptions(enabled=False)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from guestload.hoststats.hoststat import HostStat
+from guestload.hoststats.hoststat import HostStat, bounded_integer
 from guestload.hoststats.registry import registration
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.registration import CollectorFlag, SimulatedGuest
@@ -167,23 +167,16 @@ def parse_balloon_stats(record: Mapping[str, object]) -> BalloonStats | None:
     Each field is an integer from 0 to its bound, or left out: sizes the guest reports are
     bounded by ``balloon.maximum`` where libvirt gives a usable one.
     """
-    maximum = _integer(record.get(MAXIMUM_KEY), MAX_KIB)
+    maximum = bounded_integer(record.get(MAXIMUM_KEY), MAX_KIB)
     values: dict[str, int] = {}
     for field in _FIELDS:
         limit = maximum if field.guest_size and maximum is not None else field.limit
-        value = _integer(record.get(field.key), limit)
+        value = bounded_integer(record.get(field.key), limit)
         if value is not None:
             values[field.attribute] = value * field.scale
     if not values:
         return None
     return BalloonStats(**values)
-
-
-def _integer(value: object, limit: int) -> int | None:
-    """``value`` where it is an integer from 0 to ``limit``, else None."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        return None
-    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from guestload.hoststats.hoststat import DEFINITION_KEY_PREFIX, HostStat
+from guestload.hoststats.hoststat import DEFINITION_KEY_PREFIX, HostStat, bounded_integer
 from guestload.hoststats.registry import registration
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.registration import CollectorFlag, SimulatedGuest
@@ -223,12 +223,17 @@ def parse_block_stats(record: Mapping[str, object]) -> tuple[DiskStats, ...] | N
         counters: dict[str, int] = {
             counter.attribute: value
             for counter in _COUNTERS
-            if (value := _integer(record.get(f"block.{index}.{counter.suffix}"))) is not None
+            if (value := bounded_integer(record.get(f"block.{index}.{counter.suffix}"), MAX_COUNT))
+            is not None
         }
         caps = tuple(
             (element, value)
             for element, _spec, _op in _CAPS
-            if (value := _integer(record.get(f"{IOTUNE_PREFIX}{device}.{element}")))
+            if (
+                value := bounded_integer(
+                    record.get(f"{IOTUNE_PREFIX}{device}.{element}"), MAX_COUNT
+                )
+            )
         )
         disks.append(
             DiskStats(
@@ -270,13 +275,6 @@ def iotune_keys(domain_xml: str) -> dict[str, object]:
                 if 0 < value <= MAX_COUNT:
                     keys[f"{IOTUNE_PREFIX}{device}.{element}"] = value
     return keys
-
-
-def _integer(value: object) -> int | None:
-    """``value`` where it is an integer from 0 to :data:`MAX_COUNT`, else None."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        return None
-    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,13 @@ class HostStat(abc.ABC):
         """The samples of a kept value: family, label values after the VM's, value."""
 
 
+def bounded_integer(value: object, limit: int) -> int | None:
+    """``value`` where it is an integer (not a bool) from 0 to ``limit``, else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        return None
+    return value
+
+
 def read_definition(host_stats: Sequence[HostStat], domain_xml: str) -> dict[str, object]:
     """The record keys each of ``host_stats`` that reads the definition derives from it.
 

@@ -6,8 +6,12 @@ that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls ru
 worker pool, a domain never has two calls outstanding (a call still running makes its queries
 ``timeout`` instead of queueing another), answers from calls that overran are discarded, and a
 query whose agent lacks it or is absent is re-asked on an exponential back-off of its own
-instead of every poll. Each query keeps its own state per domain. Events from the source make
-changes prompt; the periodic poll stays the source of truth.
+instead of every poll. Each query keeps its own state per domain. A query asked once per agent
+run (:attr:`~guestload.queries.query.Refresh.ONCE_PER_RUN`) is left out of a domain's calls
+once it answered ``ok``, until the domain's id changes (a restart), a started or stopped event
+comes, or its agent disconnects or connects; it is asked after the queries before it in the
+catalog, so it never delays them. Events from the source make changes prompt; the periodic poll
+stays the source of truth.
 
 The schedule, the in-flight guard, the back-off and the events are one module because they all
 read and change the same per-domain tracks within one poll; apart, they would share that state
@@ -42,7 +46,7 @@ from guestload.model import (
     Snapshot,
 )
 from guestload.polling.workers import DaemonPool
-from guestload.queries.query import GuestQuery
+from guestload.queries.query import GuestQuery, Refresh
 from guestload.sources.protocol import Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,9 @@ class _QueryTrack:
     next_check: float = 0.0
     backoff: float = 0.0
     logged_state: AgentState | None = None
+    settled: bool = False
+    """A once-per-run query answered ok in this run of the domain and its agent: not asked
+    again until the domain restarts or the agent disconnects or connects."""
 
 
 @dataclass(slots=True)
@@ -111,6 +118,8 @@ class _Track:
     """What the poller remembers about one running domain between polls."""
 
     domain_name: str = ""
+    domain_id: int | None = None
+    """The domain's id in the run its once-per-run answers were read in."""
     queries: dict[str, _QueryTrack] = field(default_factory=dict)
     last_call_seconds: float = 0.0
     asked: bool = False
@@ -122,6 +131,11 @@ class _Track:
         if not readings:
             return None
         return all(reading.state is AgentState.OK for reading in readings)
+
+    def unsettle(self) -> None:
+        """A new run of the domain or its agent: once-per-run queries are asked again."""
+        for query_track in self.queries.values():
+            query_track.settled = False
 
 
 Readings = Mapping[str, QueryReading]
@@ -322,6 +336,7 @@ class Poller:
                 refresh.add(event.uuid)
                 track = self._tracks.get(event.uuid)
                 if track is not None:
+                    track.unsettle()
                     for query_track in track.queries.values():
                         query_track.next_check, query_track.backoff = 0.0, 0.0
         if stopped:
@@ -383,14 +398,16 @@ class Poller:
             track = self._tracks.get(domain.uuid)
             if track is None:
                 track = self._tracks[domain.uuid] = _Track(
-                    queries={name: _QueryTrack() for name in self._query_by_name}
+                    domain_id=domain.domain_id,
+                    queries={name: _QueryTrack() for name in self._query_by_name},
                 )
+            elif track.domain_id != domain.domain_id:
+                track.domain_id = domain.domain_id
+                track.unsettle()
             track.domain_name = domain.domain_name
             if only is not None and domain.uuid not in only:
                 continue
-            due = tuple(
-                query for query in self._queries if not _backing_off(track.queries[query.name], now)
-            )
+            due = tuple(query for query in self._queries if _due(track.queries[query.name], now))
             if not due:
                 continue
             previous = self._in_flight.get(domain.uuid)
@@ -515,10 +532,14 @@ class Poller:
                 continue
             self._agent_calls[(name, reading.state)] += 1
             kept = reading
+            query = self._query_by_name[name]
             if reading.state is AgentState.OK:
-                query_track.kept = self._query_by_name[name].fold(query_track.kept, reading.value)
+                query_track.kept = query.fold(query_track.kept, reading.value)
                 kept = QueryReading(state=AgentState.OK, value=query_track.kept)
             query_track.reading = kept
+            query_track.settled = (
+                reading.state is AgentState.OK and query.refresh is Refresh.ONCE_PER_RUN
+            )
             if reading.state in SLOW_RECHECK_STATES:
                 backoff = max(query_track.backoff * 2, self._interval)
                 query_track.backoff = min(backoff, self._backoff_max)
@@ -643,9 +664,12 @@ def _cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _backing_off(track: _QueryTrack, now: float) -> bool:
-    """True while a query whose agent is absent or too old waits for its next check."""
-    return (
+def _due(track: _QueryTrack, now: float) -> bool:
+    """Whether a domain's query is asked now: not once-per-run and settled, and not waiting
+    for the next check of an absent or too old agent."""
+    if track.settled:
+        return False
+    return not (
         track.reading is not None
         and track.reading.state in SLOW_RECHECK_STATES
         and now < track.next_check

@@ -7,11 +7,19 @@ samples of its own metric families. The sources run queries, the poller schedule
 keeps each one's state per domain, the exposition writes their samples: adding a query adds
 one module here, whose registration (:mod:`guestload.queries.registry`) gives it its flags,
 options and simulated answer, and one entry in :mod:`guestload.queries.catalog`.
+
+A query's :class:`Refresh` policy says how often the poller asks it. Values that change are
+asked at every poll (:attr:`Refresh.EVERY_POLL`, the load). Values fixed while a guest runs are
+asked once per agent run (:attr:`Refresh.ONCE_PER_RUN`, the guest's OS): an ``ok`` answer is
+kept and exported without asking again until the domain restarts (a new libvirt domain id, a
+started or stopped event) or its agent disconnects or connects; any other answer is asked
+again at the next poll.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +38,16 @@ AGENT_WIDE_STATES = frozenset(
         AgentState.GONE,
     }
 )
+
+
+class Refresh(enum.StrEnum):
+    """How often the poller asks a query of a domain (see the module)."""
+
+    EVERY_POLL = "every_poll"
+    """At every poll (a back-off aside): values that change, like the load."""
+    ONCE_PER_RUN = "once_per_run"
+    """Until an ``ok`` answer, then not again until the domain restarts or its agent
+    disconnects or connects: values fixed while the guest runs, like its OS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +69,8 @@ class GuestQuery(abc.ABC):
     """The agent command (passthrough), e.g. ``guest-get-load``."""
     guest_info: GuestInfoCall | None = None
     """libvirt's typed API for the same answer, preferred where available."""
+    refresh: Refresh = Refresh.EVERY_POLL
+    """How often the poller asks it."""
     max_reply_chars: int
     """Longest passthrough reply parsed; longer ones are invalid. Each query sets it to the
     constant of its module that its parser passes to

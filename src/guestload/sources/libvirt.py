@@ -337,6 +337,7 @@ class LibvirtSource:
                         vcpus=vcpus,
                         metadata=dict(handle.metadata or {}),
                         host_stats=self._read_host_stats(handle, record),
+                        domain_id=handle.domain_id,
                     )
                 )
                 handles[uuid] = handle

@@ -15,7 +15,8 @@ what the query's registration makes of a read-only view of the VM
 the query's own parser. Each listing gives every VM the host stats asked for the same way: the
 bulk-stats keys libvirt would report, made by each host stat's registration and judged by its
 own parser. Memory sizes and the balloon statistics period are drawn per VM; a few VMs thrash
-(their swap counters grow), the rest do not swap. An old agent lacks the commands of QEMU
+(their swap counters grow), the rest do not swap. A tenth of the VMs run Windows Server 2022,
+the rest Debian 12 (what their agents report as their OS). An old agent lacks the commands of QEMU
 versions after its own. Failures
 go through the same classification as libvirt's errors (:mod:`guestload.queries.agent`). The
 VMs, their agents' misbehaviour and the churn stay in one module because all are drawn from
@@ -53,7 +54,7 @@ from guestload.queries.agent import (
 from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.queries.registry import QueryRegistration, QueryRegistry
-from guestload.registration import SimulatedGuest, SimulatedMemory
+from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
 from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener
 
@@ -78,12 +79,30 @@ _MASK64 = (1 << 64) - 1
 _FLAP_SALT = 0x666C6170
 _MEMORY_SALT = 8
 """The salt of a VM's memory draw (salts 0 to 7 draw its other traits)."""
+_OS_SALT = 9
+"""The salt of a VM's operating system draw."""
 GIB_PER_VCPU = (1, 2, 4)
 """A VM has one of these GiB of memory per vCPU."""
 NO_STATS_PERIOD_SHARE = 0.2
 """The share of VMs whose balloon has no statistics period: only its size is reported."""
 THRASHING_SHARE = 0.02
 """The share of VMs (with a statistics period) whose guest swaps continuously."""
+WINDOWS_SHARE = 0.1
+"""The share of VMs running Windows; the others run Debian 12 (:class:`SimulatedOs`)."""
+LINUX = SimulatedOs()
+WINDOWS = SimulatedOs(
+    id="mswindows",
+    name="Microsoft Windows",
+    pretty_name="Windows Server 2022 Datacenter",
+    version="Microsoft Windows Server 2022",
+    version_id="2022",
+    variant="server",
+    variant_id="server",
+    kernel_release="20348",
+    kernel_version="10.0",
+    machine="x86_64",
+)
+"""What QEMU's Windows agent reports for Windows Server 2022."""
 
 # What libvirt says in each failure case (measured with real VMs; see queries.agent).
 _NOT_CONFIGURED = "argument unsupported: QEMU guest agent is not configured"
@@ -122,6 +141,7 @@ class _Vm:
         "busy",
         "delay_share",
         "domain_name",
+        "guest_os",
         "host_stats_kept",
         "index",
         "inventory_metadata",
@@ -197,6 +217,8 @@ class _Vm:
         )
         """Memory in KiB, the share in use, whether the guest thrashes, whether its balloon
         has a statistics period."""
+        windows = _unit(_mix(key ^ _OS_SALT)) < WINDOWS_SHARE
+        self.guest_os = WINDOWS if windows else LINUX
 
     def advance(self, step: int) -> None:
         """Move the VM forward to ``step``, one kernel load update at a time."""
@@ -243,6 +265,7 @@ class _Vm:
             vcpus=vcpus,
             metadata=self.inventory_metadata,
             host_stats=host_stats,
+            domain_id=self.index + 1,
         )
 
     def guest(self, wall_seconds: float) -> SimulatedGuest:
@@ -263,6 +286,7 @@ class _Vm:
                 stats_period=stats_period,
                 updated_at_seconds=wall_seconds,
             ),
+            os=self.guest_os,
         )
 
     def agent_connected(self, step: int) -> bool:
