@@ -4,7 +4,9 @@ Real guests make each cause: a CPU-bound guest (``stress-ng``), a guest whose ta
 disk throttled to 5 IOPS while its vCPU idles, a guest whose tasks hang on a FUSE mount whose
 daemon never answers (uninterruptible sleep on no disk: load without iowait), a guest in a swap
 storm (more memory touched than it has, a swap disk, a virtio balloon reporting its statistics),
-two busy guests pinned to one host CPU, and an idle guest. A monitoring chain (guestload,
+two busy guests pinned to one host CPU, a bursty guest (30-s CPU spikes every 5 minutes), a
+CPU-bound guest whose agent answers as Windows' does (OS ``mswindows``, its load the threads
+waiting for a CPU, no CPU statistics), and an idle guest. A monitoring chain (guestload,
 Prometheus with ``monitoring/rules/guestload.rules.yml``, Alertmanager, a webhook) with guest
 CPU times (the default) watches them, and each test asserts the cause and which alerts fire and
 which never do (the matrix in docs/causes.md).
@@ -34,7 +36,7 @@ from guestload_lab.image import GuestImage
 from guestload_lab.libvirtd import PrivateLibvirtd
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Monitoring, WebhookReceiver
-from guestload_lab.vm import Hypervisor, LabVm, VmSpec, wait_all_agents
+from guestload_lab.vm import AgentKind, Hypervisor, LabVm, VmSpec, wait_all_agents
 from guestload_lab.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +62,11 @@ MEMORY_WORKERS = 16
 """stress-ng --vm workers sharing HOG_MIB: each rewrites its part of it over and over."""
 HOG_MIB = 192
 """More than the swap-storm guest's free memory (about 95 MiB of 192 after boot)."""
+WINDOWS_WORKERS = 16
+"""A Windows-like 1-vCPU guest with these has 15 threads waiting: its load passes 10 in ~70 s."""
+BURST_WORKERS = 32
+"""Measured: 30-s bursts of these peak load.1m at 11-12.5 on a 1-vCPU guest (queue ~10-11)."""
+BURST_PERIOD = 300
 FAST_WARNING_SECONDS = 60.0
 """A CPU-bound guest's warning fires at most this long after its queue passes 10."""
 CAUSE = "namespace_name_node:guestload_pressure_cause:info"
@@ -76,11 +83,13 @@ SPECS = {
     "pinned_b": _spec("pinned-b", host_cpu=0),
     "blocked": _spec("blocked"),
     "memory": _spec("swap-storm", memory_mib=192, swap_mib=256, balloon_stats_period=5),
+    "bursty": _spec("bursty"),
+    "windows": _spec("windows-like", agent=AgentKind.WINDOWS),
     "idle": _spec("idle-quiet"),
 }
 LATE_SPEC = _spec("io-late", disk_iops=DISK_IOPS)
 """The fallback's stalled guest."""
-STRESSED = ("cpu", "pinned_a", "pinned_b", "memory")
+STRESSED = ("cpu", "pinned_a", "pinned_b", "memory", "bursty", "windows")
 """These boot the image with stress-ng; the disk readers and blocked tasks need only busybox."""
 
 
@@ -182,6 +191,8 @@ def cause_lab(
             for key in ("pinned_a", "pinned_b"):
                 vms[key].start_stress(PINNED_WORKERS, seconds=900)
                 started[key] = time.monotonic()
+            vms["bursty"].start_bursts(BURST_WORKERS, period=BURST_PERIOD, burst_seconds=30)
+            started["bursty"] = time.monotonic()
             yield CauseLab(vms=vms, guest_view=guest_view, started=started, timings=timings)
         finally:
             for vm in vms.values():
@@ -363,6 +374,77 @@ def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
     cause_lab.timings["swap storm: busy share at GuestMemoryThrash"] = float(busy[0]["value"][1])
     assert "B/s" in thrash["annotations"]["description"]
     vm.stop_memory_hog()
+
+
+def test_a_windows_guest_s_queue_is_its_load_and_pages_as_a_cpu_queue(cause_lab: CauseLab) -> None:
+    """Starts after the CPU-bound, pinned and swap-storm guests stop: their cores are free."""
+    vm = cause_lab.vms["windows"]
+    chain = cause_lab.guest_view
+    name = _name(vm)
+    assert chain.prometheus.query(f'guestload_guest_os_info{{name="{name}", id="mswindows"}}')
+    (semantics,) = chain.prometheus.query(
+        f'namespace_name_node:guestload_guest_load_semantics:info{{name="{name}"}}'
+    )
+    assert semantics["metric"]["semantics"] == "windows"
+    vm.start_stress(WINDOWS_WORKERS, seconds=600)
+    started = time.monotonic()
+
+    warning = chain.webhook.wait_for_alert("GuestVCPUQueueHighWarning", timeout=420.0, name=name)
+    cause_lab.timings["windows-like: stress to queue warning"] = time.monotonic() - started
+
+    assert _causes(chain, vm) == {"cpu"}
+    description = warning["annotations"]["description"]
+    assert "a Windows guest" in description, description
+    assert "iowait unknown (no guest CPU statistics)" in description, description
+    # The queue is the load itself: the agent counts only threads waiting for a CPU.
+    (pair,) = chain.prometheus.query(
+        f'kubevirt_vmi_guest_vcpu_queue{{name="{name}"}}'
+        f" - on (namespace, name, node) max by (namespace, name, node)"
+        f' (kubevirt_vmi_guest_load_1m{{name="{name}"}})'
+    )
+    assert float(pair["value"][1]) == 0.0
+    assert not chain.prometheus.query(f'guestload_guest_cpu_seconds_total{{name="{name}"}}')
+    assert _alerts_ever(chain, vm, ("GuestIOStall", "GuestBlockedTasks")) == []
+    vm.stop_stress()
+
+
+def test_a_bursty_guest_never_pages_critical_saturation_or_a_stall(cause_lab: CauseLab) -> None:
+    """Runs late: by now the bursty guest has spiked every 5 minutes for most of the module."""
+    vm = cause_lab.vms["bursty"]
+    chain = cause_lab.guest_view
+    name = _name(vm)
+    wait_until(
+        lambda: time.monotonic() - cause_lab.started["bursty"] > 2.2 * BURST_PERIOD or None,
+        timeout=2.2 * BURST_PERIOD,
+        interval=5.0,
+        what="three bursts",
+    )
+    (peak,) = chain.prometheus.query(
+        f'max_over_time(kubevirt_vmi_guest_load_1m{{name="{name}"}}[1h])'
+    )
+    cause_lab.timings["bursty: highest load.1m"] = float(peak["value"][1])
+    assert float(peak["value"][1]) > 5.0, "the bursts did not happen"
+    never = (
+        "GuestVCPUQueueHighCritical",
+        "GuestVCPUSaturation",
+        "GuestIOStall",
+        "GuestBlockedTasks",
+        "GuestMemoryThrash",
+    )
+    assert _alerts_ever(chain, vm, never) == []
+    causes = chain.prometheus.query(f'max_over_time({CAUSE}{{name="{name}"}}[1h])')
+    # Its first burst starts with the chain: before a second cpustats answer its cause may
+    # be unknown, warming up; never a stall, blocked tasks or memory.
+    named = {(item["metric"]["cause"], item["metric"].get("reason", "")) for item in causes}
+    assert named <= {("cpu", ""), ("unknown", "warming_up")}, named
+    warned = chain.prometheus.query(
+        f'count_over_time(ALERTS{{alertname="GuestVCPUQueueHighWarning", name="{name}",'
+        ' alertstate="firing"}[1h])'
+    )
+    cause_lab.timings["bursty: evaluations with the queue warning firing"] = (
+        float(warned[0]["value"][1]) if warned else 0.0
+    )
+    vm.stop_bursts()
 
 
 def test_an_idle_guest_has_no_cause_and_no_alert(cause_lab: CauseLab) -> None:
