@@ -18,6 +18,7 @@ from monitoring.kubevirt import (
     render_kubevirt_dashboard,
     render_kubevirt_rule_file,
 )
+from monitoring.mixin import render_mixin
 from monitoring.prometheusrule import render_prometheusrule
 from monitoring.rules import alerting_rules, build_groups, render_rule_file
 from monitoring.settings import SettingsError, load_settings
@@ -31,6 +32,7 @@ KUBEVIRT_PROMETHEUSRULE = Path("monitoring/kubernetes/kubevirt/prometheusrule.ya
 KUBEVIRT_DASHBOARD = Path("monitoring/dashboards/guestload-kubevirt.json")
 DASHBOARD = Path("monitoring/dashboards/guestload.json")
 ALERTS_DOC = Path("docs/alerts.md")
+MIXIN = Path("monitoring/mixin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ def render_all(root: Path) -> list[Output]:
         Output(DASHBOARD, render_dashboard(settings)),
         Output(KUBEVIRT_DASHBOARD, render_kubevirt_dashboard(settings)),
         Output(ALERTS_DOC, splice(alerts_doc, render_tables(settings=settings, groups=groups))),
+        *(Output(MIXIN / name, text) for name, text in render_mixin(settings).items()),
     ]
 
 

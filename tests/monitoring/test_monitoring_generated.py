@@ -31,6 +31,8 @@ GENERATED = [
     REPOSITORY / "monitoring" / "kubernetes" / "kubevirt" / "prometheusrule.yaml",
     REPOSITORY / "monitoring" / "dashboards" / "guestload-kubevirt.json",
 ]
+MIXIN = sorted((REPOSITORY / "monitoring" / "mixin").iterdir())
+"""The mixin's files: only config.libsonnet holds values of config.yml, the rest refer to it."""
 
 
 def _generate(*arguments: str | Path) -> tuple[int, str]:
@@ -41,7 +43,7 @@ def _generate(*arguments: str | Path) -> tuple[int, str]:
 @pytest.fixture
 def copy_of_bundle(tmp_path: Path) -> Path:
     """A repository root in *tmp_path* holding config.yml and the committed generated files."""
-    for path in [CONFIG, *GENERATED]:
+    for path in [CONFIG, *GENERATED, *MIXIN]:
         target = tmp_path / path.relative_to(REPOSITORY)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
@@ -70,6 +72,8 @@ def test_a_threshold_change_in_config_reaches_every_generated_file(copy_of_bundl
     assert status == 1
     for path in GENERATED:
         assert f"{path.relative_to(REPOSITORY)}: differs" in output
+    assert "monitoring/mixin/config.libsonnet: differs" in output
+    assert "monitoring/mixin/rules.libsonnet" not in output
     status, output = _generate("--root", copy_of_bundle)
     assert status == 0, output
     regenerated = (copy_of_bundle / RULE_FILE.relative_to(REPOSITORY)).read_text(encoding="utf-8")

@@ -16,93 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.monitoring.monitoring_bundle import DASHBOARD, MONITORING, npm_tool, run
-
-SCHEMA = "@grafana/schema"
-PANEL_TYPES = {
-    "timeseries": "TimeSeriesPanelCfg",
-    "table": "TablePanelCfg",
-    "stat": "StatPanelCfg",
-    "bargauge": "BarGaugePanelCfg",
-}
-"""The panel plugins the dashboard may use, by the name of their schema module."""
-WITHOUT_FIELD_CONFIG = frozenset({"stat", "bargauge"})
-"""Plugins whose schema declares no custom field config: theirs must stay empty."""
-
-PRELUDE = f"""import type {{ Dashboard, Panel, RowPanel }} from "{SCHEMA}";
-{{imports}}
-
-// JSON has no enums: a string enum becomes the union of its values, recursively.
-type Json<T> = T extends string
-  ? `${{T}}`
-  : T extends number | boolean | null | undefined
-    ? T
-    : T extends ReadonlyArray<infer U>
-      ? Array<Json<U>>
-      : T extends object
-        ? {{ [K in keyof T]: Json<T[K]> }}
-        : T;
-type None = Record<string, never>;
-"""
-TSCONFIG = {
-    "compilerOptions": {
-        "strict": True,
-        "noEmit": True,
-        "module": "esnext",
-        "moduleResolution": "bundler",
-        "target": "es2022",
-        "skipLibCheck": True,
-        "types": [],
-    },
-    "files": ["dashboard.ts"],
-}
-
-
-def _module(dashboard: dict[str, Any]) -> str:
-    """The TypeScript module that holds *dashboard* as typed object literals."""
-    used = sorted({panel["type"] for panel in dashboard["panels"] if panel["type"] != "row"})
-    unknown = set(used) - set(PANEL_TYPES)
-    assert not unknown, f"panel types without a schema check: {unknown}"
-    imports = "\n".join(
-        f'import type * as {kind} from "{SCHEMA}/dist/esm/raw/composable/{kind}/panelcfg/x/'
-        f'{PANEL_TYPES[kind]}_types.gen";'
-        for kind in used
-    )
-    lines = [
-        PRELUDE.replace("{imports}", imports),
-        f"export const dashboard: Json<Dashboard> = {json.dumps(dashboard, indent=2)};",
-    ]
-    for panel in dashboard["panels"]:
-        kind = panel["type"]
-        # Alone, not as a member of the dashboard's Panel | RowPanel union, which lets a row
-        # without its row fields pass as a panel.
-        panel_type = "RowPanel" if kind == "row" else "Panel"
-        lines.append(f"export const panel{panel['id']}: Json<{panel_type}> = {json.dumps(panel)};")
-        if kind == "row":
-            continue
-        # Stored dashboards keep only what differs from the plugin's defaults: Partial.
-        if "custom" in panel["fieldConfig"]["defaults"]:
-            custom = panel["fieldConfig"]["defaults"]["custom"]
-            custom_type = (
-                "None" if kind in WITHOUT_FIELD_CONFIG else f"Json<Partial<{kind}.FieldConfig>>"
-            )
-            lines.append(f"export const custom{panel['id']}: {custom_type} = {json.dumps(custom)};")
-        options = panel.get("options", {})
-        lines.append(
-            f"export const options{panel['id']}: Json<Partial<{kind}.Options>> = "
-            f"{json.dumps(options)};"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _type_check(dashboard: dict[str, Any], directory: Path) -> tuple[int, str]:
-    """tsc's verdict on *dashboard*, compiled in *directory* against monitoring/node_modules."""
-    tsc = npm_tool("tsc")
-    (directory / "dashboard.ts").write_text(_module(dashboard), encoding="utf-8")
-    (directory / "tsconfig.json").write_text(json.dumps(TSCONFIG), encoding="utf-8")
-    (directory / "node_modules").symlink_to(MONITORING / "node_modules")
-    result = run([tsc, "--project", directory / "tsconfig.json"], cwd=directory)
-    return result.returncode, result.stdout + result.stderr
+from tests.monitoring.grafana_schema import type_check
+from tests.monitoring.monitoring_bundle import DASHBOARD
 
 
 def _shipped() -> dict[str, Any]:
@@ -115,7 +30,7 @@ def _first(dashboard: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def test_shipped_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
-    status, output = _type_check(_shipped(), tmp_path)
+    status, output = type_check(_shipped(), tmp_path)
     assert status == 0, output
 
 
@@ -172,11 +87,11 @@ def _row_without_collapsed(dashboard: dict[str, Any]) -> None:
     ],
     ids=lambda value: getattr(value, "__name__", value).strip("_").replace("_", "-"),
 )
-def test_a_dashboard_of_the_wrong_shape_fails_the_type_check(
+def test_a_dashboard_of_the_wrong_shape_fails_thetype_check(
     tmp_path: Path, mutate: Callable[[dict[str, Any]], None], error: str
 ) -> None:
     dashboard = _shipped()
     mutate(dashboard)
-    status, output = _type_check(dashboard, tmp_path)
+    status, output = type_check(dashboard, tmp_path)
     assert status != 0
     assert f"error {error}" in output, output
