@@ -2,9 +2,8 @@
 
 The bundle's files live where the project builds and tests them (``monitoring/``,
 ``docs/runbooks/``); building the package copies them next to the code, so a wheel alone
-carries the rules, PrometheusRule, dashboard and runbooks that match it, and the systemd
-unit that runs it
-(``guestload bundle --output DIR`` writes them out).
+carries the rules, PrometheusRule, dashboard, monitoring mixin and runbooks that match it, and
+the systemd unit that runs it (``guestload bundle --output DIR`` writes them out).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ BUNDLE_SOURCES = {
     "rules-tests": "monitoring/tests",
     "kubernetes": "monitoring/kubernetes",
     "dashboards": "monitoring/dashboards",
+    "mixin": "monitoring/mixin",
     "runbooks": "docs/runbooks",
     "alerts.md": "docs/alerts.md",
     "systemd": "deploy/systemd",

@@ -20,6 +20,7 @@ BUNDLE_SOURCES = {
     "rules-tests": ROOT / "monitoring" / "tests",
     "kubernetes": ROOT / "monitoring" / "kubernetes",
     "dashboards": ROOT / "monitoring" / "dashboards",
+    "mixin": ROOT / "monitoring" / "mixin",
     "runbooks": ROOT / "docs" / "runbooks",
     "systemd": ROOT / "deploy" / "systemd",
 }

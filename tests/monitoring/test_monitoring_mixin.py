@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from monitoring.dashboard import render_dashboard
+from monitoring.mixin import jsonnet_number
 from monitoring.rules import RuleGroup, build_groups
 from monitoring.settings import Reasoned, Settings, load_settings
 
@@ -269,3 +270,56 @@ def test_the_documented_jsonnet_command_prints_the_shipped_alerts() -> None:
         group for group in load_yaml(RULE_FILE)["groups"] if group["name"].endswith("alerts")
     ]
     assert json.loads(result.stdout) == {"groups": shipped}
+
+
+ADD_MIXIN = """// A stand-in for kube-prometheus' addMixin (lib/mixin.libsonnet): the contract the
+// documented lines rely on, a PrometheusRule of the mixin's groups and its dashboards.
+function(params) {
+  local mixin = params.mixin,
+  prometheusRules: {
+    apiVersion: 'monitoring.coreos.com/v1',
+    kind: 'PrometheusRule',
+    metadata: { name: params.name },
+    spec: { groups: mixin.prometheusAlerts.groups + mixin.prometheusRules.groups },
+  },
+  grafanaDashboards: { [params.dashboardFolder]: mixin.grafanaDashboards },
+}
+"""
+
+
+def test_the_documented_add_mixin_lines_build_the_kubevirt_variant(tmp_path: Path) -> None:
+    found = re.search(
+        r"^```jsonnet\n(.*?)^```$", KUBEVIRT_DOC.read_text(encoding="utf-8"), re.M | re.S
+    )
+    assert found, f"{KUBEVIRT_DOC.name} shows no addMixin lines"
+    vendor = tmp_path / "vendor"
+    (vendor / "kube-prometheus" / "lib").mkdir(parents=True)
+    (vendor / "kube-prometheus" / "lib" / "mixin.libsonnet").write_text(ADD_MIXIN, encoding="utf-8")
+    (vendor / "guestload-mixin").symlink_to(MIXIN)
+    program = (
+        found.group(1)
+        + "{ rule: guestload.prometheusRules, dashboards: guestload.grafanaDashboards }\n"
+    )
+    result = run([jsonnet(), "-J", vendor, "-e", program])
+    assert result.returncode == 0, result.stderr
+    built = json.loads(result.stdout)
+    rule_file, dashboard = VARIANTS["kubevirt"]
+    by_name = {group["name"]: group for group in load_yaml(rule_file)["groups"]}
+    assert {group["name"]: group for group in built["rule"]["spec"]["groups"]} == by_name
+    assert built["dashboards"] == {
+        "guestload": {dashboard.name: json.loads(dashboard.read_text(encoding="utf-8"))}
+    }
+
+
+NUMBERS = (0.3, 0.05, 2.5, 1e-7, 12.75, 100.0, 1048576.0, 0.1 + 0.2, -0.25, 1 / 3)
+
+
+def test_the_mixin_prints_numbers_as_the_generator_expects() -> None:
+    values = ", ".join(repr(value) for value in NUMBERS)
+    program = f"local helpers = import 'helpers.libsonnet'; [helpers.number(x) for x in [{values}]]"
+    result = run([jsonnet(), "-J", MIXIN, "-e", program])
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == [jsonnet_number(value) for value in NUMBERS]
+    assert printed[:4] == ["0.3", "0.05", "2.5", "0.0000001"]
+    assert all(float(text) == value for text, value in zip(printed, NUMBERS, strict=True))

@@ -1,9 +1,10 @@
 """``guestload bundle``: writes out the monitoring bundle this installation carries.
 
 A built package holds, under ``guestload/bundle/``, the recording rules and alerts (with their
-promtool tests), the PrometheusRule, the Grafana dashboard, the alerts table and the runbooks
-of its own version, and the systemd unit with its user and environment files; a source
-checkout has them in ``monitoring/``, ``docs/`` and ``deploy/systemd/`` instead.
+promtool tests), the PrometheusRule, the Grafana dashboard, the monitoring mixin, the alerts
+table and the runbooks of its own version, and the systemd unit with its user and environment
+files; a source checkout has them in ``monitoring/``, ``docs/`` and ``deploy/systemd/``
+instead.
 """
 
 from __future__ import annotations
