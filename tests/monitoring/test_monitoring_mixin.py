@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from monitoring.dashboard import render_dashboard
+from monitoring.jsonnet import Node, Template
+from monitoring.jsonnet import render as render_jsonnet
 from monitoring.mixin import jsonnet_number
 from monitoring.rules import RuleGroup, build_groups
 from monitoring.settings import Reasoned, Settings, load_settings
@@ -323,3 +325,36 @@ def test_the_mixin_prints_numbers_as_the_generator_expects() -> None:
     assert printed == [jsonnet_number(value) for value in NUMBERS]
     assert printed[:4] == ["0.3", "0.05", "2.5", "0.0000001"]
     assert all(float(text) == value for text, value in zip(printed, NUMBERS, strict=True))
+
+
+AWKWARD_TEXTS = (
+    "it's a 'quote' and a \\ backslash",
+    "  leading spaces\nthen a line",
+    "trailing space \nnext",
+    "a blank line\n\nbetween",
+    "ends with a newline\n",
+    "two newlines at the end\n\n",
+    "|||\nlooks like a text block",
+    "line\n  ||| inside",
+    'printf "%.2f" and 100 %',
+    "tab\tand ünïcode ✓",
+    "",
+)
+
+
+def test_the_jsonnet_writer_keeps_awkward_texts_exactly(tmp_path: Path) -> None:
+    texts: list[Node] = list(AWKWARD_TEXTS)
+    templated: list[Node] = [
+        Template(text.replace("%", "%%") + " %(x)s\n%(x)s%(x)s end") for text in AWKWARD_TEXTS
+    ]
+    program = tmp_path / "texts.jsonnet"
+    program.write_text(
+        f"local v = {{ x: 'X' }};\n{render_jsonnet({'plain': texts, 'templated': templated})}\n",
+        encoding="utf-8",
+    )
+    result = run([jsonnet(), program])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "plain": list(AWKWARD_TEXTS),
+        "templated": [f"{text} X\nXX end" for text in AWKWARD_TEXTS],
+    }
