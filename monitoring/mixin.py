@@ -265,8 +265,8 @@ def _config_file(probed: Probed, dashboard: Mapping[str, Any]) -> str:
         lines.append(f"    // {why}\n    {name}: {render(default, 2)},\n")
     return (
         HEADER
-        + "// The defaults of every _config field; the comment names the key of\n"
-        + "// monitoring/config.yml that sets it and says why it has that value.\n"
+        + "// The defaults of every _config field. A field's comment names the key of\n"
+        + "// monitoring/config.yml it comes from, where the reason for its value is written.\n"
         + "{\n  _config+:: {\n"
         + "".join(lines)
         + "  },\n}\n"
