@@ -68,15 +68,26 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 _IDENTIFIER = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()")
 
 
-def promtool() -> str:
-    """The promtool executable; fails the test (never skips) when it is missing."""
-    path = shutil.which("promtool")
+def debian_tool(name: str, package: str) -> str:
+    """The executable *name* from Debian's *package*; fails the test (never skips) when it
+    is missing."""
+    path = shutil.which(name)
     if path is None:
         pytest.fail(
-            "promtool is not installed: these tests need Debian's prometheus package "
+            f"{name} is not installed: these tests need Debian's {package} package "
             "(scripts/install-system-deps installs it)"
         )
     return path
+
+
+def promtool() -> str:
+    """The promtool executable (Debian's prometheus package)."""
+    return debian_tool("promtool", "prometheus")
+
+
+def jsonnet() -> str:
+    """The jsonnet executable (Debian's jsonnet package), which renders monitoring/mixin."""
+    return debian_tool("jsonnet", "jsonnet")
 
 
 def npm_tool(name: str) -> Path:

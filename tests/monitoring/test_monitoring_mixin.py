@@ -12,7 +12,6 @@ import functools
 import json
 import re
 import shlex
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tests.monitoring.monitoring_bundle import (
     PROMTOOL_TESTS,
     REPOSITORY,
     RULE_FILE,
+    jsonnet,
     load_yaml,
     promtool,
     run,
@@ -49,17 +49,6 @@ VARIANTS = {
     ),
 }
 """Each variant: the rule file and the dashboard it must render at the default _config."""
-
-
-def jsonnet() -> str:
-    """The jsonnet executable; fails the test (never skips) when it is missing."""
-    path = shutil.which("jsonnet")
-    if path is None:
-        pytest.fail(
-            "jsonnet is not installed: these tests need Debian's jsonnet package "
-            "(scripts/install-system-deps installs it)"
-        )
-    return path
 
 
 def render(config: str = "", *, variant: str = "plain") -> dict[str, Any]:
