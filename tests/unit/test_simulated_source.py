@@ -14,6 +14,8 @@ from guestload.cli.main import main
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.polling.poller import Poller
+from guestload.queries.cpustats import CpuStatsQuery
+from guestload.queries.osinfo import OSINFO, GuestOs
 from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.simulated import AGENT_AWAY_STEPS, BOOT_STEPS, STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
@@ -458,3 +460,26 @@ def test_probe_prints_simulated_vms(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split()[0] == "NAMESPACE"
     assert len(lines) == 5
     assert all(line.split()[-1] == "ok" for line in lines[1:])
+
+
+def test_windows_guests_answer_cpustats_as_the_windows_agent_does() -> None:
+    """One VM in ten runs Windows: its agent names the OS and has no CPU statistics."""
+    source = _source(FakeClock(), vms=40)
+    queries = (CpuStatsQuery(), OSINFO)
+    readings = {
+        domain.uuid: source.query_guest(domain.uuid, queries, 1.0)
+        for domain in source.list_running_domains()
+    }
+    windows = {
+        uuid
+        for uuid, reading in readings.items()
+        if isinstance(os := reading[OSINFO.name].value, GuestOs) and os.id == "mswindows"
+    }
+    assert 0 < len(windows) < len(readings)
+    for uuid, reading in readings.items():
+        cpu = reading[CpuStatsQuery.name]
+        if uuid in windows:
+            assert cpu.state is AgentState.UNSUPPORTED, cpu
+            assert "not currently supported" in cpu.detail
+        else:
+            assert cpu.state is AgentState.OK, cpu
