@@ -92,7 +92,7 @@ def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
                 errors += 1
             calls += 1
 
-    one_poll()  # first calls after connecting are slow (~250 ms): not steady state
+    one_poll()  # first calls after connecting are slow: not steady state
     calls = errors = 0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime

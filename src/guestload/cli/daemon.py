@@ -95,7 +95,7 @@ def readiness(poller: Poller, cache: MetricsCache) -> Callable[[], bool]:
     """``/readyz``: libvirt connected, and ``/metrics`` serving a successful poll's data.
 
     The poller counts as ready when its poll ends, before the cache has rendered the snapshot
-    (0.4 s at 10,000 VMs): readiness waits for the cache too.
+    (which takes a while at thousands of VMs): readiness waits for the cache too.
     """
     return lambda: poller.ready and cache.serves_successful_poll
 

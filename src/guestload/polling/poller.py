@@ -69,9 +69,9 @@ RECONNECT_INITIAL_SECONDS = 1.0
 class _Answers:
     """Collects the UUIDs of finished calls; wakes the poll thread once all have finished.
 
-    A wake-up per answer cost the poll thread a context switch per domain; now it sleeps until
-    the last call ends, or until its next check of the pending calls, and takes every answer
-    that came meanwhile in one go.
+    A wake-up per answer would cost the poll thread a context switch per domain; it sleeps
+    until the last call ends, or until its next check of the pending calls, and takes every
+    answer that came meanwhile in one go.
     """
 
     def __init__(self, calls: int) -> None:
@@ -650,8 +650,8 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
     A poll allocates objects for every domain, many of them alive until it ends. With the
     collector on, its full collections kept running while they piled up, each walking every
-    live object, so their cost grew faster than the domains (5 full collections in a first
-    poll of 10,000 domains, 10 at 20,000; docs/performance.md). Polls make no cyclic garbage
+    live object, so their cost grew faster than the domains (docs/performance.md, "First
+    poll"). Polls make no cyclic garbage
     of their own; cycles made meanwhile wait for the collector's next run after the poll.
     """
     if not gc.isenabled():

@@ -65,8 +65,8 @@ _HTTP_TO_HTTPS_RESPONSE = (
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
 ) % (len(_HTTP_TO_HTTPS_BODY), _HTTP_TO_HTTPS_BODY)
 #: How often the idle accept loop wakes to check for shutdown: bounds how long stopping waits
-#: for it. Each wake-up costs ~60 µs of CPU; at 0.1 s that was 0.6 ms of CPU a second, more
-#: than a poll of five VMs.
+#: for it. Each wake-up costs CPU while nobody scrapes; twice a second keeps it a small part
+#: of the exporter's fixed cost per poll (docs/performance.md).
 SHUTDOWN_POLL_SECONDS = 0.5
 #: How long a complete request waits for a free slot before it gets 503 (at most half the
 #: request timeout, so the 503 itself is still in time).
