@@ -358,11 +358,6 @@ class FairSlots:
         self._free = count
         self._waiters: deque[threading.Event] = deque()
 
-    @property
-    def free(self) -> int:
-        with self._lock:
-            return self._free
-
     def acquire(self, *, timeout: float) -> bool:
         with self._lock:
             if self._free > 0 and not self._waiters:
@@ -465,15 +460,6 @@ class ExporterServer(ThreadingHTTPServer):
     @property
     def slot_wait_seconds(self) -> float:
         return min(SLOT_WAIT_SECONDS, self.request_timeout / 2)
-
-    def slots_free(self) -> int:
-        """Slots not answering a request now."""
-        return self._slots.free
-
-    def open_count(self) -> int:
-        """Connections accepted and not closed yet."""
-        with self._open_lock:
-            return len(self._open)
 
     def take_slot(self) -> bool:
         """The current connection's request is complete: take a slot to answer it.
