@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guestload.web.negotiation import accepts_gzip
 from guestload.web.refusals import Refusal, RefusalLog
-from guestload.web.server import accepts_gzip
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,11 @@ from guestload.logs import LogfmtFormatter
 from guestload.model import Snapshot
 from guestload.settings import ListenAddress
 from guestload.web.basic_auth import BasicAuthenticator
+from guestload.web.limits import FairSlots, listen_backlog
 from guestload.web.refusals import Refusal, RefusalLog
 from guestload.web.reload import PLAIN_HTTP, WebSecurity
-from guestload.web.server import ExporterServer, FairSlots, WebApp, listen_backlog
+from guestload.web.routes import WebApp
+from guestload.web.server import ExporterServer
 from guestload.web.tls import ClientAuth, TlsSettings, build_ssl_context
 from guestload_lab.waiting import wait_until
 from tests.certs import TlsFiles, make_tls_files
@@ -262,6 +264,25 @@ def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
         for holder in holders:
             holder.join(timeout=5)
     assert limited.get("/metrics").status == 200
+
+
+def test_a_head_request_beyond_the_limit_gets_a_503_without_a_body(serve: Serve) -> None:
+    """The 503 was once written by hand, with its body even for HEAD."""
+    held = HeldReadiness()
+    limited = serve(max_requests=1, is_ready=held)
+    holder = threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
+    holder.start()
+    try:
+        held.wait_for_holders(1)
+        reply = limited.raw(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+    finally:
+        held.release.set()
+        holder.join(timeout=5)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert b"\r\nContent-Length: 26\r\n" in head  # the GET's body length, as HEAD says
+    assert b"\r\nRetry-After: 1\r\n" in head
+    assert body == b""
 
 
 def test_a_freed_slot_goes_to_a_waiting_request(serve: Serve) -> None:
