@@ -223,6 +223,26 @@ def _get_quietly(running: Running, path: str) -> None:
         running.get(path).read()
 
 
+@contextlib.contextmanager
+def _slots_held(serve: Serve, *, max_requests: int) -> Iterator[tuple[Running, HeldReadiness]]:
+    """A server whose every slot answers a /readyz held until ``held.release`` is set."""
+    held = HeldReadiness()
+    limited = serve(max_requests=max_requests, is_ready=held)
+    holders = [
+        threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
+        for _ in range(max_requests)
+    ]
+    for holder in holders:
+        holder.start()
+    try:
+        held.wait_for_holders(max_requests)
+        yield limited, held
+    finally:
+        held.release.set()
+        for holder in holders:
+            holder.join(timeout=5)
+
+
 def test_idle_connections_take_no_slot_and_are_cut_at_the_request_timeout(serve: Serve) -> None:
     limited = serve(max_requests=2)
     idle = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(4)]
@@ -242,13 +262,7 @@ def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
     serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A slot is held while a request is answered; /readyz is held here by a blocked check."""
-    held = HeldReadiness()
-    limited = serve(max_requests=2, is_ready=held)
-    holders = [threading.Thread(target=_get_quietly, args=(limited, "/readyz")) for _ in range(2)]
-    for holder in holders:
-        holder.start()
-    try:
-        held.wait_for_holders(2)
+    with _slots_held(serve, max_requests=2) as (limited, _):
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="guestload.web.refusals"):
             busy = limited.get("/metrics")
@@ -259,25 +273,13 @@ def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
         (record,) = [r for r in caplog.records if r.__dict__.get("reason") == "busy"]
         assert record.levelno == logging.WARNING
         assert record.name == "guestload.web.refusals"
-    finally:
-        held.release.set()
-        for holder in holders:
-            holder.join(timeout=5)
     assert limited.get("/metrics").status == 200
 
 
 def test_a_head_request_beyond_the_limit_gets_a_503_without_a_body(serve: Serve) -> None:
     """The 503 was once written by hand, with its body even for HEAD."""
-    held = HeldReadiness()
-    limited = serve(max_requests=1, is_ready=held)
-    holder = threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
-    holder.start()
-    try:
-        held.wait_for_holders(1)
+    with _slots_held(serve, max_requests=1) as (limited, _):
         reply = limited.raw(b"HEAD /metrics HTTP/1.0\r\n\r\n")
-    finally:
-        held.release.set()
-        holder.join(timeout=5)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
     assert b"\r\nContent-Length: 26\r\n" in head  # the GET's body length, as HEAD says
@@ -286,17 +288,9 @@ def test_a_head_request_beyond_the_limit_gets_a_503_without_a_body(serve: Serve)
 
 
 def test_a_freed_slot_goes_to_a_waiting_request(serve: Serve) -> None:
-    held = HeldReadiness()
-    limited = serve(max_requests=1, is_ready=held)
-    holder = threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
-    holder.start()
-    try:
-        held.wait_for_holders(1)
+    with _slots_held(serve, max_requests=1) as (limited, held):
         threading.Timer(limited.server.slot_wait_seconds / 4, held.release.set).start()
         assert limited.get("/metrics").status == 200
-    finally:
-        held.release.set()
-        holder.join(timeout=5)
 
 
 def test_too_many_open_connections_close_the_oldest_first(serve: Serve) -> None:
