@@ -30,7 +30,7 @@ from guestload.polling.poller import Poller
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery
 from guestload.settings import Settings, parse_duration
-from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener
 from guestload.sources.simulated import SimulatedSource
 
@@ -114,7 +114,11 @@ def run_case(
     poller.stop()
     thread.join(timeout=agent_timeout * 3 + interval)
     poller.close()
-    healthy = [u for u, b in source.behaviours().items() if b is AgentBehaviour.HEALTHY]
+    healthy = [
+        domain.uuid
+        for domain in source.list_running_domains()
+        if domain.metadata[AGENT_BEHAVIOUR_KEY] == AgentBehaviour.HEALTHY
+    ]
     gaps: list[float] = []
     missed = 0
     for uuid in healthy:

@@ -73,7 +73,8 @@ class DomainInventory:
     vcpu_count: int | None = None
     vcpus: tuple[VcpuStat, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
-    """Identity hints from the domain's XML metadata, e.g. ``kubevirt.uid``."""
+    """Identity hints from the domain's XML metadata, e.g. ``kubevirt.uid``; a simulated
+    domain also names its agent's behaviour (``guestload.simulated.agent``)."""
     host_stats: Mapping[str, object] = field(default_factory=dict)
     """Host stat name -> its value from the bulk listing, for each enabled host stat whose
     group the listing reported (:mod:`guestload.hoststats`)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import itertools
 import logging
 import queue
 import threading
@@ -76,8 +75,8 @@ class _Answers:
 
     def __init__(self, calls: int) -> None:
         self._uuids: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._last = calls - 1
-        self._finished = itertools.count()
+        self._lock = threading.Lock()
+        self._unfinished = calls
         self.all_finished = threading.Event()
         if calls == 0:
             self.all_finished.set()
@@ -85,7 +84,10 @@ class _Answers:
     def add(self, uuid: str, _future: object) -> None:
         """A call's done callback (any thread)."""
         self._uuids.put(uuid)
-        if next(self._finished) == self._last:  # atomic under the GIL
+        with self._lock:
+            self._unfinished -= 1
+            last = self._unfinished == 0
+        if last:
             self.all_finished.set()
 
     def take(self) -> Iterator[str]:
@@ -143,13 +145,16 @@ Readings = Mapping[str, QueryReading]
 
 @dataclass(slots=True)
 class _Call:
-    future: Future[Readings]
     queries: tuple[str, ...]
     """The names of the queries the call asks."""
     timeout: float
     """The agent timeout of each query of the call."""
-    started: list[float] = field(default_factory=list)
-    """Clock readings taken by the worker: when the call started and, once over, ended."""
+    future: Future[Readings] = field(init=False)
+    """Set once the call is submitted."""
+    started: float | None = None
+    """The clock when a worker began the call (set by the worker); None while queued."""
+    ended: float | None = None
+    """The clock when the call returned or raised (set by the worker)."""
 
 
 class Poller:
@@ -439,21 +444,16 @@ class Poller:
         return (0 if healthy else 2, track.last_call_seconds)
 
     def _submit(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
-        started: list[float] = []
+        record = _Call(queries=tuple(query.name for query in queries), timeout=timeout)
 
         def call() -> Readings:
-            started.append(self._clock())
+            record.started = self._clock()
             try:
                 return self._source.query_guest(uuid, queries, timeout)
             finally:
-                started.append(self._clock())
+                record.ended = self._clock()
 
-        record = _Call(
-            future=self._workers.submit(call),
-            queries=tuple(query.name for query in queries),
-            timeout=timeout,
-            started=started,
-        )
+        record.future = self._workers.submit(call)
         self._in_flight[uuid] = record
         return record
 
@@ -488,12 +488,12 @@ class Poller:
                 # Each query of the call may take the agent timeout.
                 grace = min(CALL_GRACE_SECONDS, call.timeout)
                 call_limit = call.timeout * len(call.queries) + grace
-                if call.started and now - call.started[0] > call_limit:
+                if call.started is not None and now - call.started > call_limit:
                     reading = QueryReading(
                         state=AgentState.TIMEOUT, detail=f"no answer within {call.timeout:g}s"
                     )
                     self._note_duration(uuid, call)
-                elif now >= budget_end and not call.started:
+                elif now >= budget_end and call.started is None:
                     # Never started: drop it, or it would delay the next poll's calls too.
                     if call.future.cancel():
                         self._in_flight.pop(uuid, None)
@@ -509,10 +509,11 @@ class Poller:
 
     def _note_duration(self, uuid: str, call: _Call) -> None:
         track = self._tracks.get(uuid)
-        if track is not None and call.started:
+        started = call.started
+        if track is not None and started is not None:
             track.asked = True
-            ended = call.started[1] if len(call.started) > 1 else self._clock()
-            track.last_call_seconds = ended - call.started[0]
+            ended = call.ended if call.ended is not None else self._clock()
+            track.last_call_seconds = ended - started
 
     @staticmethod
     def _result(call: _Call) -> Readings:

@@ -107,7 +107,6 @@ class CpuStatsQuery(GuestQuery):
 
     name = "cpustats"
     agent_command = "guest-get-cpustats"
-    max_reply_chars = MAX_REPLY_CHARS
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:

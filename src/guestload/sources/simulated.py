@@ -55,7 +55,7 @@ from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.queries.registry import QueryRegistration, QueryRegistry
 from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
-from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener
 
 STEP_SECONDS = 5.0
@@ -170,9 +170,12 @@ class _Vm:
         self.uuid = str(UUID(int=draws[0] << 64 | draws[1], version=4))
         namespace = NAMESPACES[draws[2] % len(NAMESPACES)]
         self.domain_name = f"{namespace}_vm-{index:05d}-{draws[2] >> 32:08x}"
-        self.inventory_metadata: Mapping[str, str] = {KUBEVIRT_UID_KEY: self.uuid}
         self.vcpus = _vcpu_count(_unit(draws[3]))
         self.behaviour = failures.behaviour(_unit(draws[4]))
+        self.inventory_metadata: Mapping[str, str] = {
+            KUBEVIRT_UID_KEY: self.uuid,
+            AGENT_BEHAVIOUR_KEY: self.behaviour.value,
+        }
         profile = _unit(draws[5])
         # Most VMs idle along, some are busy, a few run more tasks than they have vCPUs.
         if profile < 0.7:
@@ -445,11 +448,6 @@ class SimulatedSource:
         }
 
     # -- simulation -------------------------------------------------------------------------
-
-    def behaviours(self) -> dict[str, AgentBehaviour]:
-        """UUID -> agent behaviour of every VM running now (for tests and benchmarks)."""
-        with self._lock:
-            return {uuid: vm.behaviour for uuid, vm in self._vms.items()}
 
     def _wall_seconds(self, step: int) -> float:
         """The Unix time of ``step``: the guests' statistics are as fresh as the step."""
