@@ -382,7 +382,8 @@ def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
     states = Counter(state_of(d) for d in snapshot.domains)
     hung = sum(b is AgentBehaviour.HUNG for b in source.behaviours().values())
     assert states == {AgentState.OK: 50 - hung, AgentState.TIMEOUT: hung}
-    assert snapshot.build_info["load_method"] == "simulated"
+    assert snapshot.source is not None
+    assert snapshot.source.load_method == "simulated"
 
 
 def test_cli_selects_the_simulated_source() -> None:

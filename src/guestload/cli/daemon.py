@@ -8,7 +8,6 @@ import platform
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from types import FrameType
 from typing import Final
 
@@ -19,7 +18,6 @@ from guestload import __version__
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityResolver, metadata_readers_for
-from guestload.model import Snapshot
 from guestload.polling.poller import Poller
 from guestload.settings import Settings, SourceKind, format_duration
 from guestload.sources.kubevirt_sockets import SocketGlobSource
@@ -54,19 +52,6 @@ def make_source(settings: Settings) -> Source:
     )
 
 
-def with_socket_health(
-    publish: Callable[[Snapshot], None], source: Source, identity: IdentityResolver
-) -> Callable[[Snapshot], None]:
-    """``publish``, with each libvirt socket's health added to snapshots in KubeVirt node mode."""
-    if not isinstance(source, SocketGlobSource):
-        return publish
-
-    def publish_with_health(snapshot: Snapshot) -> None:
-        publish(replace(snapshot, sockets=source.socket_health(identity.resolve)))
-
-    return publish_with_health
-
-
 def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
     """A poller of ``source`` that publishes each snapshot to ``cache`` (if any)."""
     identity = IdentityResolver(
@@ -82,17 +67,13 @@ def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) 
         agent_timeout_seconds=settings.agent_timeout_seconds,
         concurrency=settings.concurrency,
         agent_backoff_max_seconds=settings.agent_backoff_max_seconds,
-        on_snapshot=(
-            with_socket_health(cache.update, source, identity)
-            if cache is not None
-            else (lambda _snapshot: None)
-        ),
+        on_snapshot=cache.update if cache is not None else (lambda _snapshot: None),
         build_info={"python_version": platform.python_version()},
     )
 
 
 def readiness(poller: Poller, cache: MetricsCache) -> Callable[[], bool]:
-    """``/readyz``: libvirt connected, and ``/metrics`` serving a successful poll's data.
+    """``/readyz``: the hypervisor connected, and ``/metrics`` serving a successful poll's data.
 
     The poller counts as ready when its poll ends, before the cache has rendered the snapshot
     (0.4 s at 10,000 VMs): readiness waits for the cache too.
