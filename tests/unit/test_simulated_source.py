@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
-from guestload.cli.daemon import make_source
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.cli.main import main
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.polling.poller import Poller
 from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.catalog import make_source
 from guestload.sources.simulated import AGENT_AWAY_STEPS, BOOT_STEPS, STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
 

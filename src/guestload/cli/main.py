@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from guestload.cli.bundle import print_bundle
-from guestload.cli.daemon import make_poller, make_source, run
+from guestload.cli.daemon import make_poller, run
 from guestload.cli.flags import EXIT_USAGE, build_parser, settings_from_args
 from guestload.cli.probe import print_probe
 from guestload.logs import configure_logging
 from guestload.settings import SettingsError
+from guestload.sources.catalog import make_source
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebConfigReloader
 

@@ -1,9 +1,10 @@
 """What the poller needs from a hypervisor: the contract every source implements.
 
 A source is a kind of hypervisor connection (libvirt at one URI, one libvirt daemon per
-KubeVirt socket, simulated VMs). Everything particular to its kind stays behind this contract:
-what it knows about itself reaches generic code as typed values
-(:class:`~guestload.model.SourceFacts`, :class:`~guestload.model.ConnectionHealth`).
+KubeVirt socket, simulated VMs; :mod:`guestload.sources.catalog` builds the one the settings
+select). Everything particular to its kind stays behind this contract: what it knows about
+itself reaches generic code as typed values (:class:`~guestload.model.SourceFacts`,
+:class:`~guestload.model.ConnectionHealth`).
 """
 
 from __future__ import annotations
