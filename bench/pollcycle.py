@@ -83,6 +83,9 @@ class AnswerLog:
     def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
         return self.source.connection_health(identify)
 
+    def unreachable_advice(self, error: str) -> str:
+        return self.source.unreachable_advice(error)
+
 
 def run_case(
     *,

@@ -96,6 +96,9 @@ class FakeSource:
         del identify
         return None
 
+    def unreachable_advice(self, error: str) -> str:
+        return f"check the fake ({error})\n"
+
 
 def domain(
     uuid: str, name: str | None = None, *, vcpus: int = 1, metadata: Mapping[str, str] | None = None

@@ -46,3 +46,4 @@ def test_node_mode_reports_each_connection_and_one_uri_reports_none() -> None:
     single = make_source(settings("--libvirt.uri", "test:///default"))
     assert single.connection_health(lambda _inventory: pytest.fail("no socket")) is None
     assert single.facts().uri == "test:///default"
+    assert single.unreachable_advice("refused").startswith("libvirt at test:///default ")

@@ -29,9 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"guestload: error: {error}\n")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     if args.command == "probe":
+        source = make_source(settings)
         return print_probe(
-            make_poller(settings, make_source(settings), None),
-            uri=settings.libvirt_uri,
+            make_poller(settings, source, None),
+            advice=source.unreachable_advice,
             output=args.output,
         )
     web_config = None

@@ -290,6 +290,11 @@ class SocketGlobSource:
             uri=socket_uri(self._uri_template, self._socket_glob),
         )
 
+    def unreachable_advice(self, error: str) -> str:
+        """Nothing: watching a glob never fails as a whole; each socket's failures are logged."""
+        del error
+        return ""
+
     # -- internals ----------------------------------------------------------------------
 
     def _try_connect(self, member: _Member) -> bool:

@@ -46,6 +46,7 @@ from guestload.model import (
 from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery, run_queries
+from guestload.sources import libvirt_advice
 from guestload.sources.event_loop import EventLoop
 from guestload.sources.protocol import EventListener, Identify, SourceUnavailableError
 
@@ -437,6 +438,10 @@ class LibvirtSource:
         """None: one connection, whose health the poller knows."""
         del identify
         return None
+
+    def unreachable_advice(self, error: str) -> str:
+        """What to check about the daemon, its socket and the user's access to it."""
+        return libvirt_advice.unreachable_advice(self._uri, error)
 
     def _live_session(self) -> _Session:
         session = self._session

@@ -4,7 +4,7 @@ A source is a kind of hypervisor connection (libvirt at one URI, one libvirt dae
 KubeVirt socket, simulated VMs; :mod:`guestload.sources.catalog` builds the one the settings
 select). Everything particular to its kind stays behind this contract: what it knows about
 itself reaches generic code as typed values (:class:`~guestload.model.SourceFacts`,
-:class:`~guestload.model.ConnectionHealth`).
+:class:`~guestload.model.ConnectionHealth`), and what to check when it cannot connect as text.
 """
 
 from __future__ import annotations
@@ -71,3 +71,7 @@ class Source(Protocol):
 
         ``identify`` names the VM of the domain a connection listed last.
         """
+
+    def unreachable_advice(self, error: str) -> str:
+        """What a person should check when :meth:`connect` failed with ``error``: lines
+        ending in a newline, or ``""`` when the source has nothing to add."""

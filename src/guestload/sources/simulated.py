@@ -451,6 +451,11 @@ class SimulatedSource:
         del identify
         return None
 
+    def unreachable_advice(self, error: str) -> str:
+        """Nothing: the simulation is always reachable."""
+        del error
+        return ""
+
     # -- simulation -------------------------------------------------------------------------
 
     def behaviours(self) -> dict[str, AgentBehaviour]:
