@@ -142,5 +142,7 @@ def run(settings: Settings, *, web_config: WebConfigReloader | None = None) -> i
         },
     )
     if os.geteuid() == 0:
-        log.warning("running as root; guestload needs only read-write access to the libvirt socket")
+        log.warning(
+            "running as root; guestload needs only read-write access to the hypervisor's socket"
+        )
     return serve(settings, source, web_config=web_config)
