@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from guestload.cli.daemon import make_poller, make_source
+from guestload.cli.daemon import make_poller
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
+from guestload.sources.catalog import make_source
 from guestload_lab.libvirtd import TestDriverLibvirtd
 from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 
-from guestload.cli.daemon import make_source
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.cli.main import main
 from guestload.identity import IdentityResolver
@@ -17,6 +16,7 @@ from guestload.polling.poller import Poller
 from guestload.queries.cpustats import CpuStatsQuery
 from guestload.queries.osinfo import OSINFO, GuestOs
 from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.catalog import make_source
 from guestload.sources.simulated import AGENT_AWAY_STEPS, BOOT_STEPS, STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
 
@@ -393,7 +393,8 @@ def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
     states = Counter(state_of(d) for d in snapshot.domains)
     hung = sum(b is AgentBehaviour.HUNG for b in _behaviours(source).values())
     assert states == {AgentState.OK: 50 - hung, AgentState.TIMEOUT: hung}
-    assert snapshot.build_info["load_method"] == "simulated"
+    assert snapshot.source is not None
+    assert snapshot.source.load_method == "simulated"
 
 
 def test_cli_selects_the_simulated_source() -> None:

@@ -54,7 +54,7 @@ def _fields(reply: Reply) -> dict[str, str]:
             "/readyz",
             False,
             HTTPStatus.SERVICE_UNAVAILABLE,
-            b"not ready: libvirt not connected or no successful poll yet\n",
+            b"not ready: hypervisor connection down or no successful poll yet\n",
         ),
         ("/nope", False, HTTPStatus.NOT_FOUND, b"not found\n"),
         ("/metrics/", False, HTTPStatus.NOT_FOUND, b"not found\n"),

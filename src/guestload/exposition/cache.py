@@ -107,7 +107,7 @@ class MetricsCache:
 
     @property
     def serves_successful_poll(self) -> bool:
-        """True while scrapes get a snapshot of a successful poll with libvirt up.
+        """True while scrapes get a successful poll's snapshot, the hypervisor connection up.
 
         Set once :meth:`update` has handed the snapshot over, so every format a scrape can ask
         for (rendered now or on its first request) carries that poll's data.

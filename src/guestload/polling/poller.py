@@ -1,7 +1,7 @@
 """Polls a source on a schedule and turns what it finds into snapshots.
 
-Guest-agent calls are the risky part: libvirt runs one agent call per domain at a time and a
-call to a hung agent can block for a long time. So each poll makes one worker call per domain
+Guest-agent calls are the risky part: the hypervisor runs one agent call per domain at a time
+and a call to a hung agent can block for a long time. So each poll makes one worker call per domain
 that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls run in a bounded
 worker pool, a domain never has two calls outstanding (a call still running makes its queries
 ``timeout`` instead of queueing another), answers from calls that overran are discarded, and a
@@ -43,6 +43,7 @@ from guestload.model import (
     Identity,
     QueryReading,
     Snapshot,
+    SourceFacts,
 )
 from guestload.polling.workers import DaemonPool
 from guestload.queries.query import GuestQuery, Refresh
@@ -184,6 +185,7 @@ class Poller:
         self._backoff_max = agent_backoff_max_seconds
         self._on_snapshot = on_snapshot
         self._build_info = dict(build_info)
+        self._facts: SourceFacts | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._workers = DaemonPool(workers=concurrency, name="guestload-agent")
@@ -228,7 +230,7 @@ class Poller:
         """
         self._source.connect()
         self._connected = True
-        self._build_info.update(self._source.describe())
+        self._facts = self._source.facts()
 
     def close(self) -> None:
         """Release the worker pool (calls still running are abandoned) and the source."""
@@ -314,7 +316,7 @@ class Poller:
     # -- internals ----------------------------------------------------------------------
 
     def _absorb_events(self, events: Sequence[DomainEvent]) -> tuple[set[str], bool]:
-        """Apply what events tell without asking libvirt.
+        """Apply what events tell without asking the hypervisor.
 
         Returns the domains to read now, and whether any series went away.
         """
@@ -630,7 +632,9 @@ class Poller:
             last_success_timestamp_seconds=self._last_success,
             agent_calls_total=dict(self._agent_calls),
             build_info=dict(self._build_info),
+            source=self._facts,
             identity_conflicts=len(conflicts),
+            connections=self._source.connection_health(self._identity.resolve),
         )
         self._on_snapshot(snapshot)
         return snapshot

@@ -37,10 +37,12 @@ from guestload.hoststats.hoststat import HostStat, Kept, fold_values
 from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
+    ConnectionHealth,
     DomainEvent,
     DomainInventory,
     EventKind,
     QueryReading,
+    SourceFacts,
     VcpuStat,
     VcpuState,
 )
@@ -56,7 +58,7 @@ from guestload.queries.query import GuestQuery, run_queries
 from guestload.queries.registry import QueryRegistration, QueryRegistry
 from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
 from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
-from guestload.sources.protocol import EventListener
+from guestload.sources.protocol import EventListener, Identify
 
 STEP_SECONDS = 5.0
 """The kernel recomputes its load averages every 5 s; the simulation moves in the same steps."""
@@ -437,15 +439,25 @@ class SimulatedSource:
     def set_event_listener(self, listener: EventListener | None) -> None:
         self._listener = listener
 
-    def describe(self) -> Mapping[str, str]:
+    def facts(self) -> SourceFacts:
         """The same facts as the libvirt source, saying the hypervisor is simulated."""
         simulation = self._simulation
-        return {
-            "libvirt_library_version": "none",
-            "libvirt_daemon_version": "none",
-            "load_method": "simulated",
-            "uri": f"simulated:///?vms={simulation.vms}&seed={simulation.seed}",
-        }
+        return SourceFacts(
+            library_version="none",
+            daemon_version="none",
+            load_method="simulated",
+            uri=f"simulated:///?vms={simulation.vms}&seed={simulation.seed}",
+        )
+
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
+        """None: one simulated hypervisor."""
+        del identify
+        return None
+
+    def unreachable_advice(self, error: str) -> str:
+        """Nothing: the simulation is always reachable."""
+        del error
+        return ""
 
     # -- simulation -------------------------------------------------------------------------
 

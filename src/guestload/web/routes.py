@@ -42,7 +42,7 @@ def route(app: WebApp, target: str, headers: Message) -> Reply:
             return text_reply(HTTPStatus.OK, "ready\n")
         return text_reply(
             HTTPStatus.SERVICE_UNAVAILABLE,
-            "not ready: libvirt not connected or no successful poll yet\n",
+            "not ready: hypervisor connection down or no successful poll yet\n",
         )
     return text_reply(HTTPStatus.NOT_FOUND, "not found\n")
 
