@@ -4,7 +4,8 @@ Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from t
 (``guestload_lab``), then alternates two phases of ``--seconds`` each, ``--rounds`` times:
 
 * bare loop: a separate Python process that, every ``--interval``, makes the calls a poll
-  makes — one ``getAllDomainStats(STATE|VCPU, RUNNING|NOWAIT)`` and one
+  makes — one ``getAllDomainStats(STATE|VCPU|BALLOON|BLOCK, RUNNING|NOWAIT)`` (the groups
+  of the default host stats) and one
   ``guestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)`` per domain (after setting the agent response
   timeout once) — and nothing else;
 * exporter: ``guestload serve`` against the same daemon, polling every ``--interval``, with
@@ -64,7 +65,12 @@ TARGET_CPUSTATS_RATIO = 1.3
 """Poll cost per domain with guest CPU times over the cost with the load alone."""
 EXPORTER_PHASES = {"exporter": (), "exporter_load_only": ("--no-collector.guest-cpu",)}
 """Exporter phases and the extra flags each runs with."""
-_STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+_STATS_GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
 _STATS_FLAGS = (
     libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
     | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
@@ -92,7 +98,7 @@ def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
                 errors += 1
             calls += 1
 
-    one_poll()  # first calls after connecting are slow (~250 ms): not steady state
+    one_poll()  # first calls after connecting are slow: not steady state
     calls = errors = 0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime

@@ -25,13 +25,20 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, format_table, write_results
 from guestload.identity import IdentityResolver
-from guestload.model import AgentState, DomainInventory, QueryReading, Snapshot
+from guestload.model import (
+    AgentState,
+    ConnectionHealth,
+    DomainInventory,
+    QueryReading,
+    Snapshot,
+    SourceFacts,
+)
 from guestload.polling.poller import Poller
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery
 from guestload.settings import Settings, parse_duration
-from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
-from guestload.sources.protocol import EventListener
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.protocol import EventListener, Identify
 from guestload.sources.simulated import SimulatedSource
 
 LATE_FACTOR = 1.1
@@ -70,8 +77,14 @@ class AnswerLog:
     def set_event_listener(self, listener: EventListener | None) -> None:
         self.source.set_event_listener(listener)
 
-    def describe(self) -> Mapping[str, str]:
-        return self.source.describe()
+    def facts(self) -> SourceFacts:
+        return self.source.facts()
+
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
+        return self.source.connection_health(identify)
+
+    def unreachable_advice(self, error: str) -> str:
+        return self.source.unreachable_advice(error)
 
 
 def run_case(
@@ -114,7 +127,11 @@ def run_case(
     poller.stop()
     thread.join(timeout=agent_timeout * 3 + interval)
     poller.close()
-    healthy = [u for u, b in source.behaviours().items() if b is AgentBehaviour.HEALTHY]
+    healthy = [
+        domain.uuid
+        for domain in source.list_running_domains()
+        if domain.metadata[AGENT_BEHAVIOUR_KEY] == AgentBehaviour.HEALTHY
+    ]
     gaps: list[float] = []
     missed = 0
     for uuid in healthy:

@@ -70,7 +70,8 @@ def poll_snapshots(vms: int) -> tuple[Snapshot, Snapshot]:
     source = SimulatedSource(simulation=Simulation(vms=vms), clock=clock, churn_thread=False)
     source.connect()
     resolver = IdentityResolver(node="bench-node", default_namespace="libvirt")
-    build_info = {"python_version": platform.python_version(), **source.describe()}
+    build_info = {"python_version": platform.python_version()}
+    facts = source.facts()
     snapshots = []
     for poll in (1, 2):
         domains = []
@@ -98,6 +99,7 @@ def poll_snapshots(vms: int) -> tuple[Snapshot, Snapshot]:
                 last_success_timestamp_seconds=time.time(),
                 agent_calls_total=calls,
                 build_info=build_info,
+                source=facts,
             )
         )
         clock.now += INTERVAL_SECONDS

@@ -47,8 +47,13 @@ INPUT_GAUGES = (
     "kubevirt_vmi_guest_load_1m",
     "kubevirt_vmi_guest_load_5m",
     "guestload_guest_cpu_last_poll_ratio",
+    "guestload_guest_os_info",
+    "guestload_disk_last_poll_requests_per_second",
+    "guestload_disk_last_poll_bytes_per_second",
+    "guestload_disk_throttle_iops",
+    "guestload_disk_throttle_bytes_per_second",
 )
-"""The gauges the recording rules read."""
+"""The gauges the recording rules read (a disk's or the OS's series, maxed per VM)."""
 
 
 def reference_rule_file(path: Path, *, window: str) -> Path:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind
-from guestload.simulation import AgentBehaviour, Simulation
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, Simulation
 from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
 
 VmKey = tuple[str, str]
@@ -137,7 +137,6 @@ class PopulationReplay:
         return started is not None and started <= step < self.stopped.get(key, step + 1)
 
     def _record(self, step: int) -> None:
-        behaviours = None
         running: set[VmKey] = set()
         for domain in self._source.list_running_domains():
             key = self._keys.get(domain.uuid)
@@ -147,9 +146,8 @@ class PopulationReplay:
                 self._keys[domain.uuid] = key
                 self.started[key] = step
                 self.uuids[key] = domain.uuid
-                if behaviours is None:
-                    behaviours = self._source.behaviours()
-                self.behaviours[key] = behaviours[domain.uuid]
+                behaviour = domain.metadata[AGENT_BEHAVIOUR_KEY]
+                self.behaviours[key] = AgentBehaviour(behaviour)
             running.add(key)
         for key in self._running - running:
             self.stopped[key] = step

@@ -6,10 +6,11 @@ folders are bind-mounted over ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/lib
 ``/var/log/libvirt`` and ``/var/cache/libvirt``. The host's libvirt files stay untouched, and
 two private daemons (one per test session, say) never share the QEMU driver's state
 directories, so they can run at the same time. Only the QEMU capability cache is shared
-between daemons (``cache_dir``): probing QEMU costs ~13 s, reading the cache ~0.1 s.
+between daemons (``cache_dir``): probing QEMU takes seconds, reading the cache a fraction of
+one.
 
 QEMU runs as root by default: with ``/dev/kvm`` readable by root only, a daemon running QEMU
-as ``libvirt-qemu`` re-probes QEMU's capabilities on every API call (~4 s each).
+as ``libvirt-qemu`` re-probes QEMU's capabilities on every API call (seconds each).
 ``qemu_as_root=False`` exists to show that pitfall; QEMU then also needs read access to the
 kernel, initramfs and serial-log paths it is given.
 

@@ -478,17 +478,12 @@ class LabVm:
         ``period`` seconds, the first burst at once: a bursty guest. Returns the loop's pid.
 
         Bursts start on a fixed schedule (``period`` apart, however long stress-ng takes to
-        stop). Measured 2026-12-06 on two 1-vCPU TCG guests side by side (qemu-ga 10.0, Linux
-        load average read every 2 s; ``python -m guestload_lab.bursts``), 30-s bursts every
-        300 s, first and second burst:
-
-        - 16 workers (the default): load.1m peaks at 6.35 and 7.04, 28-34 s after the burst's
-          start; load.5m at 1.55 and 2.30; load.1m is below 1 again 113 s after a burst ends.
-        - 32 workers: load.1m peaks at 12.49 and 11.01 (briefly past 10 + 1 vCPU); load.5m at
-          3.18 and 3.75; load.1m below 1 again 159 s after the burst.
-
-        With the defaults the guest has 16 x 30 / 300 = 1.6 runnable tasks per period on
-        average; of the measured load.5m peaks (1.55, 2.30) only the second passes 2 per vCPU.
+        stop). With the defaults the guest has 16 x 30 / 300 = 1.6 runnable tasks per period on
+        average. The kernel's averages make a burst of n tasks lasting t seconds lift load.1m by
+        n(1 - e^(-t/60)) and load.5m by n(1 - e^(-t/300)), on top of what is left of earlier
+        bursts: 6.3 and 1.5 for 16 workers and 30 s, 12.6 and 3.0 for 32. So with the defaults
+        load.1m stays under 10 and load.5m passes 2 per vCPU only with an earlier burst's rest;
+        ``python -m guestload_lab.bursts`` measures the peaks on real guests.
         """
         if burst_seconds < 1 or period <= burst_seconds or workers < 1:
             raise ValueError("a burst lasts at least 1 s, less than its period, with 1+ workers")

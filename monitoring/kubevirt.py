@@ -3,7 +3,7 @@
 From v1.6.4 (and v1.7.0) KubeVirt's virt-handler exports ``kubevirt_vmi_guest_load_*`` and its
 PrometheusRule records a vCPU count and a queue and alerts on the queue with the alert names
 guestload uses. The variant holds the same rules and alerts as ``guestload.rules.yml``, read
-from whichever job exports the series, with three differences:
+from whichever job exports the series, with four differences:
 
 - the two records whose names KubeVirt also writes (the vCPU count and the queue) get names
   of guestload's own, so no series is written by two rules;
@@ -11,7 +11,12 @@ from whichever job exports the series, with three differences:
   once, whatever the cause; GuestIOStall names an I/O stall) and stand down for a VM while
   KubeVirt's alert of the same name has it above its threshold, so one alert per VM and
   condition fires whichever rule matches;
-- every alert carries KubeVirt's ``operator_health_impact: none`` label.
+- every alert carries KubeVirt's ``operator_health_impact: none`` label;
+- every KubeVirt series is read with the VM's namespace from ``exported_namespace`` where a
+  scrape that does not honor labels moved it there (kubevirt-observability-controller v0.0.2
+  exports virt-handler's guest series again with ``--enable-vmstats``, and its
+  ServiceMonitor does so), so such a copy merges with virt-handler's instead of standing for
+  a VM of the exporter's namespace.
 """
 
 from __future__ import annotations
@@ -71,12 +76,35 @@ VM_KEY: Final = "namespace, name"
 
 GROUP_PREFIX: Final = "guestload-kubevirt"
 
+EXPORTED_NAMESPACE: Final = "exported_namespace"
+"""Where Prometheus keeps a series' own ``namespace`` when its scrape sets the target's."""
+
+_RAW_SERIES: Final = re.compile(
+    r"(?<![\w:])(?:rate\((?P<range>(?P<ranged>kubevirt_vmi_\w+)(?:\{[^}]*\})?\[\w+\])\)"
+    r"|(?P<instant>(?P<name>kubevirt_vmi_\w+)(?:\{[^}]*\})?(?: offset \w+)?)(?![\w:\[]))"
+)
+"""A KubeVirt series as the rules read it: ``rate(name{...}[w])`` or ``name{...} offset d``."""
+
 
 def rename(expr: str) -> str:
     """*expr* with every metric of :data:`RENAMED` replaced by the variant's name."""
     for old, new in RENAMED.items():
         expr = re.sub(rf"(?<![\w:]){re.escape(old)}(?![\w:])", new, expr)
     return expr
+
+
+def vm_namespace(expr: str) -> str:
+    """*expr* with each KubeVirt series (not KubeVirt's records) in ``label_replace``, which
+    sets ``namespace`` to ``exported_namespace`` where that is not empty."""
+
+    def wrap(match: re.Match[str]) -> str:
+        name = match["ranged"] or match["name"]
+        if name in KUBEVIRT_RECORDS:
+            return match[0]
+        inner = f"rate({match['range']})" if match["range"] else match["instant"]
+        return f'label_replace({inner}, "namespace", "$1", "{EXPORTED_NAMESPACE}", "(.+)")'
+
+    return _RAW_SERIES.sub(wrap, expr)
 
 
 def kubevirt_alert_fires(alert: str) -> str:
@@ -103,11 +131,12 @@ def build_kubevirt_groups(settings: Settings) -> tuple[RuleGroup, ...]:
             if isinstance(rule, RecordingRule):
                 rules.append(
                     RecordingRule(
-                        record=RENAMED.get(rule.record, rule.record), expr=rename(rule.expr)
+                        record=RENAMED.get(rule.record, rule.record),
+                        expr=vm_namespace(rename(rule.expr)),
                     )
                 )
                 continue
-            expr = rename(rule.expr)
+            expr = vm_namespace(rename(rule.expr))
             if rule.alert in KUBEVIRT_THRESHOLDS:
                 expr = _queue_alert(rule.alert, settings)
             rules.append(

@@ -829,6 +829,7 @@ def _exporter_alerts(settings: Settings) -> list[AlertingRule]:
     selector = settings.exporter_selector
     down = settings.alert("GuestloadExporterDown")
     libvirt = settings.alert("GuestloadLibvirtDown")
+    socket = settings.alert("GuestloadLibvirtSocketDown")
     unavailable = settings.alert("GuestLoadUnavailable")
     return [
         AlertingRule(
@@ -856,6 +857,28 @@ def _exporter_alerts(settings: Settings) -> list[AlertingRule]:
                 "exports no guest load or vCPU series for the VMs on that host."
             ),
             runbook_url=settings.runbook_url("GuestloadLibvirtDown"),
+        ),
+        # KubeVirt node mode: one daemon per virt-launcher pod; the series goes with the pod.
+        AlertingRule(
+            alert="GuestloadLibvirtSocketDown",
+            expr=f"guestload_libvirt_socket_up{{{selector}}} == 0",
+            for_=socket.for_.value,
+            severity=socket.severity,
+            # namespace and name stay empty until the daemon has listed its domain once.
+            summary=(
+                "The libvirt daemon of {{ with $labels.name }}VM {{ $labels.namespace }}/"
+                "{{ . }}'s{{ else }}a{{ end }} virt-launcher pod does not answer."
+            ),
+            description=(
+                "The guestload exporter {{ $labels.instance }} has had no answer for "
+                f"{socket.for_.value} from the libvirt daemon behind socket "
+                "{{ $labels.socket }} (pod UID {{ $labels.pod_uid }}"
+                "{{ with $labels.name }}, last seen running VM {{ $labels.namespace }}/{{ . }}"
+                "{{ else }}, which has not named its VM yet{{ end }}; "
+                f"guestload_libvirt_socket_up = {_VALUE_TEXT}): it exports no guest load or "
+                "vCPU series for that VM; the node's other VMs are not affected."
+            ),
+            runbook_url=settings.runbook_url("GuestloadLibvirtSocketDown"),
         ),
         # "unless" keeps quiet when another job (KubeVirt's virt-handler) has the VM's load.
         AlertingRule(

@@ -52,6 +52,8 @@
     guestloadExporterDownFor: '5m',
     // alerts.GuestloadLibvirtDown.for
     guestloadLibvirtDownFor: '5m',
+    // alerts.GuestloadLibvirtSocketDown.for
+    guestloadLibvirtSocketDownFor: '5m',
     // alerts.GuestLoadUnavailable.for
     guestLoadUnavailableFor: '1h',
     // Tags of the dashboards.

@@ -47,6 +47,7 @@
       guestVCPUHostContentionLoadPerVcpu: number(c.guestVCPUHostContentionLoadPerVcpu),
       guestloadExporterDownFor: c.guestloadExporterDownFor,
       guestloadLibvirtDownFor: c.guestloadLibvirtDownFor,
+      guestloadLibvirtSocketDownFor: c.guestloadLibvirtSocketDownFor,
       guestLoadUnavailableFor: c.guestLoadUnavailableFor,
     },
 }

@@ -549,6 +549,19 @@ function(c)
               },
             },
             {
+              alert: 'GuestloadLibvirtSocketDown',
+              expr: 'guestload_libvirt_socket_up{' + v.guestloadSelector + '} == 0',
+              [if v.guestloadLibvirtSocketDownFor != '0s' then 'for']: v.guestloadLibvirtSocketDownFor,
+              labels: {
+                severity: 'warning',
+              },
+              annotations: {
+                summary: "The libvirt daemon of {{ with $labels.name }}VM {{ $labels.namespace }}/{{ . }}'s{{ else }}a{{ end }} virt-launcher pod does not answer.",
+                description: 'The guestload exporter {{ $labels.instance }} has had no answer for ' + v.guestloadLibvirtSocketDownFor + " from the libvirt daemon behind socket {{ $labels.socket }} (pod UID {{ $labels.pod_uid }}{{ with $labels.name }}, last seen running VM {{ $labels.namespace }}/{{ . }}{{ else }}, which has not named its VM yet{{ end }}; guestload_libvirt_socket_up = {{ $value | printf \"%.2f\" }}): it exports no guest load or vCPU series for that VM; the node's other VMs are not affected.",
+                runbook_url: std.format(c.runbookURLPattern, "GuestloadLibvirtSocketDown"),
+              },
+            },
+            {
               alert: 'GuestLoadUnavailable',
               expr: std.join('\n', [
                 'guestload_agent_state{' + v.guestloadSelector + ', query="load", state!="ok"} == 1',
@@ -579,7 +592,7 @@ function(c)
               expr: std.rstripChars(|||
                 count by (namespace, name, node) (
                   count by (namespace, name, node, id) (
-                    kubevirt_vmi_vcpu_seconds_total{state!~"(?i)offline"}
+                    label_replace(kubevirt_vmi_vcpu_seconds_total{state!~"(?i)offline"}, "namespace", "$1", "exported_namespace", "(.+)")
                   )
                 )
               |||, '\n'),
@@ -588,14 +601,14 @@ function(c)
               record: 'namespace_name_node:guestload_guest_load_semantics:info',
               expr: std.rstripChars(|||
                 label_replace(
-                  group by (namespace, name, node) (kubevirt_vmi_guest_load_1m)
+                  group by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_1m, "namespace", "$1", "exported_namespace", "(.+)"))
                     and on (namespace, name, node)
                   group by (namespace, name, node) (guestload_guest_os_info{id="mswindows"}),
                   "semantics", "windows", "", ""
                 )
                 or
                 label_replace(
-                  group by (namespace, name, node) (kubevirt_vmi_guest_load_1m)
+                  group by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_1m, "namespace", "$1", "exported_namespace", "(.+)"))
                     unless on (namespace, name, node)
                   group by (namespace, name, node) (guestload_guest_os_info{id="mswindows"}),
                   "semantics", "linux", "", ""
@@ -607,14 +620,14 @@ function(c)
               expr: std.join('\n', [
                 'group by (namespace, name, node) (namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"})',
                 '  unless on (namespace, name, node)',
-                'group by (namespace, name, node) (kubevirt_vmi_guest_load_1m offset ' + v.windowsLoadWarmUpWindow + ')',
+                'group by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_1m offset ' + v.windowsLoadWarmUpWindow + ', "namespace", "$1", "exported_namespace", "(.+)"))',
               ]),
             },
             {
               record: 'namespace_name_node:guestload_vcpu_queue:clamp_min',
               expr: std.rstripChars(|||
                 clamp_min(
-                    max by (namespace, name, node) (kubevirt_vmi_guest_load_1m)
+                    max by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_1m, "namespace", "$1", "exported_namespace", "(.+)"))
                   - on (namespace, name, node)
                     namespace_name_node:guestload_vcpus:count,
                   0
@@ -622,7 +635,7 @@ function(c)
                   unless on (namespace, name, node)
                 namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"}
                 or
-                max by (namespace, name, node) (kubevirt_vmi_guest_load_1m)
+                max by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_1m, "namespace", "$1", "exported_namespace", "(.+)"))
                   and on (namespace, name, node)
                 namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"}
               |||, '\n'),
@@ -630,7 +643,7 @@ function(c)
             {
               record: 'namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio',
               expr: std.rstripChars(|||
-                max by (namespace, name, node) (kubevirt_vmi_guest_load_5m)
+                max by (namespace, name, node) (label_replace(kubevirt_vmi_guest_load_5m, "namespace", "$1", "exported_namespace", "(.+)"))
                   / on (namespace, name, node)
                 namespace_name_node:guestload_vcpus:count
               |||, '\n'),
@@ -640,7 +653,7 @@ function(c)
               expr: std.join('\n', [
                 'avg by (namespace, name, node) (',
                 '  max by (namespace, name, node, id) (',
-                '    rate(kubevirt_vmi_vcpu_delay_seconds_total[' + v.vcpuRateWindow + '])',
+                '    label_replace(rate(kubevirt_vmi_vcpu_delay_seconds_total[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 '  )',
                 ')',
               ]),
@@ -690,7 +703,7 @@ function(c)
                 '  sum by (namespace, name, node) (',
                 '    max by (namespace, name, node, id) (',
                 '      sum without (state) (',
-                '        rate(kubevirt_vmi_vcpu_seconds_total[' + v.vcpuRateWindow + '])',
+                '        label_replace(rate(kubevirt_vmi_vcpu_seconds_total[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 '      )',
                 '    )',
                 '  )',
@@ -698,7 +711,7 @@ function(c)
                 '  namespace_name_node:guestload_vcpus:count',
                 ')',
                 '  and on (namespace, name, node)',
-                'group by (namespace, name, node) (kubevirt_vmi_vcpu_seconds_total offset ' + v.vcpuRateWindow + ')',
+                'group by (namespace, name, node) (label_replace(kubevirt_vmi_vcpu_seconds_total offset ' + v.vcpuRateWindow + ', "namespace", "$1", "exported_namespace", "(.+)"))',
               ]),
             },
             {
@@ -724,9 +737,9 @@ function(c)
                 'max by (namespace, name, node) (',
                 '  rate(guestload_memory_swap_in_bytes_total[' + v.vcpuRateWindow + '])',
                 '    or',
-                '  rate(kubevirt_vmi_memory_swap_in_traffic_bytes[' + v.vcpuRateWindow + '])',
+                '  label_replace(rate(kubevirt_vmi_memory_swap_in_traffic_bytes[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 '    or',
-                '  rate(kubevirt_vmi_memory_swap_in_traffic_bytes_total[' + v.vcpuRateWindow + '])',
+                '  label_replace(rate(kubevirt_vmi_memory_swap_in_traffic_bytes_total[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 ')',
               ]),
             },
@@ -736,9 +749,9 @@ function(c)
                 'max by (namespace, name, node) (',
                 '  rate(guestload_memory_major_faults_total[' + v.vcpuRateWindow + '])',
                 '    or',
-                '  rate(kubevirt_vmi_memory_pgmajfault_total[' + v.vcpuRateWindow + '])',
+                '  label_replace(rate(kubevirt_vmi_memory_pgmajfault_total[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 '    or',
-                '  rate(kubevirt_vmi_memory_pgmajfault[' + v.vcpuRateWindow + '])',
+                '  label_replace(rate(kubevirt_vmi_memory_pgmajfault[' + v.vcpuRateWindow + ']), "namespace", "$1", "exported_namespace", "(.+)")',
                 ')',
               ]),
             },
@@ -1109,11 +1122,25 @@ function(c)
               },
             },
             {
+              alert: 'GuestloadLibvirtSocketDown',
+              expr: 'guestload_libvirt_socket_up{' + v.guestloadSelector + '} == 0',
+              [if v.guestloadLibvirtSocketDownFor != '0s' then 'for']: v.guestloadLibvirtSocketDownFor,
+              labels: {
+                severity: 'warning',
+                operator_health_impact: 'none',
+              },
+              annotations: {
+                summary: "The libvirt daemon of {{ with $labels.name }}VM {{ $labels.namespace }}/{{ . }}'s{{ else }}a{{ end }} virt-launcher pod does not answer.",
+                description: 'The guestload exporter {{ $labels.instance }} has had no answer for ' + v.guestloadLibvirtSocketDownFor + " from the libvirt daemon behind socket {{ $labels.socket }} (pod UID {{ $labels.pod_uid }}{{ with $labels.name }}, last seen running VM {{ $labels.namespace }}/{{ . }}{{ else }}, which has not named its VM yet{{ end }}; guestload_libvirt_socket_up = {{ $value | printf \"%.2f\" }}): it exports no guest load or vCPU series for that VM; the node's other VMs are not affected.",
+                runbook_url: std.format(c.runbookURLPattern, "GuestloadLibvirtSocketDown"),
+              },
+            },
+            {
               alert: 'GuestLoadUnavailable',
               expr: std.join('\n', [
                 'guestload_agent_state{' + v.guestloadSelector + ', query="load", state!="ok"} == 1',
                 '  unless on (namespace, name, node)',
-                'kubevirt_vmi_guest_load_1m',
+                'label_replace(kubevirt_vmi_guest_load_1m, "namespace", "$1", "exported_namespace", "(.+)")',
               ]),
               [if v.guestLoadUnavailableFor != '0s' then 'for']: v.guestLoadUnavailableFor,
               labels: {

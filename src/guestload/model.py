@@ -73,7 +73,8 @@ class DomainInventory:
     vcpu_count: int | None = None
     vcpus: tuple[VcpuStat, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
-    """Identity hints from the domain's XML metadata, e.g. ``kubevirt.uid``."""
+    """Identity hints from the domain's XML metadata, e.g. ``kubevirt.uid``; a simulated
+    domain also names its agent's behaviour (``guestload.simulated.agent``)."""
     host_stats: Mapping[str, object] = field(default_factory=dict)
     """Host stat name -> its value from the bulk listing, for each enabled host stat whose
     group the listing reported (:mod:`guestload.hoststats`)."""
@@ -133,19 +134,40 @@ class DomainSample:
         return reading.state if reading is not None else None
 
 
-@dataclass(frozen=True, slots=True)
-class SocketHealth:
-    """One libvirt socket's connection in KubeVirt node mode (one virt-launcher pod's daemon)."""
+UNKNOWN = "unknown"
+"""A fact the source could not read (yet), e.g. a daemon's version before it answered."""
 
-    socket: str
+
+@dataclass(frozen=True, slots=True)
+class SourceFacts:
+    """What a source reports about itself once connected, for ``guestload_build_info`` and
+    logs. Each source fills it from its own knowledge; generic code only passes it on."""
+
+    library_version: str = UNKNOWN
+    """The version of the client library that talks to the hypervisor; ``none`` without one."""
+    daemon_version: str = UNKNOWN
+    """The version of the hypervisor's daemon behind the connection; ``none`` without one."""
+    load_method: str = UNKNOWN
+    """How guests' load averages are read, e.g. ``guest_info`` or ``agent_command``."""
+    uri: str = ""
+    """Where the source connects, as the user configured it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionHealth:
+    """One hypervisor connection of a source that keeps several (KubeVirt node mode: one per
+    virt-launcher pod's daemon)."""
+
+    address: str
+    """The socket the connection is made through."""
     up: bool
     """Connected, and its daemon answered the last listing."""
     pod_uid: str = ""
     """The launcher pod's UID, from the socket's kubelet path; empty where the path has none."""
     namespace: str = ""
-    """The VM's namespace (the pod's), from the domain the socket listed last; empty before."""
+    """The VM's namespace (the pod's), from the domain the connection listed last; empty before."""
     name: str = ""
-    """The VM's name, from the domain the socket listed last; empty before."""
+    """The VM's name, from the domain the connection listed last; empty before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +175,7 @@ class Snapshot:
     """The state after a poll; the collector renders only this."""
 
     source_up: bool
+    """Whether the last poll reached the hypervisor through the source's connection."""
     domains: tuple[DomainSample, ...] = ()
     polls_total: int = 0
     poll_failures_total: int = 0
@@ -161,8 +184,11 @@ class Snapshot:
     agent_calls_total: Mapping[tuple[str, AgentState], int] = field(default_factory=dict)
     """(query, state) -> guest-agent queries that ended in that state."""
     build_info: Mapping[str, str] = field(default_factory=dict)
+    """The exporter's own build facts (label name -> value), e.g. its Python version."""
+    source: SourceFacts | None = None
+    """What the source reported about itself at its last connection; None before one."""
     identity_conflicts: int = 0
     """Running domains left out because another domain has the same namespace, name, node."""
-    sockets: tuple[SocketHealth, ...] | None = None
-    """Each libvirt socket's health in KubeVirt node mode (``--libvirt.socket-glob``); None
-    with a single libvirt connection."""
+    connections: tuple[ConnectionHealth, ...] | None = None
+    """Each hypervisor connection's health where the source keeps several (KubeVirt node
+    mode); None where it keeps one, whose health is ``source_up``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 
 class AgentBehaviour(enum.StrEnum):
@@ -26,6 +27,10 @@ class AgentBehaviour(enum.StrEnum):
     HUNG = "hung"
     """Never answers: the call returns ``timeout`` when the agent timeout expires."""
 
+
+AGENT_BEHAVIOUR_KEY: Final = "guestload.simulated.agent"
+"""The metadata key under which a simulated domain names its agent's
+:class:`AgentBehaviour`, as a real domain's metadata describes the domain."""
 
 _FAILURES = (AgentBehaviour.ABSENT, AgentBehaviour.OLD, AgentBehaviour.SLOW, AgentBehaviour.HUNG)
 _SHARE = re.compile(r"(\d+(?:\.\d+)?)(%?)")

@@ -19,6 +19,7 @@ from guestload.model import Snapshot
 from guestload.polling.poller import Poller
 from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
+from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY
 
 NODE = soak.NODE
@@ -54,7 +55,7 @@ def _expositions(simulation: Simulation, steps: list[int]) -> dict[int, str]:
             now[0] = step * STEP_SECONDS
             poller.poll()
             cache.update(snapshots[-1])
-            texts[step] = cache.render(openmetrics_format=False, gzip=False).decode()
+            texts[step] = scraped(cache).decode()
     finally:
         poller.close()
     return texts

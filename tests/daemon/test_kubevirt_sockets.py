@@ -178,9 +178,9 @@ def test_every_launcher_socket_is_listed_and_named_the_kubevirt_way(node: Node) 
         # no guest agent): proof the call reached a live connection, not a lookup miss.
         reading = ask_load(node.source, pod.domain_uuid, 1.0)
         assert reading.state is AgentState.UNSUPPORTED, reading
-    versions = node.source.describe()
-    assert versions["libvirt_daemon_version"] != "unknown"
-    assert versions["uri"] == URI_TEMPLATE.format(socket=node.glob)
+    facts = node.source.facts()
+    assert facts.daemon_version != "unknown"
+    assert facts.uri == URI_TEMPLATE.format(socket=node.glob)
 
 
 def test_pods_that_come_and_go_are_picked_up_and_dropped(node: Node) -> None:
@@ -197,7 +197,7 @@ def test_pods_that_come_and_go_are_picked_up_and_dropped(node: Node) -> None:
     assert node.names() == ["prod_web-2"]
     assert ask_load(node.source, first.domain_uuid, 1.0).state is AgentState.GONE
     resolve = IdentityResolver(node="node-1", default_namespace="libvirt").resolve
-    assert [h.socket for h in node.source.socket_health(resolve)] == [str(second.socket_path)]
+    assert [h.address for h in node.source.connection_health(resolve)] == [str(second.socket_path)]
 
 
 def test_a_crashed_daemon_degrades_only_its_own_domain_and_comes_back(node: Node) -> None:

@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from guestload.hoststats.balloon import BALLOON
-from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind
+from guestload.model import AgentState, DomainEvent, DomainInventory, EventKind, SourceFacts
 from guestload.sources.libvirt import LibvirtSource, format_libvirt_version, process_event_loop
 from guestload.sources.protocol import SourceUnavailableError
 from guestload_lab.libvirtd import TestDriverLibvirtd
@@ -113,14 +113,14 @@ def test_guest_load_of_an_unknown_domain_is_gone(in_process_source: LibvirtSourc
     assert reading.state is AgentState.GONE
 
 
-def test_describe_names_versions_method_and_uri(in_process_source: LibvirtSource) -> None:
+def test_facts_name_versions_method_and_uri(in_process_source: LibvirtSource) -> None:
     version = format_libvirt_version(libvirt.getVersion())
-    assert in_process_source.describe() == {
-        "libvirt_library_version": version,
-        "libvirt_daemon_version": version,
-        "load_method": "guest_info",
-        "uri": IN_PROCESS_URI,
-    }
+    assert in_process_source.facts() == SourceFacts(
+        library_version=version,
+        daemon_version=version,
+        load_method="guest_info",
+        uri=IN_PROCESS_URI,
+    )
 
 
 def test_kubevirt_uid_is_read_once_per_domain(in_process_source: LibvirtSource) -> None:
@@ -185,7 +185,7 @@ def test_closed_source_is_unavailable_and_close_is_idempotent() -> None:
     with pytest.raises(SourceUnavailableError, match="not connected"):
         source.list_running_domains()
     assert ask_load(source, test_uuid, 1.0).state is AgentState.ERROR
-    assert source.describe()["load_method"] == "unknown"
+    assert source.facts().load_method == "unknown"
 
 
 def test_connect_to_a_missing_daemon_is_unavailable() -> None:
@@ -201,9 +201,9 @@ def test_listing_through_a_private_daemon(
     inventory = _by_name(daemon_source.list_running_domains(), TEST_DOMAIN)
     assert inventory.uuid == "6695eb01-f6a4-8304-79aa-97f2502e193f"
     assert ask_load(daemon_source, inventory.uuid, 2.0).state is AgentState.UNSUPPORTED
-    description = daemon_source.describe()
-    assert description["uri"] == test_driver_daemon.uri
-    assert description["libvirt_daemon_version"] == format_libvirt_version(libvirt.getVersion())
+    facts = daemon_source.facts()
+    assert facts.uri == test_driver_daemon.uri
+    assert facts.daemon_version == format_libvirt_version(libvirt.getVersion())
 
 
 def test_events_through_a_private_daemon(

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from guestload.cli.daemon import make_poller, make_source
+from guestload.cli.daemon import make_poller
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
+from guestload.sources.catalog import make_source
 from guestload_lab.libvirtd import TestDriverLibvirtd
+from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY
 
 pytestmark = pytest.mark.daemon
@@ -129,7 +131,7 @@ def test_the_instance_uuid_is_exported_next_to_the_load_series_labels(compute: C
     finally:
         poller.close()
     assert snapshot.source_up
-    text = cache.render(openmetrics_format=False, gzip=False).decode()
+    text = scraped(cache).decode()
     assert (
         f'guestload_domain_info{{domain="instance-0000002a",name="web-1",namespace="shop",'
         f'node="compute-1",uuid="{web}"}} 1.0'

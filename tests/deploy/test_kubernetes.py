@@ -284,6 +284,8 @@ def test_service_and_monitor_select_the_pods_and_name_instances_by_node(
     )
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # The exporter's namespace label is the VM's; the Operator's target label must not win.
+    assert endpoint["honorLabels"] is True
     assert {
         "action": "replace",
         "sourceLabels": ["__meta_kubernetes_pod_node_name"],

@@ -14,26 +14,37 @@ import pytest
 
 from tests.release import ROOT, Release, build_release, install_wheel
 
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-BUNDLE_SOURCES = {
-    "rules": ROOT / "monitoring" / "rules",
-    "rules-tests": ROOT / "monitoring" / "tests",
-    "kubernetes": ROOT / "monitoring" / "kubernetes",
-    "dashboards": ROOT / "monitoring" / "dashboards",
-    "mixin": ROOT / "monitoring" / "mixin",
-    "runbooks": ROOT / "docs" / "runbooks",
-    "systemd": ROOT / "deploy" / "systemd",
-}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+BUNDLE_SOURCES: dict[str, str] = PYPROJECT["tool"]["guestload"]["bundle"]
+"""The bundle's one list (``[tool.guestload.bundle]``), which ``setup.py`` builds from too."""
+
+
+def _bundle_sources() -> dict[str, Path]:
+    """Every bundle file by its path inside the bundle, with its file in the repository."""
+    files: dict[str, Path] = {}
+    for name, source in BUNDLE_SOURCES.items():
+        origin = ROOT / source
+        if origin.is_file():
+            files[name] = origin
+            continue
+        for path in origin.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[f"{name}/{path.relative_to(origin).as_posix()}"] = path
+    return files
 
 
 def _expected_bundle() -> dict[str, bytes]:
     """Every bundle file by its path inside the bundle, with the repository's bytes."""
-    expected = {"alerts.md": (ROOT / "docs" / "alerts.md").read_bytes()}
-    for name, folder in BUNDLE_SOURCES.items():
-        for path in folder.rglob("*"):
-            if path.is_file():
-                expected[f"{name}/{path.relative_to(folder)}"] = path.read_bytes()
-    return expected
+    return {name: path.read_bytes() for name, path in _bundle_sources().items()}
+
+
+def test_the_bundle_list_names_every_part_once() -> None:
+    """Each part exists, and no file is named twice (a folder inside another part)."""
+    assert {"rules", "rules-tests", "runbooks", "alerts.md", "systemd"} <= set(BUNDLE_SOURCES)
+    assert all((ROOT / source).exists() for source in BUNDLE_SOURCES.values())
+    sources = list(_bundle_sources().values())
+    assert len(sources) == len(set(sources))
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +96,9 @@ def test_the_wheel_carries_the_bundle_of_its_version(release: Release) -> None:
 def test_the_sdist_builds_the_same_bundle(release: Release) -> None:
     with tarfile.open(release.sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    sources = {"setup.py", "MANIFEST.in", "docs/alerts.md", "monitoring/rules/guestload.rules.yml"}
-    assert sources <= names
+    bundle = {path.relative_to(ROOT).as_posix() for path in _bundle_sources().values()}
+    assert {"setup.py", "pyproject.toml", "docs/alerts.md"} <= names
+    assert bundle <= names
     assert not any(name.startswith(("guestload_lab/", "bench/", "tests/")) for name in names)
 
 

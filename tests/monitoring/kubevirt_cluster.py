@@ -1,7 +1,9 @@
 """A KubeVirt cluster's guest-load series for the coexistence tests, and KubeVirt's own rules.
 
 KubeVirt's rules are stored verbatim under ``tests/monitoring/kubevirt/``, one file per
-release, each naming the tag and source files it comes from.
+release, each naming the repository, tag and source files it comes from: KubeVirt's own
+(``kubevirt-<tag>``) and kubevirt-observability-controller's, which ships them apart from
+KubeVirt (``kubevirt-observability-controller-<tag>``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from tests.monitoring.monitoring_bundle import MONITORING
 FIXTURES = Path(__file__).resolve().parent / "kubevirt"
 KUBEVIRT_RULES = {
     version: FIXTURES / f"kubevirt-{version}.rules.yml"
-    for version in ("v1.7.0", "v1.8.0", "v1.9.0")
+    for version in ("v1.7.0", "v1.8.0", "v1.9.0", "observability-controller-v0.0.2")
 }
-"""KubeVirt's guest-queue rules per release; v1.6.4 equals v1.7.0, v1.8.3 equals v1.9.0."""
+"""KubeVirt's guest-queue rules per release; v1.6.4 equals v1.7.0, v1.8.3 equals v1.9.0, and
+the observability controller's v0.0.2 has v1.9.0's (in another order)."""
+NODELESS_QUEUE = "vmi:kubevirt_vmi_guest_queue_length:sum"
+"""The queue KubeVirt's alerts compare from v1.8.3 on: summed by name and namespace only."""
 VARIANT_RULES = MONITORING / "rules" / "guestload-kubevirt.rules.yml"
 QUEUE_ALERTS = ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical")
 
@@ -35,6 +40,21 @@ VIRT_HANDLER_TARGET = {
 }
 """The target labels a Prometheus Operator scrape (honorLabels: true) adds to virt-handler's
 series."""
+
+CONTROLLER_JOB = "virt-observability-controller-metrics"
+"""The job of kubevirt-observability-controller's series (its self-managed Service)."""
+CONTROLLER_TARGET = {
+    "job": CONTROLLER_JOB,
+    "instance": "10.128.4.7:8443",
+    "namespace": "virt-observability-controller-system",
+    "pod": "virt-observability-controller-5d9c7-kq2xz",
+    "container": "manager",
+    "endpoint": "metrics",
+    "service": CONTROLLER_JOB,
+}
+"""The target labels a Prometheus Operator scrape adds to the controller's series: its
+ServiceMonitor (pkg/controller/metricsresources_controller.go at v0.0.2) does not honor labels,
+so the VM's ``namespace`` becomes ``exported_namespace``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +126,16 @@ def metric_lines(
         yield "kubevirt_vmi_vcpu_wait_seconds_total", {**base, "id": str(vcpu)}, 0.0
 
 
+def controller_vmstats_lines(
+    vm: GuestVM, *, seconds: float
+) -> Iterator[tuple[str, dict[str, str], float]]:
+    """The controller's copy of virt-handler's samples of *vm* (``--enable-vmstats``), as
+    stored after its scrape: the VM's namespace moved to ``exported_namespace``."""
+    for name, labels, value in metric_lines(vm, seconds=seconds, target={}):
+        moved = {**labels, "exported_namespace": labels["namespace"], **CONTROLLER_TARGET}
+        yield name, moved, value
+
+
 def guest_cpu_lines(
     vm: GuestVM, *, seconds: float, target: Mapping[str, str]
 ) -> Iterator[tuple[str, dict[str, str], float]]:
@@ -135,8 +165,22 @@ def recorded_names(path: Path) -> list[str]:
     ]
 
 
+def queue_alerts_keep_node(path: Path) -> bool:
+    """Whether the queue alerts of KubeVirt's rule file *path* carry the VM's ``node``."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    exprs = [
+        rule["expr"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") in QUEUE_ALERTS
+    ]
+    assert len(exprs) == len(QUEUE_ALERTS), path.name
+    return not any(NODELESS_QUEUE in expr for expr in exprs)
+
+
 def kubevirt_recorded_names() -> dict[str, list[str]]:
-    """Every name each KubeVirt release records (extracted from its sources)."""
+    """Every name each KubeVirt release (and observability controller release) records,
+    extracted from its sources."""
     names: dict[str, list[str]] = yaml.safe_load(
         (FIXTURES / "recorded-names.yml").read_text(encoding="utf-8")
     )

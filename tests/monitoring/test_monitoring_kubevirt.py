@@ -1,4 +1,5 @@
-"""The KubeVirt variant beside KubeVirt's own rules (v1.7, v1.8, v1.9), under promtool.
+"""The KubeVirt variant beside KubeVirt's own rules (v1.7, v1.8, v1.9, and the observability
+controller's v0.0.2), under promtool.
 
 Each case loads KubeVirt's rules as released and guestload-kubevirt.rules.yml, feeds series
 shaped like virt-handler's, and counts the firing queue alerts per VM and alert name.
@@ -24,10 +25,12 @@ from tests.monitoring.kubevirt_cluster import (
     VARIANT_RULES,
     VIRT_HANDLER_TARGET,
     VMS,
+    controller_vmstats_lines,
     expected_queue_alerts,
     guest_cpu_lines,
     kubevirt_recorded_names,
     metric_lines,
+    queue_alerts_keep_node,
     recorded_names,
     selector,
 )
@@ -53,13 +56,16 @@ FIRING_QUEUE_ALERTS = (
 )
 
 
-def _input_series(*, bare: bool) -> list[dict[str, str]]:
-    """Thirty minutes of every VM's series at one sample a minute."""
+def _input_series(*, bare: bool, controller: bool = False) -> list[dict[str, str]]:
+    """Thirty minutes of every VM's series at one sample a minute; *controller*: with the
+    observability controller's vmstats copy of virt-handler's."""
     series = []
     for vm in VMS:
         lines = list(metric_lines(vm, seconds=60, target=VIRT_HANDLER_TARGET, bare=bare))
         if not bare:
             lines += guest_cpu_lines(vm, seconds=60, target=GUESTLOAD_TARGET)
+        if controller:
+            lines += controller_vmstats_lines(vm, seconds=60)
         for name, labels, per_minute in lines:
             values = f"0+{per_minute:g}x30" if name.endswith("_total") else f"{per_minute:g}x30"
             series.append({"series": selector(name, labels), "values": values})
@@ -154,7 +160,9 @@ def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, ver
         ],
     }
     kubevirt_labels = _static_labels(kubevirt, QUEUE_ALERTS[0])
-    bare_labels = kubevirt_labels if version == "v1.9.0" else {**node, **kubevirt_labels}
+    bare_labels = (
+        {**node, **kubevirt_labels} if queue_alerts_keep_node(kubevirt) else kubevirt_labels
+    )
     above = set(expected_queue_alerts())
     bare = {
         "name": f"Bare series fire KubeVirt's alert and guestload's stands down ({version}).",
@@ -167,6 +175,47 @@ def test_one_queue_alert_per_vm_fires_beside_kubevirts_rules(tmp_path: Path, ver
     }
     failure = _run_promtool(tmp_path, [kubevirt, VARIANT_RULES], [real, bare, _kubevirt_ci_case()])
     assert not failure, failure
+
+
+def test_the_controllers_vmstats_copy_fires_no_second_alert(tmp_path: Path) -> None:
+    """With --enable-vmstats the observability controller exports virt-handler's guest series
+    again, scraped under its own namespace: the variant takes the VM's namespace from
+    ``exported_namespace``, so each VM still fires once, under its own namespace."""
+    node = {"node": "node-a"}
+    ours = _static_labels(VARIANT_RULES, QUEUE_ALERTS[0])
+    case = {
+        "name": "virt-handler's and the controller's copies of a VM fire one alert per VM.",
+        "interval": "1m",
+        "input_series": _input_series(bare=False, controller=True),
+        "promql_expr_test": [
+            _count_case(expected_queue_alerts()),
+            _alerts_case(
+                {
+                    key: {**node, **ours, "severity": _severity(key[2])}
+                    for key in expected_queue_alerts()
+                }
+            ),
+        ],
+    }
+    rules = [KUBEVIRT_RULES["observability-controller-v0.0.2"], VARIANT_RULES]
+    failure = _run_promtool(tmp_path, rules, [case])
+    assert not failure, failure
+
+
+def test_the_variant_reads_every_kubevirt_series_with_the_vms_namespace() -> None:
+    """Every KubeVirt series a rule of the variant reads goes through the label_replace that
+    takes ``exported_namespace``; only KubeVirt's own queue record is read as it is."""
+    wrapped = re.compile(
+        r"label_replace\((?:rate\()?kubevirt_vmi_\w+(?:\{[^}]*\})?(?:\[\w+\]\))?"
+        r'(?: offset \w+)?, "namespace", "\$1", "exported_namespace", "\(\.\+\)"\)'
+    )
+    seen = 0
+    for group in load_yaml(VARIANT_RULES)["groups"]:
+        for rule in group["rules"]:
+            seen += len(wrapped.findall(rule["expr"]))
+            rest = set(re.findall(r"(?<![\w:])kubevirt_vmi_\w+", wrapped.sub("", rule["expr"])))
+            assert rest <= {"kubevirt_vmi_guest_vcpu_queue"}, (rule.get("record"), rest)
+    assert seen >= 10
 
 
 def _kubevirt_ci_case() -> dict[str, Any]:
@@ -216,9 +265,10 @@ def test_the_count_catches_guestloads_plain_bundle_beside_kubevirt_1_7(tmp_path:
     assert not failure, failure
 
 
-def test_without_the_stand_down_bare_series_fire_both_alerts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["v1.9.0", "observability-controller-v0.0.2"])
+def test_without_the_stand_down_bare_series_fire_both_alerts(tmp_path: Path, version: str) -> None:
     """Where KubeVirt's rules match (bare series), the variant's `unless` is what keeps its
-    queue alerts from doubling KubeVirt's."""
+    queue alerts from doubling KubeVirt's (or the observability controller's)."""
     document = load_yaml(VARIANT_RULES)
     cut = 0
     for group in document["groups"]:
@@ -230,12 +280,12 @@ def test_without_the_stand_down_bare_series_fire_both_alerts(tmp_path: Path) -> 
     mutant = tmp_path / "no-stand-down.rules.yml"
     mutant.write_text(yaml.safe_dump(document), encoding="utf-8")
     case = {
-        "name": "Without its stand-down the variant doubles KubeVirt v1.9's alerts on bare series.",
+        "name": f"Without its stand-down the variant doubles {version}'s alerts on bare series.",
         "interval": "1m",
         "input_series": _input_series(bare=True),
         "promql_expr_test": [_count_case(dict.fromkeys(expected_queue_alerts(), 2))],
     }
-    failure = _run_promtool(tmp_path, [KUBEVIRT_RULES["v1.9.0"], mutant], [case])
+    failure = _run_promtool(tmp_path, [KUBEVIRT_RULES[version], mutant], [case])
     assert not failure, failure
 
 
@@ -243,7 +293,14 @@ def test_the_variant_records_no_name_any_kubevirt_release_records() -> None:
     ours = recorded_names(VARIANT_RULES)
     assert len(ours) == len(set(ours)), "the variant records a name twice"
     releases = kubevirt_recorded_names()
-    assert {"v1.6.4", "v1.7.0", "v1.8.0", "v1.8.3", "v1.9.0"} <= set(releases)
+    assert {
+        "v1.6.4",
+        "v1.7.0",
+        "v1.8.0",
+        "v1.8.3",
+        "v1.9.0",
+        "observability-controller-v0.0.2",
+    } <= set(releases)
     for release, names in releases.items():
         assert "kubevirt_vmi_guest_vcpu_queue" in names, release
         assert not set(ours) & set(names), release
@@ -257,8 +314,10 @@ def test_the_variant_records_no_name_any_kubevirt_release_records() -> None:
 @pytest.mark.parametrize("version", sorted(KUBEVIRT_RULES))
 def test_the_fixtures_are_kubevirts_rules_with_their_source(version: str) -> None:
     path = KUBEVIRT_RULES[version]
-    header = path.read_text(encoding="utf-8").split("groups:")[0]
-    assert f"tag {version}" in header
+    repository, _, tag = path.name.removesuffix(".rules.yml").rpartition("-")
+    comment = path.read_text(encoding="utf-8").split("groups:")[0].splitlines()
+    header = " ".join(line.lstrip("# ") for line in comment)
+    assert f"github.com/kubevirt/{repository} at tag {tag}" in header
     assert "pkg/monitoring/rules/alerts/vms.go" in header
     assert [group["name"] for group in load_yaml(path)["groups"]] == [
         "recordingRules.rules",
@@ -267,6 +326,23 @@ def test_the_fixtures_are_kubevirts_rules_with_their_source(version: str) -> Non
     assert set(recorded_names(path)) <= set(kubevirt_recorded_names()[version])
     result = run([promtool(), "check", "rules", path])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _rules_by_group(path: Path) -> dict[str, list[str]]:
+    return {
+        group["name"]: sorted(json.dumps(rule, sort_keys=True) for rule in group["rules"])
+        for group in load_yaml(path)["groups"]
+    }
+
+
+def test_the_observability_controller_ships_kubevirt_1_9s_queue_rules() -> None:
+    """Its v0.0.2 records the same queue and alerts on it with KubeVirt v1.9.0's expressions,
+    labels and annotations, so the variant's stand-down covers it unchanged."""
+    controller = KUBEVIRT_RULES["observability-controller-v0.0.2"]
+    assert _rules_by_group(controller) == _rules_by_group(KUBEVIRT_RULES["v1.9.0"])
+    # Only the order differs: the controller's toolkit sorts alerts by name.
+    alerts = [rule["alert"] for rule in load_yaml(controller)["groups"][1]["rules"]]
+    assert alerts == sorted(QUEUE_ALERTS)
 
 
 def test_variant_alerts_carry_kubevirts_names_and_label() -> None:

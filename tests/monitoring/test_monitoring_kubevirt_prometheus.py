@@ -1,12 +1,15 @@
 """A real Prometheus scraping virt-handler-shaped series, with KubeVirt's rules and the variant.
 
-For each KubeVirt release (v1.7, v1.8, v1.9) one Prometheus loads KubeVirt's rules as released
+For each KubeVirt release (v1.7, v1.8, v1.9, and kubevirt-observability-controller v0.0.2,
+which ships KubeVirt's rules apart from it) one Prometheus loads KubeVirt's rules as released
 and guestload-kubevirt.rules.yml, scrapes a small HTTP server whose series are shaped like
 virt-handler's (job kubevirt-prometheus-metrics, honor_labels as KubeVirt's ServiceMonitor,
 pod and kubernetes_vmi_label_* labels) and like guestload's DaemonSet with its load gauges off
-(guest CPU time only), and evaluates every second. Asserted: one firing alert per VM and queue
-alert name at every look, no record name written by two loaded rules, every rule healthy, and
-no rule evaluation error in Prometheus's log.
+(guest CPU time only), and evaluates every second. The controller's Prometheus also scrapes
+the controller's copy of virt-handler's series (``--enable-vmstats``) as its ServiceMonitor
+does, without honor_labels, so the VM's namespace arrives as ``exported_namespace``. Asserted:
+one firing alert per VM and queue alert name at every look, no record name written by two
+loaded rules, every rule healthy, and no rule evaluation error in Prometheus's log.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pytest
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Prometheus, wait_until
 from tests.monitoring.kubevirt_cluster import (
+    CONTROLLER_JOB,
+    CONTROLLER_TARGET,
     KUBEVIRT_RULES,
     QUEUE_ALERTS,
     VARIANT_RULES,
@@ -81,7 +86,7 @@ class _Targets:
     def exposition(self, path: str) -> str:
         seconds = UPTIME_AT_START + time.monotonic() - self._started
         samples: Iterator[tuple[str, dict[str, str], float]]
-        if path == "/virt-handler/metrics":
+        if path in ("/virt-handler/metrics", "/controller/metrics"):
             samples = (line for vm in VMS for line in metric_lines(vm, seconds=seconds, target={}))
         elif path == "/guestload/metrics":
             samples = (
@@ -105,7 +110,13 @@ class _Targets:
 
 
 class _KubeVirtPrometheus(Prometheus):
-    """Prometheus scraping virt-handler as KubeVirt's ServiceMonitor does, and guestload."""
+    """Prometheus scraping virt-handler as KubeVirt's ServiceMonitor does, and guestload;
+    with *controller*, also the observability controller's vmstats copy as its own
+    ServiceMonitor does (target labels over the series' own)."""
+
+    def __init__(self, *, controller: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.controller = controller
 
     def config(self) -> dict[str, Any]:
         config = super().config()
@@ -124,6 +135,17 @@ class _KubeVirtPrometheus(Prometheus):
                 "static_configs": [{"targets": self.targets}],
             },
         ]
+        if self.controller:
+            controller = {
+                k: v for k, v in CONTROLLER_TARGET.items() if k not in {"job", "instance"}
+            }
+            config["scrape_configs"].append(
+                {
+                    "job_name": CONTROLLER_JOB,
+                    "metrics_path": "/controller/metrics",
+                    "static_configs": [{"targets": self.targets, "labels": controller}],
+                }
+            )
         return config
 
 
@@ -156,6 +178,7 @@ def test_one_queue_alert_per_vm_in_a_real_prometheus(tmp_path: Path, targets: _T
                 targets=[targets.address],
                 rule_files=[KUBEVIRT_RULES[version], VARIANT_RULES],
                 interval_seconds=1.0,
+                controller=version.startswith("observability-controller"),
             )
             for version in versions
         }
@@ -170,8 +193,17 @@ def test_one_queue_alert_per_vm_in_a_real_prometheus(tmp_path: Path, targets: _T
                 seen[version].append(_firing(prometheus))
             time.sleep(0.25)
         groups = {version: prometheus.rule_groups() for version, prometheus in servers.items()}
+        moved = {
+            version: prometheus.query(
+                'kubevirt_vmi_guest_load_1m{exported_namespace="shop", namespace!="shop"}'
+            )
+            for version, prometheus in servers.items()
+        }
 
     for version in versions:
+        # The controller's copy is there, under its own namespace, and changes nothing.
+        copies = len(VMS) if servers[version].controller else 0
+        assert len(moved[version]) == copies, (version, moved[version])
         assert all(firing == expected for firing in seen[version]), (version, seen[version])
         _assert_rules_healthy(version, groups[version])
         log = (tmp_path / version / "prometheus.log").read_text(errors="replace")

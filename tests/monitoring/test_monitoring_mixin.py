@@ -179,6 +179,7 @@ def test_a_selector_override_changes_exactly_the_exporter_alert_expressions() ->
     assert _changed(before, after) == {
         "GuestloadExporterDown": {"expr"},
         "GuestloadLibvirtDown": {"expr"},
+        "GuestloadLibvirtSocketDown": {"expr"},
         "GuestLoadUnavailable": {"expr"},
     }
     assert f"up{{{selector}}} == 0" == _rules(after)["GuestloadExporterDown"]["expr"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from guestload.exposition.schema import EXPORTER_FAMILIES
 from tests.monitoring.monitoring_bundle import (
     MONITORING,
     PROMETHEUSRULE,
@@ -116,6 +118,19 @@ def test_every_alert_is_tested_firing_and_silent_with_its_annotations() -> None:
     for alert in firing.values():
         for expected in alert:
             assert set(expected["exp_annotations"]) == {"summary", "description", "runbook_url"}
+
+
+def test_every_health_series_has_an_alert_in_both_variants() -> None:
+    """Prometheus's `up` and each 1/0 connection gauge of the exporter has an alert on 0."""
+    health = ["up", *(spec.name for spec in EXPORTER_FAMILIES if spec.name.endswith("_up"))]
+    assert {"guestload_libvirt_up", "guestload_libvirt_socket_up"} <= set(health)
+    for path in (RULE_FILE, MONITORING / "rules" / "guestload-kubevirt.rules.yml"):
+        expressions = [
+            rule["expr"] for group in load_yaml(path)["groups"] for rule in group["rules"]
+        ]
+        for name in health:
+            down = re.compile(rf"{name}{{[^}}]*}} == 0")
+            assert any(down.fullmatch(expr) for expr in expressions), (path.name, name)
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,17 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from guestload.model import AgentState, DomainInventory, DomainSample, QueryReading
+from guestload.model import (
+    AgentState,
+    ConnectionHealth,
+    DomainInventory,
+    DomainSample,
+    QueryReading,
+    SourceFacts,
+)
 from guestload.queries.load import LOAD, GuestLoad
 from guestload.queries.query import GuestQuery, run_queries
-from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
+from guestload.sources.protocol import EventListener, Identify, Source, SourceUnavailableError
 
 Answer = QueryReading | Callable[[], QueryReading]
 """The load query's answer, or a call that makes it (it may block, raise, or count)."""
@@ -46,6 +53,8 @@ class FakeSource:
     calls: list[str] = field(default_factory=list)
     connects: int = 0
     listener: EventListener | None = None
+    reported: SourceFacts = field(default_factory=lambda: SourceFacts(load_method="fake"))
+    """What :meth:`facts` answers."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self) -> None:
@@ -80,8 +89,15 @@ class FakeSource:
     def set_event_listener(self, listener: EventListener | None) -> None:
         self.listener = listener
 
-    def describe(self) -> Mapping[str, str]:
-        return {"load_method": "fake"}
+    def facts(self) -> SourceFacts:
+        return self.reported
+
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
+        del identify
+        return None
+
+    def unreachable_advice(self, error: str) -> str:
+        return f"check the fake ({error})\n"
 
 
 def domain(

@@ -40,6 +40,7 @@ from guestload.queries.load import (
     parse_agent_passthrough,
     parse_guest_info_load,
 )
+from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY, FakeSource, ok
 
 DEFAULT_NAMESPACE = "libvirt"
@@ -199,8 +200,8 @@ def expose(answer: Answer, guest: Guest) -> Exposition:
     finally:
         poller.close()
     return Exposition(
-        text=cache.render(openmetrics_format=False, gzip=False).decode(),
-        openmetrics=cache.render(openmetrics_format=True, gzip=False).decode(),
+        text=scraped(cache).decode(),
+        openmetrics=scraped(cache, openmetrics=True).decode(),
         reading=reading,
         victim=resolver.resolve(domains[0]),
         healthy={d.domain_name: resolver.resolve(d) for d in domains[1:]},

@@ -47,8 +47,9 @@ class HangClock(Clock):
         ):
             calls = dict(self.poller._in_flight)
             hung = calls.pop(self.hung, None)
-            if hung is not None and hung.started and not any(c.started for c in calls.values()):
-                self.now = max(self.now, hung.started[0] + self.step)
+            started = hung.started if hung is not None else None
+            if started is not None and all(c.started is None for c in calls.values()):
+                self.now = max(self.now, started + self.step)
         return self.now
 
 

@@ -24,6 +24,7 @@ from guestload.model import (
 from guestload.queries.cpustats import CpuStatsQuery
 from guestload.queries.load import LOAD, GuestLoad
 from guestload.queries.osinfo import OSINFO, GuestOs
+from tests.exposition import scraped
 
 
 def sample_snapshot() -> Snapshot:
@@ -146,4 +147,4 @@ def rendered(*, openmetrics: bool = False, vcpu: bool = True) -> bytes:
         metric_set=MetricSet(queries=QUERIES, vcpu_collector=vcpu, host_stats=HOST_STATS)
     )
     cache.update(sample_snapshot())
-    return cache.render(openmetrics_format=openmetrics, gzip=False)
+    return scraped(cache, openmetrics=openmetrics)

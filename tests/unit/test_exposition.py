@@ -22,6 +22,7 @@ from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
 from guestload.queries.load import LoadOptions
 from guestload.settings import Settings
+from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY
 from tests.unit.snapshots import HOST_STATS, QUERIES, rendered, sample_snapshot
 
@@ -69,12 +70,7 @@ def test_without_load_and_vcpu_collectors_no_kubevirt_series_remain() -> None:
         metric_set=MetricSet(queries=settings.queries(), vcpu_collector=settings.vcpu_collector)
     )
     cache.update(sample_snapshot())
-    families = {
-        f.name: f
-        for f in text_string_to_metric_families(
-            cache.render(openmetrics_format=False, gzip=False).decode()
-        )
-    }
+    families = {f.name: f for f in text_string_to_metric_families(scraped(cache).decode())}
     assert not [name for name in families if name.startswith("kubevirt_")]
     assert families["guestload_guest_cpu_seconds"].samples
     queries = {s.labels["query"] for s in families["guestload_agent_state"].samples}
@@ -107,8 +103,8 @@ def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> 
         live_collectors=(live,),
     )
     cache.update(sample_snapshot())
-    plain = cache.render(openmetrics_format=openmetrics, gzip=False)
-    packed = cache.render(openmetrics_format=openmetrics, gzip=True)
+    plain = scraped(cache, openmetrics=openmetrics)
+    packed = scraped(cache, openmetrics=openmetrics, gzip=True)
     unpacked = gzip.decompress(packed)
     snapshot_part = rendered(openmetrics=openmetrics)
     if openmetrics:
@@ -119,9 +115,7 @@ def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> 
 
 
 def test_before_the_first_poll_libvirt_is_reported_down() -> None:
-    body = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True)).render(
-        openmetrics_format=False, gzip=False
-    )
+    body = scraped(MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True)))
     assert b"guestload_libvirt_up 0.0" in body
     assert b"kubevirt_vmi_guest_load_1m{" not in body
 
@@ -129,10 +123,10 @@ def test_before_the_first_poll_libvirt_is_reported_down() -> None:
 def test_a_new_snapshot_replaces_the_old_one_entirely() -> None:
     cache = MetricsCache(metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True))
     cache.update(sample_snapshot())
-    cache.render(openmetrics_format=True, gzip=False)  # fill the lazy OpenMetrics cache
+    scraped(cache, openmetrics=True)  # fill the lazy OpenMetrics cache
     cache.update(Snapshot(source_up=True))
     for openmetrics in (False, True):
-        body = cache.render(openmetrics_format=openmetrics, gzip=False)
+        body = scraped(cache, openmetrics=openmetrics)
         assert b"web-1" not in body
 
 
@@ -140,16 +134,9 @@ def test_render_duration_is_reported_live_once_a_snapshot_was_rendered() -> None
     cache = MetricsCache(
         metric_set=MetricSet(queries=LOAD_ONLY, vcpu_collector=True), report_render_duration=True
     )
-    assert b"guestload_render_duration_seconds" not in cache.render(
-        openmetrics_format=False, gzip=False
-    )
+    assert b"guestload_render_duration_seconds" not in scraped(cache)
     cache.update(sample_snapshot())
-    families = {
-        f.name: f
-        for f in text_string_to_metric_families(
-            cache.render(openmetrics_format=False, gzip=False).decode()
-        )
-    }
+    families = {f.name: f for f in text_string_to_metric_families(scraped(cache).decode())}
     (sample,) = families["guestload_render_duration_seconds"].samples
     assert sample.value == cache.last_render_seconds
     assert 0 < sample.value < 5

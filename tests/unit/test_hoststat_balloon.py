@@ -39,6 +39,7 @@ from guestload.registration import CollectorFlag, RegistrationError, SimulatedGu
 from guestload.settings import Settings
 from guestload.simulation import Simulation
 from guestload.sources.simulated import STEP_SECONDS, SimulatedSource
+from tests.exposition import scraped
 from tests.unit.fakes import FakeSource, domain
 from tests.unit.pollers import Clock, make_poller
 from tests.unit.snapshots import sample_snapshot
@@ -359,7 +360,7 @@ def _families(settings: Settings) -> dict[str, Metric]:
         )
     )
     cache.update(sample_snapshot())
-    body = cache.render(openmetrics_format=False, gzip=False).decode()
+    body = scraped(cache).decode()
     return {family.name: family for family in text_string_to_metric_families(body)}
 
 

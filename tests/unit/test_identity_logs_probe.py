@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from guestload.cli.probe import print_probe, unreachable_message
+from guestload.cli.probe import print_probe
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter, LogfmtFormatter
 from guestload.model import AgentState, Identity, QueryReading
+from guestload.sources.libvirt_advice import unreachable_advice
 from tests.unit.fakes import FakeSource, domain, ok
 from tests.unit.pollers import Clock, make_poller
 
@@ -136,11 +137,11 @@ def test_probe_connects_once() -> None:
     assert source.connects == 1
 
 
-def probe(source: FakeSource, *, output: str, stream: io.StringIO, uri: str = URI) -> int:
+def probe(source: FakeSource, *, output: str, stream: io.StringIO) -> int:
     errors = io.StringIO()
     answer = print_probe(
         make_poller(source, Clock(), []),
-        uri=uri,
+        advice=source.unreachable_advice,
         output=output,
         stream=stream,
         errors=errors,
@@ -150,26 +151,31 @@ def probe(source: FakeSource, *, output: str, stream: io.StringIO, uri: str = UR
 
 
 @pytest.mark.parametrize("output", ["table", "json"])
-def test_probe_prints_only_the_error_when_libvirt_is_unreachable(output: str) -> None:
+def test_probe_prints_only_the_error_and_the_sources_advice_when_unreachable(output: str) -> None:
     out, errors = io.StringIO(), io.StringIO()
     source = FakeSource(reachable=False)
     answer = print_probe(
         make_poller(source, Clock(), []),
-        uri=URI,
+        advice=source.unreachable_advice,
         output=output,
         stream=out,
         errors=errors,
     )
     assert answer == 1
     assert out.getvalue() == "", "no table: it would read as connected without VMs"
-    lines = errors.getvalue().splitlines()
-    assert lines[0] == "guestload: connection refused"
-    assert lines[1] == f"libvirt at {URI} is unreachable; check that:"
-    assert "daemon runs" in lines[2]
     assert (
-        lines[3] == "  - its socket exists: /nonexistent/libvirt-sock (no such file or directory)"
+        errors.getvalue() == "guestload: connection refused\ncheck the fake (connection refused)\n"
     )
-    assert "member of its group" in lines[4]
+
+
+def test_the_libvirt_advice_names_the_daemon_the_socket_and_the_group() -> None:
+    lines = unreachable_advice(URI, "connection refused").splitlines()
+    assert lines[0] == f"libvirt at {URI} is unreachable; check that:"
+    assert "daemon runs" in lines[1]
+    assert (
+        lines[2] == "  - its socket exists: /nonexistent/libvirt-sock (no such file or directory)"
+    )
+    assert "member of its group" in lines[3]
 
 
 def test_the_advice_names_the_socket_libvirt_named_with_its_group_and_mode(
@@ -183,6 +189,6 @@ def test_the_advice_names_the_socket_libvirt_named_with_its_group_and_mode(
         "cannot connect to libvirt uri=qemu:///system: "
         f"Failed to connect socket to '{socket_path}': Permission denied"
     )
-    message = unreachable_message("qemu:///system", error)
+    message = unreachable_advice("qemu:///system", error)
     assert f"  - its socket exists: {socket_path} (group {group}, mode 0660)\n" in message
-    assert message.startswith(f"guestload: {error}\n")
+    assert message.startswith("libvirt at qemu:///system is unreachable; check that:\n")

@@ -22,6 +22,7 @@ from guestload.model import (
     DomainInventory,
     EventKind,
     QueryReading,
+    SourceFacts,
     VcpuStat,
     VcpuState,
 )
@@ -431,7 +432,7 @@ def test_transient_timeout_failure_is_retried_on_the_next_call() -> None:
 def test_an_older_daemon_uses_the_passthrough() -> None:
     domain = fake_domain()
     for rig in make_rig(domain, daemon_version=GUEST_INFO_LOAD_MIN_VERSION - 1_000):
-        assert rig.source.describe()["load_method"] == "agent_command"
+        assert rig.source.facts().load_method == "agent_command"
         assert ask_load(rig.source, UUID_A, 5.0).state is AgentState.OK
         assert domain.count("guestInfo") == 0
         assert domain.count("agentSetResponseTimeout") == 1
@@ -785,20 +786,21 @@ def test_close_unsubscribes_and_is_idempotent(rig: Rig) -> None:
     assert rig.connection.event_callbacks == {}
     assert rig.connection.close_callback is None
     assert rig.connection.closed == 1
-    assert rig.source.describe()["libvirt_daemon_version"] == "unknown"
+    assert rig.source.facts().daemon_version == "unknown"
 
 
 def test_keepalive_is_started_on_connect(rig: Rig) -> None:
     assert rig.connection.keepalive == (5, 3)
 
 
-def test_describe_after_connect(rig: Rig) -> None:
-    assert rig.source.describe() == {
-        "libvirt_library_version": format_libvirt_version(libvirt.getVersion()),
-        "libvirt_daemon_version": "11.3.0",
-        "load_method": "guest_info",
-        "uri": URI,
-    }
+def test_facts_after_connect(rig: Rig) -> None:
+    assert rig.source.facts() == SourceFacts(
+        library_version=format_libvirt_version(libvirt.getVersion()),
+        daemon_version="11.3.0",
+        load_method="guest_info",
+        uri=URI,
+    )
+    assert rig.source.connection_health(lambda _inventory: pytest.fail("no VM to name")) is None
 
 
 def test_the_connect_line_carries_its_facts_as_json_fields(
@@ -818,7 +820,7 @@ def test_the_connect_line_carries_its_facts_as_json_fields(
 
 def test_libvirt_source_is_a_source() -> None:
     source: Source = LibvirtSource(uri=URI)
-    assert source.describe()["load_method"] == "unknown"
+    assert source.facts().load_method == "unknown"
 
 
 def test_a_failing_open_is_unavailable() -> None:

@@ -9,7 +9,13 @@ import pytest
 
 from guestload.identity import KUBEVIRT_UID_KEY, IdentityResolver
 from guestload.logs import JsonFormatter
-from guestload.model import AgentState, DomainEvent, EventKind, SocketHealth
+from guestload.model import (
+    AgentState,
+    ConnectionHealth,
+    DomainEvent,
+    EventKind,
+    SourceFacts,
+)
 from guestload.sources.kubevirt_sockets import SocketGlobSource, pod_uid_from_socket, socket_uri
 from guestload.sources.protocol import Source, SourceUnavailableError
 from tests.unit.fakes import FakeSource, ask_load, domain, ok
@@ -71,7 +77,7 @@ def test_socket_uri_fills_the_template() -> None:
 def test_a_node_without_sockets_is_up_and_empty(node: Node) -> None:
     node.source.connect()
     assert node.source.list_running_domains() == []
-    assert node.source.describe()["uri"] == f"test+unix:///default?socket={GLOB}"
+    assert node.source.facts().uri == f"test+unix:///default?socket={GLOB}"
 
 
 def test_socket_log_lines_carry_the_socket_as_a_json_field(
@@ -178,13 +184,22 @@ def test_events_of_every_socket_are_forwarded(node: Node) -> None:
     assert node.events[-1] == DomainEvent(kind=EventKind.AGENT_CONNECTED, uuid="a1")
 
 
-def test_describe_joins_distinct_versions(node: Node) -> None:
-    node.add("pod-a", "a1")
-    node.add("pod-b", "b1")
+def test_facts_join_the_connected_sockets_distinct_versions(node: Node) -> None:
+    for name, version in (("pod-a", "11.2.0"), ("pod-b", "10.0.0"), ("pod-c", "11.2.0")):
+        node.add(name, name).reported = SourceFacts(daemon_version=version, load_method="fake")
+    node.add("pod-d", "d1").reported = SourceFacts(daemon_version="9.0.0")
+    node.sockets["/pods/pod-d/sock"].reachable = False
+    node.add("pod-e", "e1")
     node.source.connect()
-    facts = node.source.describe()
-    assert facts["load_method"] == "fake"
-    assert facts["libvirt_daemon_version"] == "unknown"
+    facts = node.source.facts()
+    assert facts.daemon_version == "10.0.0,11.2.0", "distinct, sorted, down sockets left out"
+    assert facts.load_method == "fake"
+    assert facts.library_version == "unknown", "no socket knows it"
+
+
+def test_facts_are_unknown_without_a_connected_socket(node: Node) -> None:
+    node.source.connect()
+    assert node.source.facts() == SourceFacts(uri=f"test+unix:///default?socket={GLOB}")
 
 
 def test_close_disconnects_every_socket(node: Node) -> None:
@@ -201,7 +216,7 @@ RESOLVER = IdentityResolver(node="node-1", default_namespace="libvirt")
 
 def socket_paths(source: SocketGlobSource) -> list[str]:
     """The sockets the source knows (connected or not), sorted."""
-    return [health.socket for health in source.socket_health(RESOLVER.resolve)]
+    return [health.address for health in source.connection_health(RESOLVER.resolve)]
 
 
 def test_each_socket_reports_its_health_named_after_its_vm(node: Node) -> None:
@@ -212,35 +227,37 @@ def test_each_socket_reports_its_health_named_after_its_vm(node: Node) -> None:
     node.add("pod-d", "d1", "d2")
     node.source.connect()
     uuids(node)
-    assert node.source.socket_health(RESOLVER.resolve) == (
-        SocketHealth(
-            socket="/pods/pod-a/sock", up=True, pod_uid="pod-a", namespace="ns", name="a1"
+    assert node.source.connection_health(RESOLVER.resolve) == (
+        ConnectionHealth(
+            address="/pods/pod-a/sock", up=True, pod_uid="pod-a", namespace="ns", name="a1"
         ),
-        SocketHealth(
-            socket="/pods/pod-b/sock", up=True, pod_uid="pod-b", namespace="ns", name="b1"
+        ConnectionHealth(
+            address="/pods/pod-b/sock", up=True, pod_uid="pod-b", namespace="ns", name="b1"
         ),
-        SocketHealth(socket="/pods/pod-c/sock", up=False, pod_uid="pod-c"),
-        SocketHealth(socket="/pods/pod-d/sock", up=True, pod_uid="pod-d"),  # two VMs: none named
+        ConnectionHealth(address="/pods/pod-c/sock", up=False, pod_uid="pod-c"),
+        ConnectionHealth(
+            address="/pods/pod-d/sock", up=True, pod_uid="pod-d"
+        ),  # two VMs: none named
     )
 
     dead.reachable = False
     dead.domains.clear()
     uuids(node)
-    health = {h.pod_uid: h for h in node.source.socket_health(RESOLVER.resolve)}
-    assert health["pod-b"] == SocketHealth(
-        socket="/pods/pod-b/sock", up=False, pod_uid="pod-b", namespace="ns", name="b1"
+    health = {h.pod_uid: h for h in node.source.connection_health(RESOLVER.resolve)}
+    assert health["pod-b"] == ConnectionHealth(
+        address="/pods/pod-b/sock", up=False, pod_uid="pod-b", namespace="ns", name="b1"
     ), "a socket that went down still names its VM"
 
     dead.reachable = True
     node.now += 1.0
     uuids(node)
-    health = {h.pod_uid: h for h in node.source.socket_health(RESOLVER.resolve)}
+    health = {h.pod_uid: h for h in node.source.connection_health(RESOLVER.resolve)}
     assert health["pod-b"].up
     assert health["pod-b"].name == "b1", "an empty listing (the VM shutting down) keeps the name"
 
     del node.sockets["/pods/pod-a/sock"]
     uuids(node)
-    assert [h.pod_uid for h in node.source.socket_health(RESOLVER.resolve)] == [
+    assert [h.pod_uid for h in node.source.connection_health(RESOLVER.resolve)] == [
         "pod-b",
         "pod-c",
         "pod-d",

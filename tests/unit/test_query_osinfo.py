@@ -32,6 +32,7 @@ from guestload.queries.osinfo import (
 from guestload.queries.query import GuestQuery, Refresh
 from guestload.registration import SimulatedGuest
 from guestload.sources.simulated import WINDOWS
+from tests.exposition import scraped
 from tests.unit.fakes import FakeSource, domain, ok
 from tests.unit.pollers import Clock, Published, make_poller
 from tests.unit.snapshots import sample_snapshot
@@ -273,7 +274,7 @@ def test_hostile_values_render_and_parse_in_the_exposition() -> None:
     first = snapshot.domains[0]
     readings = {"osinfo": QueryReading(state=AgentState.OK, value=system)}
     cache.update(replace(snapshot, domains=(replace(first, readings=readings),)))
-    text = cache.render(openmetrics_format=False, gzip=False).decode()
+    text = scraped(cache).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert "fake_metric" not in families
     (sample,) = families[OS_INFO.name].samples

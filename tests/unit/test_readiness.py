@@ -6,6 +6,7 @@ from guestload.cli.daemon import readiness
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.model import DomainInventory, Snapshot
+from tests.exposition import scraped
 from tests.unit.fakes import LOAD_ONLY, FakeSource, ok
 from tests.unit.pollers import Clock, make_poller
 
@@ -34,7 +35,7 @@ def test_not_ready_until_the_cache_holds_the_first_successful_poll() -> None:
         assert poller.ready
         assert ready_while_publishing == [False]
         assert is_ready()
-        body = cache.render(openmetrics_format=True, gzip=False).decode()
+        body = scraped(cache, openmetrics=True).decode()
         assert 'kubevirt_vmi_guest_load_1m{name="vm1",namespace="libvirt",node="node-1"} 1.5' in (
             body
         )

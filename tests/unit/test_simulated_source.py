@@ -8,13 +8,15 @@ from collections.abc import Callable
 
 import pytest
 
-from guestload.cli.daemon import make_source
 from guestload.cli.flags import build_parser, settings_from_args
 from guestload.cli.main import main
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind, Snapshot
 from guestload.polling.poller import Poller
-from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
+from guestload.queries.cpustats import CpuStatsQuery
+from guestload.queries.osinfo import OSINFO, GuestOs
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.catalog import make_source
 from guestload.sources.simulated import AGENT_AWAY_STEPS, BOOT_STEPS, STEP_SECONDS, SimulatedSource
 from tests.unit.fakes import LOAD_ONLY, ask_load, load_value, state_of
 
@@ -43,8 +45,16 @@ def _source(
     return source
 
 
+def _behaviours(source: SimulatedSource) -> dict[str, AgentBehaviour]:
+    """Each running VM's agent behaviour, as its domain's metadata names it."""
+    return {
+        domain.uuid: AgentBehaviour(domain.metadata[AGENT_BEHAVIOUR_KEY])
+        for domain in source.list_running_domains()
+    }
+
+
 def _uuid_with(source: SimulatedSource, behaviour: AgentBehaviour) -> str:
-    return next(u for u, b in source.behaviours().items() if b is behaviour)
+    return next(u for u, b in _behaviours(source).items() if b is behaviour)
 
 
 def test_the_same_seed_gives_the_same_vms_and_the_same_load_curves() -> None:
@@ -76,7 +86,8 @@ def test_vms_are_kubevirt_domains_with_vcpus_and_uuids() -> None:
     resolver = IdentityResolver(node="n", default_namespace="libvirt")
     for domain in domains:
         assert domain.vcpu_count == len(domain.vcpus)
-        assert domain.metadata == {"kubevirt.uid": domain.uuid}
+        assert domain.metadata["kubevirt.uid"] == domain.uuid
+        assert AgentBehaviour(domain.metadata[AGENT_BEHAVIOUR_KEY]) in AgentBehaviour
         identity = resolver.resolve(domain)
         assert identity.namespace != "libvirt"
         assert f"{identity.namespace}_{identity.name}" == domain.domain_name
@@ -140,7 +151,7 @@ def test_bad_failure_shares_are_refused(text: str) -> None:
 
 def test_failure_shares_are_honoured() -> None:
     failures = AgentFailures(absent=0.1, old=0.1, slow=0.1, hung=0.2)
-    counts = Counter(_source(FakeClock(), vms=4000, agent_failures=failures).behaviours().values())
+    counts = Counter(_behaviours(_source(FakeClock(), vms=4000, agent_failures=failures)).values())
     for behaviour, share in [
         (AgentBehaviour.ABSENT, 0.1),
         (AgentBehaviour.OLD, 0.1),
@@ -302,7 +313,7 @@ def test_flapping_agents_go_away_and_come_back_with_events() -> None:
         agent_flaps_per_minute=60 / STEP_SECONDS,  # one agent per step
         agent_failures=AgentFailures(absent=0.2, hung=0.1),
     )
-    absent = {u for u, b in source.behaviours().items() if b is AgentBehaviour.ABSENT}
+    absent = {u for u, b in _behaviours(source).items() if b is AgentBehaviour.ABSENT}
     events: list[DomainEvent] = []
     source.set_event_listener(events.append)
     clock.now += STEP_SECONDS
@@ -326,7 +337,7 @@ def test_flapping_agents_go_away_and_come_back_with_events() -> None:
     assert away - 1 >= low
     # (Back for good within this test: this seed does not pick the same agent again.)
     assert [e.kind for e in events if e.uuid == event.uuid][-1] is EventKind.AGENT_CONNECTED
-    behaviour = source.behaviours()[event.uuid]
+    behaviour = _behaviours(source)[event.uuid]
     expected = AgentState.TIMEOUT if behaviour is AgentBehaviour.HUNG else AgentState.OK
     assert ask_load(source, event.uuid, 0.01).state is expected
     kinds = Counter(e.kind for e in events)
@@ -380,9 +391,10 @@ def test_the_poller_keeps_healthy_vms_fresh_next_to_hung_agents() -> None:
     finally:
         poller.close()
     states = Counter(state_of(d) for d in snapshot.domains)
-    hung = sum(b is AgentBehaviour.HUNG for b in source.behaviours().values())
+    hung = sum(b is AgentBehaviour.HUNG for b in _behaviours(source).values())
     assert states == {AgentState.OK: 50 - hung, AgentState.TIMEOUT: hung}
-    assert snapshot.build_info["load_method"] == "simulated"
+    assert snapshot.source is not None
+    assert snapshot.source.load_method == "simulated"
 
 
 def test_cli_selects_the_simulated_source() -> None:
@@ -458,3 +470,26 @@ def test_probe_prints_simulated_vms(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split()[0] == "NAMESPACE"
     assert len(lines) == 5
     assert all(line.split()[-1] == "ok" for line in lines[1:])
+
+
+def test_windows_guests_answer_cpustats_as_the_windows_agent_does() -> None:
+    """One VM in ten runs Windows: its agent names the OS and has no CPU statistics."""
+    source = _source(FakeClock(), vms=40)
+    queries = (CpuStatsQuery(), OSINFO)
+    readings = {
+        domain.uuid: source.query_guest(domain.uuid, queries, 1.0)
+        for domain in source.list_running_domains()
+    }
+    windows = {
+        uuid
+        for uuid, reading in readings.items()
+        if isinstance(os := reading[OSINFO.name].value, GuestOs) and os.id == "mswindows"
+    }
+    assert 0 < len(windows) < len(readings)
+    for uuid, reading in readings.items():
+        cpu = reading[CpuStatsQuery.name]
+        if uuid in windows:
+            assert cpu.state is AgentState.UNSUPPORTED, cpu
+            assert "not currently supported" in cpu.detail
+        else:
+            assert cpu.state is AgentState.OK, cpu

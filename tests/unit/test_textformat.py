@@ -29,11 +29,12 @@ from guestload.hoststats.catalog import ALL_HOST_STATS
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType
 from guestload.model import (
     AgentState,
+    ConnectionHealth,
     DomainSample,
     Identity,
     QueryReading,
     Snapshot,
-    SocketHealth,
+    SourceFacts,
     VcpuStat,
     VcpuState,
 )
@@ -137,12 +138,20 @@ snapshots = st.builds(
     last_success_timestamp_seconds=st.none() | numbers,
     agent_calls_total=st.dictionaries(st.sampled_from(AgentState), counts),
     build_info=st.dictionaries(label_names, label_values, max_size=4),
+    source=st.none()
+    | st.builds(
+        SourceFacts,
+        library_version=label_values,
+        daemon_version=label_values,
+        load_method=label_values,
+        uri=label_values,
+    ),
     identity_conflicts=st.integers(min_value=0, max_value=10_000),
-    sockets=st.none()
+    connections=st.none()
     | st.lists(
         st.builds(
-            SocketHealth,
-            socket=label_values,
+            ConnectionHealth,
+            address=label_values,
             up=st.booleans(),
             pod_uid=label_values,
             namespace=label_values,
@@ -327,26 +336,43 @@ def test_metric_specs_are_checked(name: str, kind: MetricType, labels: tuple[str
         MetricSpec(name, kind, "help", labels)
 
 
-def test_build_info_documents_every_label_a_source_describes() -> None:
-    described = SimulatedSource(simulation=Simulation(vms=0)).describe()
-    # The version is guestload's own; the CLI adds the Python version.
-    assert {"version", "python_version", *described} == set(BUILD_INFO_LABELS)
+def test_build_info_documents_every_label_a_snapshot_gives_it() -> None:
+    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES))
+    facts = SimulatedSource(simulation=Simulation(vms=0)).facts()
+    # The version is guestload's own; the CLI adds the Python version; the rest are the source's.
+    snapshot = Snapshot(source_up=True, build_info={"python_version": "3.11.7"}, source=facts)
+    body = written(writer, snapshot, openmetrics_format=False).decode()
+    (line,) = (line for line in body.splitlines() if line.startswith("guestload_build_info{"))
+    labels = {
+        pair.partition("=")[0] for pair in line.partition("{")[2].partition("}")[0].split(",")
+    }
+    assert labels == set(BUILD_INFO_LABELS)
+    assert 'load_method="simulated"' in line
+    assert 'libvirt_daemon_version="none"' in line
 
 
-def test_socket_health_is_a_family_only_in_kubevirt_node_mode() -> None:
+def test_build_info_has_no_source_labels_before_the_first_connection() -> None:
+    writer = SnapshotWriter(metric_set=MetricSet(queries=ALL_QUERIES))
+    body = written(writer, Snapshot(source_up=False), openmetrics_format=False).decode()
+    assert f'guestload_build_info{{version="{__version__}"}} 1.0\n' in body
+
+
+def test_connection_health_is_a_family_only_where_the_source_keeps_several() -> None:
     writer = SnapshotWriter(
         metric_set=MetricSet(host_stats=ALL_HOST_STATS, queries=ALL_QUERIES, vcpu_collector=True)
     )
     single = written(writer, Snapshot(source_up=True), openmetrics_format=False).decode()
     assert "guestload_libvirt_socket_up" not in single
-    none_yet = written(writer, Snapshot(source_up=True, sockets=()), openmetrics_format=False)
+    none_yet = written(writer, Snapshot(source_up=True, connections=()), openmetrics_format=False)
     assert b"# TYPE guestload_libvirt_socket_up gauge\n" in none_yet
     assert b"guestload_libvirt_socket_up{" not in none_yet
     snapshot = Snapshot(
         source_up=True,
-        sockets=(
-            SocketHealth(socket="/p/a/sock", up=True, pod_uid="a", namespace="prod", name="web"),
-            SocketHealth(socket="/p/b/sock", up=False, pod_uid="b"),
+        connections=(
+            ConnectionHealth(
+                address="/p/a/sock", up=True, pod_uid="a", namespace="prod", name="web"
+            ),
+            ConnectionHealth(address="/p/b/sock", up=False, pod_uid="b"),
         ),
     )
     body = written(writer, snapshot, openmetrics_format=False).decode()

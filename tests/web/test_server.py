@@ -24,9 +24,11 @@ from guestload.logs import LogfmtFormatter
 from guestload.model import Snapshot
 from guestload.settings import ListenAddress
 from guestload.web.basic_auth import BasicAuthenticator
+from guestload.web.limits import FairSlots, listen_backlog
 from guestload.web.refusals import Refusal, RefusalLog
 from guestload.web.reload import PLAIN_HTTP, WebSecurity
-from guestload.web.server import ExporterServer, FairSlots, WebApp, listen_backlog
+from guestload.web.routes import WebApp
+from guestload.web.server import ExporterServer
 from guestload.web.tls import ClientAuth, TlsSettings, build_ssl_context
 from guestload_lab.waiting import wait_until
 from tests.certs import TlsFiles, make_tls_files
@@ -61,6 +63,35 @@ class Running:
 
 
 Serve = Callable[..., Running]
+
+
+class HeldReadiness:
+    """An ``is_ready`` that holds each request asking it (and so the request's slot) until
+    released, and tells how many are held."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._entered = threading.Semaphore(0)
+
+    def __call__(self) -> bool:
+        self._entered.release()
+        return self.release.wait(10)
+
+    def wait_for_holders(self, count: int) -> None:
+        for _ in range(count):
+            assert self._entered.acquire(timeout=5), "a request never reached its handler"
+
+
+class RecordedRefusals(RefusalLog):
+    """A refusal log that also keeps every refusal it is told of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Refusal] = []
+
+    def record(self, refusal: Refusal, *, client: str) -> None:
+        self.seen.append(refusal)
+        super().record(refusal, client=client)
 
 
 @pytest.fixture
@@ -192,6 +223,26 @@ def _get_quietly(running: Running, path: str) -> None:
         running.get(path).read()
 
 
+@contextlib.contextmanager
+def _slots_held(serve: Serve, *, max_requests: int) -> Iterator[tuple[Running, HeldReadiness]]:
+    """A server whose every slot answers a /readyz held until ``held.release`` is set."""
+    held = HeldReadiness()
+    limited = serve(max_requests=max_requests, is_ready=held)
+    holders = [
+        threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
+        for _ in range(max_requests)
+    ]
+    for holder in holders:
+        holder.start()
+    try:
+        held.wait_for_holders(max_requests)
+        yield limited, held
+    finally:
+        held.release.set()
+        for holder in holders:
+            holder.join(timeout=5)
+
+
 def test_idle_connections_take_no_slot_and_are_cut_at_the_request_timeout(serve: Serve) -> None:
     limited = serve(max_requests=2)
     idle = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(4)]
@@ -211,13 +262,7 @@ def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
     serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A slot is held while a request is answered; /readyz is held here by a blocked check."""
-    release = threading.Event()
-    limited = serve(max_requests=2, is_ready=lambda: release.wait(10))
-    holders = [threading.Thread(target=_get_quietly, args=(limited, "/readyz")) for _ in range(2)]
-    for holder in holders:
-        holder.start()
-    try:
-        wait_until(lambda: limited.server.slots_free() == 0, timeout=5)
+    with _slots_held(serve, max_requests=2) as (limited, _):
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="guestload.web.refusals"):
             busy = limited.get("/metrics")
@@ -228,40 +273,38 @@ def test_requests_beyond_the_limit_wait_a_second_then_get_503_and_a_warning(
         (record,) = [r for r in caplog.records if r.__dict__.get("reason") == "busy"]
         assert record.levelno == logging.WARNING
         assert record.name == "guestload.web.refusals"
-    finally:
-        release.set()
-        for holder in holders:
-            holder.join(timeout=5)
     assert limited.get("/metrics").status == 200
 
 
+def test_a_head_request_beyond_the_limit_gets_a_503_without_a_body(serve: Serve) -> None:
+    """The 503 was once written by hand, with its body even for HEAD."""
+    with _slots_held(serve, max_requests=1) as (limited, _):
+        reply = limited.raw(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert b"\r\nContent-Length: 26\r\n" in head  # the GET's body length, as HEAD says
+    assert b"\r\nRetry-After: 1\r\n" in head
+    assert body == b""
+
+
 def test_a_freed_slot_goes_to_a_waiting_request(serve: Serve) -> None:
-    release = threading.Event()
-    limited = serve(max_requests=1, is_ready=lambda: release.wait(10))
-    holder = threading.Thread(target=_get_quietly, args=(limited, "/readyz"))
-    holder.start()
-    try:
-        wait_until(lambda: limited.server.slots_free() == 0, timeout=5)
-        threading.Timer(limited.server.slot_wait_seconds / 4, release.set).start()
+    with _slots_held(serve, max_requests=1) as (limited, held):
+        threading.Timer(limited.server.slot_wait_seconds / 4, held.release.set).start()
         assert limited.get("/metrics").status == 200
-    finally:
-        release.set()
-        holder.join(timeout=5)
 
 
 def test_too_many_open_connections_close_the_oldest_first(serve: Serve) -> None:
-    refusals = RefusalLog()
+    refusals = RecordedRefusals()
     limited = serve(max_connections=3, refusals=refusals, request_timeout=10.0)
+    # The server accepts connections in the order the kernel queued them: the first is oldest.
     oldest = socket.create_connection(("127.0.0.1", limited.port), timeout=5)
-    wait_until(lambda: limited.server.open_count() == 1, timeout=5)
     others = [socket.create_connection(("127.0.0.1", limited.port), timeout=5) for _ in range(2)]
     try:
-        wait_until(lambda: limited.server.open_count() == 3, timeout=5)
         started = time.monotonic()
         assert limited.get("/metrics").status == 200  # the fourth: the oldest makes way
         assert oldest.recv(1) == b""
         assert time.monotonic() - started < 5.0  # cut, not timed out
-        assert refusals.totals[Refusal.EVICTED] == 1
+        assert refusals.seen == [Refusal.EVICTED]
         others[0].sendall(b"GET /healthz HTTP/1.0\r\n\r\n")  # not cut: still served
         assert others[0].recv(100).startswith(b"HTTP/1.0 200")
     finally:
@@ -459,14 +502,24 @@ def test_a_new_certificate_applies_to_the_next_connection(
 
 
 def test_a_client_that_does_not_take_its_answer_holds_no_slot_and_is_cut_in_time(
-    serve: Serve,
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    refusals = RefusalLog()
+    refusals = RecordedRefusals()
     running = serve(max_requests=1, refusals=refusals)
     # A ~16 MB answer: more than loopback's buffers can hold (send buffers grow to 4 MB), with
     # a receive buffer made small before connecting, so the window stays small.
     big = Snapshot(source_up=True, build_info={f"k{i}": "v" * 1000 for i in range(16_000)})
-    running.server.app.cache.update(big)
+    cache = running.server.app.cache
+    cache.update(big)
+    made = threading.Event()
+    render_parts = cache.render_parts
+
+    def rendering(*, openmetrics_format: bool, gzip: bool) -> tuple[bytes, ...]:
+        parts = render_parts(openmetrics_format=openmetrics_format, gzip=gzip)
+        made.set()
+        return parts
+
+    monkeypatch.setattr(cache, "render_parts", rendering)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(5)
@@ -474,13 +527,10 @@ def test_a_client_that_does_not_take_its_answer_holds_no_slot_and_is_cut_in_time
         sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
         started = time.monotonic()
         # Read nothing meanwhile: the one slot is free again once the answer is made.
-        wait_until(
-            lambda: running.server.slots_free() == 1 and running.server.open_count() == 1, timeout=5
-        )
+        assert made.wait(5)
         assert running.get("/healthz").status == 200
-        wait_until(
-            lambda: refusals.totals[Refusal.ANSWER_TIMEOUT] == 1, timeout=REQUEST_TIMEOUT + 5
-        )
+        assert Refusal.BUSY not in refusals.seen
+        wait_until(lambda: refusals.seen == [Refusal.ANSWER_TIMEOUT], timeout=REQUEST_TIMEOUT + 5)
         received = 0
         with contextlib.suppress(ConnectionResetError):  # reset: the rest is dropped
             while chunk := sock.recv(1 << 20):
@@ -561,4 +611,5 @@ def test_slots_go_to_waiting_requests_in_arrival_order() -> None:
     for waiter in waiters:
         waiter.join(timeout=5)
     assert order == [0, 1, 2, 3]
-    assert slots.free == 1
+    assert slots.acquire(timeout=0)  # the one slot is free again, and only one
+    assert not slots.acquire(timeout=0)

@@ -28,7 +28,8 @@ from guestload.settings import ListenAddress
 from guestload.web.config import load_web_config
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebSecurity
-from guestload.web.server import ExporterServer, WebApp
+from guestload.web.routes import WebApp
+from guestload.web.server import ExporterServer
 from tests.certs import TlsFiles, make_tls_files
 from tests.unit.fakes import LOAD_ONLY
 

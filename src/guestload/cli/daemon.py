@@ -8,7 +8,6 @@ import platform
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from types import FrameType
 from typing import Final
 
@@ -18,53 +17,17 @@ from prometheus_client.registry import CollectorRegistry
 from guestload import __version__
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
-from guestload.identity import IdentityResolver, metadata_readers_for
-from guestload.model import Snapshot
+from guestload.identity import IdentityResolver
 from guestload.polling.poller import Poller
-from guestload.settings import Settings, SourceKind, format_duration
-from guestload.sources.kubevirt_sockets import SocketGlobSource
+from guestload.settings import Settings, format_duration
+from guestload.sources.catalog import make_source
 from guestload.sources.protocol import Source
-from guestload.sources.simulated import SimulatedSource
 from guestload.web.reload import PLAIN_HTTP, WebConfigReloader
 from guestload.web.server import ExporterServer, WebApp
 
 log = logging.getLogger(__name__)
 
 EXIT_FAILURE: Final = 1
-
-
-def make_source(settings: Settings) -> Source:
-    """The configured hypervisor: simulated, one libvirt URI, or one per matching socket."""
-    host_stats = settings.host_stats()
-    if settings.source is SourceKind.SIMULATED:
-        return SimulatedSource(simulation=settings.simulation, host_stats=host_stats)
-    from guestload.sources.libvirt import LibvirtSource  # noqa: PLC0415 - imports libvirt
-
-    readers = metadata_readers_for(settings.identity_mode)
-    if not settings.socket_glob:
-        return LibvirtSource(
-            uri=settings.libvirt_uri, metadata_readers=readers, host_stats=host_stats
-        )
-    return SocketGlobSource(
-        socket_glob=settings.socket_glob,
-        uri_template=settings.socket_uri_template,
-        make_source=lambda uri: LibvirtSource(
-            uri=uri, metadata_readers=readers, host_stats=host_stats
-        ),
-    )
-
-
-def with_socket_health(
-    publish: Callable[[Snapshot], None], source: Source, identity: IdentityResolver
-) -> Callable[[Snapshot], None]:
-    """``publish``, with each libvirt socket's health added to snapshots in KubeVirt node mode."""
-    if not isinstance(source, SocketGlobSource):
-        return publish
-
-    def publish_with_health(snapshot: Snapshot) -> None:
-        publish(replace(snapshot, sockets=source.socket_health(identity.resolve)))
-
-    return publish_with_health
 
 
 def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) -> Poller:
@@ -82,20 +45,16 @@ def make_poller(settings: Settings, source: Source, cache: MetricsCache | None) 
         agent_timeout_seconds=settings.agent_timeout_seconds,
         concurrency=settings.concurrency,
         agent_backoff_max_seconds=settings.agent_backoff_max_seconds,
-        on_snapshot=(
-            with_socket_health(cache.update, source, identity)
-            if cache is not None
-            else (lambda _snapshot: None)
-        ),
+        on_snapshot=cache.update if cache is not None else (lambda _snapshot: None),
         build_info={"python_version": platform.python_version()},
     )
 
 
 def readiness(poller: Poller, cache: MetricsCache) -> Callable[[], bool]:
-    """``/readyz``: libvirt connected, and ``/metrics`` serving a successful poll's data.
+    """``/readyz``: the hypervisor connected, and ``/metrics`` serving a successful poll's data.
 
     The poller counts as ready when its poll ends, before the cache has rendered the snapshot
-    (0.4 s at 10,000 VMs): readiness waits for the cache too.
+    (which takes a while at thousands of VMs): readiness waits for the cache too.
     """
     return lambda: poller.ready and cache.serves_successful_poll
 
@@ -169,12 +128,13 @@ def serve(
 
 def run(settings: Settings, *, web_config: WebConfigReloader | None = None) -> int:
     """Log the start, then serve the configured source until stopped."""
+    source = make_source(settings)
     log.info(
         "starting guestload",
         extra={
             "version": __version__,
             "source": settings.source,
-            "uri": settings.libvirt_uri,
+            "uri": source.facts().uri,
             "node": settings.node,
             "interval": format_duration(settings.poll_interval_seconds),
             "agent_timeout": format_duration(settings.agent_timeout_seconds),
@@ -182,5 +142,7 @@ def run(settings: Settings, *, web_config: WebConfigReloader | None = None) -> i
         },
     )
     if os.geteuid() == 0:
-        log.warning("running as root; guestload needs only read-write access to the libvirt socket")
-    return serve(settings, make_source(settings), web_config=web_config)
+        log.warning(
+            "running as root; guestload needs only read-write access to the hypervisor's socket"
+        )
+    return serve(settings, source, web_config=web_config)

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from guestload.cli.bundle import print_bundle
-from guestload.cli.daemon import make_poller, make_source, run
+from guestload.cli.daemon import make_poller, run
 from guestload.cli.flags import EXIT_USAGE, build_parser, settings_from_args
 from guestload.cli.probe import print_probe
 from guestload.logs import configure_logging
 from guestload.settings import SettingsError
+from guestload.sources.catalog import make_source
 from guestload.web.errors import WebConfigError
 from guestload.web.reload import WebConfigReloader
 
@@ -28,9 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"guestload: error: {error}\n")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     if args.command == "probe":
+        source = make_source(settings)
         return print_probe(
-            make_poller(settings, make_source(settings), None),
-            uri=settings.libvirt_uri,
+            make_poller(settings, source, None),
+            advice=source.unreachable_advice,
             output=args.output,
         )
     web_config = None

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import re
-import stat
 import sys
-import urllib.parse
+from collections.abc import Callable
 from typing import TextIO
 
 from guestload.model import DomainSample, Snapshot
@@ -77,58 +73,15 @@ def format_json(snapshot: Snapshot) -> str:
         }
         for d in sorted(snapshot.domains, key=lambda d: d.domain_name)
     ]
+    # "libvirt_up" is the key scripts read (public, like guestload_libvirt_up): whether the
+    # hypervisor connection is up, whatever the source.
     return json.dumps({"libvirt_up": snapshot.source_up, "domains": domains}, indent=2) + "\n"
-
-
-_SOCKET_IN_ERROR = re.compile(r"socket to '([^']+)'")
-
-
-def _socket_path(uri: str, error: str) -> str | None:
-    """The unix socket behind ``uri``: its ``socket=`` parameter, else the one libvirt named."""
-    query = urllib.parse.urlsplit(uri).query
-    given = urllib.parse.parse_qs(query).get("socket")
-    if given:
-        return given[0]
-    named = _SOCKET_IN_ERROR.search(error)
-    return named.group(1) if named else None
-
-
-def _socket_facts(path: str) -> str:
-    """``path`` with its group and mode when it exists, else that it is missing."""
-    try:
-        info = os.stat(path)
-    except OSError as error:
-        return f"{path} ({error.strerror.lower() if error.strerror else 'not found'})"
-    try:
-        group = grp.getgrgid(info.st_gid).gr_name
-    except KeyError:
-        group = str(info.st_gid)
-    return f"{path} (group {group}, mode {stat.S_IMODE(info.st_mode):04o})"
-
-
-def unreachable_message(uri: str, error: str) -> str:
-    """What ``probe`` prints when libvirt cannot be reached: the error and what to check."""
-    lines = [
-        f"guestload: {error}",
-        f"libvirt at {uri} is unreachable; check that:",
-        "  - the libvirt daemon runs (libvirtd, or virtqemud where libvirt runs one daemon "
-        "per driver)",
-    ]
-    socket_path = _socket_path(uri, error)
-    if socket_path is not None:
-        lines.append(f"  - its socket exists: {_socket_facts(socket_path)}")
-    lines += [
-        "  - this user may open the socket read-write: root, or a member of its group "
-        "(usually libvirt; log in again after joining it)",
-        "  - --libvirt.uri names the right daemon",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def print_probe(
     poller: Poller,
     *,
-    uri: str,
+    advice: Callable[[str], str],
     output: str,
     stream: TextIO | None = None,
     errors: TextIO | None = None,
@@ -137,15 +90,19 @@ def print_probe(
 
     The poll keeps the connection made first: the source is connected once.
 
-    When libvirt (``uri``) cannot be reached, only the error and what to check are printed,
-    on ``errors``, and the answer is 1: no table, which would read as "connected, no VMs".
+    When the hypervisor cannot be reached, only the error and what to check (``advice`` of the
+    error, the source's :meth:`~guestload.sources.protocol.Source.unreachable_advice`) are
+    printed, on ``errors``, and the answer is 1: no table, which would read as "connected, no
+    VMs".
     ``stream`` and ``errors`` default to the standard streams of the moment of the call.
     """
     try:
         try:
             poller.connect()
         except SourceUnavailableError as error:
-            (sys.stderr if errors is None else errors).write(unreachable_message(uri, str(error)))
+            (sys.stderr if errors is None else errors).write(
+                f"guestload: {error}\n{advice(str(error))}"
+            )
             return 1
         snapshot = poller.poll()
     finally:

@@ -84,12 +84,6 @@ class MetricsCache:
         self._eager: frozenset[bool] = frozenset({False})
         """Formats rendered as soon as a snapshot arrives: those scrapers asked for lately."""
 
-    @property
-    def prerendered_formats(self) -> frozenset[str]:
-        """The formats the current snapshot is cached in (``text``, ``openmetrics``)."""
-        with self._lock:
-            return frozenset("openmetrics" if f else "text" for f in self._encoded)
-
     def update(self, snapshot: Snapshot) -> None:
         """Publish ``snapshot``, rendered now in the formats scraped since the last one.
 
@@ -113,7 +107,7 @@ class MetricsCache:
 
     @property
     def serves_successful_poll(self) -> bool:
-        """True while scrapes get a snapshot of a successful poll with libvirt up.
+        """True while scrapes get a successful poll's snapshot, the hypervisor connection up.
 
         Set once :meth:`update` has handed the snapshot over, so every format a scrape can ask
         for (rendered now or on its first request) carries that poll's data.
@@ -131,12 +125,9 @@ class MetricsCache:
         """Wall time the last :meth:`update` spent rendering and compressing."""
         return self._render_seconds
 
-    def render(self, *, openmetrics_format: bool, gzip: bool) -> bytes:
-        """The body for one scrape: cached snapshot exposition plus live process metrics."""
-        return b"".join(self.render_parts(openmetrics_format=openmetrics_format, gzip=gzip))
-
     def render_parts(self, *, openmetrics_format: bool, gzip: bool) -> tuple[bytes, ...]:
-        """:meth:`render`'s body in pieces, the cached one shared: a scrape copies no megabytes."""
+        """The body for one scrape, in pieces: the cached snapshot exposition (shared, so a
+        scrape copies no megabytes), then the live process metrics."""
         with self._lock:
             self._asked.add(openmetrics_format)
             snapshot = self._snapshot

@@ -11,29 +11,31 @@ configuration exports and which samples a snapshot gives them. The exposition wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from guestload import __version__
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
-from guestload.model import AgentState, DomainSample, Identity, Snapshot
+from guestload.model import AgentState, DomainSample, Identity, Snapshot, SourceFacts
 
 if TYPE_CHECKING:
     from guestload.hoststats.hoststat import HostStat
     from guestload.queries.query import GuestQuery
 
 VCPU_LABELS = (*VM_LABELS, "id")
-BUILD_INFO_LABELS = (
-    "version",
-    "python_version",
-    "libvirt_library_version",
-    "libvirt_daemon_version",
-    "load_method",
-    "uri",
+SOURCE_FACT_LABELS: tuple[tuple[str, Callable[[SourceFacts], str]], ...] = (
+    ("libvirt_library_version", lambda facts: facts.library_version),
+    ("libvirt_daemon_version", lambda facts: facts.daemon_version),
+    ("load_method", lambda facts: facts.load_method),
+    ("uri", lambda facts: facts.uri),
 )
-"""``guestload_build_info``'s labels: the version and whatever the snapshot's build info holds
-(the Python version and the source's :meth:`~guestload.sources.protocol.Source.describe`)."""
+"""``guestload_build_info``'s label for each of the source's facts
+(:class:`~guestload.model.SourceFacts`). The label names are public (users' queries join on
+them) and older than sources other than libvirt; the facts are the hypervisor connection's."""
+BUILD_INFO_LABELS = ("version", "python_version", *(label for label, _ in SOURCE_FACT_LABELS))
+"""``guestload_build_info``'s labels: the version, the snapshot's build info (the Python
+version) and the source's facts."""
 
 # -- per VM --------------------------------------------------------------------------------------
 
@@ -78,12 +80,14 @@ VCPU_FAMILIES = (VCPU_SECONDS, VCPU_DELAY, VCPU_WAIT)
 
 # -- the exporter's own health -------------------------------------------------------------------
 
-LIBVIRT_UP = MetricSpec(
+# The hypervisor connection's health. The names of these families are public and older than
+# sources other than libvirt; they stand for whichever hypervisor connection the source keeps.
+HYPERVISOR_UP = MetricSpec(
     "guestload_libvirt_up",
     MetricType.GAUGE,
     "1 if the last poll reached libvirt, 0 if the connection is down.",
 )
-LIBVIRT_SOCKET_UP = MetricSpec(
+CONNECTION_UP = MetricSpec(
     "guestload_libvirt_socket_up",
     MetricType.GAUGE,
     "1 if the libvirt daemon behind this socket (a virt-launcher pod's, with "
@@ -133,8 +137,8 @@ BUILD_INFO = MetricSpec(
 )
 
 EXPORTER_FAMILIES = (
-    LIBVIRT_UP,
-    LIBVIRT_SOCKET_UP,
+    HYPERVISOR_UP,
+    CONNECTION_UP,
     DOMAINS,
     IDENTITY_CONFLICTS,
     POLLS,
@@ -214,11 +218,11 @@ class MetricSet:
         """The exporter's own families with their samples, in exposition order.
 
         A family whose value is not known yet (no poll finished) is left out entirely, and so
-        is the per-socket family outside KubeVirt node mode.
+        is the per-connection family where the source keeps one connection.
         """
         families: list[tuple[MetricSpec, list[LabelledValue]]] = [
-            (LIBVIRT_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
-            *_socket_families(snapshot),
+            (HYPERVISOR_UP, [({}, 1.0 if snapshot.source_up else 0.0)]),
+            *_connection_families(snapshot),
             (DOMAINS, [({}, float(len(snapshot.domains) + snapshot.identity_conflicts))]),
             (IDENTITY_CONFLICTS, [({}, float(snapshot.identity_conflicts))]),
             (POLLS, [({}, float(snapshot.polls_total))]),
@@ -242,24 +246,37 @@ class MetricSet:
                 ],
             )
         )
-        families.append((BUILD_INFO, [({"version": __version__, **snapshot.build_info}, 1.0)]))
+        families.append(
+            (
+                BUILD_INFO,
+                [({"version": __version__, **snapshot.build_info, **_fact_labels(snapshot)}, 1.0)],
+            )
+        )
         return families
 
 
-def _socket_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
-    """``guestload_libvirt_socket_up`` in KubeVirt node mode (present, maybe empty); else none."""
-    if snapshot.sockets is None:
+def _fact_labels(snapshot: Snapshot) -> dict[str, str]:
+    """The source's facts as ``guestload_build_info`` labels; none before its first connection."""
+    facts = snapshot.source
+    if facts is None:
+        return {}
+    return {label: fact(facts) for label, fact in SOURCE_FACT_LABELS}
+
+
+def _connection_families(snapshot: Snapshot) -> list[tuple[MetricSpec, list[LabelledValue]]]:
+    """The per-connection family where the source keeps several (present, maybe empty)."""
+    if snapshot.connections is None:
         return []
     samples: list[LabelledValue] = [
         (
             {
-                "socket": health.socket,
+                "socket": health.address,
                 "pod_uid": health.pod_uid,
                 "namespace": health.namespace,
                 "name": health.name,
             },
             1.0 if health.up else 0.0,
         )
-        for health in snapshot.sockets
+        for health in snapshot.connections
     ]
-    return [(LIBVIRT_SOCKET_UP, samples)]
+    return [(CONNECTION_UP, samples)]

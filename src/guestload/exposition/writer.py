@@ -3,8 +3,8 @@
 Byte for byte what prometheus_client 0.26 writes for the families of
 :mod:`guestload.exposition.schema` (the unit tests compare the two on generated snapshots), at a
 fraction of the cost: prometheus_client validates and escapes every label name and value of
-every sample (14 to 34 µs a sample); this writer escapes each VM's labels once, keeps the
-result between polls, and formats only the values (2 to 3 µs a sample, docs/performance.md).
+every sample; this writer escapes each VM's labels once, keeps the result between polls,
+and formats only the values (docs/performance.md, "Rendering").
 
 What both formats share: labels sorted by name; label values with ``\\``, ``"`` and newline
 escaped; values as Go prints floats (``1.0``, ``1.7e+09``, ``+Inf``, ``NaN``); a counter's

@@ -1,7 +1,7 @@
 """Polls a source on a schedule and turns what it finds into snapshots.
 
-Guest-agent calls are the risky part: libvirt runs one agent call per domain at a time and a
-call to a hung agent can block for a long time. So each poll makes one worker call per domain
+Guest-agent calls are the risky part: the hypervisor runs one agent call per domain at a time
+and a call to a hung agent can block for a long time. So each poll makes one worker call per domain
 that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls run in a bounded
 worker pool, a domain never has two calls outstanding (a call still running makes its queries
 ``timeout`` instead of queueing another), answers from calls that overran are discarded, and a
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import itertools
 import logging
 import queue
 import threading
@@ -44,6 +43,7 @@ from guestload.model import (
     Identity,
     QueryReading,
     Snapshot,
+    SourceFacts,
 )
 from guestload.polling.workers import DaemonPool
 from guestload.queries.query import GuestQuery, Refresh
@@ -69,15 +69,15 @@ RECONNECT_INITIAL_SECONDS = 1.0
 class _Answers:
     """Collects the UUIDs of finished calls; wakes the poll thread once all have finished.
 
-    A wake-up per answer cost the poll thread a context switch per domain; now it sleeps until
-    the last call ends, or until its next check of the pending calls, and takes every answer
-    that came meanwhile in one go.
+    A wake-up per answer would cost the poll thread a context switch per domain; it sleeps
+    until the last call ends, or until its next check of the pending calls, and takes every
+    answer that came meanwhile in one go.
     """
 
     def __init__(self, calls: int) -> None:
         self._uuids: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._last = calls - 1
-        self._finished = itertools.count()
+        self._lock = threading.Lock()
+        self._unfinished = calls
         self.all_finished = threading.Event()
         if calls == 0:
             self.all_finished.set()
@@ -85,7 +85,10 @@ class _Answers:
     def add(self, uuid: str, _future: object) -> None:
         """A call's done callback (any thread)."""
         self._uuids.put(uuid)
-        if next(self._finished) == self._last:  # atomic under the GIL
+        with self._lock:
+            self._unfinished -= 1
+            last = self._unfinished == 0
+        if last:
             self.all_finished.set()
 
     def take(self) -> Iterator[str]:
@@ -143,13 +146,16 @@ Readings = Mapping[str, QueryReading]
 
 @dataclass(slots=True)
 class _Call:
-    future: Future[Readings]
     queries: tuple[str, ...]
     """The names of the queries the call asks."""
     timeout: float
     """The agent timeout of each query of the call."""
-    started: list[float] = field(default_factory=list)
-    """Clock readings taken by the worker: when the call started and, once over, ended."""
+    future: Future[Readings] = field(init=False)
+    """Set once the call is submitted."""
+    started: float | None = None
+    """The clock when a worker began the call (set by the worker); None while queued."""
+    ended: float | None = None
+    """The clock when the call returned or raised (set by the worker)."""
 
 
 class Poller:
@@ -179,6 +185,7 @@ class Poller:
         self._backoff_max = agent_backoff_max_seconds
         self._on_snapshot = on_snapshot
         self._build_info = dict(build_info)
+        self._facts: SourceFacts | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._workers = DaemonPool(workers=concurrency, name="guestload-agent")
@@ -223,7 +230,7 @@ class Poller:
         """
         self._source.connect()
         self._connected = True
-        self._build_info.update(self._source.describe())
+        self._facts = self._source.facts()
 
     def close(self) -> None:
         """Release the worker pool (calls still running are abandoned) and the source."""
@@ -309,7 +316,7 @@ class Poller:
     # -- internals ----------------------------------------------------------------------
 
     def _absorb_events(self, events: Sequence[DomainEvent]) -> tuple[set[str], bool]:
-        """Apply what events tell without asking libvirt.
+        """Apply what events tell without asking the hypervisor.
 
         Returns the domains to read now, and whether any series went away.
         """
@@ -439,21 +446,16 @@ class Poller:
         return (0 if healthy else 2, track.last_call_seconds)
 
     def _submit(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
-        started: list[float] = []
+        record = _Call(queries=tuple(query.name for query in queries), timeout=timeout)
 
         def call() -> Readings:
-            started.append(self._clock())
+            record.started = self._clock()
             try:
                 return self._source.query_guest(uuid, queries, timeout)
             finally:
-                started.append(self._clock())
+                record.ended = self._clock()
 
-        record = _Call(
-            future=self._workers.submit(call),
-            queries=tuple(query.name for query in queries),
-            timeout=timeout,
-            started=started,
-        )
+        record.future = self._workers.submit(call)
         self._in_flight[uuid] = record
         return record
 
@@ -488,12 +490,12 @@ class Poller:
                 # Each query of the call may take the agent timeout.
                 grace = min(CALL_GRACE_SECONDS, call.timeout)
                 call_limit = call.timeout * len(call.queries) + grace
-                if call.started and now - call.started[0] > call_limit:
+                if call.started is not None and now - call.started > call_limit:
                     reading = QueryReading(
                         state=AgentState.TIMEOUT, detail=f"no answer within {call.timeout:g}s"
                     )
                     self._note_duration(uuid, call)
-                elif now >= budget_end and not call.started:
+                elif now >= budget_end and call.started is None:
                     # Never started: drop it, or it would delay the next poll's calls too.
                     if call.future.cancel():
                         self._in_flight.pop(uuid, None)
@@ -509,10 +511,11 @@ class Poller:
 
     def _note_duration(self, uuid: str, call: _Call) -> None:
         track = self._tracks.get(uuid)
-        if track is not None and call.started:
+        started = call.started
+        if track is not None and started is not None:
             track.asked = True
-            ended = call.started[1] if len(call.started) > 1 else self._clock()
-            track.last_call_seconds = ended - call.started[0]
+            ended = call.ended if call.ended is not None else self._clock()
+            track.last_call_seconds = ended - started
 
     @staticmethod
     def _result(call: _Call) -> Readings:
@@ -629,7 +632,9 @@ class Poller:
             last_success_timestamp_seconds=self._last_success,
             agent_calls_total=dict(self._agent_calls),
             build_info=dict(self._build_info),
+            source=self._facts,
             identity_conflicts=len(conflicts),
+            connections=self._source.connection_health(self._identity.resolve),
         )
         self._on_snapshot(snapshot)
         return snapshot
@@ -650,8 +655,8 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
     A poll allocates objects for every domain, many of them alive until it ends. With the
     collector on, its full collections kept running while they piled up, each walking every
-    live object, so their cost grew faster than the domains (5 full collections in a first
-    poll of 10,000 domains, 10 at 20,000; docs/performance.md). Polls make no cyclic garbage
+    live object, so their cost grew faster than the domains (docs/performance.md, "First
+    poll"). Polls make no cyclic garbage
     of their own; cycles made meanwhile wait for the collector's next run after the poll.
     """
     if not gc.isenabled():

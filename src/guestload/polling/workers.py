@@ -1,7 +1,7 @@
 """A fixed pool of daemon worker threads.
 
 Unlike ``concurrent.futures.ThreadPoolExecutor``, whose threads the interpreter joins at exit,
-these threads never delay shutdown: a guest-agent call that hangs inside libvirt cannot keep
+these threads never delay shutdown: a guest-agent call that hangs inside the hypervisor cannot keep
 the exporter from stopping.
 """
 

@@ -107,7 +107,6 @@ class CpuStatsQuery(GuestQuery):
 
     name = "cpustats"
     agent_command = "guest-get-cpustats"
-    max_reply_chars = MAX_REPLY_CHARS
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
@@ -149,8 +148,23 @@ class CpuStatsOptions:
     """Export guest CPU time per guest CPU instead of summed over them."""
 
 
+_WINDOWS_OS_ID = "mswindows"
+_WINDOWS_REPLY = json.dumps(
+    {
+        "error": {
+            "class": "GenericError",
+            "desc": "this feature or command is not currently supported",
+        }
+    }
+)
+"""What the Windows guest agent answers: it has no ``guest-get-cpustats``."""
+
+
 def simulated_reply(guest: SimulatedGuest) -> str:
-    """A healthy Linux agent's reply: per guest CPU, the mode times in milliseconds."""
+    """A healthy agent's reply: per guest CPU, the mode times in milliseconds on Linux; the
+    Windows agent's unsupported-command error on Windows."""
+    if guest.os.id == _WINDOWS_OS_ID:
+        return _WINDOWS_REPLY
     entries: list[dict[str, object]] = []
     for cpu, weight in enumerate(guest.vcpu_weights):
         busy = guest.busy_seconds * weight

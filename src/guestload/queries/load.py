@@ -82,7 +82,6 @@ class LoadQuery(GuestQuery):
         type_constant="VIR_DOMAIN_GUEST_INFO_LOAD",
         min_libvirt_version=GUEST_INFO_LOAD_MIN_VERSION,
     )
-    max_reply_chars = MAX_PASSTHROUGH_REPLY_CHARS
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:

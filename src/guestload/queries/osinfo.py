@@ -117,7 +117,6 @@ class OsInfoQuery(GuestQuery):
         min_libvirt_version=GUEST_INFO_OS_MIN_VERSION,
     )
     refresh = Refresh.ONCE_PER_RUN
-    max_reply_chars = MAX_REPLY_CHARS
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:

@@ -71,10 +71,6 @@ class GuestQuery(abc.ABC):
     """libvirt's typed API for the same answer, preferred where available."""
     refresh: Refresh = Refresh.EVERY_POLL
     """How often the poller asks it."""
-    max_reply_chars: int
-    """Longest passthrough reply parsed; longer ones are invalid. Each query sets it to the
-    constant of its module that its parser passes to
-    :func:`~guestload.queries.agent.reply_return`, so the limit is written once."""
 
     @property
     @abc.abstractmethod

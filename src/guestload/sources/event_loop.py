@@ -3,8 +3,8 @@
 libvirt needs an event loop for domain events, keepalives and close callbacks, and it calls
 the loop's ``update_handle`` twice around every RPC call (to stop and restart watching the
 connection's socket). libvirt's default loop runs on GLib: each of those updates wakes its
-thread, which in Python must take the GIL to return to its loop. That doubled the client's
-CPU of a ``guestInfo`` call (57 to 100 µs, docs/performance.md).
+thread, which in Python must take the GIL to return to its loop: about as much client CPU
+as the call itself (docs/performance.md, "Poll cost with real VMs").
 
 Here a watch is an epoll registration, changed in place from the calling thread: epoll takes
 interest changes from any thread while another waits in it, so an update wakes nobody. The
@@ -14,8 +14,8 @@ moved earlier, or a removed callback's free function to run.
 Watches are edge-triggered and re-armed by every ``update_handle``. With several calls in
 flight on one connection, the thread that owns the socket for the moment (libvirt's "buck")
 reads it itself, and the watch is back on meanwhile; libvirt's callback then returns at once
-without reading. Level-triggered, the loop spun on that socket until the owner had read it
-(36 wake-ups per poll of 8 domains); edge-triggered, it wakes once per arrival. Nothing is
+without reading. Level-triggered, the loop would spin on that socket until the owner had
+read it; edge-triggered, it wakes once per arrival. Nothing is
 left unread: libvirt's client reads one message per callback and then updates its watch, and
 the owner updates it when done; each update re-arms, and epoll reports data still waiting.
 

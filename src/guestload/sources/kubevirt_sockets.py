@@ -19,16 +19,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from guestload.model import (
+    UNKNOWN,
     AgentState,
+    ConnectionHealth,
     DomainEvent,
     DomainInventory,
     EventKind,
-    Identity,
     QueryReading,
-    SocketHealth,
+    SourceFacts,
 )
 from guestload.queries.query import GuestQuery
-from guestload.sources.protocol import EventListener, Source, SourceUnavailableError
+from guestload.sources.protocol import EventListener, Identify, Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,7 @@ class SocketGlobSource:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def socket_health(
-        self, identify: Callable[[DomainInventory], Identity]
-    ) -> tuple[SocketHealth, ...]:
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...]:
         """Each known socket's connection state, sorted by path.
 
         ``identify`` names the socket's VM from the domain it listed last (KubeVirt's
@@ -145,12 +144,12 @@ class SocketGlobSource:
         """
         with self._lock:
             members = [self._members[path] for path in sorted(self._members)]
-        health: list[SocketHealth] = []
+        health: list[ConnectionHealth] = []
         for member in members:
             identity = None if member.named_after is None else identify(member.named_after)
             health.append(
-                SocketHealth(
-                    socket=member.socket_path,
+                ConnectionHealth(
+                    address=member.socket_path,
                     up=member.connected,
                     pod_uid=pod_uid_from_socket(member.socket_path),
                     namespace="" if identity is None else identity.namespace,
@@ -274,25 +273,27 @@ class SocketGlobSource:
         """Forward every socket's domain events (and sockets appearing or vanishing)."""
         self._listener = listener
 
-    def describe(self) -> Mapping[str, str]:
-        """The connected sockets' versions (distinct values joined by ``,``) and the URI form."""
+    def facts(self) -> SourceFacts:
+        """The connected sockets' versions and load methods (distinct values joined by ``,``)
+        and the URI template with the glob in place of the socket."""
         with self._lock:
             members = [m for m in self._members.values() if m.connected]
-        facts: dict[str, set[str]] = {}
-        for member in members:
-            for key, value in member.source.describe().items():
-                facts.setdefault(key, set()).add(value)
+        known = [member.source.facts() for member in members]
 
-        def joined(key: str) -> str:
-            values = facts.get(key, set()) - {"unknown"}
-            return ",".join(sorted(values)) or "unknown"
+        def joined(values: Iterable[str]) -> str:
+            return ",".join(sorted(set(values) - {UNKNOWN})) or UNKNOWN
 
-        return {
-            "libvirt_library_version": joined("libvirt_library_version"),
-            "libvirt_daemon_version": joined("libvirt_daemon_version"),
-            "load_method": joined("load_method"),
-            "uri": socket_uri(self._uri_template, self._socket_glob),
-        }
+        return SourceFacts(
+            library_version=joined(facts.library_version for facts in known),
+            daemon_version=joined(facts.daemon_version for facts in known),
+            load_method=joined(facts.load_method for facts in known),
+            uri=socket_uri(self._uri_template, self._socket_glob),
+        )
+
+    def unreachable_advice(self, error: str) -> str:
+        """Nothing: watching a glob never fails as a whole; each socket's failures are logged."""
+        del error
+        return ""
 
     # -- internals ----------------------------------------------------------------------
 

@@ -32,19 +32,23 @@ from guestload.hoststats.hoststat import (
 )
 from guestload.identity import KUBEVIRT_METADATA, MetadataReader
 from guestload.model import (
+    UNKNOWN,
     AgentState,
+    ConnectionHealth,
     DomainEvent,
     DomainInventory,
     EventKind,
     QueryReading,
+    SourceFacts,
     VcpuStat,
     VcpuState,
 )
 from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import LOAD
 from guestload.queries.query import GuestQuery, run_queries
+from guestload.sources import libvirt_advice
 from guestload.sources.event_loop import EventLoop
-from guestload.sources.protocol import EventListener, SourceUnavailableError
+from guestload.sources.protocol import EventListener, Identify, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -419,17 +423,25 @@ class LibvirtSource:
         """Deliver lifecycle and agent events to ``listener``, from libvirt's event thread."""
         self._listener = listener
 
-    def describe(self) -> Mapping[str, str]:
-        """Library and daemon versions, the load method and the URI."""
+    def facts(self) -> SourceFacts:
+        """Library and daemon versions, the load method and the URI; the daemon's version and
+        the load method are ``unknown`` while not connected."""
         session = self._session
-        return {
-            "libvirt_library_version": format_libvirt_version(int(libvirt.getVersion())),
-            "libvirt_daemon_version": (
-                format_libvirt_version(session.daemon_version) if session else "unknown"
-            ),
-            "load_method": str(session.method(LOAD)) if session else "unknown",
-            "uri": self._uri,
-        }
+        return SourceFacts(
+            library_version=format_libvirt_version(int(libvirt.getVersion())),
+            daemon_version=(format_libvirt_version(session.daemon_version) if session else UNKNOWN),
+            load_method=str(session.method(LOAD)) if session else UNKNOWN,
+            uri=self._uri,
+        )
+
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
+        """None: one connection, whose health the poller knows."""
+        del identify
+        return None
+
+    def unreachable_advice(self, error: str) -> str:
+        """What to check about the daemon, its socket and the user's access to it."""
+        return libvirt_advice.unreachable_advice(self._uri, error)
 
     def _live_session(self) -> _Session:
         session = self._session

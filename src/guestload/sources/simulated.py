@@ -37,10 +37,12 @@ from guestload.hoststats.hoststat import HostStat, Kept, fold_values
 from guestload.hoststats.registry import HostStatRegistry
 from guestload.identity import KUBEVIRT_UID_KEY
 from guestload.model import (
+    ConnectionHealth,
     DomainEvent,
     DomainInventory,
     EventKind,
     QueryReading,
+    SourceFacts,
     VcpuStat,
     VcpuState,
 )
@@ -55,8 +57,8 @@ from guestload.queries.catalog import QUERIES
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.queries.registry import QueryRegistration, QueryRegistry
 from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
-from guestload.simulation import AgentBehaviour, AgentFailures, Simulation
-from guestload.sources.protocol import EventListener
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.protocol import EventListener, Identify
 
 STEP_SECONDS = 5.0
 """The kernel recomputes its load averages every 5 s; the simulation moves in the same steps."""
@@ -170,9 +172,12 @@ class _Vm:
         self.uuid = str(UUID(int=draws[0] << 64 | draws[1], version=4))
         namespace = NAMESPACES[draws[2] % len(NAMESPACES)]
         self.domain_name = f"{namespace}_vm-{index:05d}-{draws[2] >> 32:08x}"
-        self.inventory_metadata: Mapping[str, str] = {KUBEVIRT_UID_KEY: self.uuid}
         self.vcpus = _vcpu_count(_unit(draws[3]))
         self.behaviour = failures.behaviour(_unit(draws[4]))
+        self.inventory_metadata: Mapping[str, str] = {
+            KUBEVIRT_UID_KEY: self.uuid,
+            AGENT_BEHAVIOUR_KEY: self.behaviour.value,
+        }
         profile = _unit(draws[5])
         # Most VMs idle along, some are busy, a few run more tasks than they have vCPUs.
         if profile < 0.7:
@@ -434,22 +439,27 @@ class SimulatedSource:
     def set_event_listener(self, listener: EventListener | None) -> None:
         self._listener = listener
 
-    def describe(self) -> Mapping[str, str]:
+    def facts(self) -> SourceFacts:
         """The same facts as the libvirt source, saying the hypervisor is simulated."""
         simulation = self._simulation
-        return {
-            "libvirt_library_version": "none",
-            "libvirt_daemon_version": "none",
-            "load_method": "simulated",
-            "uri": f"simulated:///?vms={simulation.vms}&seed={simulation.seed}",
-        }
+        return SourceFacts(
+            library_version="none",
+            daemon_version="none",
+            load_method="simulated",
+            uri=f"simulated:///?vms={simulation.vms}&seed={simulation.seed}",
+        )
+
+    def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...] | None:
+        """None: one simulated hypervisor."""
+        del identify
+        return None
+
+    def unreachable_advice(self, error: str) -> str:
+        """Nothing: the simulation is always reachable."""
+        del error
+        return ""
 
     # -- simulation -------------------------------------------------------------------------
-
-    def behaviours(self) -> dict[str, AgentBehaviour]:
-        """UUID -> agent behaviour of every VM running now (for tests and benchmarks)."""
-        with self._lock:
-            return {uuid: vm.behaviour for uuid, vm in self._vms.items()}
 
     def _wall_seconds(self, step: int) -> float:
         """The Unix time of ``step``: the guests' statistics are as fresh as the step."""

@@ -34,10 +34,11 @@ BCRYPT_MAX_PASSWORD_BYTES: Final = 72
 class BasicAuthenticator:
     """Checks ``Authorization: Basic`` headers against bcrypt hashes.
 
-    bcrypt is slow on purpose (~100 ms at cost 12), so successful checks are remembered in a
-    small LRU cache keyed by an HMAC (with a per-process random key) of user, stored hash and
-    password: the cache holds no password, a changed hash never matches an old entry, and
-    failed attempts are never cached. A reloaded configuration keeps the cache (``previous``).
+    bcrypt is slow on purpose (at cost 12 a check takes a noticeable part of a second), so
+    successful checks are remembered in a small LRU cache keyed by an HMAC (with a per-process
+    random key) of user, stored hash and password: the cache holds no password, a changed hash
+    never matches an old entry, and failed attempts are never cached. A reloaded configuration
+    keeps the cache (``previous``).
 
     bcrypt runs one check at a time *per user* (unknown users share the decoy's turn): a flood
     of wrong passwords costs at most one core per configured user, and one user's expensive

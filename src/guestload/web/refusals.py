@@ -54,13 +54,10 @@ class RefusalLog:
         self._lock = threading.Lock()
         self._pending: dict[Refusal, int] = {}
         self._last_logged: dict[Refusal, float] = {}
-        self.totals: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
-        """Refusals of each kind since start."""
 
     def record(self, refusal: Refusal, *, client: str) -> None:
         now = self._clock()
         with self._lock:
-            self.totals[refusal] += 1
             count = self._pending.get(refusal, 0) + 1
             last = self._last_logged.get(refusal)
             if last is not None and now - last < self._interval:

@@ -99,10 +99,6 @@ class WebConfigReloader:
         self._requested = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self.reloads = 0
-        """Successful reloads since start."""
-        self.failures = 0
-        """Reloads refused since start."""
         if config.basic_auth_users and config.tls is None:
             log.warning(
                 "basic authentication without TLS sends passwords in clear text",
@@ -132,7 +128,6 @@ class WebConfigReloader:
                 )
             security = WebSecurity.from_config(config, previous=self._security)
         except WebConfigError as error:
-            self.failures += 1
             self._fingerprint = before
             log.error(
                 "web config not reloaded; keeping the previous one",
@@ -143,7 +138,6 @@ class WebConfigReloader:
         watched = self._files(config)
         self._fingerprint = before if watched == self._watched else _fingerprint(watched)
         self._watched = watched
-        self.reloads += 1
         log.info("web config reloaded", extra={"file": str(self.path), "reason": reason})
         return True
 

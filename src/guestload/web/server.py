@@ -19,6 +19,11 @@ Hardening, so that slow, hostile or unauthenticated clients cannot starve a scra
 - refusals and cuts are logged at warn level, at most once per 10 s per kind
   (:mod:`guestload.web.refusals`).
 
+The limits are in :mod:`guestload.web.limits`, TLS handshakes in
+:mod:`guestload.web.handshake`, which reply a path gets in :mod:`guestload.web.routes`;
+every reply, refusals and the standard library's request errors included, is sent by
+one method from a :class:`~guestload.web.replies.Reply`.
+
 One request per connection; only GET and HEAD; oversized request lines (414) and headers
 (431), garbage (400) and other methods (405) are answered, never a crash. TLS, basic
 authentication and extra response headers come from ``--web.config.file``
@@ -30,171 +35,49 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import html
 import io
 import logging
-import math
-import re
-import select
 import socket
-import ssl
-import struct
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from guestload import __version__
-from guestload.exposition.cache import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsCache
 from guestload.settings import ListenAddress
-from guestload.web.basic_auth import BASIC_AUTH_REALM
+from guestload.web.handshake import start_tls
+from guestload.web.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    SLOT_WAIT_SECONDS,
+    DeadlineReader,
+    DeadlineWriter,
+    FairSlots,
+    OpenConnections,
+    listen_backlog,
+)
 from guestload.web.refusals import Refusal, RefusalLog
 from guestload.web.reload import PLAIN_HTTP, WebSecurity
-from guestload.web.tls import peer_has_allowed_san
+from guestload.web.replies import (
+    BUSY,
+    METHOD_NOT_ALLOWED,
+    UNAUTHORIZED,
+    Reply,
+    header_fields,
+)
+from guestload.web.routes import WebApp, route
+
+__all__ = ["ExporterServer", "WebApp"]
 
 log = logging.getLogger(__name__)
 
-_HTTP_TO_HTTPS_BODY = b"client sent an HTTP request to an HTTPS server\n"
-_HTTP_TO_HTTPS_RESPONSE = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-) % (len(_HTTP_TO_HTTPS_BODY), _HTTP_TO_HTTPS_BODY)
 #: How often the idle accept loop wakes to check for shutdown: bounds how long stopping waits
-#: for it. Each wake-up costs ~60 µs of CPU; at 0.1 s that was 0.6 ms of CPU a second, more
-#: than a poll of five VMs.
+#: for it. Each wake-up costs CPU while nobody scrapes; twice a second keeps it a small part
+#: of the exporter's fixed cost per poll (docs/performance.md).
 SHUTDOWN_POLL_SECONDS = 0.5
-#: How long a complete request waits for a free slot before it gets 503 (at most half the
-#: request timeout, so the 503 itself is still in time).
-SLOT_WAIT_SECONDS = 1.0
-#: Connections open at once; a new one beyond this closes the oldest.
-DEFAULT_MAX_CONNECTIONS = 512
-_TLS_HANDSHAKE_RECORD = 0x16
-_ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 _ALLOWED_METHODS = ("GET", "HEAD")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WebApp:
-    """What the handler serves: the metrics cache and the poller's readiness."""
-
-    cache: MetricsCache
-    is_ready: Callable[[], bool]
-    telemetry_path: str
-
-
-def _accepts_openmetrics(accept: str) -> bool:
-    return any(
-        part.split(";")[0].strip() == "application/openmetrics-text" for part in accept.split(",")
-    )
-
-
-#: RFC 9110 section 12.4.2: a weight is 0 to 1 with at most three decimals.
-_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
-
-
-def _coding_weight(element: str) -> tuple[str, float]:
-    """A coding and its weight; a weight that is not a valid qvalue makes it unacceptable."""
-    coding, *parameters = element.split(";")
-    weight = 1.0
-    for parameter in parameters:
-        name, _, value = parameter.strip().partition("=")
-        if name.strip().lower() == "q":
-            value = value.strip()
-            weight = float(value) if _QVALUE.fullmatch(value) else 0.0
-    return coding.strip().lower(), weight
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether ``Accept-Encoding`` allows gzip, by RFC 9110 section 12.5.3.
-
-    gzip (or its alias x-gzip) is acceptable when listed with a weight above 0, or, when not
-    listed, when ``*`` is listed with a weight above 0. ``q=0`` means "not acceptable"; an
-    invalid weight (``q=-1``, ``q=NaN``, ``q=2``) makes that element unacceptable too, so
-    the answer falls back to no encoding, which is always allowed here.
-    """
-    gzip_weight: float | None = None
-    any_weight: float | None = None
-    for element in accept_encoding.split(","):
-        coding, weight = _coding_weight(element)
-        if coding in ("gzip", "x-gzip"):
-            gzip_weight = max(weight, gzip_weight or 0.0)
-        elif coding == "*":
-            any_weight = weight
-    if gzip_weight is not None:
-        return gzip_weight > 0
-    return any_weight is not None and any_weight > 0
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Reads from a socket until a deadline: the whole request must arrive in time."""
-
-    def __init__(
-        self, connection: socket.socket, deadline: float, on_timeout: Callable[[], None]
-    ) -> None:
-        super().__init__()
-        self._connection = connection
-        self._deadline = deadline
-        self._on_timeout = on_timeout
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("request not received within the request timeout")
-            self._connection.settimeout(remaining)
-            return self._connection.recv_into(buffer)
-        except TimeoutError:
-            self._on_timeout()
-            raise
-
-
-class _DeadlineWriter(io.BufferedIOBase):
-    """Writes to a socket until a deadline: a client must take the whole answer in time.
-
-    On plain sockets one ``sendall`` per write: its timeout bounds the whole call, and a body
-    of megabytes goes out without the thread taking the GIL back for every chunk. TLS
-    sockets time each send on its own, so there the deadline is checked every chunk.
-    """
-
-    _TLS_CHUNK = 256 * 1024
-
-    def __init__(
-        self, connection: socket.socket, deadline: float, on_timeout: Callable[[], None]
-    ) -> None:
-        super().__init__()
-        self._connection = connection
-        self._deadline = deadline
-        self._on_timeout = on_timeout
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        chunk = self._TLS_CHUNK if isinstance(self._connection, ssl.SSLSocket) else len(view)
-        try:
-            for start in range(0, len(view), max(chunk, 1)):
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("answer not taken within the request timeout")
-                self._connection.settimeout(remaining)
-                self._connection.sendall(view[start : start + chunk])
-        except TimeoutError:
-            self._on_timeout()
-            # Close with a reset: what the kernel still holds for this client is dropped
-            # instead of trickling out to it for minutes after the thread is gone.
-            with contextlib.suppress(OSError):
-                self._connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_ON_CLOSE)
-            raise
-        return len(view)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -203,8 +86,6 @@ class _Handler(BaseHTTPRequestHandler):
     security: WebSecurity = PLAIN_HTTP
     # Answer even a garbled request line with a status line, never an HTTP/0.9 bare body.
     default_request_version = "HTTP/1.0"
-    error_content_type = "text/plain; charset=utf-8"
-    error_message_format = "%(code)d %(message)s\n"
 
     def version_string(self) -> str:
         return self.server_version  # no Python version for the curious
@@ -215,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.security = self.server.connection_security()
         deadline = self.server.connection_deadline()
         self.rfile = io.BufferedReader(
-            _DeadlineReader(self.connection, deadline, self._refused(Refusal.REQUEST_TIMEOUT))
+            DeadlineReader(self.connection, deadline, self._refused(Refusal.REQUEST_TIMEOUT))
         )
 
     def _refused(self, refusal: Refusal) -> Callable[[], None]:
@@ -226,45 +107,32 @@ class _Handler(BaseHTTPRequestHandler):
         if not super().parse_request():
             return False
         # The request is in; the client has the request timeout again to take the answer.
-        self.wfile = _DeadlineWriter(
+        self.wfile = DeadlineWriter(
             self.connection,
             time.monotonic() + self.server.request_timeout,
             self._refused(Refusal.ANSWER_TIMEOUT),
         )
         if self.command not in _ALLOWED_METHODS:
-            self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-            self.send_header("Allow", ", ".join(_ALLOWED_METHODS))
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", "19")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b"method not allowed\n")
-            self.close_connection = True
+            self._send(METHOD_NOT_ALLOWED)
             return False
         authenticator = self.security.authenticator
         if authenticator is not None and not authenticator.check(
             self.headers.get("Authorization"), deadline=self.server.connection_deadline()
         ):
-            self._reply(
-                HTTPStatus.UNAUTHORIZED,
-                "text/plain; charset=utf-8",
-                b"unauthorized\n",
-                self.command != "HEAD",
-                extra_headers={"WWW-Authenticate": f'Basic realm="{BASIC_AUTH_REALM}"'},
-            )
-            self.close_connection = True
+            self._send(UNAUTHORIZED)
             return False
         if not self.server.take_slot():
-            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", "26")
-            self.send_header("Retry-After", "1")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b"too many concurrent calls\n")
-            self.close_connection = True
+            self._send(BUSY)
             return False
         return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A request the standard handler refused (400, 414, 431, 505): its own reply."""
+        self.log_error("code %d, message %s", code, message)
+        status = HTTPStatus(code)
+        reason = message or status.phrase
+        body = f"{code} {reason}\n".encode()
+        self._send(Reply(status=status, body=(body,), close=True, reason=reason))
 
     def end_headers(self) -> None:
         for name, value in self.security.headers:
@@ -272,118 +140,27 @@ class _Handler(BaseHTTPRequestHandler):
         super().end_headers()
 
     def do_GET(self) -> None:
-        self._dispatch(send_body=True)
+        self._send(route(self.server.app, self.path, self.headers))
 
     def do_HEAD(self) -> None:
-        self._dispatch(send_body=False)
+        self.do_GET()
 
-    def _dispatch(self, *, send_body: bool) -> None:
-        app = self.server.app
-        path = self.path.split("?", 1)[0]
-        if path == app.telemetry_path:
-            self._metrics(app, send_body=send_body)
-        elif path == "/":
-            self._reply(HTTPStatus.OK, "text/html; charset=utf-8", self._landing(app), send_body)
-        elif path == "/healthz":
-            self._reply(HTTPStatus.OK, "text/plain; charset=utf-8", b"ok\n", send_body)
-        elif path == "/readyz":
-            if app.is_ready():
-                self._reply(HTTPStatus.OK, "text/plain; charset=utf-8", b"ready\n", send_body)
-            else:
-                body = b"not ready: libvirt not connected or no successful poll yet\n"
-                self._reply(
-                    HTTPStatus.SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body, send_body
-                )
-        else:
-            self._reply(
-                HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n", send_body
-            )
-
-    def _metrics(self, app: WebApp, *, send_body: bool) -> None:
-        openmetrics_format = _accepts_openmetrics(self.headers.get("Accept", ""))
-        gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
-        body = app.cache.render_parts(openmetrics_format=openmetrics_format, gzip=gzip)
-        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics_format else TEXT_CONTENT_TYPE
-        extra = {"Content-Encoding": "gzip"} if gzip else {}
-        self._reply(HTTPStatus.OK, content_type, body, send_body, extra_headers=extra)
-
-    @staticmethod
-    def _landing(app: WebApp) -> bytes:
-        path = html.escape(app.telemetry_path)
-        return (
-            "<!DOCTYPE html>\n<html><head><title>guestload</title></head><body>"
-            f"<h1>guestload {html.escape(__version__)}</h1>"
-            "<p>Guest load averages of libvirt VMs, read through the QEMU guest agent.</p>"
-            f'<ul><li><a href="{path}">Metrics</a></li>'
-            '<li><a href="/healthz">Health</a></li><li><a href="/readyz">Readiness</a></li></ul>'
-            "</body></html>\n"
-        ).encode()
-
-    def _reply(
-        self,
-        status: HTTPStatus,
-        content_type: str,
-        body: bytes | tuple[bytes, ...],
-        send_body: bool,
-        *,
-        extra_headers: dict[str, str] | None = None,
-    ) -> None:
+    def _send(self, reply: Reply) -> None:
+        """Send ``reply`` (its body unless the request is a HEAD): every answer goes here."""
         # The answer is made: its slot is free for the next request while this client reads.
         self.server.release_slot()
-        parts = (body,) if isinstance(body, bytes) else body
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
-        for name, value in (extra_headers or {}).items():
+        self.send_response(reply.status, reply.reason or None)
+        for name, value in header_fields(reply):
             self.send_header(name, value)
         self.end_headers()
-        if send_body:
-            for part in parts:
+        if reply.close:
+            self.close_connection = True
+        if self.command != "HEAD":
+            for part in reply.body:
                 self.wfile.write(part)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", extra={"client": self.client_address[0], "line": format % args})
-
-
-class FairSlots:
-    """A counting semaphore that serves waiters in arrival order.
-
-    ``threading.Semaphore`` wakes an arbitrary waiter, so under a steady flood of requests one
-    unlucky request can wait out its whole timeout; here a request waits only for those that
-    came before it.
-    """
-
-    def __init__(self, count: int) -> None:
-        self._lock = threading.Lock()
-        self._free = count
-        self._waiters: deque[threading.Event] = deque()
-
-    @property
-    def free(self) -> int:
-        with self._lock:
-            return self._free
-
-    def acquire(self, *, timeout: float) -> bool:
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return True
-            turn = threading.Event()
-            self._waiters.append(turn)
-        if turn.wait(timeout):
-            return True
-        with self._lock:
-            if turn.is_set():  # granted just as the wait ran out
-                return True
-            self._waiters.remove(turn)
-            return False
-
-    def release(self) -> None:
-        with self._lock:
-            if self._waiters:
-                self._waiters.popleft().set()  # the slot passes straight to the next waiter
-            else:
-                self._free += 1
 
 
 @dataclass(slots=True)
@@ -393,14 +170,6 @@ class _Connection:
     client: str
     socket: socket.socket
     has_slot: bool = False
-
-
-def listen_backlog() -> int:
-    """The kernel's cap on a listen queue (``somaxconn``), as Go's net package uses."""
-    try:
-        return max(int(Path("/proc/sys/net/core/somaxconn").read_text()), socket.SOMAXCONN)
-    except (OSError, ValueError):
-        return socket.SOMAXCONN
 
 
 class ExporterServer(ThreadingHTTPServer):
@@ -430,9 +199,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.request_queue_size = listen_backlog()
         self._security = security
         self._slots = FairSlots(max_requests)
-        self._max_connections = max_connections
-        self._open: OrderedDict[int, _Connection] = OrderedDict()
-        self._open_lock = threading.Lock()
+        self._open: OpenConnections[_Connection] = OpenConnections(max_connections)
         self._local = threading.local()
         if ":" in address.host:
             self.address_family = socket.AF_INET6
@@ -466,15 +233,6 @@ class ExporterServer(ThreadingHTTPServer):
     def slot_wait_seconds(self) -> float:
         return min(SLOT_WAIT_SECONDS, self.request_timeout / 2)
 
-    def slots_free(self) -> int:
-        """Slots not answering a request now."""
-        return self._slots.free
-
-    def open_count(self) -> int:
-        """Connections accepted and not closed yet."""
-        with self._open_lock:
-            return len(self._open)
-
     def take_slot(self) -> bool:
         """The current connection's request is complete: take a slot to answer it.
 
@@ -506,12 +264,7 @@ class ExporterServer(ThreadingHTTPServer):
             client=str(client_address[0]),
             socket=request,
         )
-        evicted: list[_Connection] = []
-        with self._open_lock:
-            while len(self._open) >= self._max_connections:
-                evicted.append(self._open.popitem(last=False)[1])
-            self._open[id(state)] = state
-        for old in evicted:
+        for old in self._open.add(state):
             self.refusals.record(Refusal.EVICTED, client=old.client)
             with contextlib.suppress(OSError):
                 old.socket.shutdown(socket.SHUT_RDWR)  # wakes its thread, which then ends
@@ -520,13 +273,9 @@ class ExporterServer(ThreadingHTTPServer):
             # flood of busy threads makes every accept queue for the GIL behind them.
             _thread.start_new_thread(self.process_request_thread, (request, client_address, state))
         except Exception:
-            self._forget(state)
+            self._open.forget(state)
             self.shutdown_request(request)
             raise
-
-    def _forget(self, state: _Connection) -> None:
-        with self._open_lock:
-            self._open.pop(id(state), None)
 
     def process_request_thread(  # type: ignore[override]
         self, request: Any, client_address: Any, state: _Connection
@@ -536,7 +285,13 @@ class ExporterServer(ThreadingHTTPServer):
             self._local.connection = state
             ready = True
             if state.security.ssl_context is not None:
-                connection, ready = self._start_tls(request, state, client=state.client)
+                connection, ready = start_tls(
+                    request,
+                    state.security,
+                    deadline=state.deadline,
+                    client=state.client,
+                    refusals=self.refusals,
+                )
             if ready:
                 self.finish_request(connection, client_address)
         except Exception as error:  # noqa: BLE001 - one bad connection must not stop the server
@@ -547,66 +302,8 @@ class ExporterServer(ThreadingHTTPServer):
         finally:
             self.release_slot()  # before the client can see the close and come back
             self._local.connection = None
-            self._forget(state)
+            self._open.forget(state)
             self.shutdown_request(connection)
-
-    def _start_tls(
-        self, raw: socket.socket, state: _Connection, *, client: str
-    ) -> tuple[socket.socket, bool]:
-        """The connection to use and close, and whether a TLS handshake finished in time.
-
-        The caller closes the connection either way, after freeing its slot.
-        """
-        context = state.security.ssl_context
-        assert context is not None
-        if not self._looks_like_tls(raw, state.deadline, client=client):
-            return raw, False
-        tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        tls.setblocking(False)
-        poller = select.poll()
-        poller.register(tls, select.POLLIN)
-        try:
-            while True:
-                remaining = state.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("TLS handshake not finished within the request timeout")
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    poller.modify(tls, select.POLLIN)
-                except ssl.SSLWantWriteError:
-                    poller.modify(tls, select.POLLOUT)
-                poller.poll(math.ceil(remaining * 1000))
-            if state.security.client_allowed_sans and not peer_has_allowed_san(
-                tls.getpeercert() or {}, state.security.client_allowed_sans
-            ):
-                raise ssl.SSLError("client certificate names none of client_allowed_sans")
-        except OSError as error:
-            if isinstance(error, TimeoutError):
-                self.refusals.record(Refusal.REQUEST_TIMEOUT, client=client)
-            log.debug("TLS handshake failed", extra={"client": client, "err": str(error)})
-            return tls, False
-        tls.setblocking(True)
-        return tls, True
-
-    def _looks_like_tls(self, raw: socket.socket, deadline: float, *, client: str) -> bool:
-        """Peek at the first byte: a plain HTTP request to the TLS port gets a 400 and no more."""
-        raw.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            first = raw.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            self.refusals.record(Refusal.REQUEST_TIMEOUT, client=client)
-            return False
-        except OSError:
-            return False
-        if not first:
-            return False
-        if first[0] != _TLS_HANDSHAKE_RECORD:
-            with contextlib.suppress(OSError):
-                raw.sendall(_HTTP_TO_HTTPS_RESPONSE)
-            return False
-        return True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("request failed", extra={"client": str(client_address[0])}, exc_info=True)
