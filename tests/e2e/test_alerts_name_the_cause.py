@@ -4,12 +4,14 @@ Real guests make each cause: a CPU-bound guest (``stress-ng``), a guest whose ta
 disk throttled to 5 IOPS while its vCPU idles, a guest whose tasks hang on a FUSE mount whose
 daemon never answers (uninterruptible sleep on no disk: load without iowait), a guest in a swap
 storm (more memory touched than it has, a swap disk, a virtio balloon reporting its statistics),
-two busy guests pinned to one host CPU, a bursty guest (30-s CPU spikes every 5 minutes), a
+two busy guests pinned to one host CPU, a bursty guest (30-s CPU spikes every 150 s), a
 CPU-bound guest whose agent answers as Windows' does (OS ``mswindows``, its load the threads
-waiting for a CPU, no CPU statistics), and an idle guest. A monitoring chain (guestload,
-Prometheus with ``monitoring/rules/guestload.rules.yml``, Alertmanager, a webhook) with guest
-CPU times (the default) watches them, and each test asserts the cause and which alerts fire and
-which never do (the matrix in docs/causes.md).
+waiting for a CPU, no CPU statistics), and an idle guest. The bursty and Windows-like guests
+load their vCPUs only after the CPU-bound, pinned and swap-storm guests stop: eight busy
+guests at once on two host cores would slow the swap storm enough to change what it shows.
+A monitoring chain (guestload, Prometheus with ``monitoring/rules/guestload.rules.yml``,
+Alertmanager, a webhook) with guest CPU times (the default) watches them, and each test
+asserts the cause and which alerts fire and which never do (the matrix in docs/causes.md).
 
 A second chain runs with ``--no-collector.guest-cpu``, where the rules fall back to host-side
 vCPU time. The fallback needs a full 10-minute window of vCPU samples before it judges a VM,
@@ -23,6 +25,7 @@ The file sorts first on purpose: its busy VMs are gone before the session's VMs 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -30,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+import libvirt_qemu
 import pytest
 
 from guestload_lab.image import GuestImage
@@ -38,6 +43,7 @@ from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Monitoring, WebhookReceiver
 from guestload_lab.vm import AgentKind, Hypervisor, LabVm, VmSpec, wait_all_agents
 from guestload_lab.waiting import wait_until
+from guestload_lab.windows_agent import OS_ID, UNSUPPORTED_ERROR
 
 pytestmark = pytest.mark.e2e
 
@@ -58,15 +64,20 @@ GUEST_ALERTS = (
     "GuestMemoryThrash",
     "GuestVCPUHostContention",
 )
+MEMORY_STAND_DOWN_SECONDS = 15.0
+"""The queue warning ends this soon after the memory cause appears (three evaluations)."""
 MEMORY_WORKERS = 16
 """stress-ng --vm workers sharing HOG_MIB: each rewrites its part of it over and over."""
 HOG_MIB = 192
 """More than the swap-storm guest's free memory (about 95 MiB of 192 after boot)."""
 WINDOWS_WORKERS = 16
 """A Windows-like 1-vCPU guest with these has 15 threads waiting: its load passes 10 in ~70 s."""
+WINDOWS_SETTLED_SECONDS = 180.0
+"""How long the Windows-like guest's stress runs before its load is judged."""
 BURST_WORKERS = 32
 """Measured: 30-s bursts of these peak load.1m at 11-12.5 on a 1-vCPU guest (queue ~10-11)."""
-BURST_PERIOD = 300
+BURST_PERIOD = 150
+"""Seconds from one burst's start to the next: two bursts and their tails fit in 210 s."""
 FAST_WARNING_SECONDS = 60.0
 """A CPU-bound guest's warning fires at most this long after its queue passes 10."""
 CAUSE = "namespace_name_node:guestload_pressure_cause:info"
@@ -191,8 +202,6 @@ def cause_lab(
             for key in ("pinned_a", "pinned_b"):
                 vms[key].start_stress(PINNED_WORKERS, seconds=900)
                 started[key] = time.monotonic()
-            vms["bursty"].start_bursts(BURST_WORKERS, period=BURST_PERIOD, burst_seconds=30)
-            started["bursty"] = time.monotonic()
             yield CauseLab(vms=vms, guest_view=guest_view, started=started, timings=timings)
         finally:
             for vm in vms.values():
@@ -214,6 +223,22 @@ def _alerts_ever(chain: Monitoring, vm: LabVm, alerts: tuple[str, ...]) -> list[
     names = "|".join(alerts)
     series = chain.prometheus.query(
         f'max_over_time(ALERTS{{alertname=~"{names}", name="{_name(vm)}"}}[1h])'
+    )
+    notified = [
+        alert["labels"]["alertname"]
+        for alert in chain.webhook.alerts()
+        if alert["labels"].get("name") == _name(vm) and alert["labels"]["alertname"] in alerts
+    ]
+    return sorted({item["metric"]["alertname"] for item in series} | set(notified))
+
+
+def _alerts_firing_ever(chain: Monitoring, vm: LabVm, alerts: tuple[str, ...]) -> list[str]:
+    """Which of ``alerts`` fired (not only turned pending) for ``vm`` at any evaluation so far,
+    or reached the webhook."""
+    names = "|".join(alerts)
+    series = chain.prometheus.query(
+        f'max_over_time(ALERTS{{alertname=~"{names}", name="{_name(vm)}",'
+        ' alertstate="firing"}[1h])'
     )
     notified = [
         alert["labels"]["alertname"]
@@ -342,7 +367,7 @@ def test_a_guest_blocked_on_a_hung_fuse_mount_fires_guest_blocked_tasks_and_no_q
     vm.stop_blocked_tasks()
 
 
-def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
+def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_lasting_queue_alert(
     cause_lab: CauseLab,
 ) -> None:
     vm = cause_lab.vms["memory"]
@@ -359,8 +384,26 @@ def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
     causes = _causes(chain, vm)
     assert "memory" in causes
     assert not causes & {"cpu", "io", "blocked", "unknown"}, causes
-    queue_alerts = ("GuestVCPUQueueHighWarning", "GuestVCPUQueueHighCritical")
-    assert _alerts_ever(chain, vm, queue_alerts) == []
+    assert _alerts_ever(chain, vm, ("GuestVCPUQueueHighCritical",)) == []
+    # The queue warning (no `for`) may fire in the storm's first minutes: its workers are
+    # CPU-bound until memory runs out, and the swap and fault rates are 10-minute rates that
+    # pass their thresholds only after a minute or more of swapping. Once the memory evidence
+    # holds it stands down: it is not firing now, and it stopped within three evaluations of
+    # the memory cause appearing. (A known gap: last-poll memory rates, as the disks have,
+    # would bring the memory evidence within one poll.)
+    warning = f'ALERTS{{alertname="GuestVCPUQueueHighWarning", name="{_name(vm)}"}}'
+    assert not chain.prometheus.query(warning), "the queue warning holds beside the thrash"
+    warned = chain.prometheus.query(f"count_over_time({warning}[1h])")
+    cause_lab.timings["swap storm: evaluations with the queue warning"] = (
+        float(warned[0]["value"][1]) if warned else 0.0
+    )
+    if warned:
+        memory_seen = _first_time(chain, f'{CAUSE}{{name="{_name(vm)}", cause="memory"}}')
+        (last,) = chain.prometheus.query(f"max_over_time(timestamp({warning})[30m:1s])")
+        cause_lab.timings["swap storm: queue warning's end after the memory cause"] = (
+            float(last["value"][1]) - memory_seen
+        )
+        assert float(last["value"][1]) <= memory_seen + MEMORY_STAND_DOWN_SECONDS
     # Saturation may turn pending for a moment: the 5-minute load passes 2 per vCPU about 40 s
     # into the storm, sometimes before the 10-minute swap rate passes its threshold. Once the
     # memory evidence holds it stands down, long before its 15 minutes of `for` elapse.
@@ -376,12 +419,36 @@ def test_a_guest_in_a_swap_storm_fires_guest_memory_thrash_and_no_queue_alert(
     vm.stop_memory_hog()
 
 
+def _start_bursts(cause_lab: CauseLab) -> None:
+    """Start the bursty guest's bursts, once."""
+    if "bursty" not in cause_lab.started:
+        cause_lab.vms["bursty"].start_bursts(BURST_WORKERS, period=BURST_PERIOD, burst_seconds=30)
+        cause_lab.started["bursty"] = time.monotonic()
+
+
+def _windows_load_bound(waiting: int, seconds: float) -> float:
+    """load.1m of an agent that averages ``waiting`` threads (5-s samples from 0) after
+    ``seconds``: at most the continuous average's value."""
+    return waiting * (1 - math.exp(-seconds / 60))
+
+
 def test_a_windows_guest_s_queue_is_its_load_and_pages_as_a_cpu_queue(cause_lab: CauseLab) -> None:
-    """Starts after the CPU-bound, pinned and swap-storm guests stop: their cores are free."""
+    """Starts after the CPU-bound, pinned and swap-storm guests stop: their cores are free.
+
+    The bursty guest's bursts start with it, so the two share the module's time."""
     vm = cause_lab.vms["windows"]
     chain = cause_lab.guest_view
     name = _name(vm)
+    _start_bursts(cause_lab)
+    # What the agent itself answers, through libvirt: Windows' OS and no CPU statistics.
+    os_info = vm.domain().guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_OS, 0)
+    assert (os_info["os.id"], os_info["os.name"]) == (OS_ID, "Microsoft Windows"), os_info
+    with pytest.raises(libvirt.libvirtError, match=UNSUPPORTED_ERROR):
+        libvirt_qemu.qemuAgentCommand(vm.domain(), '{"execute":"guest-get-cpustats"}', 10, 0)
     assert chain.prometheus.query(f'guestload_guest_os_info{{name="{name}", id="mswindows"}}')
+    assert chain.prometheus.query(
+        f'guestload_agent_state{{name="{name}", query="cpustats", state="unsupported"}} == 1'
+    )
     (semantics,) = chain.prometheus.query(
         f'namespace_name_node:guestload_guest_load_semantics:info{{name="{name}"}}'
     )
@@ -392,7 +459,10 @@ def test_a_windows_guest_s_queue_is_its_load_and_pages_as_a_cpu_queue(cause_lab:
     warning = chain.webhook.wait_for_alert("GuestVCPUQueueHighWarning", timeout=420.0, name=name)
     cause_lab.timings["windows-like: stress to queue warning"] = time.monotonic() - started
 
-    assert _causes(chain, vm) == {"cpu"}
+    # With the bursts on the other core the host may be short of CPU for it too (host).
+    causes = _causes(chain, vm)
+    assert "cpu" in causes, causes
+    assert causes <= {"cpu", "host"}, causes
     description = warning["annotations"]["description"]
     assert "a Windows guest" in description, description
     assert "iowait unknown (no guest CPU statistics)" in description, description
@@ -405,19 +475,43 @@ def test_a_windows_guest_s_queue_is_its_load_and_pages_as_a_cpu_queue(cause_lab:
     assert float(pair["value"][1]) == 0.0
     assert not chain.prometheus.query(f'guestload_guest_cpu_seconds_total{{name="{name}"}}')
     assert _alerts_ever(chain, vm, ("GuestIOStall", "GuestBlockedTasks")) == []
+    # Windows semantics, read straight from the agent for three minutes: an average of the
+    # WINDOWS_WORKERS - 1 threads that wait, never of the one that runs (16 x (1 - e^-3) =
+    # 15.2 after 180 s if it were counted, 14.25 if not).
+    waiting = WINDOWS_WORKERS - 1
+    load = vm.guest_load()
+    while (elapsed := time.monotonic() - started) < WINDOWS_SETTLED_SECONDS:
+        load = vm.guest_load()
+        assert load["load.1m"] <= _windows_load_bound(waiting, elapsed) + 0.5, (elapsed, load)
+        time.sleep(5.0)
+    elapsed = time.monotonic() - started
+    load = vm.guest_load()
+    cause_lab.timings[f"windows-like: load.1m after {elapsed:.0f} s of {waiting} waiting"] = load[
+        "load.1m"
+    ]
+    bound = _windows_load_bound(waiting, elapsed)
+    assert bound - 1.5 < load["load.1m"] <= bound + 0.5, (elapsed, load)
+    assert load["load.15m"] < load["load.5m"] < load["load.1m"], load
     vm.stop_stress()
 
 
 def test_a_bursty_guest_never_pages_critical_saturation_or_a_stall(cause_lab: CauseLab) -> None:
-    """Runs late: by now the bursty guest has spiked every 5 minutes for most of the module."""
+    """Runs after the Windows-like guest's test, which started the bursts: two bursts and
+    their tails have passed by the time it asserts.
+
+    Alerts with a ``for`` may turn pending during a burst or in its tail (the 1-minute load
+    outlives the burst by seconds, the 5-minute one by minutes); none may fire. The queue
+    warning, which has no ``for``, may fire at a burst's peak: for a moment the queue is real.
+    """
     vm = cause_lab.vms["bursty"]
     chain = cause_lab.guest_view
     name = _name(vm)
+    _start_bursts(cause_lab)
     wait_until(
-        lambda: time.monotonic() - cause_lab.started["bursty"] > 2.2 * BURST_PERIOD or None,
-        timeout=2.2 * BURST_PERIOD,
+        lambda: time.monotonic() - cause_lab.started["bursty"] > BURST_PERIOD + 60 or None,
+        timeout=BURST_PERIOD + 60,
         interval=5.0,
-        what="three bursts",
+        what="two bursts and their tails",
     )
     (peak,) = chain.prometheus.query(
         f'max_over_time(kubevirt_vmi_guest_load_1m{{name="{name}"}}[1h])'
@@ -431,12 +525,21 @@ def test_a_bursty_guest_never_pages_critical_saturation_or_a_stall(cause_lab: Ca
         "GuestBlockedTasks",
         "GuestMemoryThrash",
     )
-    assert _alerts_ever(chain, vm, never) == []
+    assert _alerts_firing_ever(chain, vm, never) == []
     causes = chain.prometheus.query(f'max_over_time({CAUSE}{{name="{name}"}}[1h])')
-    # Its first burst starts with the chain: before a second cpustats answer its cause may
-    # be unknown, warming up; never a stall, blocked tasks or memory.
-    named = {(item["metric"]["cause"], item["metric"].get("reason", "")) for item in causes}
-    assert named <= {("cpu", ""), ("unknown", "warming_up")}, named
+    named = {item["metric"]["cause"] for item in causes}
+    # A burst is a CPU queue. In a burst's tail a 5-s poll may see the load still above the
+    # threshold and the vCPU already idle (blocked, for an evaluation or two: a 30-s poll
+    # spans the tail), and the host may be short of CPU for it (host); never disk or memory.
+    assert "cpu" in named, named
+    assert named <= {"cpu", "blocked", "host"}, named
+    for cause in ("blocked", "host"):
+        seen = chain.prometheus.query(
+            f'count_over_time({CAUSE}{{name="{name}", cause="{cause}"}}[1h])'
+        )
+        cause_lab.timings[f"bursty: evaluations with cause {cause}"] = (
+            float(seen[0]["value"][1]) if seen else 0.0
+        )
     warned = chain.prometheus.query(
         f'count_over_time(ALERTS{{alertname="GuestVCPUQueueHighWarning", name="{name}",'
         ' alertstate="firing"}[1h])'
