@@ -31,10 +31,15 @@ SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def expand_values(notation: str) -> list[float | None]:
-    """promtool's series notation as one value per step; None where a sample is missing."""
+    """promtool's series notation as one value per step; None where a sample is missing.
+
+    A ``stale`` marker (the series ends there) is a missing sample too: the stores are loaded
+    with samples, not staleness markers, so both engines see the series end alike, after
+    their lookback rather than at once.
+    """
     values: list[float | None] = []
     for token in notation.split():
-        if token == "_":  # noqa: S105 - a missing sample, not a secret
+        if token in {"_", "stale"}:
             values.append(None)
         elif token.startswith("_x"):
             values.extend([None] * int(token[2:]))

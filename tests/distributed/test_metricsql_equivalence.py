@@ -197,6 +197,7 @@ def test_every_recorded_series_and_alert_matches_between_promql_and_metricsql(
         ("_x2 4 5-1x2", [None, None, 4.0, 5.0, 4.0, 3.0]),
         ("-2x1", [-2.0, -2.0]),
         ("1e3 _", [1000.0, None]),
+        ("1 1 0 stale", [1.0, 1.0, 0.0, None]),
     ],
 )
 def test_promtool_notation_expands_as_promtool_does(
