@@ -48,7 +48,10 @@ def sample_snapshot() -> Snapshot:
                     VcpuStat(0, VcpuState.RUNNING, 12.5, 0.25, 0.75),
                     VcpuStat(1, VcpuState.BLOCKED, 3.0, None, None),
                 ),
-                host_stats={"balloon": BALLOON_STATS, "block": DISKS},
+                host_stats={
+                    "balloon": BALLOON.fold(BALLOON_STATS_BEFORE, BALLOON_STATS, 120.0),
+                    "block": DISKS,
+                },
             ),
             DomainSample(
                 uuid="u2",
@@ -102,6 +105,16 @@ BALLOON_STATS = BALLOON.parse(
         "balloon.disk_caches": 512 * 1024,
         "balloon.last-update": 1_699_999_990,
         "balloon.rss": 3 * 1024 * 1024,
+    }
+)
+#: Ten seconds of the guest's statistics earlier: 1 MiB swapped in since, 110 major faults.
+BALLOON_STATS_BEFORE = BALLOON.parse(
+    {
+        "balloon.current": 4 * 1024 * 1024,
+        "balloon.maximum": 4 * 1024 * 1024,
+        "balloon.swap_in": 1024,
+        "balloon.major_fault": 200,
+        "balloon.last-update": 1_699_999_980,
     }
 )
 #: The first VM's disks: vda capped at 5 requests a second and 1 MiB/s of reads, vdb uncapped;

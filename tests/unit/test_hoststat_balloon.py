@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from prometheus_client.metrics_core import Metric
@@ -171,7 +171,8 @@ def test_the_largest_values_are_kept_exactly() -> None:
 
 
 def test_samples_follow_the_families_and_leave_out_what_is_missing() -> None:
-    full = list(BALLOON.samples(FULL_STATS))
+    rates = (("swap_in_bytes", 2.0), ("major_faults", 3.0))
+    full = list(BALLOON.samples(replace(FULL_STATS, rates=rates)))
     assert [spec for spec, _, _ in full] == list(BALLOON.families)
     assert all(extra == () for _, extra, _ in full)
     assert list(BALLOON.samples(BalloonStats(balloon_bytes=1024))) == [
@@ -192,6 +193,8 @@ def test_the_exported_names_stay_outside_kubevirt_s() -> None:
         "guestload_memory_major_faults_total",
         "guestload_memory_minor_faults_total",
         "guestload_memory_stats_update_timestamp_seconds",
+        "guestload_memory_last_poll_swap_in_bytes_per_second",
+        "guestload_memory_last_poll_major_faults_per_second",
     ]
 
 
@@ -500,3 +503,68 @@ def _attribute(key: str) -> str:
         "balloon.minor_fault": "minor_faults",
         "balloon.last-update": "update_timestamp_seconds",
     }[key]
+
+
+def _stats(stamp: int | None, swap_in: int | None, faults: int | None) -> BalloonStats:
+    return BalloonStats(swap_in_bytes=swap_in, major_faults=faults, update_timestamp_seconds=stamp)
+
+
+def _rates(value: object) -> dict[str, float]:
+    return {
+        spec.name: number
+        for spec, _labels, number in BALLOON.samples(value)
+        if spec.name.startswith("guestload_memory_last_poll_")
+    }
+
+
+def test_last_poll_rates_divide_by_the_guests_own_interval() -> None:
+    before = _stats(1000, 10 * 2**20, 100)
+    now = _stats(1005, 60 * 2**20, 6100)
+    folded = BALLOON.fold(before, now, 30.0)  # the poll interval is not the guest's
+    assert _rates(folded) == {
+        "guestload_memory_last_poll_swap_in_bytes_per_second": 10 * 2**20,
+        "guestload_memory_last_poll_major_faults_per_second": 1200.0,
+    }
+
+
+def test_without_timestamps_the_poll_interval_divides() -> None:
+    folded = BALLOON.fold(_stats(None, 0, 0), _stats(None, 1200, 60), 120.0)
+    assert _rates(folded) == {
+        "guestload_memory_last_poll_swap_in_bytes_per_second": 10.0,
+        "guestload_memory_last_poll_major_faults_per_second": 0.5,
+    }
+
+
+def test_no_newer_statistics_keep_the_last_rates_until_they_are_old() -> None:
+    first = BALLOON.fold(_stats(1000, 0, 0), _stats(1010, 10_240, 10), 10.0)
+    assert isinstance(first, BalloonStats)
+    same = BALLOON.fold(first, _stats(1010, 10_240, 10), 300.0)
+    assert _rates(same) == _rates(first) != {}
+    older = BALLOON.fold(same, _stats(1010, 10_240, 10), 301.0)
+    assert isinstance(older, BalloonStats)
+    assert older.rates_age_seconds == 0.0
+    assert _rates(older) == {}
+
+
+@pytest.mark.parametrize(
+    ("before", "now"),
+    [
+        (_stats(1000, 5000, 50), _stats(1010, 10, 60)),  # swap-in went back: that rate only
+        (_stats(1010, 0, 0), _stats(1000, 10, 10)),  # the guest's clock went back
+        (_stats(1000, None, 0), _stats(1010, 10, None)),  # values missing on one side
+    ],
+)
+def test_counters_or_clocks_that_go_back_give_no_rate(
+    before: BalloonStats, now: BalloonStats
+) -> None:
+    rates = _rates(BALLOON.fold(before, now, 10.0))
+    assert "guestload_memory_last_poll_swap_in_bytes_per_second" not in rates
+    if now.major_faults == 60:
+        assert rates == {"guestload_memory_last_poll_major_faults_per_second": 1.0}
+
+
+def test_the_first_listing_and_foreign_values_pass_through_unfolded() -> None:
+    now = _stats(1010, 10, 10)
+    assert BALLOON.fold(None, now, 0.0) is now
+    assert BALLOON.fold("not stats", now, 10.0) is now
+    assert BALLOON.fold(now, None, 10.0) is None

@@ -118,7 +118,12 @@ domains = st.builds(
                 **{
                     name: st.none() | st.integers(min_value=0, max_value=2**63)
                     for name in BalloonStats.__dataclass_fields__
+                    if name not in {"rates", "rates_age_seconds"}
                 },
+                rates=st.lists(
+                    st.tuples(st.sampled_from(["swap_in_bytes", "major_faults"]), numbers),
+                    max_size=2,
+                ).map(tuple),
             ),
         ),
     ),

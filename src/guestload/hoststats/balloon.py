@@ -16,14 +16,20 @@ In libvirt's QEMU driver the guest's part costs one QMP round trip per domain, i
 the vCPU group already takes; a domain whose job is taken (the bulk call does not wait) reports
 only ``balloon.current`` and ``balloon.maximum`` that poll.
 
+Each listing also folds the swap-in and major-fault counters with the domain run's previous
+listing into their rates over the guest's last statistics interval (``guestload_memory_last_
+poll_*``, divided by the difference of ``balloon.last-update``, else by the poll interval): a
+guest that starts to thrash shows at its next poll, where a rate over a window lags. A listing
+with no newer statistics keeps the last rates, for at most :data:`MAX_RATE_AGE_SECONDS`.
+
 Registered as :data:`REGISTRATION`: ``--collector.balloon`` (on by default) reads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 from guestload.hoststats.hoststat import HostStat, bounded_integer
 from guestload.hoststats.registry import registration
@@ -37,6 +43,10 @@ MAX_KIB: Final = MAX_COUNT // KIB
 """The most KiB whose bytes stay within :data:`MAX_COUNT`."""
 MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
 """The end of year 9999: a later ``balloon.last-update`` is no clock's."""
+
+MAX_RATE_AGE_SECONDS: Final = 600.0
+"""How long a listing without newer guest statistics keeps the last rates: the rules' rate
+window, after which the 10-minute rates say as much."""
 
 _PERIOD_NOTE = (
     " Reported by the guest's balloon driver only where the VM's balloon has a statistics "
@@ -109,6 +119,27 @@ STATS_UPDATE_TIMESTAMP = MetricSpec(
 )
 
 
+LAST_POLL_SWAP_IN = MetricSpec(
+    "guestload_memory_last_poll_swap_in_bytes_per_second",
+    MetricType.GAUGE,
+    "Data the guest read back from its swap space per second, over its last statistics "
+    "interval before the exporter's last poll." + _PERIOD_NOTE.format(key="balloon.swap_in"),
+    VM_LABELS,
+)
+LAST_POLL_MAJOR_FAULTS = MetricSpec(
+    "guestload_memory_last_poll_major_faults_per_second",
+    MetricType.GAUGE,
+    "Page faults of the guest that needed disk I/O per second, over its last statistics "
+    "interval before the exporter's last poll." + _PERIOD_NOTE.format(key="balloon.major_fault"),
+    VM_LABELS,
+)
+_RATES: Final = (
+    ("swap_in_bytes", LAST_POLL_SWAP_IN),
+    ("major_faults", LAST_POLL_MAJOR_FAULTS),
+)
+"""The counters folded into last-poll rates, and their families."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     """One exported libvirt key: where it goes, its unit and its bound."""
@@ -159,6 +190,38 @@ class BalloonStats:
     major_faults: int | None = None
     minor_faults: int | None = None
     update_timestamp_seconds: int | None = None
+    rates: tuple[tuple[str, float], ...] = ()
+    """Counter attribute and its rate per second over the last statistics interval."""
+    rates_age_seconds: float = 0.0
+    """How long ago (poll time) the listing that computed ``rates`` was."""
+
+
+def with_rates(now: BalloonStats, before: BalloonStats, elapsed_seconds: float) -> BalloonStats:
+    """``now`` with the rates of its counters since ``before``, one listing earlier.
+
+    The interval is the guest's own (the difference of their update timestamps) where both
+    have one, else the poll interval. Without newer statistics (the same timestamp) the last
+    rates stay, ageing, until :data:`MAX_RATE_AGE_SECONDS`. A counter that went back (a guest
+    that rebooted its balloon driver) has no rate.
+    """
+    stamp_now, stamp_then = now.update_timestamp_seconds, before.update_timestamp_seconds
+    if stamp_now is not None and stamp_then is not None:
+        if stamp_now == stamp_then:
+            age = before.rates_age_seconds + elapsed_seconds
+            if age > MAX_RATE_AGE_SECONDS:
+                return now
+            return replace(now, rates=before.rates, rates_age_seconds=age)
+        interval = float(stamp_now - stamp_then)
+    else:
+        interval = elapsed_seconds
+    if interval <= 0:
+        return now
+    rates = []
+    for attribute, _spec in _RATES:
+        value, earlier = getattr(now, attribute), getattr(before, attribute)
+        if value is not None and earlier is not None and value >= earlier:
+            rates.append((attribute, (value - earlier) / interval))
+    return replace(now, rates=tuple(rates))
 
 
 def parse_balloon_stats(record: Mapping[str, object]) -> BalloonStats | None:
@@ -168,7 +231,7 @@ def parse_balloon_stats(record: Mapping[str, object]) -> BalloonStats | None:
     bounded by ``balloon.maximum`` where libvirt gives a usable one.
     """
     maximum = bounded_integer(record.get(MAXIMUM_KEY), MAX_KIB)
-    values: dict[str, int] = {}
+    values: dict[str, Any] = {}
     for field in _FIELDS:
         limit = maximum if field.guest_size and maximum is not None else field.limit
         value = bounded_integer(record.get(field.key), limit)
@@ -188,7 +251,12 @@ class BalloonHostStat(HostStat):
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
-        return tuple(field.spec for field in _FIELDS)
+        return (*(field.spec for field in _FIELDS), *(spec for _attribute, spec in _RATES))
+
+    def fold(self, previous: object | None, value: object, elapsed_seconds: float) -> object:
+        if not isinstance(value, BalloonStats) or not isinstance(previous, BalloonStats):
+            return value
+        return with_rates(value, previous, elapsed_seconds)
 
     def parse(self, record: Mapping[str, object]) -> BalloonStats | None:
         return parse_balloon_stats(record)
@@ -200,6 +268,10 @@ class BalloonHostStat(HostStat):
             number = getattr(value, field.attribute)
             if number is not None:
                 yield field.spec, (), float(number)
+        rates = dict(value.rates)
+        for attribute, spec in _RATES:
+            if attribute in rates:
+                yield spec, (), rates[attribute]
 
 
 BALLOON = BalloonHostStat()
