@@ -52,6 +52,8 @@ INPUT_GAUGES = (
     "guestload_disk_last_poll_bytes_per_second",
     "guestload_disk_throttle_iops",
     "guestload_disk_throttle_bytes_per_second",
+    "guestload_memory_last_poll_swap_in_bytes_per_second",
+    "guestload_memory_last_poll_major_faults_per_second",
 )
 """The gauges the recording rules read (a disk's or the OS's series, maxed per VM)."""
 

@@ -58,6 +58,9 @@ MAJOR_FAULT_COUNTERS = (
     "kubevirt_vmi_memory_pgmajfault",
 )
 """The guest's major page faults: guestload's balloon stats, or virt-handler's."""
+MEMORY_LAST_POLL_SWAP_IN = "guestload_memory_last_poll_swap_in_bytes_per_second"
+MEMORY_LAST_POLL_MAJOR_FAULTS = "guestload_memory_last_poll_major_faults_per_second"
+"""The same over the guest's last statistics interval (guestload's balloon stats only)."""
 
 DISK = f"{VM}, device"
 """The labels that identify one disk of a VM."""
@@ -579,7 +582,8 @@ def _max_rate(counters: Sequence[str], window: str) -> str:
 
 def memory_condition(settings: Settings, *, indent: str = "") -> str:
     """The VMs whose guest thrashes: swap read back, or major page faults, above their
-    thresholds over the rate window."""
+    thresholds over the rate window or over the guest's last statistics interval (which
+    names a storm at its first poll, where the window's rate lags a minute or more)."""
     records = Records.of(settings)
     swap_in = settings.cause("swap_in_bytes_per_second")
     faults = settings.cause("major_faults_per_second")
@@ -587,7 +591,11 @@ def memory_condition(settings: Settings, *, indent: str = "") -> str:
         "(",
         f"  {records.swap_in} > {swap_in}",
         "    or",
+        f"  max by ({VM}) ({MEMORY_LAST_POLL_SWAP_IN}) > {swap_in}",
+        "    or",
         f"  {records.major_faults} > {faults}",
+        "    or",
+        f"  max by ({VM}) ({MEMORY_LAST_POLL_MAJOR_FAULTS}) > {faults}",
         ")",
     ]
     return f"\n{indent}".join(lines)

@@ -114,7 +114,8 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
 def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
     """The alerting contract: queue > 10 warning and > 20 critical with no `for`, only on the
     cause cpu's condition (a busy share of at least 0.3, or a Windows guest's load, which
-    counts only threads waiting for a CPU, and no memory thrash; the condition,
+    counts only threads waiting for a CPU, and no memory thrash over the rate window or the
+    guest's last statistics interval; the condition,
     not its series, which could linger a lookback where no staleness marker ends it); where
     the rules call the cause io GuestIOStall fires, and where
     they call it blocked GuestBlockedTasks, both after 5 minutes. GuestMemoryThrash fires on
@@ -127,7 +128,13 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
     def cause(name: str) -> str:
         return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
-    memory = f"({_SWAP_IN} > 1048576 or {_MAJOR_FAULTS} > 100)"
+    def last_poll(rate: str) -> str:
+        return f"max by (namespace, name, node) (guestload_memory_last_poll_{rate})"
+
+    memory = (
+        f"({_SWAP_IN} > 1048576 or {last_poll('swap_in_bytes_per_second')} > 1048576 "
+        f"or {_MAJOR_FAULTS} > 100 or {last_poll('major_faults_per_second')} > 100)"
+    )
     windows = 'namespace_name_node:guestload_guest_load_semantics:info{semantics="windows"}'
     cpu = (
         f"{vm} (namespace_name_node:guestload_cause_busy:ratio >= 0.3 or {windows}) "

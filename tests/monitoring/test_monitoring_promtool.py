@@ -334,12 +334,17 @@ def test_plausible_wrong_cause_rules_fail_the_shipped_tests(
     assert symptom in result.stderr
 
 
+_LAST_POLL = "guestload_memory_last_poll"
 _MEMORY_GATE = (
     "\n      unless on (namespace, name, node)\n"
     "    (\n"
     f"      {_SWAP_IN} > 1048576\n"
     "        or\n"
+    f"      max by (namespace, name, node) ({_LAST_POLL}_swap_in_bytes_per_second) > 1048576\n"
+    "        or\n"
     f"      {_MAJOR_FAULTS} > 100\n"
+    "        or\n"
+    f"      max by (namespace, name, node) ({_LAST_POLL}_major_faults_per_second) > 100\n"
     "    )"
 )
 _CAUSE_GOT = 'got: {__name__="namespace_name_node:guestload_pressure_cause:info", '
