@@ -767,18 +767,28 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
     faults_now = _vm_query(
         records.major_faults, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
     )
+    swap_in_last = _vm_query(
+        MEMORY_LAST_POLL_SWAP_IN, "{{ . | first | value | humanize1024 }}B/s", "unknown"
+    )
+    faults_last = _vm_query(
+        MEMORY_LAST_POLL_MAJOR_FAULTS, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
+    )
     alerts.append(
         AlertingRule(
             alert="GuestMemoryThrash",
-            # Not tied to a long queue: one process thrashing slows the whole guest.
-            expr=memory_condition(settings),
+            # Not tied to a long queue: one process thrashing slows the whole guest. One
+            # series per VM whichever term holds: a term keeps its series' name in PromQL, and
+            # vmalert would restart the `for` when the term that holds changes.
+            expr=f"group by ({VM}) {memory_condition(settings)}",
             for_=thrash.for_.value,
             severity=thrash.severity,
             summary=f"Guest {_VM_TEXT} thrashes: it is short of memory, not of vCPUs.",
             description=(
                 f"VM {_VM_TEXT} on node {_NODE_TEXT} has read its memory back from swap at "
                 f"{swap_in_now} (threshold {swap_in} B/s) or taken {faults_now} major page "
-                f"faults (threshold {faults}/s), {window} rates, for {thrash.for_.value}: its "
+                f"faults (threshold {faults}/s), {window} rates ({swap_in_last} and "
+                f"{faults_last} over the guest's last statistics interval), for "
+                f"{thrash.for_.value}: its "
                 "working set does not fit its memory, and its vCPUs spend their time "
                 "reclaiming and waiting for pages. More vCPUs would not help; more memory, "
                 f"or less work in it, would. {explain}"

@@ -146,7 +146,7 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
         "GuestVCPUQueueHighCritical": (f"{queue} > 20 and {cpu}", None, "critical"),
         "GuestIOStall": (f"{queue} and {vm} {cause('io')}", "5m", "warning"),
         "GuestBlockedTasks": (f"{queue} and {vm} {cause('blocked')}", "5m", "warning"),
-        "GuestMemoryThrash": (memory, "5m", "warning"),
+        "GuestMemoryThrash": (f"group by (namespace, name, node) {memory}", "5m", "warning"),
         "GuestVCPUSaturation": (
             "namespace_name_node:kubevirt_vmi_guest_load_5m_per_vcpu:ratio > 2 and "
             f"{vm} (namespace_name_node:vmi_cpu_busy:ratio_rate10m >= 0.3 or {windows}) "
