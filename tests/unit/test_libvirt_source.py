@@ -26,9 +26,11 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.load import GUEST_INFO_LOAD_MIN_VERSION, LOAD, GuestLoad, LoadQuery
-from guestload.queries.query import GuestInfoCall
+from guestload.queries.load import LOAD, GuestLoad
+from guestload.queries.query import TypedInfo
 from guestload.sources.libvirt import (
+    GUEST_INFO_TYPES,
+    GuestInfoType,
     LibvirtSource,
     agent_command_json,
     format_libvirt_version,
@@ -43,13 +45,13 @@ STATE_AND_VCPU = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
 """The groups of a listing without host stats."""
 
 
-class _LoadWithoutBinding(LoadQuery):
-    """The load query as a Python binding without ``VIR_DOMAIN_GUEST_INFO_LOAD`` sees it."""
-
-    guest_info = GuestInfoCall(
-        type_constant="VIR_DOMAIN_GUEST_INFO_NOT_IN_THIS_BINDING",
-        min_libvirt_version=GUEST_INFO_LOAD_MIN_VERSION,
+GUEST_INFO_LOAD_MIN_VERSION = GUEST_INFO_TYPES[TypedInfo.LOAD].since
+WITHOUT_BINDING = {
+    TypedInfo.LOAD: GuestInfoType(
+        "VIR_DOMAIN_GUEST_INFO_NOT_IN_THIS_BINDING", GUEST_INFO_LOAD_MIN_VERSION
     )
+}
+"""The load's guest-info type as a Python binding without its constant sees it."""
 
 
 def test_vcpu_stats_of_a_qemu_domain() -> None:
@@ -156,10 +158,10 @@ def test_format_libvirt_version() -> None:
 def test_guest_info_needs_library_daemon_and_binding(
     library: int, daemon: int, binding: bool, expected: bool
 ) -> None:
-    query = LOAD if binding else _LoadWithoutBinding()
-    info_type = guest_info_type(query, library_version=library, daemon_version=daemon)
+    types = GUEST_INFO_TYPES if binding else WITHOUT_BINDING
+    info_type = guest_info_type(LOAD, library_version=library, daemon_version=daemon, types=types)
     assert (info_type is not None) is expected
-    assert agent_command_json(query) == '{"execute":"guest-get-load"}'
+    assert agent_command_json(LOAD) == '{"execute":"guest-get-load"}'
 
 
 # -- the source with fake libvirt objects -----------------------------------------------------
