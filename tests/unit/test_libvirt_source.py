@@ -744,13 +744,30 @@ def test_events_reach_the_listener(
     assert events == ([DomainEvent(EventKind(expected), UUID_A)] if expected else [])
 
 
-def test_a_start_event_resets_the_per_run_state(rig: Rig) -> None:
+def test_a_start_event_of_a_new_run_resets_the_per_run_state(rig: Rig) -> None:
     ask_load(rig.source, UUID_A, 1.0)
+    domain_of(rig).domain_id = 2  # a new QEMU process
     rig.connection.emit(
         libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_of(rig), libvirt.VIR_DOMAIN_EVENT_STARTED, 0
     )
     ask_load(rig.source, UUID_A, 1.0)
     assert domain_of(rig).count("agentSetResponseTimeout") == 2
+
+
+def test_a_start_event_late_for_the_run_already_listed_keeps_its_state(rig: Rig) -> None:
+    """The event loop may deliver a domain's start after a listing met the new run: the
+    run's handle (agent timeout, metadata) stays."""
+    rig.source.list_running_domains()
+    ask_load(rig.source, UUID_A, 1.0)
+    metadata_reads = domain_of(rig).count("metadata")
+    rig.connection.emit(
+        libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_of(rig), libvirt.VIR_DOMAIN_EVENT_STARTED, 0
+    )
+    rig.source.list_running_domains()
+    ask_load(rig.source, UUID_A, 1.0)
+    assert domain_of(rig).count("agentSetResponseTimeout") == 1
+    assert metadata_reads > 0
+    assert domain_of(rig).count("metadata") == metadata_reads
 
 
 def test_a_failing_listener_does_not_break_the_event_loop(rig: Rig) -> None:

@@ -566,9 +566,13 @@ class LibvirtSource:
         try:
             uuid = str(domain.UUIDString())
             if kind in (EventKind.STARTED, EventKind.STOPPED):
-                # A new QEMU process needs its agent timeout set again.
+                # A new QEMU process needs its agent timeout set again. An event that arrives
+                # after a listing already met this run (the same domain id) keeps its handle.
+                domain_id = int(domain.ID())
                 with session.lock:
-                    session.handles.pop(uuid, None)
+                    handle = session.handles.get(uuid)
+                    if handle is not None and handle.domain_id != domain_id:
+                        del session.handles[uuid]
             listener = self._listener
             if listener is not None:
                 listener(DomainEvent(kind=kind, uuid=uuid))
