@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guestload.model import AgentState, QueryReading
-from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import (
     MAX_LOAD,
     MAX_PASSTHROUGH_REPLY_CHARS,
@@ -18,6 +17,7 @@ from guestload.queries.load import (
     parse_agent_passthrough,
     parse_guest_info_load,
 )
+from guestload.sources.libvirt_errors import classify_libvirt_error
 from tests.unit.fakes import load_value
 
 

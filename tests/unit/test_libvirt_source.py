@@ -26,9 +26,11 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.load import GUEST_INFO_LOAD_MIN_VERSION, LOAD, GuestLoad, LoadQuery
-from guestload.queries.query import GuestInfoCall
+from guestload.queries.load import LOAD, GuestLoad
+from guestload.queries.query import TypedInfo
 from guestload.sources.libvirt import (
+    GUEST_INFO_TYPES,
+    GuestInfoType,
     LibvirtSource,
     agent_command_json,
     format_libvirt_version,
@@ -43,13 +45,13 @@ STATE_AND_VCPU = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
 """The groups of a listing without host stats."""
 
 
-class _LoadWithoutBinding(LoadQuery):
-    """The load query as a Python binding without ``VIR_DOMAIN_GUEST_INFO_LOAD`` sees it."""
-
-    guest_info = GuestInfoCall(
-        type_constant="VIR_DOMAIN_GUEST_INFO_NOT_IN_THIS_BINDING",
-        min_libvirt_version=GUEST_INFO_LOAD_MIN_VERSION,
+GUEST_INFO_LOAD_MIN_VERSION = GUEST_INFO_TYPES[TypedInfo.LOAD].since
+WITHOUT_BINDING = {
+    TypedInfo.LOAD: GuestInfoType(
+        "VIR_DOMAIN_GUEST_INFO_NOT_IN_THIS_BINDING", GUEST_INFO_LOAD_MIN_VERSION
     )
+}
+"""The load's guest-info type as a Python binding without its constant sees it."""
 
 
 def test_vcpu_stats_of_a_qemu_domain() -> None:
@@ -156,10 +158,10 @@ def test_format_libvirt_version() -> None:
 def test_guest_info_needs_library_daemon_and_binding(
     library: int, daemon: int, binding: bool, expected: bool
 ) -> None:
-    query = LOAD if binding else _LoadWithoutBinding()
-    info_type = guest_info_type(query, library_version=library, daemon_version=daemon)
+    types = GUEST_INFO_TYPES if binding else WITHOUT_BINDING
+    info_type = guest_info_type(LOAD, library_version=library, daemon_version=daemon, types=types)
     assert (info_type is not None) is expected
-    assert agent_command_json(query) == '{"execute":"guest-get-load"}'
+    assert agent_command_json(LOAD) == '{"execute":"guest-get-load"}'
 
 
 # -- the source with fake libvirt objects -----------------------------------------------------
@@ -742,13 +744,30 @@ def test_events_reach_the_listener(
     assert events == ([DomainEvent(EventKind(expected), UUID_A)] if expected else [])
 
 
-def test_a_start_event_resets_the_per_run_state(rig: Rig) -> None:
+def test_a_start_event_of_a_new_run_resets_the_per_run_state(rig: Rig) -> None:
     ask_load(rig.source, UUID_A, 1.0)
+    domain_of(rig).domain_id = 2  # a new QEMU process
     rig.connection.emit(
         libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_of(rig), libvirt.VIR_DOMAIN_EVENT_STARTED, 0
     )
     ask_load(rig.source, UUID_A, 1.0)
     assert domain_of(rig).count("agentSetResponseTimeout") == 2
+
+
+def test_a_start_event_late_for_the_run_already_listed_keeps_its_state(rig: Rig) -> None:
+    """The event loop may deliver a domain's start after a listing met the new run: the
+    run's handle (agent timeout, metadata) stays."""
+    rig.source.list_running_domains()
+    ask_load(rig.source, UUID_A, 1.0)
+    metadata_reads = domain_of(rig).count("metadata")
+    rig.connection.emit(
+        libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_of(rig), libvirt.VIR_DOMAIN_EVENT_STARTED, 0
+    )
+    rig.source.list_running_domains()
+    ask_load(rig.source, UUID_A, 1.0)
+    assert domain_of(rig).count("agentSetResponseTimeout") == 1
+    assert metadata_reads > 0
+    assert domain_of(rig).count("metadata") == metadata_reads
 
 
 def test_a_failing_listener_does_not_break_the_event_loop(rig: Rig) -> None:

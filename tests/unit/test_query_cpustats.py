@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from guestload.metricspec import VM_LABELS, MetricType
 from guestload.model import AgentState, QueryReading
-from guestload.queries.agent import VIR_ERR_AGENT_COMMAND_FAILED, classify_libvirt_error
 from guestload.queries.cpustats import (
     GUEST_CPU_LAST_POLL,
     GUEST_CPU_SECONDS,
@@ -27,6 +26,7 @@ from guestload.queries.cpustats import (
     accumulate,
     parse_cpustats_reply,
 )
+from guestload.sources.libvirt_errors import VIR_ERR_AGENT_COMMAND_FAILED, classify_libvirt_error
 
 REAL_REPLY = (
     '{"return":[{"cpu":0,"type":"linux","user":200,"system":1840,"idle":0,"iowait":87520,'
@@ -107,12 +107,12 @@ def fold_all(query: CpuStatsQuery, answers: Sequence[CpuMilliseconds]) -> object
 # --- The query's description -------------------------------------------------------------
 
 
-def test_the_query_asks_the_agent_command_and_has_no_typed_libvirt_call() -> None:
+def test_the_query_asks_the_agent_command_and_has_no_typed_answer() -> None:
     assert SUMMED.name == "cpustats"
     assert SUMMED.agent_command == "guest-get-cpustats"
-    assert SUMMED.guest_info is None
+    assert SUMMED.typed_info is None
     with pytest.raises(NotImplementedError, match="cpustats"):
-        SUMMED.parse_guest_info({})
+        SUMMED.parse_typed_info({})
 
 
 def test_the_summed_query_feeds_the_summed_family_and_the_per_cpu_query_the_per_cpu_one() -> None:

@@ -127,9 +127,9 @@ def test_the_simulated_answers_parse_to_debian_and_windows() -> None:
         wait_share=0.0,
         delay_share=0.0,
     )
-    assert value_of(OSINFO.parse_guest_info(simulated_guest_info(linux))).id == "debian"
+    assert value_of(OSINFO.parse_typed_info(simulated_guest_info(linux))).id == "debian"
     windows = replace(linux, os=WINDOWS)
-    parsed = value_of(OSINFO.parse_guest_info(simulated_guest_info(windows)))
+    parsed = value_of(OSINFO.parse_typed_info(simulated_guest_info(windows)))
     assert (parsed.id, parsed.version_id, parsed.variant_id) == ("mswindows", "2022", "server")
     assert "os.variant" not in simulated_guest_info(linux), "an empty field is left out"
 

@@ -240,8 +240,8 @@ def test_each_query_s_simulated_answer_parses_ok_with_its_own_parser(
 ) -> None:
     query = registered.build(registered.defaults)
     answer = registered.simulated_answer(GUEST)
-    if query.guest_info is not None:
-        reading = query.parse_guest_info(answer)
+    if query.typed_info is not None:
+        reading = query.parse_typed_info(answer)
     else:
         reading = query.parse_agent_reply(answer)
     assert reading.state is AgentState.OK, reading.detail

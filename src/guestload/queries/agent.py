@@ -1,6 +1,7 @@
-"""Judging what comes back from a guest-agent call: libvirt's errors and the agent's replies.
+"""Judging what comes back from a guest agent: its raw replies.
 
-Pure functions, no libvirt import: the sources call, this module and the queries judge.
+Pure functions: the sources call, this module and the queries judge (the sources judge their
+own errors, e.g. :mod:`guestload.sources.libvirt_errors`).
 Everything a guest sends is untrusted input, so nothing here raises on bad input: it returns
 a reading that says what was wrong.
 """
@@ -8,62 +9,14 @@ a reading that says what was wrong.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 from guestload.model import AgentState, QueryReading
-
-# libvirt error codes (virErrorNumber in libvirt/virterror.h) that the classification names.
-VIR_ERR_NO_SUPPORT = 3
-"""The connection's driver lacks the call (e.g. the test driver has no guest info)."""
-VIR_ERR_NO_DOMAIN = 42
-"""The domain does not exist (any more)."""
-VIR_ERR_OPERATION_INVALID = 55
-"""Not applicable now; for guest calls: the domain is not running."""
-VIR_ERR_OPERATION_TIMEOUT = 68
-"""libvirt could not acquire the domain's state change lock in time."""
-VIR_ERR_ARGUMENT_UNSUPPORTED = 74
-"""For guest calls: the domain has no guest-agent channel configured."""
-VIR_ERR_AGENT_UNRESPONSIVE = 86
-"""The agent is not connected, or did not answer libvirt's synchronisation in time."""
-VIR_ERR_AGENT_COMMAND_TIMEOUT = 112
-"""The agent synchronised but did not answer the command in time."""
-VIR_ERR_AGENT_COMMAND_FAILED = 113
-"""The agent answered with an error, e.g. an unknown or disabled command."""
 
 _DETAIL_VALUE_CHARS = 120
 _COMMAND_NOT_FOUND_CLASS = "CommandNotFound"
 #: How QEMU's agent describes a command it has but cannot run on this guest (e.g. Windows
 #: for guest-get-cpustats): QERR_UNSUPPORTED.
-_UNSUPPORTED_DESCRIPTION = "not currently supported"
-
-
-def classify_libvirt_error(*, code: int, message: str) -> AgentState:
-    """Map a libvirt error from a guest-agent call to the agent state it means."""
-    text = message.lower()
-    if code == VIR_ERR_AGENT_UNRESPONSIVE:
-        if "not connected" in text or "not available" in text:
-            return AgentState.NOT_CONNECTED
-        # "didn't respond to synchronization within 'N' seconds": a hung agent.
-        return AgentState.TIMEOUT
-    if code == VIR_ERR_AGENT_COMMAND_FAILED:
-        if (
-            "has not been found" in text
-            or "has been disabled" in text
-            or _UNSUPPORTED_DESCRIPTION in text
-        ):
-            return AgentState.UNSUPPORTED
-        return AgentState.ERROR
-    return _STATE_BY_CODE.get(code, AgentState.ERROR)
-
-
-_STATE_BY_CODE: Mapping[int, AgentState] = {
-    VIR_ERR_NO_SUPPORT: AgentState.UNSUPPORTED,
-    VIR_ERR_NO_DOMAIN: AgentState.GONE,
-    VIR_ERR_OPERATION_INVALID: AgentState.GONE,
-    VIR_ERR_OPERATION_TIMEOUT: AgentState.BUSY,
-    VIR_ERR_ARGUMENT_UNSUPPORTED: AgentState.NOT_CONFIGURED,
-    VIR_ERR_AGENT_COMMAND_TIMEOUT: AgentState.TIMEOUT,
-}
+UNSUPPORTED_DESCRIPTION = "not currently supported"
 
 
 def reply_return(reply: object, *, max_chars: int) -> object | QueryReading:
@@ -98,7 +51,7 @@ def _reading_from_agent_error(error: object) -> QueryReading:
         return invalid("reply error has no class")
     detail = short(description) if isinstance(description, str) else error_class
     if error_class == _COMMAND_NOT_FOUND_CLASS or (
-        isinstance(description, str) and _UNSUPPORTED_DESCRIPTION in description.lower()
+        isinstance(description, str) and UNSUPPORTED_DESCRIPTION in description.lower()
     ):
         # QEMU reports unknown and disabled commands with this class, and commands it cannot
         # run on this guest with a generic error saying so.

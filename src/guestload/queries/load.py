@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return, short
-from guestload.queries.query import GuestInfoCall, GuestQuery
+from guestload.queries.query import GuestQuery, TypedInfo
 from guestload.queries.registry import registration
 from guestload.registration import CollectorFlag, SimulatedGuest
 
@@ -36,9 +36,6 @@ GUEST_INFO_LOAD_KEYS = ("load.1m", "load.5m", "load.15m")
 
 PASSTHROUGH_LOAD_KEYS = ("load1m", "load5m", "load15m")
 """The keys of the agent's own ``guest-get-load`` reply."""
-
-GUEST_INFO_LOAD_MIN_VERSION = 11_002_000
-"""libvirt 11.2.0 added ``VIR_DOMAIN_GUEST_INFO_LOAD``; library and daemon both need it."""
 
 LOAD_HELP = (
     "Guest load average over {window}, as the guest kernel counts it (runnable plus "
@@ -78,16 +75,13 @@ class LoadQuery(GuestQuery):
 
     name = "load"
     agent_command = "guest-get-load"
-    guest_info = GuestInfoCall(
-        type_constant="VIR_DOMAIN_GUEST_INFO_LOAD",
-        min_libvirt_version=GUEST_INFO_LOAD_MIN_VERSION,
-    )
+    typed_info = TypedInfo.LOAD
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
         return (LOAD_1M, LOAD_5M, LOAD_15M)
 
-    def parse_guest_info(self, info: object) -> QueryReading:
+    def parse_typed_info(self, info: object) -> QueryReading:
         return parse_guest_info_load(info)
 
     def parse_agent_reply(self, reply: object) -> QueryReading:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from guestload.metricspec import VM_LABELS, MetricSpec, MetricType, VmSample
 from guestload.model import AgentState, QueryReading
 from guestload.queries.agent import invalid, reply_return
-from guestload.queries.query import GuestInfoCall, GuestQuery, Refresh
+from guestload.queries.query import GuestQuery, Refresh, TypedInfo
 from guestload.queries.registry import registration
 from guestload.registration import CollectorFlag, SimulatedGuest
 
@@ -74,9 +74,6 @@ AGENT_KEYS = (
 
 GUEST_INFO_PREFIX = "os."
 """The prefix of ``virDomainGetGuestInfo(VIR_DOMAIN_GUEST_INFO_OS)``'s keys."""
-
-GUEST_INFO_OS_MIN_VERSION = 5_007_000
-"""libvirt 5.7.0 added ``virDomainGetGuestInfo`` with ``VIR_DOMAIN_GUEST_INFO_OS``."""
 
 _OS_RELEASE_ID = re.compile(r"[a-z0-9._-]+")
 _REMOVED = frozenset({"Cc", "Cf", "Cs"})
@@ -112,17 +109,14 @@ class OsInfoQuery(GuestQuery):
 
     name = "osinfo"
     agent_command = "guest-get-osinfo"
-    guest_info = GuestInfoCall(
-        type_constant="VIR_DOMAIN_GUEST_INFO_OS",
-        min_libvirt_version=GUEST_INFO_OS_MIN_VERSION,
-    )
+    typed_info = TypedInfo.OS
     refresh = Refresh.ONCE_PER_RUN
 
     @property
     def families(self) -> tuple[MetricSpec, ...]:
         return (OS_INFO,)
 
-    def parse_guest_info(self, info: object) -> QueryReading:
+    def parse_typed_info(self, info: object) -> QueryReading:
         return parse_guest_info_os(info)
 
     def parse_agent_reply(self, reply: object) -> QueryReading:

@@ -1,17 +1,18 @@
 """What a guest-agent query is: what to call, how to judge the answer, which series it feeds.
 
 A query is one question to a guest's agent (its load average, its CPU times). It names the
-agent command behind it and, where libvirt has a typed API for it, that API; it parses the
-untrusted answer of either into a :class:`QueryReading`; and it turns a reading's value into
-samples of its own metric families. The sources run queries, the poller schedules them and
-keeps each one's state per domain, the exposition writes their samples: adding a query adds
-one module here, whose registration (:mod:`guestload.queries.registry`) gives it its flags,
-options and simulated answer, and one entry in :mod:`guestload.queries.catalog`.
+agent command behind it and, where hypervisors have a typed API for the same answer, the kind
+of typed answer; it parses the untrusted answer of either into a :class:`QueryReading`; and
+it turns a reading's value into samples of its own metric families. The sources run queries,
+the poller schedules them and keeps each one's state per domain, the exposition writes their
+samples: adding a query adds one module here, whose registration
+(:mod:`guestload.queries.registry`) gives it its flags, options and simulated answer, and one
+entry in :mod:`guestload.queries.catalog`.
 
 A query's :class:`Refresh` policy says how often the poller asks it. Values that change are
 asked at every poll (:attr:`Refresh.EVERY_POLL`, the load). Values fixed while a guest runs are
 asked once per agent run (:attr:`Refresh.ONCE_PER_RUN`, the guest's OS): an ``ok`` answer is
-kept and exported without asking again until the domain restarts (a new libvirt domain id, a
+kept and exported without asking again until the domain restarts (a new domain id, a
 started or stopped event) or its agent disconnects or connects; any other answer is asked
 again at the next poll.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from guestload.metricspec import MetricSpec, VmSample
 from guestload.model import AgentState, QueryReading
@@ -50,14 +50,13 @@ class Refresh(enum.StrEnum):
     disconnects or connects: values fixed while the guest runs, like its OS."""
 
 
-@dataclass(frozen=True, slots=True)
-class GuestInfoCall:
-    """``virDomainGetGuestInfo`` with one info type, where library, daemon and binding have it."""
+class TypedInfo(enum.StrEnum):
+    """A typed answer a hypervisor API gives to the same question as an agent command: a flat
+    mapping whose keys start with the kind and a dot (``load.1m``, ``os.id``). A source that
+    has the API for a kind asks it instead of the agent's raw command."""
 
-    type_constant: str
-    """The name of the libvirt constant for the type, e.g. ``VIR_DOMAIN_GUEST_INFO_LOAD``."""
-    min_libvirt_version: int
-    """The first libvirt version (packed, major * 1,000,000 + minor * 1,000) that has it."""
+    LOAD = "load"
+    OS = "os"
 
 
 class GuestQuery(abc.ABC):
@@ -67,8 +66,8 @@ class GuestQuery(abc.ABC):
     """Its ``query`` label value, e.g. ``load``."""
     agent_command: str
     """The agent command (passthrough), e.g. ``guest-get-load``."""
-    guest_info: GuestInfoCall | None = None
-    """libvirt's typed API for the same answer, preferred where available."""
+    typed_info: TypedInfo | None = None
+    """The typed answer to the same question, preferred where the source has it."""
     refresh: Refresh = Refresh.EVERY_POLL
     """How often the poller asks it."""
 
@@ -77,9 +76,9 @@ class GuestQuery(abc.ABC):
     def families(self) -> tuple[MetricSpec, ...]:
         """The per-VM families this query feeds, in exposition order."""
 
-    def parse_guest_info(self, info: object) -> QueryReading:
-        """Judge a typed guest-info answer. Only queries with :attr:`guest_info` get one."""
-        raise NotImplementedError(f"query {self.name} has no guest info call")
+    def parse_typed_info(self, info: object) -> QueryReading:
+        """Judge a typed answer. Only queries with :attr:`typed_info` get one."""
+        raise NotImplementedError(f"query {self.name} has no typed answer")
 
     @abc.abstractmethod
     def parse_agent_reply(self, reply: object) -> QueryReading:

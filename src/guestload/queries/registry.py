@@ -54,7 +54,7 @@ class QueryRegistration(Registration):
     """The QEMU version (major, minor) whose guest agent first has the query's command."""
     simulated_answer: Callable[[SimulatedGuest], object]
     """A healthy agent's answer: libvirt's guest-info mapping where the query has
-    :attr:`~guestload.queries.query.GuestQuery.guest_info`, else the raw passthrough reply."""
+    :attr:`~guestload.queries.query.GuestQuery.typed_info`, else the raw passthrough reply."""
     _build: Callable[[CollectorOptions], GuestQuery]
 
     def build(self, options: CollectorOptions) -> GuestQuery:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import libvirt
 import libvirt_qemu
@@ -43,11 +43,11 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.agent import classify_libvirt_error
 from guestload.queries.load import LOAD
-from guestload.queries.query import GuestQuery, run_queries
+from guestload.queries.query import GuestQuery, TypedInfo, run_queries
 from guestload.sources import libvirt_advice
 from guestload.sources.event_loop import EventLoop
+from guestload.sources.libvirt_errors import classify_libvirt_error
 from guestload.sources.protocol import EventListener, Identify, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -84,24 +84,47 @@ class CallMethod(enum.StrEnum):
     """How a guest-agent query is called on a connection; decided once per connection."""
 
     GUEST_INFO = "guest_info"
-    """``virDomainGetGuestInfo`` with the query's type (e.g. LOAD, libvirt >= 11.2)."""
+    """``virDomainGetGuestInfo`` with the type of the query's typed answer (e.g. LOAD)."""
     AGENT_COMMAND = "agent_command"
     """The agent passthrough of the query's command."""
 
 
-def guest_info_type(query: GuestQuery, *, library_version: int, daemon_version: int) -> int | None:
+@dataclass(frozen=True, slots=True)
+class GuestInfoType:
+    """The ``virDomainGetGuestInfo`` type that gives one kind of typed answer."""
+
+    constant: str
+    """The name of the binding's constant, e.g. ``VIR_DOMAIN_GUEST_INFO_LOAD``."""
+    since: int
+    """The first libvirt version (packed, major * 1,000,000 + minor * 1,000) that has it."""
+
+
+GUEST_INFO_TYPES: Final[Mapping[TypedInfo, GuestInfoType]] = {
+    TypedInfo.LOAD: GuestInfoType("VIR_DOMAIN_GUEST_INFO_LOAD", 11_002_000),
+    TypedInfo.OS: GuestInfoType("VIR_DOMAIN_GUEST_INFO_OS", 5_007_000),
+}
+"""The guest-info type of each typed answer libvirt has."""
+
+
+def guest_info_type(
+    query: GuestQuery,
+    *,
+    library_version: int,
+    daemon_version: int,
+    types: Mapping[TypedInfo, GuestInfoType] = GUEST_INFO_TYPES,
+) -> int | None:
     """The libvirt guest-info type to read ``query`` with, or None for the agent passthrough.
 
     Guest info is used only when the library, the daemon and the Python binding all have it.
     """
-    call = query.guest_info
-    if call is None:
+    info_type = None if query.typed_info is None else types.get(query.typed_info)
+    if info_type is None:
         return None
-    constant = getattr(libvirt, call.type_constant, None)
+    constant = getattr(libvirt, info_type.constant, None)
     if (
         isinstance(constant, int)
-        and library_version >= call.min_libvirt_version
-        and daemon_version >= call.min_libvirt_version
+        and library_version >= info_type.since
+        and daemon_version >= info_type.since
     ):
         return constant
     return None
@@ -397,7 +420,7 @@ class LibvirtSource:
             try:
                 info_type = session.guest_info_type(query)
                 if info_type is not None and bounded:
-                    return query.parse_guest_info(handle.domain.guestInfo(info_type, 0))
+                    return query.parse_typed_info(handle.domain.guestInfo(info_type, 0))
                 command = agent_command_json(query)
                 return query.parse_agent_reply(
                     self._agent_command(handle.domain, command, timeout, 0)
@@ -543,9 +566,13 @@ class LibvirtSource:
         try:
             uuid = str(domain.UUIDString())
             if kind in (EventKind.STARTED, EventKind.STOPPED):
-                # A new QEMU process needs its agent timeout set again.
+                # A new QEMU process needs its agent timeout set again. An event that arrives
+                # after a listing already met this run (the same domain id) keeps its handle.
+                domain_id = int(domain.ID())
                 with session.lock:
-                    session.handles.pop(uuid, None)
+                    handle = session.handles.get(uuid)
+                    if handle is not None and handle.domain_id != domain_id:
+                        del session.handles[uuid]
             listener = self._listener
             if listener is not None:
                 listener(DomainEvent(kind=kind, uuid=uuid))

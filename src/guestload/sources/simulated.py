@@ -46,18 +46,18 @@ from guestload.model import (
     VcpuStat,
     VcpuState,
 )
-from guestload.queries.agent import (
+from guestload.queries.catalog import QUERIES
+from guestload.queries.query import GuestQuery, run_queries
+from guestload.queries.registry import QueryRegistration, QueryRegistry
+from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
+from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
+from guestload.sources.libvirt_errors import (
     VIR_ERR_AGENT_COMMAND_FAILED,
     VIR_ERR_AGENT_UNRESPONSIVE,
     VIR_ERR_ARGUMENT_UNSUPPORTED,
     VIR_ERR_NO_DOMAIN,
     classify_libvirt_error,
 )
-from guestload.queries.catalog import QUERIES
-from guestload.queries.query import GuestQuery, run_queries
-from guestload.queries.registry import QueryRegistration, QueryRegistry
-from guestload.registration import SimulatedGuest, SimulatedMemory, SimulatedOs
-from guestload.simulation import AGENT_BEHAVIOUR_KEY, AgentBehaviour, AgentFailures, Simulation
 from guestload.sources.protocol import EventListener, Identify
 
 STEP_SECONDS = 5.0
@@ -587,8 +587,8 @@ def _agent_reading(
         message = _NOT_FOUND.format(command=query.agent_command)
         return _libvirt_error(VIR_ERR_AGENT_COMMAND_FAILED, message)
     answer = registration.simulated_answer(guest)
-    if query.guest_info is not None:
-        return query.parse_guest_info(answer)
+    if query.typed_info is not None:
+        return query.parse_typed_info(answer)
     return query.parse_agent_reply(answer)
 
 

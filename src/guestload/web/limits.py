@@ -98,8 +98,8 @@ class OpenConnections(Generic[_Connection]):
             self._open.pop(id(connection), None)
 
 
-class DeadlineReader(io.RawIOBase):
-    """Reads from a socket until a deadline: the whole request must arrive in time."""
+class _SocketDeadline:
+    """A socket and the time by which an exchange on it must end."""
 
     def __init__(
         self, connection: socket.socket, deadline: float, on_timeout: Callable[[], None]
@@ -109,22 +109,30 @@ class DeadlineReader(io.RawIOBase):
         self._deadline = deadline
         self._on_timeout = on_timeout
 
+    def _arm(self, late: str) -> None:
+        """Give the socket's next call the time left; :class:`TimeoutError` (``late``) if none."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(late)
+        self._connection.settimeout(remaining)
+
+
+class DeadlineReader(_SocketDeadline, io.RawIOBase):
+    """Reads from a socket until a deadline: the whole request must arrive in time."""
+
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         try:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("request not received within the request timeout")
-            self._connection.settimeout(remaining)
+            self._arm("request not received within the request timeout")
             return self._connection.recv_into(buffer)
         except TimeoutError:
             self._on_timeout()
             raise
 
 
-class DeadlineWriter(io.BufferedIOBase):
+class DeadlineWriter(_SocketDeadline, io.BufferedIOBase):
     """Writes to a socket until a deadline: a client must take the whole answer in time.
 
     On plain sockets one ``sendall`` per write: its timeout bounds the whole call, and a body
@@ -134,14 +142,6 @@ class DeadlineWriter(io.BufferedIOBase):
 
     _TLS_CHUNK = 256 * 1024
 
-    def __init__(
-        self, connection: socket.socket, deadline: float, on_timeout: Callable[[], None]
-    ) -> None:
-        super().__init__()
-        self._connection = connection
-        self._deadline = deadline
-        self._on_timeout = on_timeout
-
     def writable(self) -> bool:
         return True
 
@@ -150,10 +150,7 @@ class DeadlineWriter(io.BufferedIOBase):
         chunk = self._TLS_CHUNK if isinstance(self._connection, ssl.SSLSocket) else len(view)
         try:
             for start in range(0, len(view), max(chunk, 1)):
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("answer not taken within the request timeout")
-                self._connection.settimeout(remaining)
+                self._arm("answer not taken within the request timeout")
                 self._connection.sendall(view[start : start + chunk])
         except TimeoutError:
             self._on_timeout()
