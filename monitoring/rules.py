@@ -61,6 +61,9 @@ MAJOR_FAULT_COUNTERS = (
 MEMORY_LAST_POLL_SWAP_IN = "guestload_memory_last_poll_swap_in_bytes_per_second"
 MEMORY_LAST_POLL_MAJOR_FAULTS = "guestload_memory_last_poll_major_faults_per_second"
 """The same over the guest's last statistics interval (guestload's balloon stats only)."""
+SWAP_IN_LAST_POLL = f"namespace_name_node:{MEMORY_LAST_POLL_SWAP_IN}:max"
+MAJOR_FAULTS_LAST_POLL = f"namespace_name_node:{MEMORY_LAST_POLL_MAJOR_FAULTS}:max"
+"""Those per VM, recorded once for the memory condition's many readers."""
 
 DISK = f"{VM}, device"
 """The labels that identify one disk of a VM."""
@@ -531,6 +534,11 @@ def _cause_evidence_rules(settings: Settings) -> list[RecordingRule]:
         # them; max by keeps one where both do.
         RecordingRule(record=records.swap_in, expr=_max_rate(SWAP_IN_COUNTERS, window)),
         RecordingRule(record=records.major_faults, expr=_max_rate(MAJOR_FAULT_COUNTERS, window)),
+        # The same over the guest's last statistics interval: a storm at its first poll.
+        RecordingRule(record=SWAP_IN_LAST_POLL, expr=f"max by ({VM}) ({MEMORY_LAST_POLL_SWAP_IN})"),
+        RecordingRule(
+            record=MAJOR_FAULTS_LAST_POLL, expr=f"max by ({VM}) ({MEMORY_LAST_POLL_MAJOR_FAULTS})"
+        ),
         # The guest's busy share over the exporter's last poll interval: exact whatever the
         # interval, and current within one poll, so a guest that has just become CPU-bound
         # is named cpu at the poll its queue passes the threshold. Where it is missing (the
@@ -591,11 +599,11 @@ def memory_condition(settings: Settings, *, indent: str = "") -> str:
         "(",
         f"  {records.swap_in} > {swap_in}",
         "    or",
-        f"  max by ({VM}) ({MEMORY_LAST_POLL_SWAP_IN}) > {swap_in}",
+        f"  {SWAP_IN_LAST_POLL} > {swap_in}",
         "    or",
         f"  {records.major_faults} > {faults}",
         "    or",
-        f"  max by ({VM}) ({MEMORY_LAST_POLL_MAJOR_FAULTS}) > {faults}",
+        f"  {MAJOR_FAULTS_LAST_POLL} > {faults}",
         ")",
     ]
     return f"\n{indent}".join(lines)
@@ -768,10 +776,10 @@ def _guest_alerts(settings: Settings) -> list[AlertingRule]:
         records.major_faults, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
     )
     swap_in_last = _vm_query(
-        MEMORY_LAST_POLL_SWAP_IN, "{{ . | first | value | humanize1024 }}B/s", "unknown"
+        SWAP_IN_LAST_POLL, "{{ . | first | value | humanize1024 }}B/s", "unknown"
     )
     faults_last = _vm_query(
-        MEMORY_LAST_POLL_MAJOR_FAULTS, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
+        MAJOR_FAULTS_LAST_POLL, '{{ . | first | value | printf "%.0f" }}/s', "unknown"
     )
     alerts.append(
         AlertingRule(

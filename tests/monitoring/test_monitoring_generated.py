@@ -129,7 +129,7 @@ def test_queue_alerts_fire_at_once_on_a_cpu_cause_and_stalls_after_5m() -> None:
         return f'namespace_name_node:guestload_pressure_cause:info{{cause="{name}"}}'
 
     def last_poll(rate: str) -> str:
-        return f"max by (namespace, name, node) (guestload_memory_last_poll_{rate})"
+        return f"namespace_name_node:guestload_memory_last_poll_{rate}:max"
 
     memory = (
         f"({_SWAP_IN} > 1048576 or {last_poll('swap_in_bytes_per_second')} > 1048576 "

@@ -340,11 +340,11 @@ _MEMORY_GATE = (
     "    (\n"
     f"      {_SWAP_IN} > 1048576\n"
     "        or\n"
-    f"      max by (namespace, name, node) ({_LAST_POLL}_swap_in_bytes_per_second) > 1048576\n"
+    f"      namespace_name_node:{_LAST_POLL}_swap_in_bytes_per_second:max > 1048576\n"
     "        or\n"
     f"      {_MAJOR_FAULTS} > 100\n"
     "        or\n"
-    f"      max by (namespace, name, node) ({_LAST_POLL}_major_faults_per_second) > 100\n"
+    f"      namespace_name_node:{_LAST_POLL}_major_faults_per_second:max > 100\n"
     "    )"
 )
 _CAUSE_GOT = 'got: {__name__="namespace_name_node:guestload_pressure_cause:info", '
