@@ -77,6 +77,7 @@ class Node:
             find_sockets=self._find,
             clock=lambda: self.now,
             calls=self.calls,
+            query_calls=self.calls,
         )
         self.source.set_event_listener(self.events.append)
 

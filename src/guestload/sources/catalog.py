@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from guestload.identity import metadata_readers_for
 from guestload.settings import Settings, SourceKind
 from guestload.sources.kubevirt_sockets import (
-    CALL_WORKERS,
     MIN_CALL_DEADLINE_SECONDS,
     SocketGlobSource,
 )
@@ -56,7 +55,8 @@ def _libvirt_sockets(settings: Settings) -> Source:
         uri_template=settings.socket_uri_template,
         make_source=_libvirt_at(settings),
         call_deadline_seconds=max(MIN_CALL_DEADLINE_SECONDS, settings.agent_timeout_seconds),
-        call_workers=max(CALL_WORKERS, settings.concurrency),
+        # As many as the poller's workers that ask guest agents: none waits for another.
+        query_workers=settings.concurrency,
     )
 
 

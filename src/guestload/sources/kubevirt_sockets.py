@@ -46,8 +46,9 @@ SOCKET_PLACEHOLDER = "{socket}"
 UNIX_PATH_MAX = 107
 
 RESCAN_INTERVAL_SECONDS = 5.0
-CALL_WORKERS = 16
-"""Calls to the sockets' daemons at once (listings, connects and guest queries together)."""
+CALL_WORKERS = 4
+"""Listings and connects at once: few threads contend less for the interpreter's lock, and a
+listing takes a fraction of a millisecond of each."""
 CALL_DEADLINE_SECONDS = 5.0
 """How long a listing or connect waits for one socket before counting it as hung."""
 MIN_CALL_DEADLINE_SECONDS = 1.0
@@ -151,12 +152,13 @@ class SocketGlobSource:
     a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
     as up while it is connected, even with no socket at all: a node without VMs is healthy.
 
-    Every call to a socket's daemon (connect, listing, guest query) runs on ``calls`` (a
-    :class:`~guestload.sources.deadline_calls.CallPool` of ``call_workers`` threads by
-    default), all sockets at once, each waited for up to ``call_deadline_seconds`` (a guest
-    query also gets its own timeout per query). A socket whose call misses the deadline is
-    down and loses its domains for that poll; its call is left to end on its own, and the
-    socket gets no other call until it has.
+    Every call to a socket's daemon runs on a pool: connects and listings on ``calls``, all
+    sockets at once, guest queries on ``query_calls`` (so slow guest agents never hold up a
+    listing); by default :class:`~guestload.sources.deadline_calls.CallPool` s of
+    ``call_workers`` and ``query_workers`` threads. Each call is waited for up to
+    ``call_deadline_seconds`` (a guest query also gets its own timeout per query). A socket
+    whose call misses the deadline is down and loses its domains for that poll; its call is
+    left to end on its own, and the socket gets no other call until it has.
     """
 
     def __init__(
@@ -168,9 +170,11 @@ class SocketGlobSource:
         rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         call_workers: int = CALL_WORKERS,
+        query_workers: int = CALL_WORKERS,
         find_sockets: Callable[[str], Iterable[str]] = glob.glob,
         clock: Callable[[], float] = time.monotonic,
         calls: Calls | None = None,
+        query_calls: Calls | None = None,
     ) -> None:
         self._socket_glob = socket_glob
         self._uri_template = uri_template
@@ -181,6 +185,11 @@ class SocketGlobSource:
         self._clock = clock
         self._calls: Calls = (
             CallPool(workers=call_workers, name="guestload-socket") if calls is None else calls
+        )
+        self._query_calls: Calls = (
+            CallPool(workers=query_workers, name="guestload-socket-query")
+            if query_calls is None
+            else query_calls
         )
         self._scan_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -302,13 +311,13 @@ class SocketGlobSource:
             return dict.fromkeys((query.name for query in queries), gone)
         if stuck:
             return _all(queries, AgentState.ERROR, "libvirt socket not answering")
-        future = self._calls.submit(
+        future = self._query_calls.submit(
             functools.partial(member.source.query_guest, uuid, queries, timeout_seconds)
         )
         limit = timeout_seconds * len(queries) + self._deadline
-        self._calls.wait((future,), limit)
+        self._query_calls.wait((future,), limit)
         if not future.done():
-            self._hung(member, future)
+            self._hung(member, future, self._query_calls)
             return _all(queries, AgentState.TIMEOUT, f"libvirt socket silent for {limit:g}s")
         return future.result()
 
@@ -389,7 +398,7 @@ class SocketGlobSource:
         listings: dict[str, Sequence[DomainInventory]] = {}
         for path, (member, future) in asked.items():
             if not future.done():
-                self._hung(member, future)
+                self._hung(member, future, self._calls)
                 continue
             inventory = self._apply(member, future.result())
             if inventory is not None:
@@ -438,7 +447,7 @@ class SocketGlobSource:
                 member.named_after = None
         return inventory
 
-    def _hung(self, member: _Member, future: Future[Any]) -> None:
+    def _hung(self, member: _Member, future: Future[Any], calls: Calls) -> None:
         """A call to the member missed its deadline: the member is down until the call ends,
         then reconnects."""
         with self._lock:
@@ -451,7 +460,7 @@ class SocketGlobSource:
                 "libvirt socket not answering",
                 extra={"socket": member.socket_path, "deadline_seconds": self._deadline},
             )
-        self._calls.abandon(future)
+        calls.abandon(future)
         future.add_done_callback(lambda _: self._unstuck(member))
 
     def _unstuck(self, member: _Member) -> None:
