@@ -55,6 +55,7 @@ from bench.common import (
     write_results,
 )
 from guestload.settings import parse_duration
+from guestload.sources.libvirt import process_event_loop
 from guestload_lab.launcher_faults import MetricsWatch, run_fault_phases
 from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
@@ -113,6 +114,38 @@ def _domain_xml(name: str) -> str:
   <os><type>hvm</type></os>
   <metadata><kubevirt xmlns="http://kubevirt.io"><uid>{uuid.uuid4()}</uid></kubevirt></metadata>
 </domain>"""
+
+
+def bare_listing_ms_per_vm(uris: Sequence[str], *, vms: int, rounds: int = 50) -> float:
+    """Client CPU (this process, guestload's event loop) of one bulk stats call per URI,
+    per VM: the floor of a listing without the exporter around it."""
+    process_event_loop()
+    connections = [libvirt.open(uri) for uri in uris]
+    groups = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
+    flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+    try:
+        for connection in connections:
+            connection.setKeepAlive(5, 3)
+            connection.getAllDomainStats(groups, flags)
+        started = time.process_time()
+        for _ in range(rounds):
+            for connection in connections:
+                connection.getAllDomainStats(groups, flags)
+        return 1000 * (time.process_time() - started) / rounds / vms
+    finally:
+        for connection in connections:
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.close()
+
+
+def pod_uris(pods: Sequence[LauncherPod], directory: Path) -> list[str]:
+    """URIs of the pods' sockets through short symlinks (a kubelet path is too long)."""
+    uris = []
+    for index, pod in enumerate(pods):
+        link = directory / str(index)
+        link.symlink_to(pod.socket_path)
+        uris.append(URI_TEMPLATE.format(socket=link))
+    return uris
 
 
 def start_exporter(
@@ -231,6 +264,7 @@ def _node_args(kubelet_root: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    process_event_loop()  # before the first connection, the pods' own included
     kubelet_root = Path(tempfile.mkdtemp(prefix="guestload-bench-kubelet-"))
     try:
         with launcher_pods(args.launchers, kubelet_root) as pods:
@@ -241,6 +275,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 seconds=args.seconds,
                 source_args=_node_args(kubelet_root),
             )
+            links = short_directory("guestload-links-")
+            try:
+                node_floor = bare_listing_ms_per_vm(pod_uris(pods, links), vms=args.launchers)
+            finally:
+                shutil.rmtree(links, ignore_errors=True)
             faults = (
                 measure_faults(
                     pods, kubelet_root=kubelet_root, interval=args.interval, step=args.step
@@ -258,12 +297,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seconds=args.seconds,
             source_args=["--libvirt.uri", uri],
         )
+        single_floor = bare_listing_ms_per_vm([uri], vms=args.launchers)
     ratio = node["cpu_ms_per_vm_poll"] / single["cpu_ms_per_vm_poll"]
+    # What one connection would cost with a listing call per VM: the floor of node mode.
+    floor_ratio = (single["cpu_ms_per_vm_poll"] + node_floor - single_floor) / single[
+        "cpu_ms_per_vm_poll"
+    ]
     return {
         "launchers": args.launchers,
         "interval": args.interval,
         "setups": [node, single],
         "ratio": ratio,
+        "bare_listing_ms_per_vm": {"node-mode": node_floor, "one-connection": single_floor},
+        "floor_ratio": floor_ratio,
         "faults": faults,
     }
 
@@ -329,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     result = run(args)
     print(table(result))
+    floors = result["bare_listing_ms_per_vm"]
+    print(
+        f"bare listing (one bulk stats call per connection, client CPU): "
+        f"{floors['node-mode']:.3f} ms per VM with a connection each vs "
+        f"{floors['one-connection']:.3f} ms with one; one connection plus that difference: "
+        f"ratio {result['floor_ratio']:.2f}"
+    )
     if result["faults"] is not None:
         print("\n".join(fault_lines(result["faults"])))
     failed = failures(result)

@@ -131,10 +131,12 @@ class Hang(Exception):  # noqa: N818 - what the fake daemon does, not an error i
 class InlineCalls:
     """:class:`guestload.sources.deadline_calls.Calls` that runs each call at once, inline.
 
-    A call that raises :class:`Hang` stands for a hung daemon: its future stays pending (a
-    deadline passes at once) until :meth:`finish` ends it as the keepalive would.
+    A call that raises :class:`Hang` stands for a hung daemon: its future stays pending until
+    :meth:`finish` ends it as the keepalive would. Waiting returns at once, after moving the
+    test's clock on by the time waited (``advance``).
     """
 
+    advance: Callable[[float], None] = lambda seconds: None
     stuck: list[Future[object]] = field(default_factory=list)
     abandoned: list[Future[object]] = field(default_factory=list)
     submitted: int = 0
@@ -150,7 +152,8 @@ class InlineCalls:
         return future
 
     def wait(self, futures: Collection[Future[Any]], seconds: float) -> None:
-        del futures, seconds
+        del futures
+        self.advance(seconds)
 
     def abandon(self, future: Future[Any]) -> None:
         self.abandoned.append(future)

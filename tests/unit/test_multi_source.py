@@ -65,7 +65,7 @@ class Node:
 
     def __init__(self) -> None:
         self.sockets: dict[str, LauncherSource] = {}
-        self.calls = InlineCalls()
+        self.calls = InlineCalls(advance=self._advance)
         self.made: list[str] = []
         self.now = 0.0
         self.events: list[DomainEvent] = []
@@ -87,6 +87,9 @@ class Node:
         )
         self.sockets[f"/pods/{name}/sock"] = fake
         return fake
+
+    def _advance(self, seconds: float) -> None:
+        self.now += seconds
 
     def _find(self, pattern: str) -> Iterable[str]:
         assert pattern == GLOB
@@ -398,3 +401,17 @@ def test_a_hung_socket_that_vanishes_is_released_once_its_call_ends(node: Node) 
     node.calls.finish(SourceUnavailableError("connection reset"))
     assert hung.closes == 1
     assert hung.listener is None
+
+
+def test_sockets_hanging_together_cost_the_listing_one_deadline(node: Node) -> None:
+    node.add("pod-a", "a1")
+    first, second = node.add("pod-b", "b1"), node.add("pod-c", "c1")
+    node.source.connect()
+    first.hung = second.hung = True
+    before = node.now
+    assert uuids(node) == ["a1"]
+    assert node.now - before == pytest.approx(5.0), "the default deadline, once"
+    assert health_of(node) == {"pod-a": True, "pod-b": False, "pod-c": False}
+    before = node.now
+    assert uuids(node) == ["a1"]
+    assert node.now == before, "stuck sockets are not waited for again"

@@ -46,11 +46,16 @@ SOCKET_PLACEHOLDER = "{socket}"
 UNIX_PATH_MAX = 107
 
 RESCAN_INTERVAL_SECONDS = 5.0
-CALL_WORKERS = 4
+CALL_WORKERS = 8
 """Listings and connects at once: few threads contend less for the interpreter's lock, and a
-listing takes a fraction of a millisecond of each."""
+listing takes a fraction of a millisecond of each; a hung socket's call gives up its place
+at its deadline."""
 CALL_DEADLINE_SECONDS = 5.0
 """How long a listing or connect waits for one socket before counting it as hung."""
+QUERY_WORKERS = 8
+"""Guest queries at once (the command line sets ``--collector.concurrency``)."""
+LISTING_DEADLINES = 4
+"""A listing waits at most this many deadlines, however many sockets hang at once."""
 MIN_CALL_DEADLINE_SECONDS = 1.0
 """The shortest deadline the command line derives (from ``--collector.agent-timeout``)."""
 RECONNECT_INITIAL_SECONDS = 1.0
@@ -170,7 +175,7 @@ class SocketGlobSource:
         rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         call_workers: int = CALL_WORKERS,
-        query_workers: int = CALL_WORKERS,
+        query_workers: int = QUERY_WORKERS,
         find_sockets: Callable[[str], Iterable[str]] = glob.glob,
         clock: Callable[[], float] = time.monotonic,
         calls: Calls | None = None,
@@ -386,24 +391,52 @@ class SocketGlobSource:
 
     def _list_members(self, members: Sequence[_Member]) -> dict[str, Sequence[DomainInventory]]:
         """Each member's listing, asked at once; members that failed or missed the deadline
-        (or are still stuck, or wait for their reconnect) are left out."""
+        (or are still stuck, or wait for their reconnect) are left out.
+
+        A call's deadline runs from its start: a call abandoned at its deadline frees its
+        worker's place, so calls queued behind hung ones still start and get their full time.
+        """
         now = self._clock()
+        started: dict[str, float] = {}
         asked: dict[str, tuple[_Member, Future[_Reply]]] = {}
         for member in members:
             if member.stuck_calls or (not member.connected and now < member.next_attempt):
                 continue
-            call = functools.partial(_connect_and_list, member.source, connect=not member.connected)
+            call = functools.partial(
+                self._timed,
+                started,
+                member.socket_path,
+                functools.partial(_connect_and_list, member.source, connect=not member.connected),
+            )
             asked[member.socket_path] = (member, self._calls.submit(call))
-        self._calls.wait([future for _, future in asked.values()], self._deadline)
+        waiting = dict(asked)
+        give_up = now + LISTING_DEADLINES * self._deadline
+        while waiting:
+            now = self._clock()
+            for path, (member, future) in list(waiting.items()):
+                began = started.get(path)
+                if future.done():
+                    del waiting[path]
+                elif now >= give_up or (began is not None and now - began >= self._deadline):
+                    self._hung(member, future, self._calls)
+                    del waiting[path]
+            if waiting:
+                due = [started[path] + self._deadline for path in waiting if path in started]
+                next_check = min([*due, now + self._deadline / 4, give_up])
+                self._calls.wait([future for _, future in waiting.values()], next_check - now)
         listings: dict[str, Sequence[DomainInventory]] = {}
         for path, (member, future) in asked.items():
-            if not future.done():
-                self._hung(member, future, self._calls)
+            if not future.done() or future.cancelled():
                 continue
             inventory = self._apply(member, future.result())
             if inventory is not None:
                 listings[path] = inventory
         return listings
+
+    def _timed(self, started: dict[str, float], path: str, call: Callable[[], _Reply]) -> _Reply:
+        """Runs on a pool thread: note when the call started, then make it."""
+        started[path] = self._clock()
+        return call()
 
     def _apply(self, member: _Member, reply: _Reply) -> Sequence[DomainInventory] | None:
         """Take in one member's reply; its listing, or None when it failed."""
