@@ -204,6 +204,7 @@ class SocketGlobSource:
         self._connected = False
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._last_scan = 0.0
 
     def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...]:
         """Each known socket's connection state, sorted by path.
@@ -355,6 +356,7 @@ class SocketGlobSource:
     # -- internals ----------------------------------------------------------------------
 
     def _rescan_locked(self) -> None:
+        self._last_scan = self._clock()
         found = set(self._find_sockets(self._socket_glob))
         with self._lock:
             known = set(self._members)
@@ -526,7 +528,12 @@ class SocketGlobSource:
             self._forward(DomainEvent(kind=kind, uuid=uuid))
 
     def _watch(self) -> None:
-        while not self._stop.wait(self._rescan_interval):
+        """Re-scan when no listing has for ``rescan_interval`` (each listing scans too)."""
+        while not self._stop.wait(
+            max(0.0, self._last_scan + self._rescan_interval - self._clock())
+        ):
+            if self._clock() - self._last_scan < self._rescan_interval:
+                continue
             try:
                 self.rescan()
             except Exception:
