@@ -39,7 +39,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ from bench.common import (
 from guestload.settings import parse_duration
 from guestload.sources.libvirt import process_event_loop
 from guestload_lab.launcher_faults import MetricsWatch, run_fault_phases
-from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob
+from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob, launcher_pods
 from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Exporter
@@ -65,24 +64,6 @@ from guestload_lab.services import Exporter
 TARGET_RATIO = 1.5
 FAULT_SHARE = 0.1
 NAMESPACE = "bench"
-
-
-@contextlib.contextmanager
-def launcher_pods(count: int, kubelet_root: Path) -> Iterator[list[LauncherPod]]:
-    """``count`` running launcher pods (started a few at a time), all stopped at the end."""
-    pods = [
-        LauncherPod(kubelet_root=kubelet_root, namespace=NAMESPACE, vmi=f"vm-{index:03d}")
-        for index in range(count)
-    ]
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(LauncherPod.start, pods))
-        yield pods
-    finally:
-        for pod in pods:
-            with contextlib.suppress(Exception):
-                pod.resume()
-            pod.cleanup()
 
 
 @contextlib.contextmanager
@@ -267,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     process_event_loop()  # before the first connection, the pods' own included
     kubelet_root = Path(tempfile.mkdtemp(prefix="guestload-bench-kubelet-"))
     try:
-        with launcher_pods(args.launchers, kubelet_root) as pods:
+        with launcher_pods(args.launchers, kubelet_root, namespace=NAMESPACE) as pods:
             node = measure_setup(
                 name="node-mode",
                 vms=args.launchers,

@@ -14,6 +14,8 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libvirt
@@ -101,3 +103,22 @@ class LauncherPod:
   <os><type>hvm</type></os>
   <metadata><kubevirt xmlns="http://kubevirt.io"><uid>{uuid.uuid4()}</uid></kubevirt></metadata>
 </domain>"""
+
+
+@contextlib.contextmanager
+def launcher_pods(count: int, kubelet_root: Path, *, namespace: str) -> Iterator[list[LauncherPod]]:
+    """``count`` running pods with VMIs ``vm-000``... (started four at a time); every daemon is
+    stopped at the end, hung ones too."""
+    pods = [
+        LauncherPod(kubelet_root=kubelet_root, namespace=namespace, vmi=f"vm-{index:03d}")
+        for index in range(count)
+    ]
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(LauncherPod.start, pods))
+        yield pods
+    finally:
+        for pod in pods:
+            if pod.pid is not None:
+                pod.resume()
+            pod.cleanup()

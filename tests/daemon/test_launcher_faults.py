@@ -11,13 +11,12 @@ pod's series are gone within one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from guestload_lab.launcher_faults import MetricsWatch, run_fault_phases
-from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob
+from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob, launcher_pods
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Exporter
 from guestload_lab.waiting import wait_until
@@ -32,19 +31,8 @@ INTERVAL_SECONDS = 2.0
 
 @pytest.fixture
 def pods(tmp_path: Path) -> Iterator[list[LauncherPod]]:
-    started = [
-        LauncherPod(kubelet_root=tmp_path / "kubelet", namespace="ci", vmi=f"vm-{index:02d}")
-        for index in range(LAUNCHERS)
-    ]
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(LauncherPod.start, started))
+    with launcher_pods(LAUNCHERS, tmp_path / "kubelet", namespace="ci") as started:
         yield started
-    finally:
-        for pod in started:
-            if pod.pid is not None:
-                pod.resume()
-            pod.cleanup()
 
 
 def test_hung_and_dead_launchers_cost_the_healthy_vms_nothing(
