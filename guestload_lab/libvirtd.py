@@ -174,6 +174,12 @@ class _LibvirtdChild:
             raise LibvirtdError("libvirtd is not running")
         self._libvirtd.send_signal(signal.SIGSTOP)
 
+    def resume(self) -> None:
+        """SIGCONT a paused libvirtd."""
+        if self._libvirtd is None:
+            raise LibvirtdError("libvirtd is not running")
+        self._libvirtd.send_signal(signal.SIGCONT)
+
     def _launch(
         self, command: list[str], *, log_name: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:

@@ -18,6 +18,7 @@ from bench import (
     distributed,
     firstpoll,
     hostile,
+    launchers,
     poll,
     pollcycle,
     rulecost,
@@ -199,3 +200,30 @@ def test_hostile_runs_every_scenario_against_a_serving_exporter(tmp_path: Path) 
         results["burst"]["load"]["burst_connections"] % 4 == 0
     )
     assert results["loops"]["load"]["loop_statuses"]
+
+
+def test_launchers_compares_node_mode_with_one_connection_and_runs_the_faults(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "launchers.json"
+    argv = ["--launchers", "3", "--interval", "1s", "--seconds", "2", "--faults"]
+    launchers.main([*argv, "--out", str(out)])  # the exit code is the goals: not asserted here
+    result = _results(out)["result"]
+    node, single = result["setups"]
+    assert (node["setup"], single["setup"]) == ("node-mode", "one-connection")
+    for setup in (node, single):
+        assert setup["vms_listed_at_end"] == 3
+        assert setup["polls"] >= 1
+        assert setup["cpu_ms_per_vm_poll"] > 0
+        assert setup["rss_bytes"] > 0
+    assert node["open_fds"] > single["open_fds"], "a connection per launcher"
+    assert result["ratio"] > 0
+    faults = result["faults"]
+    assert (faults["faulty"], faults["healthy"]) == (1, 2)
+    assert set(faults["goals"]) == {
+        "healthy_late_at_most_one_interval",
+        "healthy_never_missing",
+        "hung_socket_down_within_two_intervals",
+        "deleted_series_gone_within_one_interval",
+    }
+    assert faults["exporter_tracebacks"] == 0

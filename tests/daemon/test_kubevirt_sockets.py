@@ -1,34 +1,28 @@
 """KubeVirt node mode against real libvirt daemons, one per fake virt-launcher pod.
 
-Each "pod" is a private test-driver daemon whose socket sits where a virt-launcher's does
-when seen from the node: ``<kubelet>/pods/<pod-uid>/volumes/kubernetes.io~empty-dir/
-libvirt-runtime/virtqemud-sock`` (a path too long for a unix socket address, as on a real
-node). Each daemon runs one KubeVirt-named domain. Pods are started, crashed, restarted and
+Each "pod" is a :class:`guestload_lab.launchers.LauncherPod`: a private test-driver daemon
+whose socket sits where a virt-launcher's does when seen from the node, running one
+KubeVirt-named domain. Pods are started, crashed, restarted and
 deleted while the exporter watches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from guestload.identity import IdentityResolver
 from guestload.model import AgentState, DomainEvent, EventKind
 from guestload.sources.kubevirt_sockets import SocketGlobSource
 from guestload.sources.libvirt import LibvirtSource
-from guestload_lab.libvirtd import TestDriverLibvirtd, short_directory
+from guestload_lab.launchers import URI_TEMPLATE, LauncherPod, kubelet_socket_glob
 from guestload_lab.processes import ProcessRegistry
 from guestload_lab.services import Exporter
 from guestload_lab.waiting import wait_until
@@ -37,68 +31,7 @@ from tests.unit.fakes import ask_load
 
 pytestmark = pytest.mark.daemon
 
-RUNTIME_DIR = Path("volumes") / "kubernetes.io~empty-dir" / "libvirt-runtime"
-SOCKET_NAME = "virtqemud-sock"
-URI_TEMPLATE = "test+unix:///default?socket={socket}"
 WAIT_SECONDS = 10.0
-
-
-class LauncherPod:
-    """A private daemon posing as one virt-launcher pod running VMI ``namespace/vmi``."""
-
-    def __init__(self, *, kubelet_root: Path, namespace: str, vmi: str) -> None:
-        self.namespace = namespace
-        self.vmi = vmi
-        self.pod_dir = kubelet_root / "pods" / str(uuid.uuid4())
-        self.socket_path = self.pod_dir / RUNTIME_DIR / SOCKET_NAME
-        self.domain_uuid = str(uuid.uuid4())
-        # The daemon binds in a short directory of its own; its socket is then moved into
-        # the pod's runtime directory (a bound socket keeps listening when renamed).
-        self.daemon = TestDriverLibvirtd(directory=short_directory("guestload-kv-"))
-        # The test driver's default instance lives while a connection holds it: this one
-        # plays virt-launcher's own connection.
-        self._launcher_connection: libvirt.virConnect | None = None
-
-    def start(self) -> None:
-        """Start the daemon, run the VMI's domain in it, and publish its socket."""
-        self.daemon.start()
-        connection = libvirt.open(self.daemon.uri)
-        self._launcher_connection = connection
-        connection.lookupByName("test").destroy()  # the test driver's own domain
-        connection.createXML(self._domain_xml(), 0)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.daemon.socket_path, self.socket_path)
-
-    def crash(self) -> None:
-        """Kill the daemon; its socket file stays behind, as after a crash."""
-        self.daemon.kill()
-        self._drop_launcher_connection()
-
-    def delete(self) -> None:
-        """Kill the daemon and remove the pod's directory, as the kubelet does."""
-        self.daemon.kill()
-        self._drop_launcher_connection()
-        shutil.rmtree(self.pod_dir, ignore_errors=True)
-
-    def cleanup(self) -> None:
-        self.delete()
-        shutil.rmtree(self.daemon.directory, ignore_errors=True)
-
-    def _drop_launcher_connection(self) -> None:
-        connection, self._launcher_connection = self._launcher_connection, None
-        if connection is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                connection.close()
-
-    def _domain_xml(self) -> str:
-        return f"""<domain type='test'>
-  <name>{self.namespace}_{self.vmi}</name>
-  <uuid>{self.domain_uuid}</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type>hvm</type></os>
-  <metadata><kubevirt xmlns="http://kubevirt.io"><uid>{uuid.uuid4()}</uid></kubevirt></metadata>
-</domain>"""
 
 
 class Node:
@@ -109,7 +42,7 @@ class Node:
         self.pods: list[LauncherPod] = []
         self.events: list[DomainEvent] = []
         self._events_lock = threading.Lock()
-        self.glob = str(root / "pods" / "*" / RUNTIME_DIR / SOCKET_NAME)
+        self.glob = kubelet_socket_glob(root)
         self.source = SocketGlobSource(
             socket_glob=self.glob,
             uri_template=URI_TEMPLATE,

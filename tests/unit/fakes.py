@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from guestload.model import (
     AgentState,
@@ -17,6 +19,8 @@ from guestload.model import (
 from guestload.queries.load import LOAD, GuestLoad
 from guestload.queries.query import GuestQuery, run_queries
 from guestload.sources.protocol import EventListener, Identify, Source, SourceUnavailableError
+
+T = TypeVar("T")
 
 Answer = QueryReading | Callable[[], QueryReading]
 """The load query's answer, or a call that makes it (it may block, raise, or count)."""
@@ -117,3 +121,45 @@ def load_value(reading: QueryReading) -> GuestLoad:
     """The load of an ok load reading (fails the test for anything else)."""
     assert isinstance(reading.value, GuestLoad), reading
     return reading.value
+
+
+class Hang(Exception):  # noqa: N818 - what the fake daemon does, not an error it reports
+    """Raised by a fake call to stand for a call that never returns (see :class:`InlineCalls`)."""
+
+
+@dataclass
+class InlineCalls:
+    """:class:`guestload.sources.deadline_calls.Calls` that runs each call at once, inline.
+
+    A call that raises :class:`Hang` stands for a hung daemon: its future stays pending until
+    :meth:`finish` ends it as the keepalive would. Waiting returns at once, after moving the
+    test's clock on by the time waited (``advance``).
+    """
+
+    advance: Callable[[float], None] = lambda seconds: None
+    stuck: list[Future[object]] = field(default_factory=list)
+    abandoned: list[Future[object]] = field(default_factory=list)
+    submitted: int = 0
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        self.submitted += 1
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(call())
+        except Hang:
+            self.stuck.append(future)  # type: ignore[arg-type]
+        return future
+
+    def wait(self, futures: Collection[Future[Any]], seconds: float) -> None:
+        del futures
+        self.advance(seconds)
+
+    def abandon(self, future: Future[Any]) -> None:
+        self.abandoned.append(future)
+
+    def finish(self, error: Exception) -> None:
+        """End every stuck call with ``error``."""
+        stuck, self.stuck = self.stuck, []
+        for future in stuck:
+            future.set_exception(error)

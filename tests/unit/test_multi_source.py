@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import pytest
 
@@ -13,12 +14,15 @@ from guestload.model import (
     AgentState,
     ConnectionHealth,
     DomainEvent,
+    DomainInventory,
     EventKind,
+    QueryReading,
     SourceFacts,
 )
+from guestload.queries.query import GuestQuery
 from guestload.sources.kubevirt_sockets import SocketGlobSource, pod_uid_from_socket, socket_uri
 from guestload.sources.protocol import Source, SourceUnavailableError
-from tests.unit.fakes import FakeSource, ask_load, domain, ok
+from tests.unit.fakes import FakeSource, Hang, InlineCalls, ask_load, domain, ok
 
 GLOB = "/pods/*/sock"
 
@@ -26,11 +30,42 @@ GLOB = "/pods/*/sock"
 TEMPLATE = "test+unix:///default?socket={socket}"
 
 
+@dataclass
+class LauncherSource(FakeSource):
+    """A fake launcher's daemon that can hang: every call to it then never returns."""
+
+    hung: bool = False
+    listings: int = 0
+    closes: int = 0
+
+    def connect(self) -> None:
+        if self.hung:
+            raise Hang
+        super().connect()
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def list_running_domains(self) -> Sequence[DomainInventory]:
+        self.listings += 1
+        if self.hung:
+            raise Hang
+        return super().list_running_domains()
+
+    def query_guest(
+        self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
+    ) -> Mapping[str, QueryReading]:
+        if self.hung:
+            raise Hang
+        return super().query_guest(uuid, queries, timeout_seconds)
+
+
 class Node:
     """The sockets on a fake node and the fake source behind each."""
 
     def __init__(self) -> None:
-        self.sockets: dict[str, FakeSource] = {}
+        self.sockets: dict[str, LauncherSource] = {}
+        self.calls = InlineCalls(advance=self._advance)
         self.made: list[str] = []
         self.now = 0.0
         self.events: list[DomainEvent] = []
@@ -41,15 +76,20 @@ class Node:
             rescan_interval_seconds=0,
             find_sockets=self._find,
             clock=lambda: self.now,
+            calls=self.calls,
+            query_calls=self.calls,
         )
         self.source.set_event_listener(self.events.append)
 
-    def add(self, name: str, *uuids: str) -> FakeSource:
-        fake = FakeSource(
+    def add(self, name: str, *uuids: str) -> LauncherSource:
+        fake = LauncherSource(
             domains=[domain(u, f"ns_{u}", metadata={KUBEVIRT_UID_KEY: u}) for u in uuids]
         )
         self.sockets[f"/pods/{name}/sock"] = fake
         return fake
+
+    def _advance(self, seconds: float) -> None:
+        self.now += seconds
 
     def _find(self, pattern: str) -> Iterable[str]:
         assert pattern == GLOB
@@ -280,3 +320,98 @@ def test_each_socket_reports_its_health_named_after_its_vm(node: Node) -> None:
 )
 def test_the_pod_uid_comes_from_the_kubelet_path(path: str, uid: str) -> None:
     assert pod_uid_from_socket(path) == uid
+
+
+def health_of(node: Node) -> dict[str, bool]:
+    """Each socket's pod UID and whether it is up."""
+    return {h.pod_uid: h.up for h in node.source.connection_health(RESOLVER.resolve)}
+
+
+def test_a_hung_socket_loses_only_its_domains_and_gets_no_second_call(node: Node) -> None:
+    node.add("pod-a", "a1")
+    hung = node.add("pod-b", "b1")
+    node.source.connect()
+    assert uuids(node) == ["a1", "b1"]
+    hung.hung = True
+    assert uuids(node) == ["a1"], "the hung socket's listing missed the deadline"
+    assert health_of(node) == {"pod-a": True, "pod-b": False}
+    assert len(node.calls.abandoned) == 1
+    listings = hung.listings
+    node.now += 60.0
+    assert uuids(node) == ["a1"]
+    assert hung.listings == listings, "no call while the first one is stuck"
+    assert len(node.calls.stuck) == 1
+    assert hung.closes == 0, "a connection in use by a stuck call is not closed under it"
+
+
+def test_a_socket_whose_stuck_call_ends_reconnects(node: Node) -> None:
+    hung = node.add("pod-a", "a1")
+    node.source.connect()
+    hung.hung = True
+    assert uuids(node) == []
+    hung.hung = False
+    node.calls.finish(SourceUnavailableError("keepalive timed out"))
+    connects = hung.connects
+    assert uuids(node) == ["a1"], "reconnected at the next listing"
+    assert hung.connects == connects + 1
+    assert health_of(node) == {"pod-a": True}
+
+
+def test_a_socket_whose_connect_hangs_holds_up_no_other(node: Node) -> None:
+    node.add("pod-a", "a1")
+    hung = node.add("pod-b", "b1")
+    hung.hung = True
+    node.source.connect()
+    assert uuids(node) == ["a1"]
+    assert node.events == [DomainEvent(kind=EventKind.STARTED, uuid="a1")]
+    assert health_of(node) == {"pod-a": True, "pod-b": False}
+    hung.hung = False
+    node.calls.finish(SourceUnavailableError("connection reset"))
+    assert uuids(node) == ["a1", "b1"]
+
+
+def test_guest_queries_to_a_hung_socket_are_cut_off_and_not_repeated(node: Node) -> None:
+    healthy = node.add("pod-a", "a1")
+    healthy.answers["a1"] = ok(0.5)
+    hung = node.add("pod-b", "b1")
+    hung.answers["b1"] = ok(1.5)
+    node.source.connect()
+    assert uuids(node) == ["a1", "b1"]
+    hung.hung = True
+    assert ask_load(node.source, "b1", 1.0).state is AgentState.TIMEOUT
+    submitted = node.calls.submitted
+    again = ask_load(node.source, "b1", 1.0)
+    assert again.state is AgentState.ERROR
+    assert again.detail == "libvirt socket not answering"
+    assert node.calls.submitted == submitted, "nothing more is sent to a hung socket"
+    assert ask_load(node.source, "a1", 1.0) == ok(0.5)
+    assert uuids(node) == ["a1"]
+    assert health_of(node) == {"pod-a": True, "pod-b": False}
+
+
+def test_a_hung_socket_that_vanishes_is_released_once_its_call_ends(node: Node) -> None:
+    hung = node.add("pod-a", "a1")
+    node.source.connect()
+    hung.hung = True
+    assert uuids(node) == []
+    del node.sockets["/pods/pod-a/sock"]
+    assert uuids(node) == []
+    assert health_of(node) == {}
+    assert hung.closes == 0
+    node.calls.finish(SourceUnavailableError("connection reset"))
+    assert hung.closes == 1
+    assert hung.listener is None
+
+
+def test_sockets_hanging_together_cost_the_listing_one_deadline(node: Node) -> None:
+    node.add("pod-a", "a1")
+    first, second = node.add("pod-b", "b1"), node.add("pod-c", "c1")
+    node.source.connect()
+    first.hung = second.hung = True
+    before = node.now
+    assert uuids(node) == ["a1"]
+    assert node.now - before == pytest.approx(5.0), "the default deadline, once"
+    assert health_of(node) == {"pod-a": True, "pod-b": False, "pod-c": False}
+    before = node.now
+    assert uuids(node) == ["a1"]
+    assert node.now == before, "stuck sockets are not waited for again"

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from guestload.identity import metadata_readers_for
 from guestload.settings import Settings, SourceKind
-from guestload.sources.kubevirt_sockets import SocketGlobSource
+from guestload.sources.kubevirt_sockets import (
+    MIN_CALL_DEADLINE_SECONDS,
+    SocketGlobSource,
+)
 from guestload.sources.protocol import Source
 from guestload.sources.simulated import SimulatedSource
 
@@ -45,10 +48,15 @@ def _libvirt(settings: Settings) -> Source:
 
 
 def _libvirt_sockets(settings: Settings) -> Source:
+    # A listing waits for a socket as long as for a guest agent (at least a second): a daemon
+    # slower than that is hung, and the other sockets' VMs must not wait for it.
     return SocketGlobSource(
         socket_glob=settings.socket_glob,
         uri_template=settings.socket_uri_template,
         make_source=_libvirt_at(settings),
+        call_deadline_seconds=max(MIN_CALL_DEADLINE_SECONDS, settings.agent_timeout_seconds),
+        # As many as the poller's workers that ask guest agents: none waits for another.
+        query_workers=settings.concurrency,
     )
 
 

@@ -6,17 +6,22 @@ glob over the kubelet's pods directory. :class:`SocketGlobSource` keeps one sour
 it finds: listings are merged, guest-agent calls are routed to the socket that listed the
 domain, a socket that fails only loses its own domains (and is reconnected on a back-off), and
 sockets are re-scanned in the background so VMs that start or stop are noticed between polls.
+Sockets are asked at once, each up to a deadline: a hung daemon (its launcher frozen) costs
+the others one deadline, once, and then none while its call stays stuck.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from guestload.model import (
     UNKNOWN,
@@ -29,6 +34,7 @@ from guestload.model import (
     SourceFacts,
 )
 from guestload.queries.query import GuestQuery
+from guestload.sources.deadline_calls import CallPool, Calls
 from guestload.sources.protocol import EventListener, Identify, Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,18 @@ SOCKET_PLACEHOLDER = "{socket}"
 UNIX_PATH_MAX = 107
 
 RESCAN_INTERVAL_SECONDS = 5.0
+CALL_WORKERS = 8
+"""Listings and connects at once: few threads contend less for the interpreter's lock, and a
+listing takes a fraction of a millisecond of each; a hung socket's call gives up its place
+at its deadline."""
+CALL_DEADLINE_SECONDS = 5.0
+"""How long a listing or connect waits for one socket before counting it as hung."""
+QUERY_WORKERS = 8
+"""Guest queries at once (the command line sets ``--collector.concurrency``)."""
+LISTING_DEADLINES = 4
+"""A listing waits at most this many deadlines, however many sockets hang at once."""
+MIN_CALL_DEADLINE_SECONDS = 1.0
+"""The shortest deadline the command line derives (from ``--collector.agent-timeout``)."""
 RECONNECT_INITIAL_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 60.0
 
@@ -101,6 +119,35 @@ class _Member:
     named_after: DomainInventory | None = None
     """The domain of the member's last listing of exactly one (a launcher runs one VM); kept
     while the member is down, so its health keeps naming the VM."""
+    stuck_calls: int = 0
+    """Calls to the member's daemon that missed their deadline and still run: while any does,
+    the member is down and gets no new call."""
+    retired: bool = False
+    """Its socket vanished or the source closed: released once no stuck call holds it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What one connect-and-list call to a member's daemon came back with."""
+
+    connected: bool
+    """The call (re)connected the member."""
+    inventory: Sequence[DomainInventory] | None
+    """None when the connect or the listing failed."""
+    error: str = ""
+
+
+def _connect_and_list(source: Source, *, connect: bool) -> _Reply:
+    """Runs on a pool thread: (re)connect when asked, then list; failures come back as values."""
+    if connect:
+        try:
+            source.connect()
+        except SourceUnavailableError as error:
+            return _Reply(connected=False, inventory=None, error=str(error))
+    try:
+        return _Reply(connected=connect, inventory=source.list_running_domains())
+    except SourceUnavailableError as error:
+        return _Reply(connected=connect, inventory=None, error=str(error))
 
 
 class SocketGlobSource:
@@ -109,6 +156,14 @@ class SocketGlobSource:
     ``make_source`` builds the source for one libvirt URI (a ``LibvirtSource`` in production,
     a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
     as up while it is connected, even with no socket at all: a node without VMs is healthy.
+
+    Every call to a socket's daemon runs on a pool: connects and listings on ``calls``, all
+    sockets at once, guest queries on ``query_calls`` (so slow guest agents never hold up a
+    listing); by default :class:`~guestload.sources.deadline_calls.CallPool` s of
+    ``call_workers`` and ``query_workers`` threads. Each call is waited for up to
+    ``call_deadline_seconds`` (a guest query also gets its own timeout per query). A socket
+    whose call misses the deadline is down and loses its domains for that poll; its call is
+    left to end on its own, and the socket gets no other call until it has.
     """
 
     def __init__(
@@ -118,15 +173,29 @@ class SocketGlobSource:
         uri_template: str,
         make_source: Callable[[str], Source],
         rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
+        call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
+        call_workers: int = CALL_WORKERS,
+        query_workers: int = QUERY_WORKERS,
         find_sockets: Callable[[str], Iterable[str]] = glob.glob,
         clock: Callable[[], float] = time.monotonic,
+        calls: Calls | None = None,
+        query_calls: Calls | None = None,
     ) -> None:
         self._socket_glob = socket_glob
         self._uri_template = uri_template
         self._make_source = make_source
         self._rescan_interval = rescan_interval_seconds
+        self._deadline = call_deadline_seconds
         self._find_sockets = find_sockets
         self._clock = clock
+        self._calls: Calls = (
+            CallPool(workers=call_workers, name="guestload-socket") if calls is None else calls
+        )
+        self._query_calls: Calls = (
+            CallPool(workers=query_workers, name="guestload-socket-query")
+            if query_calls is None
+            else query_calls
+        )
         self._scan_lock = threading.Lock()
         self._lock = threading.Lock()
         self._members: dict[str, _Member] = {}
@@ -135,6 +204,7 @@ class SocketGlobSource:
         self._connected = False
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._last_scan = 0.0
 
     def connection_health(self, identify: Identify) -> tuple[ConnectionHealth, ...]:
         """Each known socket's connection state, sorted by path.
@@ -175,69 +245,42 @@ class SocketGlobSource:
         )
 
     def close(self) -> None:
-        """Stop re-scanning and close every socket's connection."""
+        """Stop re-scanning and close every socket's connection (once its stuck calls end)."""
         self._stop.set()
         watcher, self._watcher = self._watcher, None
         if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout=self._rescan_interval + 5)
+            watcher.join(timeout=self._rescan_interval + self._deadline + 5)
         self._connected = False
         with self._lock:
             members = list(self._members.values())
             self._members.clear()
             self._routes.clear()
         for member in members:
-            _release(member)
+            self._retire(member)
 
     def rescan(self) -> None:
         """Pick up new sockets and drop vanished ones; announce their domains as events."""
         if not self._connected:
             return
         with self._scan_lock:
-            found = set(self._find_sockets(self._socket_glob))
-            with self._lock:
-                known = set(self._members)
-                vanished = [self._members.pop(path) for path in sorted(known - found)]
-                for member in vanished:
-                    for uuid in member.uuids:
-                        if self._routes.get(uuid) is member:
-                            del self._routes[uuid]
-            for member in vanished:
-                log.info("libvirt socket gone", extra={"socket": member.socket_path})
-                _release(member)
-                self._announce(EventKind.STOPPED, member.uuids)
-            for path in sorted(found - known):
-                try:
-                    address = _SocketAddress(path)
-                except OSError as error:  # vanished between the glob and the open
-                    log.debug("libvirt socket unusable", extra={"socket": path, "err": str(error)})
-                    continue
-                member = _Member(
-                    socket_path=path,
-                    address=address,
-                    source=self._make_source(socket_uri(self._uri_template, address.path)),
-                )
-                member.source.set_event_listener(self._forward)
-                with self._lock:
-                    self._members[path] = member
-                log.info("libvirt socket found", extra={"socket": path})
-                if self._try_connect(member):
-                    self._announce(
-                        EventKind.STARTED, [d.uuid for d in self._list_member(member) or ()]
-                    )
+            self._rescan_locked()
 
     def list_running_domains(self) -> Sequence[DomainInventory]:
-        """Every running domain on every socket; a failing socket only loses its own domains."""
+        """Every running domain on every socket; a failing or hung socket only loses its own.
+
+        Every socket is asked at once; the listing waits for none longer than the deadline.
+        """
         if not self._connected:
             raise SourceUnavailableError(f"not watching libvirt sockets glob={self._socket_glob}")
-        self.rescan()
-        with self._lock:
-            members = [self._members[path] for path in sorted(self._members)]
+        with self._scan_lock:
+            self._rescan_locked()
+            with self._lock:
+                members = [self._members[path] for path in sorted(self._members)]
+            listings = self._list_members(members)
         merged: list[DomainInventory] = []
         routes: dict[str, _Member] = {}
         for member in members:
-            if not member.connected and not self._try_connect(member):
-                continue
-            for inventory in self._list_member(member) or ():
+            for inventory in listings.get(member.socket_path, ()):
                 if inventory.uuid in routes:
                     log.debug(
                         "domain listed on two sockets",
@@ -261,13 +304,28 @@ class SocketGlobSource:
     def query_guest(
         self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
     ) -> Mapping[str, QueryReading]:
-        """Ask the socket that listed the domain; a domain no socket lists is gone."""
+        """Ask the socket that listed the domain; a domain no socket lists is gone.
+
+        The call may take ``timeout_seconds`` per query plus the deadline; past that it is
+        left to the socket, which counts as hung.
+        """
         with self._lock:
             member = self._routes.get(uuid)
+            stuck = member is not None and member.stuck_calls > 0
         if member is None:
             gone = QueryReading(state=AgentState.GONE, detail="domain not found on any socket")
             return dict.fromkeys((query.name for query in queries), gone)
-        return member.source.query_guest(uuid, queries, timeout_seconds)
+        if stuck:
+            return _all(queries, AgentState.ERROR, "libvirt socket not answering")
+        future = self._query_calls.submit(
+            functools.partial(member.source.query_guest, uuid, queries, timeout_seconds)
+        )
+        limit = timeout_seconds * len(queries) + self._deadline
+        self._query_calls.wait((future,), limit)
+        if not future.done():
+            self._hung(member, future, self._query_calls)
+            return _all(queries, AgentState.TIMEOUT, f"libvirt socket silent for {limit:g}s")
+        return future.result()
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Forward every socket's domain events (and sockets appearing or vanishing)."""
@@ -297,49 +355,168 @@ class SocketGlobSource:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _try_connect(self, member: _Member) -> bool:
+    def _rescan_locked(self) -> None:
+        self._last_scan = self._clock()
+        found = set(self._find_sockets(self._socket_glob))
+        with self._lock:
+            known = set(self._members)
+            vanished = [self._members.pop(path) for path in sorted(known - found)]
+            for member in vanished:
+                for uuid in member.uuids:
+                    if self._routes.get(uuid) is member:
+                        del self._routes[uuid]
+        for member in vanished:
+            log.info("libvirt socket gone", extra={"socket": member.socket_path})
+            self._retire(member)
+            self._announce(EventKind.STOPPED, member.uuids)
+        added: list[_Member] = []
+        for path in sorted(found - known):
+            try:
+                address = _SocketAddress(path)
+            except OSError as error:  # vanished between the glob and the open
+                log.debug("libvirt socket unusable", extra={"socket": path, "err": str(error)})
+                continue
+            member = _Member(
+                socket_path=path,
+                address=address,
+                source=self._make_source(socket_uri(self._uri_template, address.path)),
+            )
+            member.source.set_event_listener(self._forward)
+            with self._lock:
+                self._members[path] = member
+            log.info("libvirt socket found", extra={"socket": path})
+            added.append(member)
+        for member in added:
+            listing = self._list_members([member]).get(member.socket_path)
+            if listing is not None:
+                self._announce(EventKind.STARTED, [d.uuid for d in listing])
+
+    def _list_members(self, members: Sequence[_Member]) -> dict[str, Sequence[DomainInventory]]:
+        """Each member's listing, asked at once; members that failed or missed the deadline
+        (or are still stuck, or wait for their reconnect) are left out.
+
+        A call's deadline runs from its start: a call abandoned at its deadline frees its
+        worker's place, so calls queued behind hung ones still start and get their full time.
+        """
         now = self._clock()
-        if now < member.next_attempt:
-            return False
-        try:
-            member.source.connect()
-        except SourceUnavailableError as error:
-            if member.reconnect_delay == 0.0:
+        started: dict[str, float] = {}
+        asked: dict[str, tuple[_Member, Future[_Reply]]] = {}
+        for member in members:
+            if member.stuck_calls or (not member.connected and now < member.next_attempt):
+                continue
+            call = functools.partial(
+                self._timed,
+                started,
+                member.socket_path,
+                functools.partial(_connect_and_list, member.source, connect=not member.connected),
+            )
+            asked[member.socket_path] = (member, self._calls.submit(call))
+        waiting = dict(asked)
+        give_up = now + LISTING_DEADLINES * self._deadline
+        while waiting:
+            now = self._clock()
+            for path, (member, future) in list(waiting.items()):
+                began = started.get(path)
+                if future.done():
+                    del waiting[path]
+                elif now >= give_up or (began is not None and now - began >= self._deadline):
+                    self._hung(member, future, self._calls)
+                    del waiting[path]
+            if waiting:
+                due = [started[path] + self._deadline for path in waiting if path in started]
+                next_check = min([*due, now + self._deadline / 4, give_up])
+                self._calls.wait([future for _, future in waiting.values()], next_check - now)
+        listings: dict[str, Sequence[DomainInventory]] = {}
+        for path, (member, future) in asked.items():
+            if not future.done() or future.cancelled():
+                continue
+            inventory = self._apply(member, future.result())
+            if inventory is not None:
+                listings[path] = inventory
+        return listings
+
+    def _timed(self, started: dict[str, float], path: str, call: Callable[[], _Reply]) -> _Reply:
+        """Runs on a pool thread: note when the call started, then make it."""
+        started[path] = self._clock()
+        return call()
+
+    def _apply(self, member: _Member, reply: _Reply) -> Sequence[DomainInventory] | None:
+        """Take in one member's reply; its listing, or None when it failed."""
+        now = self._clock()
+        if reply.inventory is None:
+            failed_listing = reply.connected or member.connected
+            if failed_listing:
+                log.warning(
+                    "libvirt socket failed",
+                    extra={"socket": member.socket_path, "err": reply.error},
+                )
+                member.source.close()
+            elif member.reconnect_delay == 0.0:
                 log.warning(
                     "cannot connect to libvirt socket",
-                    extra={"socket": member.socket_path, "err": str(error)},
+                    extra={"socket": member.socket_path, "err": reply.error},
                 )
-            member.reconnect_delay = min(
-                max(member.reconnect_delay * 2, RECONNECT_INITIAL_SECONDS), RECONNECT_MAX_SECONDS
-            )
-            member.next_attempt = now + member.reconnect_delay
-            return False
-        if member.reconnect_delay:
+            with self._lock:
+                member.connected = False
+                member.uuids = frozenset()
+                member.reconnect_delay = (
+                    RECONNECT_INITIAL_SECONDS
+                    if failed_listing
+                    else min(
+                        max(member.reconnect_delay * 2, RECONNECT_INITIAL_SECONDS),
+                        RECONNECT_MAX_SECONDS,
+                    )
+                )
+                member.next_attempt = now + member.reconnect_delay
+            return None
+        if reply.connected and member.reconnect_delay:
             log.info("libvirt socket reconnected", extra={"socket": member.socket_path})
-        member.connected = True
-        member.reconnect_delay, member.next_attempt = 0.0, 0.0
-        return True
+        inventory = reply.inventory
+        with self._lock:
+            member.connected = True
+            member.reconnect_delay, member.next_attempt = 0.0, 0.0
+            member.uuids = frozenset(d.uuid for d in inventory)
+            if len(inventory) == 1:
+                member.named_after = inventory[0]
+            elif inventory:
+                member.named_after = None
+        return inventory
 
-    def _list_member(self, member: _Member) -> Sequence[DomainInventory] | None:
-        """The member's domains; None (and the member marked down) when its daemon failed."""
-        try:
-            inventory = member.source.list_running_domains()
-        except SourceUnavailableError as error:
-            log.warning(
-                "libvirt socket failed", extra={"socket": member.socket_path, "err": str(error)}
-            )
-            member.source.close()
+    def _hung(self, member: _Member, future: Future[Any], calls: Calls) -> None:
+        """A call to the member missed its deadline: the member is down until the call ends,
+        then reconnects."""
+        with self._lock:
+            member.stuck_calls += 1
+            first = member.stuck_calls == 1
             member.connected = False
             member.uuids = frozenset()
-            member.reconnect_delay = RECONNECT_INITIAL_SECONDS
-            member.next_attempt = self._clock() + member.reconnect_delay
-            return None
-        member.uuids = frozenset(d.uuid for d in inventory)
-        if len(inventory) == 1:
-            member.named_after = inventory[0]
-        elif inventory:
-            member.named_after = None
-        return inventory
+        if first:
+            log.warning(
+                "libvirt socket not answering",
+                extra={"socket": member.socket_path, "deadline_seconds": self._deadline},
+            )
+        calls.abandon(future)
+        future.add_done_callback(lambda _: self._unstuck(member))
+
+    def _unstuck(self, member: _Member) -> None:
+        """A stuck call ended (from the pool's thread): reconnect at the next listing."""
+        with self._lock:
+            member.stuck_calls -= 1
+            idle = member.stuck_calls == 0
+            if idle:
+                member.reconnect_delay = RECONNECT_INITIAL_SECONDS
+                member.next_attempt = 0.0
+            release = idle and member.retired
+        if release:
+            _release(member)
+
+    def _retire(self, member: _Member) -> None:
+        """Release the member now, or when its stuck calls end."""
+        with self._lock:
+            member.retired = True
+            busy = member.stuck_calls > 0
+        if not busy:
+            _release(member)
 
     def _forward(self, event: DomainEvent) -> None:
         listener = self._listener
@@ -351,13 +528,23 @@ class SocketGlobSource:
             self._forward(DomainEvent(kind=kind, uuid=uuid))
 
     def _watch(self) -> None:
-        while not self._stop.wait(self._rescan_interval):
+        """Re-scan when no listing has for ``rescan_interval`` (each listing scans too)."""
+        while not self._stop.wait(
+            max(0.0, self._last_scan + self._rescan_interval - self._clock())
+        ):
+            if self._clock() - self._last_scan < self._rescan_interval:
+                continue
             try:
                 self.rescan()
             except Exception:
                 log.exception(
                     "re-scanning libvirt sockets failed", extra={"glob": self._socket_glob}
                 )
+
+
+def _all(queries: Sequence[GuestQuery], state: AgentState, detail: str) -> dict[str, QueryReading]:
+    reading = QueryReading(state=state, detail=detail)
+    return dict.fromkeys((query.name for query in queries), reading)
 
 
 def _release(member: _Member) -> None:
