@@ -7,7 +7,8 @@ Boots ``--vms`` tiny VMs (TCG, slim image) under a private libvirt daemon from t
   makes — one ``getAllDomainStats(STATE|VCPU|BALLOON|BLOCK, RUNNING|NOWAIT)`` (the groups
   of the default host stats) and one
   ``guestInfo(VIR_DOMAIN_GUEST_INFO_LOAD)`` per domain (after setting the agent response
-  timeout once) — and nothing else;
+  timeout once) — and nothing else (``bench.peer`` adds the ``guest-get-cpustats``
+  passthrough a default poll makes too);
 * exporter: ``guestload serve`` against the same daemon, polling every ``--interval``, with
   its default queries (the load, and guest CPU time through ``guest-get-cpustats``);
 * exporter, load only: the same with ``--no-collector.guest-cpu``.
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import libvirt_qemu
 
 from bench.common import (
     RESULTS_DIR,
@@ -75,10 +77,17 @@ _STATS_FLAGS = (
     libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
     | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 )
+_CPUSTATS_COMMAND = '{"execute":"guest-get-cpustats"}'
 
 
-def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
-    """The libvirt calls of a poll, in a loop, timed on this process's CPU clock."""
+def bare_loop(
+    *, uri: str, interval: float, seconds: float, cpustats: bool = False
+) -> dict[str, float]:
+    """The libvirt calls of a poll, in a loop, timed on this process's CPU clock.
+
+    With ``cpustats`` each domain is also asked ``guest-get-cpustats`` through the agent
+    passthrough, as a poll with its default queries does.
+    """
     libvirt.registerErrorHandler(lambda _context, _error: None, None)
     connection = libvirt.open(uri)
     timeouts_set: set[str] = set()
@@ -94,6 +103,8 @@ def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
                     timeouts_set.add(uuid)
                     domain.agentSetResponseTimeout(1, 0)
                 domain.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_LOAD, 0)
+                if cpustats:
+                    libvirt_qemu.qemuAgentCommand(domain, _CPUSTATS_COMMAND, 1, 0)
             except libvirt.libvirtError:
                 errors += 1
             calls += 1
@@ -119,7 +130,9 @@ def bare_loop(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
     }
 
 
-def run_bare(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
+def run_bare(
+    *, uri: str, interval: float, seconds: float, cpustats: bool = False
+) -> dict[str, float]:
     """The bare loop in its own process, like the exporter."""
     result = subprocess.run(
         [
@@ -133,6 +146,7 @@ def run_bare(*, uri: str, interval: float, seconds: float) -> dict[str, float]:
             f"{interval}s",
             "--seconds",
             str(seconds),
+            *(["--bare-cpustats"] if cpustats else []),
         ],
         capture_output=True,
         text=True,
@@ -403,12 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=90.0, help="measured window per phase")
     parser.add_argument("--rounds", type=int, default=2, help="bare/exporter phase pairs")
     parser.add_argument("--bare-loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-cpustats", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "poll.json")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     interval = parse_duration(args.interval)
     if args.bare_loop:
-        print(json.dumps(bare_loop(uri=args.uri, interval=interval, seconds=args.seconds)))
+        result = bare_loop(
+            uri=args.uri, interval=interval, seconds=args.seconds, cpustats=args.bare_cpustats
+        )
+        print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory(prefix="guestload-bench-poll-") as workdir_name:
         workdir = Path(workdir_name)

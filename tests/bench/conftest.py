@@ -1,4 +1,5 @@
-"""The benchmarks' peers (Prometheus, Pushgateway) come from the project's apt script."""
+"""The benchmarks' peers (Prometheus, the Pushgateway, Debian's libvirt exporter) come from the
+project's apt script."""
 
 from __future__ import annotations
 
@@ -9,5 +10,5 @@ from guestload_lab.deps import install_system_packages
 
 @pytest.fixture(scope="session", autouse=True)
 def system_packages() -> None:
-    """Install Prometheus and the Pushgateway if missing (about a second when present)."""
+    """Install the peers if missing (about a second when present)."""
     install_system_packages()

@@ -19,6 +19,7 @@ from bench import (
     firstpoll,
     hostile,
     launchers,
+    peer,
     poll,
     pollcycle,
     rulecost,
@@ -227,3 +228,21 @@ def test_launchers_compares_node_mode_with_one_connection_and_runs_the_faults(
         "deleted_series_gone_within_one_interval",
     }
     assert faults["exporter_tracebacks"] == 0
+
+
+def test_peer_compares_guestload_with_debians_libvirt_exporter(tmp_path: Path) -> None:
+    """Against libvirt's test driver (one domain, no agent): the real-VM run is too heavy here."""
+    out = tmp_path / "peer.json"
+    argv = ["--uri", "test:///default", "--interval", "1s", "--seconds", "2", "--rounds", "1"]
+    assert peer.main([*argv, "--out", str(out)]) == 0
+    result = _results(out)["result"]
+    for phase in peer.PHASES:
+        (run,) = result["phases"][phase]
+        assert run["polls"] >= 1, phase
+        assert run["domain_polls"] == run["polls"], phase  # the test driver runs one domain
+        assert run["wall_seconds"] >= 2, phase
+        assert run["cpu_seconds"] >= 0, phase
+    assert result["median_cpu_seconds_per_vm_collection"]["peer"] > 0
+    assert result["summary"].startswith("per-VM CPU: guestload ")
+    assert "vs prometheus-libvirt-exporter " in result["summary"]
+    assert result["ratio"] is None or result["ratio"] > 0
