@@ -7,8 +7,11 @@ costs its scrape no rendering.
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
+from guestload.exposition import cache as cache_module
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.exposition.writer import RenderedSnapshot
@@ -73,3 +76,37 @@ def test_both_formats_are_rendered_when_both_are_scraped(rendered_formats: list[
     assert sorted(rendered_formats) == ["openmetrics", "text"]
     assert b"guestload_polls_total 2.0" in scraped(cache)
     assert sorted(rendered_formats) == ["openmetrics", "text"]
+
+
+@pytest.fixture
+def compressed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bodies compressed since the last clear, in order."""
+    calls: list[bytes] = []
+    compress = cache_module._gzip
+
+    def recording(body: bytes) -> cache_module._Gzipped:
+        calls.append(body)
+        return compress(body)
+
+    monkeypatch.setattr(cache_module, "_gzip", recording)
+    return calls
+
+
+def test_a_body_is_compressed_with_the_poll_only_when_scrapers_ask_for_gzip(
+    compressed: list[bytes],
+) -> None:
+    cache = _cache()
+    cache.update(Snapshot(source_up=True, polls_total=1))
+    plain = scraped(cache)
+    assert compressed == []  # nobody asked for gzip: no poll compresses
+    cache.update(Snapshot(source_up=True, polls_total=2))
+    assert compressed == []
+    assert gzip.decompress(scraped(cache, gzip=True)).startswith(scraped(cache)[:200])
+    assert len(compressed) == 1  # on the request path, once for the snapshot
+    scraped(cache, gzip=True)
+    assert len(compressed) == 1
+    cache.update(Snapshot(source_up=True, polls_total=3))
+    assert len(compressed) == 2  # asked for lately: compressed with the poll
+    assert b"guestload_polls_total 3.0" in gzip.decompress(scraped(cache, gzip=True))
+    assert len(compressed) == 2
+    assert b"guestload_polls_total 1.0" in plain

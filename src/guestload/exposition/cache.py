@@ -5,7 +5,9 @@ A snapshot's exposition (135k samples at 10k VMs) is written by
 scrape.
 Process metrics (memory, CPU, file descriptors) must be live, so prometheus_client renders
 them per scrape (a few dozen samples) and they are appended; for gzip the cached body's
-compressor state is kept so the live tail continues one valid gzip stream.
+compressor state is kept so the live tail continues one valid gzip stream. Like the formats, a
+body is compressed with the poll only when scrapers asked for it gzipped lately, and on its
+first gzip request otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from guestload.exposition.schema import RENDER_DURATION, MetricSet
-from guestload.exposition.writer import RenderedSnapshot, SnapshotWriter
+from guestload.exposition.writer import SnapshotWriter
 from guestload.model import Snapshot
 
 #: The classic text format (0.0.4) the writer writes; every Prometheus version parses it.
@@ -36,20 +38,21 @@ _GZIP_WBITS = 31  # zlib's gzip container
 
 
 @dataclass(frozen=True, slots=True)
-class _Encoded:
-    body: bytes
-    gzip_prefix: bytes
-    gzip_state: zlib._Compress
+class _Gzipped:
+    """A body compressed up to a sync point, and the compressor to continue the stream with."""
+
+    prefix: bytes
+    state: zlib._Compress
 
 
-def _encode(body: bytes) -> _Encoded:
+def _gzip(body: bytes) -> _Gzipped:
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
     prefix = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return _Encoded(body=body, gzip_prefix=prefix, gzip_state=compressor)
+    return _Gzipped(prefix=prefix, state=compressor)
 
 
-def _encode_rendered(rendered: RenderedSnapshot, *, openmetrics_format: bool) -> _Encoded:
-    return _encode(rendered.body(openmetrics_format=openmetrics_format))
+_Variant = tuple[bool, bool]
+"""A way the exposition is asked for: (OpenMetrics, gzip)."""
 
 
 def _render(registry: CollectorRegistry, *, openmetrics_format: bool) -> bytes:
@@ -78,19 +81,23 @@ class MetricsCache:
             self._live.register(_RenderDurationCollector(self))
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
-        self._encoded: dict[bool, _Encoded] = {}
-        self._asked: set[bool] = set()
-        """Formats scraped since the last update (True: OpenMetrics)."""
-        self._eager: frozenset[bool] = frozenset({False})
-        """Formats rendered as soon as a snapshot arrives: those scrapers asked for lately."""
+        self._bodies: dict[bool, bytes] = {}
+        """The snapshot's body per format (True: OpenMetrics)."""
+        self._gzipped: dict[bool, _Gzipped] = {}
+        """The snapshot's compressed body per format."""
+        self._asked: set[_Variant] = set()
+        """Variants scraped since the last update."""
+        self._eager: frozenset[_Variant] = frozenset({(False, False)})
+        """Variants made as soon as a snapshot arrives: those scrapers asked for lately."""
 
     def update(self, snapshot: Snapshot) -> None:
-        """Publish ``snapshot``, rendered now in the formats scraped since the last one.
+        """Publish ``snapshot``, rendered now in the variants scraped since the last one.
 
-        Prometheus asks for OpenMetrics, other scrapers for text: rendering only what was
-        asked for keeps a poll to one rendering, and the first scrape after a poll from
-        rendering on the request path. A format nobody asked for lately is rendered on its
-        first request. Until the first scrape, the text format is rendered.
+        Prometheus asks for OpenMetrics with gzip, other scrapers for text, with or without
+        gzip: making only what was asked for keeps a poll to one rendering (and one
+        compression, or none), and the first scrape after a poll from rendering on the request
+        path. A format or compression nobody asked for lately is made on its first request.
+        Until the first scrape, the plain text format is rendered.
         """
         with self._lock:
             if self._asked:
@@ -98,11 +105,15 @@ class MetricsCache:
             eager = self._eager
         started = time.perf_counter()
         rendered = self._writer.render(snapshot)
-        encoded = {fmt: _encode_rendered(rendered, openmetrics_format=fmt) for fmt in sorted(eager)}
+        bodies = {
+            fmt: rendered.body(openmetrics_format=fmt) for fmt in sorted({f for f, _ in eager})
+        }
+        gzipped = {fmt: _gzip(bodies[fmt]) for fmt, gzip in sorted(eager) if gzip}
         took = time.perf_counter() - started
         with self._lock:
             self._snapshot = snapshot
-            self._encoded = encoded
+            self._bodies = bodies
+            self._gzipped = gzipped
             self._render_seconds = took
 
     @property
@@ -128,26 +139,31 @@ class MetricsCache:
     def render_parts(self, *, openmetrics_format: bool, gzip: bool) -> tuple[bytes, ...]:
         """The body for one scrape, in pieces: the cached snapshot exposition (shared, so a
         scrape copies no megabytes), then the live process metrics."""
+        fmt = openmetrics_format
         with self._lock:
-            self._asked.add(openmetrics_format)
+            self._asked.add((fmt, gzip))
             snapshot = self._snapshot
-            encoded = self._encoded.get(openmetrics_format)
+            body = self._bodies.get(fmt)
+            gzipped = self._gzipped.get(fmt) if gzip else None
         if snapshot is None:
             snapshot = Snapshot(source_up=False)
-        if encoded is None:
-            encoded = _encode_rendered(
-                self._writer.render(snapshot), openmetrics_format=openmetrics_format
-            )
+        if body is None:
+            body = self._writer.render(snapshot).body(openmetrics_format=fmt)
             with self._lock:
                 if self._snapshot is snapshot:
-                    self._encoded[openmetrics_format] = encoded
-        tail = _render(self._live, openmetrics_format=openmetrics_format)
-        if openmetrics_format:
+                    self._bodies[fmt] = body
+        tail = _render(self._live, openmetrics_format=fmt)
+        if fmt:
             tail += OPENMETRICS_EOF
         if not gzip:
-            return encoded.body, tail
-        compressor = encoded.gzip_state.copy()
-        return encoded.gzip_prefix, compressor.compress(tail) + compressor.flush()
+            return body, tail
+        if gzipped is None:
+            gzipped = _gzip(body)
+            with self._lock:
+                if self._snapshot is snapshot:
+                    self._gzipped[fmt] = gzipped
+        compressor = gzipped.state.copy()
+        return gzipped.prefix, compressor.compress(tail) + compressor.flush()
 
 
 class _RenderDurationCollector(Collector):
