@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from guestload.exposition.schema import LabelledValue, MetricSet, vm_label_values
+from guestload.exposition.schema import MetricSet, vm_label_values
 from guestload.metricspec import VM_LABELS, MetricSpec
 from guestload.model import Identity, Snapshot
 
@@ -168,6 +168,8 @@ class SnapshotWriter:
         self._headers = {spec: header_lines(spec) for spec in metric_set.all_families()}
         self._vm_text: dict[Identity, str] = {}
         self._fragments: dict[MetricSpec, _Fragments] = {}
+        self._exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
+        """The label text of each exporter sample's labels in the last render."""
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
         """Format ``snapshot``'s samples; :meth:`RenderedSnapshot.body` joins them per format."""
@@ -196,14 +198,19 @@ class SnapshotWriter:
         self._vm_text = vm_text
         self._fragments = {spec: family.fragments for spec, family in families.items()}
         blocks = [(self._headers[spec], "".join(family.lines)) for spec, family in families.items()]
+        previous_text = self._exporter_text
+        exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
         for spec, samples in self._metric_set.exporter_families(snapshot):
-            blocks.append((self._headers[spec], _exporter_lines(spec, samples)))
+            lines = []
+            for labels, value in samples:
+                key = tuple(labels.items())
+                text = exporter_text.get(key)
+                if text is None:
+                    text = previous_text.get(key)
+                    if text is None:
+                        text = f"{{{_labels_text(labels)}}}" if labels else ""
+                    exporter_text[key] = text
+                lines.append(f"{spec.sample_name}{text} {format_value(value)}\n")
+            blocks.append((self._headers[spec], "".join(lines)))
+        self._exporter_text = exporter_text
         return RenderedSnapshot(blocks)
-
-
-def _exporter_lines(spec: MetricSpec, samples: list[LabelledValue]) -> str:
-    lines = []
-    for labels, value in samples:
-        labels_text = f"{{{_labels_text(labels)}}}" if labels else ""
-        lines.append(f"{spec.sample_name}{labels_text} {format_value(value)}\n")
-    return "".join(lines)
