@@ -7,18 +7,20 @@ image) under a private libvirt daemon from the lab harness (``guestload_lab``, a
 in turn, against that one daemon:
 
 * guestload: ``guestload serve`` polling every ``--interval`` with its default queries (the
-  load, and guest CPU times through ``guest-get-cpustats``) and default host stats;
-* prometheus-libvirt-exporter: the peer, scraped once per ``--interval`` (each scrape is one
-  collection);
+  load, and guest CPU times through ``guest-get-cpustats``) and default host stats, and
+  scraped once per ``--interval`` (each poll is one collection);
+* prometheus-libvirt-exporter: the peer, scraped once per ``--interval`` the same way (each
+  scrape is one collection);
 * libvirt calls alone: ``bench.poll``'s bare loop making exactly the libvirt calls of a
   default poll (the bulk stats call, ``guestInfo(LOAD)`` and the ``guest-get-cpustats``
   passthrough per domain) and nothing else: the floor of any exporter asking both questions.
 
 Each exporter's CPU is the sum of its threads' run time from ``/proc/<pid>/task/*/schedstat``
-over the window (the bare loop's from ``getrusage``), divided by VMs times collections. The
-peer's scrapes come from this process and are not counted. The peer is installed with the
-project's apt script when missing. Every VM, daemon and exporter started here is stopped at
-the end.
+over the window (the bare loop's from ``getrusage``), divided by VMs times collections. Both
+exporters are scraped alike (plain text, one fresh connection a scrape, from this process,
+whose CPU is not counted): each pays for serving what a Prometheus would read. The peer is
+installed with the project's apt script when missing. Every VM, daemon and exporter started
+here is stopped at the end.
 
     python -m bench.peer --vms 8 --interval 1s --seconds 30 --rounds 2
 
@@ -33,7 +35,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from bench.common import (
     exit_on_sigterm,
     format_table,
     metric_values,
+    scrape,
     threads_cpu_seconds,
     write_results,
 )
@@ -73,9 +75,8 @@ def peer_command() -> str:
 
 
 def _scrape_peer(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        body: bytes = response.read()
-    return body.decode()
+    """What a scrape of the peer gets, asked for as guestload's scrapes are (plain text)."""
+    return scrape("127.0.0.1", port, "/metrics", gzip=False).body.decode()
 
 
 def run_peer(
@@ -147,6 +148,7 @@ def measure(
                     seconds=seconds,
                     workdir=round_dir,
                     registry=registry,
+                    scrape_every=interval,
                 )
             )
             phases["peer"].append(

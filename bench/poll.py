@@ -168,8 +168,13 @@ def run_exporter(
     workdir: Path,
     registry: ProcessRegistry,
     flags: tuple[str, ...] = (),
+    scrape_every: float | None = None,
 ) -> dict[str, float]:
-    """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window."""
+    """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window.
+
+    With ``scrape_every`` the window also scrapes ``/metrics`` (plain text) at that period,
+    as a Prometheus would; otherwise nothing scrapes it meanwhile.
+    """
     port = free_port()
     timeout = min(5.0, interval / 2)
     process = registry.spawn(
@@ -218,7 +223,12 @@ def run_exporter(
         polls_before, domains = counters()
         cpu_before = threads_cpu_seconds(process.pid)
         started = time.monotonic()
-        time.sleep(seconds)
+        scrapes = 0
+        while scrape_every is not None and time.monotonic() - started < seconds:
+            scrape("127.0.0.1", port, "/metrics", gzip=False)
+            scrapes += 1
+            time.sleep(max(0.0, started + scrapes * scrape_every - time.monotonic()))
+        time.sleep(max(0.0, started + seconds - time.monotonic()))
         cpu = threads_cpu_seconds(process.pid) - cpu_before
         wall = time.monotonic() - started
         polls, domains_after = counters()
@@ -229,6 +239,7 @@ def run_exporter(
         "wall_seconds": wall,
         "polls": polls - polls_before,
         "domain_polls": (polls - polls_before) * min(domains, domains_after),
+        "scrapes": float(scrapes),
     }
 
 

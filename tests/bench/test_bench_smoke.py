@@ -242,6 +242,7 @@ def test_peer_compares_guestload_with_debians_libvirt_exporter(tmp_path: Path) -
         assert run["domain_polls"] == run["polls"], phase  # the test driver runs one domain
         assert run["wall_seconds"] >= 2, phase
         assert run["cpu_seconds"] >= 0, phase
+    assert result["phases"]["guestload"][0]["scrapes"] >= 1
     assert result["median_cpu_seconds_per_vm_collection"]["peer"] > 0
     assert result["summary"].startswith("per-VM CPU: guestload ")
     assert "vs prometheus-libvirt-exporter " in result["summary"]
