@@ -9,18 +9,19 @@ in turn, against that one daemon:
 * guestload: ``guestload serve`` polling every ``--interval`` with its default queries (the
   load, and guest CPU times through ``guest-get-cpustats``) and default host stats, and
   scraped once per ``--interval`` (each poll is one collection);
-* prometheus-libvirt-exporter: the peer, scraped once per ``--interval`` the same way (each
-  scrape is one collection);
+* guestload, not scraped: the same, with nothing scraping it (what a poll alone costs);
+* prometheus-libvirt-exporter: the peer, scraped once per ``--interval`` as guestload is
+  (each scrape is one collection);
 * libvirt calls alone: ``bench.poll``'s bare loop making exactly the libvirt calls of a
   default poll (the bulk stats call, ``guestInfo(LOAD)`` and the ``guest-get-cpustats``
   passthrough per domain) and nothing else: the floor of any exporter asking both questions.
 
 Each exporter's CPU is the sum of its threads' run time from ``/proc/<pid>/task/*/schedstat``
 over the window (the bare loop's from ``getrusage``), divided by VMs times collections. Both
-exporters are scraped alike (plain text, one fresh connection a scrape, from this process,
-whose CPU is not counted): each pays for serving what a Prometheus would read. The peer is
-installed with the project's apt script when missing. Every VM, daemon and exporter started
-here is stopped at the end.
+exporters are scraped alike, as a Prometheus scrapes (text format with gzip, one fresh
+connection a scrape, from this process, whose CPU is not counted): each pays for serving.
+The peer is installed with the project's apt script when missing. Every VM, daemon and
+exporter started here is stopped at the end.
 
     python -m bench.peer --vms 8 --interval 1s --seconds 30 --rounds 2
 
@@ -31,6 +32,7 @@ test uses libvirt's test driver: one domain, no guest agent).
 from __future__ import annotations
 
 import argparse
+import gzip
 import shutil
 import statistics
 import tempfile
@@ -55,9 +57,10 @@ from guestload_lab.services import free_port
 
 PEER = "prometheus-libvirt-exporter"
 """The peer's command, from Debian's package of the same name."""
-PHASES = ("guestload", "peer", "bare")
+PHASES = ("guestload", "guestload_unscraped", "peer", "bare")
 LABELS = {
     "guestload": "guestload",
+    "guestload_unscraped": "guestload, not scraped",
     "peer": PEER,
     "bare": "libvirt calls alone",
 }
@@ -75,8 +78,8 @@ def peer_command() -> str:
 
 
 def _scrape_peer(port: int) -> str:
-    """What a scrape of the peer gets, asked for as guestload's scrapes are (plain text)."""
-    return scrape("127.0.0.1", port, "/metrics", gzip=False).body.decode()
+    """What a scrape of the peer gets, asked for as guestload's are (text format, gzip)."""
+    return gzip.decompress(scrape("127.0.0.1", port, "/metrics", gzip=True).body).decode()
 
 
 def run_peer(
@@ -151,6 +154,15 @@ def measure(
                     scrape_every=interval,
                 )
             )
+            phases["guestload_unscraped"].append(
+                poll.run_exporter(
+                    uri=uri,
+                    interval=interval,
+                    seconds=seconds,
+                    workdir=round_dir / "unscraped",
+                    registry=registry,
+                )
+            )
             phases["peer"].append(
                 run_peer(
                     uri=uri,
@@ -212,7 +224,8 @@ def summary(result: dict[str, Any]) -> str:
         f"per-VM CPU: guestload {_milliseconds(medians['guestload'])} ms vs {PEER} "
         f"{_milliseconds(medians['peer'])} ms "
         f"(ratio {'n/a' if ratio is None else f'{ratio:.2f}'}); "
-        f"libvirt calls alone {_milliseconds(medians['bare'])} ms"
+        f"libvirt calls alone {_milliseconds(medians['bare'])} ms; "
+        f"guestload not scraped {_milliseconds(medians['guestload_unscraped'])} ms"
     )
 
 

@@ -172,8 +172,8 @@ def run_exporter(
 ) -> dict[str, float]:
     """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window.
 
-    With ``scrape_every`` the window also scrapes ``/metrics`` (plain text) at that period,
-    as a Prometheus would; otherwise nothing scrapes it meanwhile.
+    With ``scrape_every`` the window also scrapes ``/metrics`` (text format, gzip) at that
+    period, as a Prometheus would; otherwise nothing scrapes it meanwhile.
     """
     port = free_port()
     timeout = min(5.0, interval / 2)
@@ -225,7 +225,7 @@ def run_exporter(
         started = time.monotonic()
         scrapes = 0
         while scrape_every is not None and time.monotonic() - started < seconds:
-            scrape("127.0.0.1", port, "/metrics", gzip=False)
+            scrape("127.0.0.1", port, "/metrics", gzip=True)
             scrapes += 1
             time.sleep(max(0.0, started + scrapes * scrape_every - time.monotonic()))
         time.sleep(max(0.0, started + seconds - time.monotonic()))
