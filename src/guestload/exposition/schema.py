@@ -11,8 +11,10 @@ configuration exports and which samples a snapshot gives them. The exposition wr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from guestload import __version__
@@ -237,12 +239,8 @@ class MetricSet:
             (
                 AGENT_CALLS,
                 [
-                    (
-                        {"query": query.name, "state": state.value},
-                        float(calls.get((query.name, state), 0)),
-                    )
-                    for query in self.queries
-                    for state in AgentState
+                    (labels, float(calls.get(key, 0)))
+                    for key, labels in _agent_call_labels(tuple(q.name for q in self.queries))
                 ],
             )
         )
@@ -253,6 +251,18 @@ class MetricSet:
             )
         )
         return families
+
+
+@functools.cache
+def _agent_call_labels(
+    queries: tuple[str, ...],
+) -> tuple[tuple[tuple[str, AgentState], Mapping[str, str]], ...]:
+    """Each (query, state) of the agent call counter and its labels: the same every poll."""
+    return tuple(
+        ((query, state), MappingProxyType({"query": query, "state": state.value}))
+        for query in queries
+        for state in AgentState
+    )
 
 
 def _fact_labels(snapshot: Snapshot) -> dict[str, str]:

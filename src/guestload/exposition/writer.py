@@ -164,8 +164,9 @@ class SnapshotWriter:
 
     def __init__(self, *, metric_set: MetricSet) -> None:
         self._metric_set = metric_set
-        self._layouts = tuple(_VmLayout(spec) for spec in metric_set.vm_families())
+        self._layouts = {spec: _VmLayout(spec) for spec in metric_set.vm_families()}
         self._headers = {spec: header_lines(spec) for spec in metric_set.all_families()}
+        self._names = {spec: spec.sample_name for spec in metric_set.all_families()}
         self._vm_text: dict[Identity, str] = {}
         self._fragments: dict[MetricSpec, _Fragments] = {}
         self._exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
@@ -176,10 +177,10 @@ class SnapshotWriter:
         domain_samples = self._metric_set.domain_samples
         previous_vm = self._vm_text
         vm_text: dict[Identity, str] = {}
-        families = {
-            layout.spec: _FamilyLines(layout, self._fragments.get(layout.spec, {}))
-            for layout in self._layouts
-        }
+        layouts = self._layouts
+        previous_fragments = self._fragments
+        # Only the families with samples get lines (most VMs have no disk, say).
+        families: dict[MetricSpec, _FamilyLines] = {}
         for domain in snapshot.domains:
             identity = domain.identity
             vm = vm_text.get(identity)
@@ -187,7 +188,11 @@ class SnapshotWriter:
                 vm = previous_vm.get(identity) or vm_labels_text(identity)
                 vm_text[identity] = vm
             for spec, extra, value in domain_samples(domain):
-                family = families[spec]
+                family = families.get(spec)
+                if family is None:
+                    family = families[spec] = _FamilyLines(
+                        layouts[spec], previous_fragments.get(spec, {})
+                    )
                 if extra:
                     before, after = family.fragments.get(extra) or family.around(extra)
                     family.lines.append(
@@ -197,10 +202,15 @@ class SnapshotWriter:
                     family.lines.append(f"{family.prefix}{vm}}} {format_value(value)}\n")
         self._vm_text = vm_text
         self._fragments = {spec: family.fragments for spec, family in families.items()}
-        blocks = [(self._headers[spec], "".join(family.lines)) for spec, family in families.items()]
+        headers = self._headers
+        blocks = [
+            (headers[spec], "".join(family.lines) if (family := families.get(spec)) else "")
+            for spec in layouts
+        ]
         previous_text = self._exporter_text
         exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
         for spec, samples in self._metric_set.exporter_families(snapshot):
+            name = self._names[spec]
             lines = []
             for labels, value in samples:
                 key = tuple(labels.items())
@@ -210,7 +220,7 @@ class SnapshotWriter:
                     if text is None:
                         text = f"{{{_labels_text(labels)}}}" if labels else ""
                     exporter_text[key] = text
-                lines.append(f"{spec.sample_name}{text} {format_value(value)}\n")
-            blocks.append((self._headers[spec], "".join(lines)))
+                lines.append(f"{name}{text} {format_value(value)}\n")
+            blocks.append((headers[spec], "".join(lines)))
         self._exporter_text = exporter_text
         return RenderedSnapshot(blocks)

@@ -209,7 +209,7 @@ def parse_block_stats(record: Mapping[str, object]) -> tuple[DiskStats, ...] | N
     indexes = sorted(
         int(match.group(1))
         for key in record
-        if isinstance(key, str) and (match := _INDEX.fullmatch(key))
+        if isinstance(key, str) and key.startswith("block.") and (match := _INDEX.fullmatch(key))
     )
     if not indexes:
         return None

@@ -319,6 +319,8 @@ def _parse_entry(entry: object) -> tuple[int, dict[str, int]] | QueryReading | N
 
 def _as_milliseconds(value: object) -> int | str:
     """``value`` as a millisecond counter, or why it is not one."""
+    if type(value) is int and 0 <= value <= MAX_MILLISECONDS:  # nearly every value
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"is a {type(value).__name__}, not a number"
     if isinstance(value, float) and not math.isfinite(value):

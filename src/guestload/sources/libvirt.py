@@ -150,7 +150,8 @@ def parse_vcpu_stats(stats: Mapping[str, object]) -> tuple[int | None, tuple[Vcp
     vcpu_count = count if isinstance(count, int) and not isinstance(count, bool) else None
     fields: dict[int, dict[str, int]] = {}
     for key, value in stats.items():
-        match = _VCPU_KEY.fullmatch(key)
+        # The prefix test first: most keys of a record are not vCPU keys (balloon, block).
+        match = _VCPU_KEY.fullmatch(key) if key.startswith("vcpu.") else None
         if match and isinstance(value, int) and not isinstance(value, bool):
             fields.setdefault(int(match[1]), {})[match[2]] = value
     vcpus = []
