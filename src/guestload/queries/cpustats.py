@@ -221,11 +221,11 @@ def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> Guest
             old = before.get(mode)
             grown = milliseconds if old is None or milliseconds < old else milliseconds - old
             counted[mode] = counted.get(mode, 0.0) + grown / 1000.0
-    totals: dict[str, float] = {}
-    for mode in MODES:
-        per_cpu = [modes[mode] for modes in seconds.values() if mode in modes]
-        if per_cpu:
-            totals[mode] = sum(per_cpu)
+    per_mode: dict[str, list[float]] = {}
+    for modes in seconds.values():  # one pass over the CPUs, in their order
+        for mode, counted_seconds in modes.items():
+            per_mode.setdefault(mode, []).append(counted_seconds)
+    totals = {mode: sum(per_mode[mode]) for mode in MODES if mode in per_mode}
     return GuestCpuTimes(
         last={**last, **answer},
         online=frozenset(answer),
