@@ -3,7 +3,7 @@
 Debian's ``prometheus-libvirt-exporter`` (kumina 0.2) reads libvirt's stats of every domain
 on every scrape and asks no guest agent. This benchmark boots ``--vms`` tiny VMs (TCG, slim
 image) under a private libvirt daemon from the lab harness (``guestload_lab``, as
-``bench.poll`` does), then runs ``--rounds`` rounds of three phases of ``--seconds`` each,
+``bench.poll`` does), then runs ``--rounds`` rounds of four phases of ``--seconds`` each,
 in turn, against that one daemon:
 
 * guestload: ``guestload serve`` polling every ``--interval`` with its default queries (the
@@ -16,8 +16,9 @@ in turn, against that one daemon:
   default poll (the bulk stats call, ``guestInfo(LOAD)`` and the ``guest-get-cpustats``
   passthrough per domain) and nothing else: the floor of any exporter asking both questions.
 
-Each exporter's CPU is the sum of its threads' run time from ``/proc/<pid>/task/*/schedstat``
-over the window (the bare loop's from ``getrusage``), divided by VMs times collections. Both
+Each exporter's CPU is read from its process CPU clock (``clock_getcpuclockid``: every thread,
+those that ended included, to the nanosecond; guestload answers each scrape on a thread of its
+own) over the window (the bare loop's from ``getrusage``), divided by VMs times collections. Both
 exporters are scraped alike, as a Prometheus scrapes (text format with gzip, one fresh
 connection a scrape, from this process, whose CPU is not counted): each pays for serving.
 The peer is installed with the project's apt script when missing. Every VM, daemon and
@@ -46,8 +47,8 @@ from bench.common import (
     exit_on_sigterm,
     format_table,
     metric_values,
+    process_cpu_seconds,
     scrape,
-    threads_cpu_seconds,
     write_results,
 )
 from guestload.settings import parse_duration
@@ -117,7 +118,7 @@ def run_peer(
                 time.sleep(0.2)
         _scrape_peer(port)  # the first collections connect: not steady state
         domains = min(metric_values(text, "libvirt_domains_number") or [0.0])
-        cpu_before = threads_cpu_seconds(process.pid)
+        cpu_before = process_cpu_seconds(process.pid)
         started = time.monotonic()
         scrapes = 0
         while time.monotonic() - started < seconds:
@@ -125,7 +126,7 @@ def run_peer(
             scrapes += 1
             domains = min([domains, *metric_values(text, "libvirt_domains_number")])
             time.sleep(max(0.0, started + scrapes * interval - time.monotonic()))
-        cpu = threads_cpu_seconds(process.pid) - cpu_before
+        cpu = process_cpu_seconds(process.pid) - cpu_before
         wall = time.monotonic() - started
     finally:
         registry.stop(process)
@@ -152,6 +153,7 @@ def measure(
                     workdir=round_dir,
                     registry=registry,
                     scrape_every=interval,
+                    cpu_clock=process_cpu_seconds,
                 )
             )
             phases["guestload_unscraped"].append(
@@ -161,6 +163,7 @@ def measure(
                     seconds=seconds,
                     workdir=round_dir / "unscraped",
                     registry=registry,
+                    cpu_clock=process_cpu_seconds,
                 )
             )
             phases["peer"].append(

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -169,11 +169,13 @@ def run_exporter(
     registry: ProcessRegistry,
     flags: tuple[str, ...] = (),
     scrape_every: float | None = None,
+    cpu_clock: Callable[[int], float] = threads_cpu_seconds,
 ) -> dict[str, float]:
     """``guestload serve`` against ``uri``; CPU and domain-polls over a steady window.
 
     With ``scrape_every`` the window also scrapes ``/metrics`` (text format, gzip) at that
-    period, as a Prometheus would; otherwise nothing scrapes it meanwhile.
+    period, as a Prometheus would; otherwise nothing scrapes it meanwhile. ``cpu_clock`` reads
+    the process's CPU seconds (its live threads' by default).
     """
     port = free_port()
     timeout = min(5.0, interval / 2)
@@ -221,7 +223,7 @@ def run_exporter(
                 raise TimeoutError("guestload did not poll twice in 120 s")
             time.sleep(0.2)
         polls_before, domains = counters()
-        cpu_before = threads_cpu_seconds(process.pid)
+        cpu_before = cpu_clock(process.pid)
         started = time.monotonic()
         scrapes = 0
         while scrape_every is not None and time.monotonic() - started < seconds:
@@ -229,7 +231,7 @@ def run_exporter(
             scrapes += 1
             time.sleep(max(0.0, started + scrapes * scrape_every - time.monotonic()))
         time.sleep(max(0.0, started + seconds - time.monotonic()))
-        cpu = threads_cpu_seconds(process.pid) - cpu_before
+        cpu = cpu_clock(process.pid) - cpu_before
         wall = time.monotonic() - started
         polls, domains_after = counters()
     finally:
