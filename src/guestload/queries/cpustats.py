@@ -222,8 +222,8 @@ def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> Guest
             grown = milliseconds if old is None or milliseconds < old else milliseconds - old
             counted[mode] = counted.get(mode, 0.0) + grown / 1000.0
     per_mode: dict[str, list[float]] = {}
-    for modes in seconds.values():  # one pass over the CPUs, in their order
-        for mode, counted_seconds in modes.items():
+    for cpu_seconds in seconds.values():  # one pass over the CPUs, in their order
+        for mode, counted_seconds in cpu_seconds.items():
             per_mode.setdefault(mode, []).append(counted_seconds)
     totals = {mode: sum(per_mode[mode]) for mode in MODES if mode in per_mode}
     return GuestCpuTimes(
