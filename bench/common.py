@@ -102,6 +102,11 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def milliseconds(seconds: float | None) -> str:
+    """Seconds as milliseconds to three places, ``-`` where there is no figure."""
+    return "-" if seconds is None else f"{seconds * 1000:.3f}"
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (readable as plain text too)."""
     cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]

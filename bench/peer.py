@@ -47,6 +47,7 @@ from bench.common import (
     exit_on_sigterm,
     format_table,
     metric_values,
+    milliseconds,
     process_cpu_seconds,
     scrape,
     write_results,
@@ -212,7 +213,7 @@ def round_table(number: int, runs: dict[str, dict[str, float]]) -> str:
             int(run["polls"]),
             int(run["domain_polls"]),
             run["cpu_seconds"],
-            _milliseconds(_per_vm(run)),
+            milliseconds(_per_vm(run)),
         ]
         for name, run in runs.items()
     ]
@@ -224,16 +225,12 @@ def summary(result: dict[str, Any]) -> str:
     medians = result["median_cpu_seconds_per_vm_collection"]
     ratio = result["ratio"]
     return (
-        f"per-VM CPU: guestload {_milliseconds(medians['guestload'])} ms vs {PEER} "
-        f"{_milliseconds(medians['peer'])} ms "
+        f"per-VM CPU: guestload {milliseconds(medians['guestload'])} ms vs {PEER} "
+        f"{milliseconds(medians['peer'])} ms "
         f"(ratio {'n/a' if ratio is None else f'{ratio:.2f}'}); "
-        f"libvirt calls alone {_milliseconds(medians['bare'])} ms; "
-        f"guestload not scraped {_milliseconds(medians['guestload_unscraped'])} ms"
+        f"libvirt calls alone {milliseconds(medians['bare'])} ms; "
+        f"guestload not scraped {milliseconds(medians['guestload_unscraped'])} ms"
     )
-
-
-def _milliseconds(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uri", help="measure against this libvirt URI; boot no VMs")
     parser.add_argument("--interval", default="1s", help="poll and scrape interval")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per phase")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three phases")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the four phases")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "peer.json")
     args = parser.parse_args(argv)
     exit_on_sigterm()

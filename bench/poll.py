@@ -54,6 +54,7 @@ from bench.common import (
     exit_on_sigterm,
     format_table,
     metric_values,
+    milliseconds,
     scrape,
     threads_cpu_seconds,
     write_results,
@@ -384,8 +385,8 @@ def table(result: dict[str, Any]) -> str:
                 sum(int(r["domain_polls"]) for r in runs),
                 sum(r["cpu_seconds"] for r in runs),
                 result["median_cpu_seconds_per_domain_poll"][name] * 1000,
-                _milliseconds(fixed.get(name)),
-                _milliseconds(marginal.get(name)),
+                milliseconds(fixed.get(name)),
+                milliseconds(marginal.get(name)),
             ]
         )
     headers = [
@@ -413,10 +414,6 @@ def table(result: dict[str, Any]) -> str:
             f"{_format_ratio(result['marginal_cpustats_ratio'])}",
         ]
     return "\n".join(lines)
-
-
-def _milliseconds(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
