@@ -45,8 +45,8 @@ from guestload.model import (
     Snapshot,
     SourceFacts,
 )
-from guestload.polling.workers import DaemonPool
 from guestload.queries.query import GuestQuery, Refresh
+from guestload.sources.deadline_calls import CallPool
 from guestload.sources.protocol import Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Poller:
         self._facts: SourceFacts | None = None
         self._clock = clock
         self._wall_clock = wall_clock
-        self._workers = DaemonPool(workers=concurrency, name="guestload-agent")
+        self._workers = CallPool(workers=concurrency, name="guestload-agent")
         self._connected = False
         self._inventory: Sequence[DomainInventory] = ()
         self._tracks: dict[str, _Track] = {}

@@ -5,6 +5,8 @@ connection's keepalive gives up, and a connect to one may block for good. :class
 runs such calls on daemon worker threads; a caller that stops waiting for a running call
 *abandons* it: the call keeps its thread until it ends, and a new worker takes that thread's
 place, so the pool always has its full number of workers for the calls that do answer.
+Daemon threads never delay the interpreter's exit, unlike ``ThreadPoolExecutor``'s: the
+poller runs its guest-agent calls on a pool of its own for the same reason.
 """
 
 from __future__ import annotations
