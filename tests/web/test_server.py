@@ -98,6 +98,7 @@ class RecordedRefusals(RefusalLog):
 def serve() -> Iterator[Serve]:
     """Start servers on free loopback ports; all are shut down after the test."""
     servers: list[ExporterServer] = []
+    threads: list[threading.Thread] = []
 
     def start(
         *,
@@ -125,13 +126,18 @@ def serve() -> Iterator[Serve]:
             refusals=refusals,
         )
         servers.append(server)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        threads.append(thread)
         return Running(server=server, ready=ready, security=current)
 
     yield start
     for server in servers:
         server.shutdown()
         server.server_close()
+    for thread in threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "serve_forever did not return after shutdown"
 
 
 @pytest.fixture
@@ -310,6 +316,56 @@ def test_too_many_open_connections_close_the_oldest_first(serve: Serve) -> None:
     finally:
         for sock in (oldest, *others):
             sock.close()
+
+
+def _switches(thread: threading.Thread) -> int:
+    """How often the kernel has put ``thread`` on a CPU so far (``schedstat``'s third field)."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text()
+    return int(stat.split()[2])
+
+
+def _idle_switches(thread: threading.Thread, seconds: float) -> int:
+    time.sleep(0.2)  # settled in its wait
+    before = _switches(thread)
+    time.sleep(seconds)
+    return _switches(thread) - before
+
+
+def _shutdown_seconds(server: ExporterServer, thread: threading.Thread) -> float:
+    started = time.monotonic()
+    server.shutdown()
+    took = time.monotonic() - started
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    return took
+
+
+def test_an_idle_accept_loop_sleeps_until_a_connection_or_shutdown(running: Running) -> None:
+    server = ExporterServer(
+        ListenAddress(host="127.0.0.1", port=0),
+        app=running.server.app,
+        max_requests=1,
+        request_timeout=REQUEST_TIMEOUT,
+    )
+    try:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        assert _idle_switches(thread, 1.5) <= 1  # socketserver's loop wakes every 0.5 s
+        port = int(server.server_address[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b"ok\n"
+        assert _shutdown_seconds(server, thread) < 0.25  # not the next 0.5 s wake-up
+        # Served again: the first shutdown's wake-up is not left to make the loop spin.
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        assert _idle_switches(thread, 1.0) <= 1
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        assert _shutdown_seconds(server, thread) < 0.25
+    finally:
+        server.server_close()
 
 
 def test_the_listen_backlog_is_the_kernels_somaxconn(running: Running) -> None:

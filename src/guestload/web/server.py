@@ -37,6 +37,8 @@ import _thread
 import contextlib
 import io
 import logging
+import os
+import selectors
 import socket
 import threading
 import time
@@ -73,10 +75,6 @@ __all__ = ["ExporterServer", "WebApp"]
 
 log = logging.getLogger(__name__)
 
-#: How often the idle accept loop wakes to check for shutdown: bounds how long stopping waits
-#: for it. Each wake-up costs CPU while nobody scrapes; twice a second keeps it a small part
-#: of the exporter's fixed cost per poll (docs/performance.md).
-SHUTDOWN_POLL_SECONDS = 0.5
 _ALLOWED_METHODS = ("GET", "HEAD")
 
 
@@ -201,12 +199,69 @@ class ExporterServer(ThreadingHTTPServer):
         self._slots = FairSlots(max_requests)
         self._open: OpenConnections[_Connection] = OpenConnections(max_connections)
         self._local = threading.local()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._wake_reader, self._wake_writer = os.pipe()
+        os.set_blocking(self._wake_reader, False)
+        os.set_blocking(self._wake_writer, False)  # a full pipe already wakes the loop
         if ":" in address.host:
             self.address_family = socket.AF_INET6
-        super().__init__((address.host, address.port), _Handler)
+        try:
+            super().__init__((address.host, address.port), _Handler)
+        except BaseException:
+            self._close_wake_pipe()
+            raise
 
-    def serve_forever(self, poll_interval: float = SHUTDOWN_POLL_SECONDS) -> None:
-        super().serve_forever(poll_interval)
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept connections until :meth:`shutdown`.
+
+        The loop sleeps until a connection comes or :meth:`shutdown` writes to its wake pipe:
+        an idle exporter's accept thread never wakes (``socketserver`` wakes it every
+        ``poll_interval`` to look for a shutdown request). ``poll_interval`` bounds each sleep
+        all the same when given.
+        """
+        self._stopped.clear()
+        try:
+            with selectors.PollSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_reader, selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    ready = {key.fd for key, _events in selector.select(poll_interval)}
+                    if self._stopping.is_set():
+                        break
+                    if self._wake_reader in ready:
+                        self._drain_wake_pipe()
+                    if self.fileno() in ready:
+                        # socketserver's own accept step, as its serve_forever takes it.
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+                    self.service_actions()
+        finally:
+            self._drain_wake_pipe()
+            self._stopping.clear()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it returned (call it from another thread,
+        while the loop runs)."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_writer, b"\0")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._close_wake_pipe()
+
+    def _drain_wake_pipe(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_reader, 64):
+                pass
+
+    def _close_wake_pipe(self) -> None:
+        for fd in (self._wake_reader, self._wake_writer):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_reader = self._wake_writer = -1
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
