@@ -24,6 +24,7 @@ from bench import (
     pollcycle,
     rulecost,
     scrape,
+    threads,
 )
 from guestload_lab.services import PROJECT_RULE_FILE
 
@@ -247,3 +248,16 @@ def test_peer_compares_guestload_with_debians_libvirt_exporter(tmp_path: Path) -
     assert result["summary"].startswith("per-VM CPU: guestload ")
     assert "vs prometheus-libvirt-exporter " in result["summary"]
     assert result["ratio"] is None or result["ratio"] > 0
+
+
+def test_threads_splits_the_served_process_cpu_by_thread(tmp_path: Path) -> None:
+    out = tmp_path / "threads.json"
+    argv = ["--source", "simulated", "--vms", "3", "--seconds", "2", "--rounds", "1"]
+    assert threads.main([*argv, "--out", str(out)]) == 0
+    (run,) = _results(out)["result"]["runs"]
+    assert run["polls"] >= 1
+    assert run["scrapes"] == 2
+    by_thread = run["threads"]
+    assert {"main", "guestload-agent", "guestload-http", threads.ENDED} <= set(by_thread)
+    assert by_thread["main"]["cpu_ms_per_poll"] > 0
+    assert sum(t["cpu_ms_per_poll"] for t in by_thread.values()) <= run["cpu_ms_per_poll"] * 1.01
