@@ -197,7 +197,7 @@ def source(kind: str, vms: int, workdir: Path) -> Iterator[list[str]]:
     if kind == "simulated":
         yield ["--source", "simulated", "--simulated.vms", str(vms)]
         return
-    from guestload_lab.libvirtd import PrivateLibvirtd, short_directory  # noqa: PLC0415
+    from guestload_lab.libvirtd import TestDriverLibvirtd  # noqa: PLC0415
 
     domains = "".join(
         f"<domain type='test'><name>bench-{i}</name><memory>131072</memory><vcpu>1</vcpu>"
@@ -206,7 +206,7 @@ def source(kind: str, vms: int, workdir: Path) -> Iterator[list[str]]:
     )
     node = workdir / "node.xml"
     node.write_text(f"<node>{domains}</node>\n")
-    daemon = PrivateLibvirtd(workdir=short_directory("guestload-bench-threads-"))
+    daemon = TestDriverLibvirtd(directory=workdir / "libvirtd")
     daemon.start()
     try:
         yield [
