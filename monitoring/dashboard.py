@@ -9,7 +9,6 @@ from typing import Any
 
 from monitoring.rules import (
     DISK_REQUESTS,
-    DISK_THROTTLE_USE,
     LOAD_PER_VCPU,
     LOAD_SEMANTICS,
     LOAD_WARMING_UP,
@@ -18,6 +17,7 @@ from monitoring.rules import (
     VCPU_QUEUE,
     Records,
     delay_ratio_record,
+    disk_throttle_use,
 )
 from monitoring.settings import Settings
 
@@ -407,7 +407,7 @@ def _cause_panels(settings: Settings) -> list[Panel]:
                 f"a second) over the last poll. At the line ({throttled}) and above, the disk "
                 "runs at its cap: raising the cap, not the storage, shortens the queue."
             ),
-            queries=(Query(f"{DISK_THROTTLE_USE}{{{vm}}}", DISK_LEGEND),),
+            queries=(Query(disk_throttle_use(vm), DISK_LEGEND),),
             unit="percentunit",
             thresholds=(("orange", throttled),),
             width=12,

@@ -71,8 +71,11 @@ DISK_LAST_POLL_REQUESTS = "guestload_disk_last_poll_requests_per_second"
 DISK_LAST_POLL_BYTES = "guestload_disk_last_poll_bytes_per_second"
 DISK_REQUESTS = "namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum"
 """Each disk's requests per second over the exporter's last poll, reads and writes together."""
-DISK_THROTTLE_USE = "namespace_name_node_device:guestload_disk_throttle_use:ratio"
-"""Each capped disk's use of its tightest cap over the last poll (1 = at the cap)."""
+DISK_THROTTLE_CAPS = (
+    (DISK_LAST_POLL_REQUESTS, "guestload_disk_throttle_iops", "iops"),
+    (DISK_LAST_POLL_BYTES, "guestload_disk_throttle_bytes_per_second", "bytes"),
+)
+"""Each last-poll rate of a disk, the throttle cap that limits it, and the cap's kind."""
 
 GUEST_CPU = "guestload_guest_cpu_seconds_total"
 BUSY_MODES = "user|nice|system|irq|softirq"
@@ -188,14 +191,41 @@ def _vm_query(record: str, found: str, missing: str, *, matchers: str = "") -> s
 _SHARE = '{{ . | first | value | printf "%.2f" }}'
 
 
+def disk_throttle_use(matchers: str, *, quote: str = '"') -> str:
+    """Each capped disk's use of its tightest throttle cap over the exporter's last poll (1 = at
+    the cap), for the disks *matchers* select, on one line; *quote* delimits its strings.
+
+    The rate and the cap per op (total, read, write), the largest share over requests and
+    bytes; a disk without a cap has no use series. Not recorded: it reads every disk's rates
+    twice, and only GuestIOStall's text and one panel read it, each for a few VMs."""
+
+    def field(value: str) -> str:
+        return f"{quote}{value}{quote}"
+
+    def labelled(expr: str, label: str, value: str) -> str:
+        return f"label_replace({expr}, {field(label)}, {field(value)}, {field('')}, {field('')})"
+
+    uses = []
+    for family, cap, kind in DISK_THROTTLE_CAPS:
+        per_op = f"max by ({DISK}, op) ({family}{{{matchers}}})"
+        with_total = f"({per_op} or {labelled(f'sum by ({DISK}) ({per_op})', 'op', 'total')})"
+        # The kind label keeps the two divisions apart: or would drop the bytes one's series
+        # for a disk and op the requests one already has.
+        share = f"{with_total} / on ({DISK}, op) max by ({DISK}, op) ({cap}{{{matchers}}} > 0)"
+        uses.append(labelled(share, "kind", kind))
+    return f"max by ({DISK}) ({' or '.join(uses)})"
+
+
 def disks_text(settings: Settings) -> str:
     """The sentence naming the alerting VM's disks: each one's requests over the exporter's
     last poll and whether it runs at its throttle cap."""
     at_cap = float(settings.cause("throttle_use_share"))  # ge compares floats with floats
     vm = "{namespace='%s', name='%s', node='%s'}"
     vm_args = "$labels.namespace $labels.name $labels.node"
+    disk = "namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'"
+    throttle_use = disk_throttle_use(disk, quote="'")
     use = (
-        f"{{{{ with printf \"{DISK_THROTTLE_USE}{vm[:-1]}, device='%s'}}\" {vm_args} "
+        f'{{{{ with printf "{throttle_use}" {vm_args} '
         ".Labels.device | query }}"
         f"{{{{ if ge (. | first | value) {at_cap} }}}}, at its throttle cap{{{{ else }}}}, "
         "below its throttle cap{{ end }} ("
@@ -342,46 +372,12 @@ def _recording_rules(settings: Settings) -> list[RecordingRule]:
     ]
 
 
-def _per_op_with_total(family: str) -> str:
-    """Each disk's *family* per op (read, write), and their sum as op ``total``; max by
-    merges a disk exported by two jobs."""
-    per_op = f"max by ({DISK}, op) ({family})"
-    return (
-        f"(\n      {per_op}\n    or\n"
-        "      label_replace(\n"
-        f"        sum by ({DISK}) ({per_op}),\n"
-        '        "op", "total", "", ""\n'
-        "      )\n    )"
-    )
-
-
 def _disk_rules() -> list[RecordingRule]:
-    """Each disk's requests over the exporter's last poll, and its use of its throttle caps:
-    the rate and the cap per op (total, read, write), the largest share over requests and
-    bytes. A disk without a cap has no use series."""
-    uses = []
-    for family, cap, kind in (
-        (DISK_LAST_POLL_REQUESTS, "guestload_disk_throttle_iops", "iops"),
-        (DISK_LAST_POLL_BYTES, "guestload_disk_throttle_bytes_per_second", "bytes"),
-    ):
-        # The kind label keeps the two divisions apart: or would drop the bytes one's series
-        # for a disk and op the requests one already has.
-        uses.append(
-            "  label_replace(\n"
-            f"    {_per_op_with_total(family)}\n"
-            f"      / on ({DISK}, op)\n"
-            f"    max by ({DISK}, op) ({cap} > 0),\n"
-            f'    "kind", "{kind}", "", ""\n'
-            "  )"
-        )
+    """Each disk's requests over the exporter's last poll, reads and writes together."""
     return [
         RecordingRule(
             record=DISK_REQUESTS,
             expr=f"sum by ({DISK}) (\n  max by ({DISK}, op) ({DISK_LAST_POLL_REQUESTS})\n)",
-        ),
-        RecordingRule(
-            record=DISK_THROTTLE_USE,
-            expr=f"max by ({DISK}) (\n" + "\n    or\n".join(uses) + "\n)",
         ),
     ]
 

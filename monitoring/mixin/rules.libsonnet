@@ -353,40 +353,6 @@ function(c)
                 )
               |||, '\n'),
             },
-            {
-              record: 'namespace_name_node_device:guestload_disk_throttle_use:ratio',
-              expr: std.rstripChars(|||
-                max by (namespace, name, node, device) (
-                  label_replace(
-                    (
-                      max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second)
-                    or
-                      label_replace(
-                        sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second)),
-                        "op", "total", "", ""
-                      )
-                    )
-                      / on (namespace, name, node, device, op)
-                    max by (namespace, name, node, device, op) (guestload_disk_throttle_iops > 0),
-                    "kind", "iops", "", ""
-                  )
-                    or
-                  label_replace(
-                    (
-                      max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second)
-                    or
-                      label_replace(
-                        sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second)),
-                        "op", "total", "", ""
-                      )
-                    )
-                      / on (namespace, name, node, device, op)
-                    max by (namespace, name, node, device, op) (guestload_disk_throttle_bytes_per_second > 0),
-                    "kind", "bytes", "", ""
-                  )
-                )
-              |||, '\n'),
-            },
           ],
         },
       ],
@@ -469,7 +435,7 @@ function(c)
               },
               annotations: {
                 summary: 'Guest {{ $labels.namespace }}/{{ $labels.name }} is stalled on I/O, not short of CPU.',
-                description: 'VM {{ $labels.namespace }}/{{ $labels.name }} on node {{ $labels.node }} has had {{ $value | printf "%.2f" }} tasks beyond its vCPUs in its 1-minute load for ' + v.guestIOStallFor + ' while its vCPUs were mostly idle (CPU busy share below ' + v.causeBusyShare + '; iowait share at least ' + v.causeIowaitShare + " where the guest reports it): the tasks are blocked on I/O, and more vCPUs would not help. Disks (host view, the exporter's last poll): {{ range printf \"namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query | sortByLabel \"device\" }}{{ .Labels.device }} {{ .Value | printf \"%.1f\" }} requests/s{{ with printf \"namespace_name_node_device:guestload_disk_throttle_use:ratio{namespace='%s', name='%s', node='%s', device='%s'}\" $labels.namespace $labels.name $labels.node .Labels.device | query }}{{ if ge (. | first | value) " + v.causeThrottleUseShare + " }}, at its throttle cap{{ else }}, below its throttle cap{{ end }} ({{ . | first | value | humanizePercentage }} of its tightest cap){{ else }}, no throttle cap{{ end }}; {{ else }}none reported; {{ end }}Breakdown (the guest's last poll, else over " + v.vcpuRateWindow + "): CPU busy {{ with printf \"namespace_name_node:guestload_cause_busy:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }} ({{ . | first | label \"source\" }} view){{ else }}unknown{{ end }}, iowait {{ with printf \"namespace_name_node:guestload_cause_iowait:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown (no guest CPU statistics){{ end }}, host contention {{ with printf \"namespace_name_node:guestload_cause_contention:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown{{ end }}.",
+                description: 'VM {{ $labels.namespace }}/{{ $labels.name }} on node {{ $labels.node }} has had {{ $value | printf "%.2f" }} tasks beyond its vCPUs in its 1-minute load for ' + v.guestIOStallFor + ' while its vCPUs were mostly idle (CPU busy share below ' + v.causeBusyShare + '; iowait share at least ' + v.causeIowaitShare + " where the guest reports it): the tasks are blocked on I/O, and more vCPUs would not help. Disks (host view, the exporter's last poll): {{ range printf \"namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query | sortByLabel \"device\" }}{{ .Labels.device }} {{ .Value | printf \"%.1f\" }} requests/s{{ with printf \"max by (namespace, name, node, device) (label_replace((max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'}) or label_replace(sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'})), 'op', 'total', '', '')) / on (namespace, name, node, device, op) max by (namespace, name, node, device, op) (guestload_disk_throttle_iops{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'} > 0), 'kind', 'iops', '', '') or label_replace((max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'}) or label_replace(sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'})), 'op', 'total', '', '')) / on (namespace, name, node, device, op) max by (namespace, name, node, device, op) (guestload_disk_throttle_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'} > 0), 'kind', 'bytes', '', ''))\" $labels.namespace $labels.name $labels.node .Labels.device | query }}{{ if ge (. | first | value) " + v.causeThrottleUseShare + " }}, at its throttle cap{{ else }}, below its throttle cap{{ end }} ({{ . | first | value | humanizePercentage }} of its tightest cap){{ else }}, no throttle cap{{ end }}; {{ else }}none reported; {{ end }}Breakdown (the guest's last poll, else over " + v.vcpuRateWindow + "): CPU busy {{ with printf \"namespace_name_node:guestload_cause_busy:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }} ({{ . | first | label \"source\" }} view){{ else }}unknown{{ end }}, iowait {{ with printf \"namespace_name_node:guestload_cause_iowait:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown (no guest CPU statistics){{ end }}, host contention {{ with printf \"namespace_name_node:guestload_cause_contention:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown{{ end }}.",
                 runbook_url: std.format(c.runbookURLPattern, "GuestIOStall"),
               },
             },
@@ -973,40 +939,6 @@ function(c)
                 )
               |||, '\n'),
             },
-            {
-              record: 'namespace_name_node_device:guestload_disk_throttle_use:ratio',
-              expr: std.rstripChars(|||
-                max by (namespace, name, node, device) (
-                  label_replace(
-                    (
-                      max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second)
-                    or
-                      label_replace(
-                        sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second)),
-                        "op", "total", "", ""
-                      )
-                    )
-                      / on (namespace, name, node, device, op)
-                    max by (namespace, name, node, device, op) (guestload_disk_throttle_iops > 0),
-                    "kind", "iops", "", ""
-                  )
-                    or
-                  label_replace(
-                    (
-                      max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second)
-                    or
-                      label_replace(
-                        sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second)),
-                        "op", "total", "", ""
-                      )
-                    )
-                      / on (namespace, name, node, device, op)
-                    max by (namespace, name, node, device, op) (guestload_disk_throttle_bytes_per_second > 0),
-                    "kind", "bytes", "", ""
-                  )
-                )
-              |||, '\n'),
-            },
           ],
         },
       ],
@@ -1072,7 +1004,7 @@ function(c)
               },
               annotations: {
                 summary: 'Guest {{ $labels.namespace }}/{{ $labels.name }} is stalled on I/O, not short of CPU.',
-                description: 'VM {{ $labels.namespace }}/{{ $labels.name }} on node {{ $labels.node }} has had {{ $value | printf "%.2f" }} tasks beyond its vCPUs in its 1-minute load for ' + v.guestIOStallFor + ' while its vCPUs were mostly idle (CPU busy share below ' + v.causeBusyShare + '; iowait share at least ' + v.causeIowaitShare + " where the guest reports it): the tasks are blocked on I/O, and more vCPUs would not help. Disks (host view, the exporter's last poll): {{ range printf \"namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query | sortByLabel \"device\" }}{{ .Labels.device }} {{ .Value | printf \"%.1f\" }} requests/s{{ with printf \"namespace_name_node_device:guestload_disk_throttle_use:ratio{namespace='%s', name='%s', node='%s', device='%s'}\" $labels.namespace $labels.name $labels.node .Labels.device | query }}{{ if ge (. | first | value) " + v.causeThrottleUseShare + " }}, at its throttle cap{{ else }}, below its throttle cap{{ end }} ({{ . | first | value | humanizePercentage }} of its tightest cap){{ else }}, no throttle cap{{ end }}; {{ else }}none reported; {{ end }}Breakdown (the guest's last poll, else over " + v.vcpuRateWindow + "): CPU busy {{ with printf \"namespace_name_node:guestload_cause_busy:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }} ({{ . | first | label \"source\" }} view){{ else }}unknown{{ end }}, iowait {{ with printf \"namespace_name_node:guestload_cause_iowait:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown (no guest CPU statistics){{ end }}, host contention {{ with printf \"namespace_name_node:guestload_cause_contention:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown{{ end }}.",
+                description: 'VM {{ $labels.namespace }}/{{ $labels.name }} on node {{ $labels.node }} has had {{ $value | printf "%.2f" }} tasks beyond its vCPUs in its 1-minute load for ' + v.guestIOStallFor + ' while its vCPUs were mostly idle (CPU busy share below ' + v.causeBusyShare + '; iowait share at least ' + v.causeIowaitShare + " where the guest reports it): the tasks are blocked on I/O, and more vCPUs would not help. Disks (host view, the exporter's last poll): {{ range printf \"namespace_name_node_device:guestload_disk_last_poll_requests_per_second:sum{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query | sortByLabel \"device\" }}{{ .Labels.device }} {{ .Value | printf \"%.1f\" }} requests/s{{ with printf \"max by (namespace, name, node, device) (label_replace((max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'}) or label_replace(sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_requests_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'})), 'op', 'total', '', '')) / on (namespace, name, node, device, op) max by (namespace, name, node, device, op) (guestload_disk_throttle_iops{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'} > 0), 'kind', 'iops', '', '') or label_replace((max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'}) or label_replace(sum by (namespace, name, node, device) (max by (namespace, name, node, device, op) (guestload_disk_last_poll_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'})), 'op', 'total', '', '')) / on (namespace, name, node, device, op) max by (namespace, name, node, device, op) (guestload_disk_throttle_bytes_per_second{namespace='%[1]s', name='%[2]s', node='%[3]s', device='%[4]s'} > 0), 'kind', 'bytes', '', ''))\" $labels.namespace $labels.name $labels.node .Labels.device | query }}{{ if ge (. | first | value) " + v.causeThrottleUseShare + " }}, at its throttle cap{{ else }}, below its throttle cap{{ end }} ({{ . | first | value | humanizePercentage }} of its tightest cap){{ else }}, no throttle cap{{ end }}; {{ else }}none reported; {{ end }}Breakdown (the guest's last poll, else over " + v.vcpuRateWindow + "): CPU busy {{ with printf \"namespace_name_node:guestload_cause_busy:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }} ({{ . | first | label \"source\" }} view){{ else }}unknown{{ end }}, iowait {{ with printf \"namespace_name_node:guestload_cause_iowait:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown (no guest CPU statistics){{ end }}, host contention {{ with printf \"namespace_name_node:guestload_cause_contention:ratio{namespace='%s', name='%s', node='%s'}\" $labels.namespace $labels.name $labels.node | query }}{{ . | first | value | printf \"%.2f\" }}{{ else }}unknown{{ end }}.",
                 runbook_url: std.format(c.runbookURLPattern, "GuestIOStall"),
               },
             },

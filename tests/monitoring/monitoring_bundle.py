@@ -40,6 +40,10 @@ EXPORTER_METRICS = frozenset(
         "guestload_domains",
         "guestload_agent_calls_total",
         "guestload_build_info",
+        "guestload_disk_last_poll_requests_per_second",
+        "guestload_disk_last_poll_bytes_per_second",
+        "guestload_disk_throttle_iops",
+        "guestload_disk_throttle_bytes_per_second",
         # Added by Prometheus for every target.
         "up",
     }
