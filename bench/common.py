@@ -269,3 +269,28 @@ class SimulatedExporter:
         if self._process is not None:
             self._registry.stop(self._process)
             self._process = None
+
+
+def wait_for_polls(
+    process: subprocess.Popen[bytes],
+    polls: Callable[[], float],
+    *,
+    count: int,
+    timeout: float,
+    log_path: Path,
+) -> None:
+    """Wait until the served guestload *process* has polled *count* times by *polls* (its
+    scraped ``guestload_polls_total``); its log in the error when it exits, TimeoutError after
+    *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(log_path.read_text(errors="replace"))
+        try:
+            if polls() >= count:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"guestload did not poll {count} times in {timeout:g} s")
+        time.sleep(0.2)

@@ -57,6 +57,7 @@ from bench.common import (
     milliseconds,
     scrape,
     threads_cpu_seconds,
+    wait_for_polls,
     write_results,
 )
 from guestload.settings import parse_duration
@@ -211,18 +212,13 @@ def run_exporter(
             domains = sum(metric_values(text, "guestload_domains"))
             return polls, domains
 
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((workdir / "guestload.log").read_text(errors="replace"))
-            try:
-                if counters()[0] >= 2:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("guestload did not poll twice in 120 s")
-            time.sleep(0.2)
+        wait_for_polls(
+            process,
+            lambda: counters()[0],
+            count=2,
+            timeout=120,
+            log_path=workdir / "guestload.log",
+        )
         polls_before, domains = counters()
         cpu_before = cpu_clock(process.pid)
         started = time.monotonic()

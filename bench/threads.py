@@ -44,6 +44,7 @@ from bench.common import (
     metric_values,
     process_cpu_seconds,
     scrape,
+    wait_for_polls,
     write_results,
 )
 from guestload_lab.processes import ProcessRegistry
@@ -141,18 +142,8 @@ def run_once(
             text = scrape("127.0.0.1", port, "/metrics", gzip=False).body.decode()
             return sum(metric_values(text, "guestload_polls_total"))
 
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((workdir / "guestload.log").read_text(errors="replace"))
-            try:
-                if polls() >= 3:  # past the first polls' connecting and imports
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("guestload did not poll three times in 60 s")
-            time.sleep(0.2)
+        # Past the first polls' connecting and imports.
+        wait_for_polls(process, polls, count=3, timeout=60, log_path=workdir / "guestload.log")
         polls_before = polls()
         threads_before = tasks(process.pid)
         cpu_before = process_cpu_seconds(process.pid)
