@@ -75,6 +75,10 @@ def libvirt_events(mask: int) -> int:
     return events
 
 
+_EPOLL_INTEREST = tuple(epoll_mask(events) for events in range((READABLE | WRITABLE) + 1))
+"""epoll interest by libvirt's readable and writable bits."""
+
+
 @dataclass(slots=True)
 class _Handle:
     fd: int
@@ -136,14 +140,29 @@ class EventLoop:
     def update_handle(self, watch: int, events: int) -> None:
         """Change what a watch waits for (0 stops it) and re-arm it, without waking the loop.
 
-        Re-arming reports data already waiting once more (see the module's docstring).
+        Re-arming reports data already waiting once more (see the module's docstring). libvirt
+        calls this twice around every RPC call, so a watch alone on its descriptor (libvirt's
+        one per connection) is changed with one ``modify`` and no lock: libvirt updates and
+        removes a watch only under its own lock for that connection, and each step here is
+        atomic in the interpreter.
         """
-        with self._lock:
-            handle = self._handles.get(watch)
-            if handle is None:
+        handle = self._handles.get(watch)
+        if handle is None:
+            return
+        handle.events = events
+        fd = handle.fd
+        if len(self._watches_by_fd.get(fd, ())) == 1 and fd in self._registered:
+            mask = select.EPOLLET | _EPOLL_INTEREST[events & (READABLE | WRITABLE)]
+            try:
+                self._epoll.modify(fd, mask)
+            except OSError:
+                pass  # closed, or its number reused: the general path below sorts it out
+            else:
+                self._registered[fd] = mask
                 return
-            handle.events = events
-            self._update_interest(handle.fd, rearm=True)
+        with self._lock:
+            if self._handles.get(watch) is handle:
+                self._update_interest(fd, rearm=True)
 
     def remove_handle(self, watch: int) -> int:
         """Stop and forget a watch; its opaque data is freed by the loop thread."""
@@ -269,35 +288,41 @@ class EventLoop:
     def _update_interest(self, fd: int, *, rearm: bool = False) -> None:
         """Make epoll's interest in ``fd`` the union of its watches' (lock held): one syscall.
 
-        A registered fd reports errors and hang-ups even with no interest, so an fd nobody
-        waits on is unregistered rather than left with an empty mask.
+        A watched fd stays registered while its watches want nothing, with an empty
+        edge-triggered mask: epoll then reports its errors and hang-ups once (the loop calls
+        nobody for them until a watch wants events again, and that update reports them anew),
+        and stopping and restarting a watch, as libvirt does around every call, costs one
+        ``modify`` each rather than an unregister and a register. An fd with no watches left
+        is unregistered.
         """
-        mask = 0
-        for watch in self._watches_by_fd.get(fd, ()):
-            mask |= epoll_mask(self._handles[watch].events)
-        if mask:
-            mask |= select.EPOLLET
-        registered = self._registered.get(fd, 0)
-        if mask == registered and not (mask and rearm):
+        watches = self._watches_by_fd.get(fd)
+        registered = self._registered.get(fd)
+        if not watches:
+            if registered is not None:
+                del self._registered[fd]
+                with contextlib.suppress(OSError):  # closed already: epoll dropped it
+                    self._epoll.unregister(fd)
             return
-        self._registered.pop(fd, None)
+        mask = select.EPOLLET
+        for watch in watches:
+            mask |= _EPOLL_INTEREST[self._handles[watch].events & (READABLE | WRITABLE)]
+        if mask == registered and not rearm:
+            return
         try:
-            if not mask:
-                self._epoll.unregister(fd)
-                return
-            if registered:
-                try:
-                    self._epoll.modify(fd, mask)
-                except FileNotFoundError:  # closed while registered, its number reused
-                    self._epoll.register(fd, mask)
-            else:
+            if registered is None:
                 try:
                     self._epoll.register(fd, mask)
                 except FileExistsError:
                     self._epoll.modify(fd, mask)
+            else:
+                try:
+                    self._epoll.modify(fd, mask)
+                except FileNotFoundError:  # closed while registered, its number reused
+                    self._epoll.register(fd, mask)
             self._registered[fd] = mask
         except OSError as error:
             # Closed before its watch was removed: epoll dropped it already.
+            self._registered.pop(fd, None)
             log.debug("libvirt descriptor not watched", extra={"fd": fd, "err": str(error)})
 
     def _due(self, interval_ms: int) -> float | None:
