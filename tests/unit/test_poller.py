@@ -560,3 +560,45 @@ def test_a_call_that_overran_for_a_vanished_domain_is_forgotten_once_it_ends(
     finally:
         release.set()
         poller.close()
+
+
+def test_agents_known_to_answer_quickly_are_asked_one_after_another_on_one_worker(
+    poller: Poller, source: FakeSource
+) -> None:
+    lock = threading.Lock()
+    running = 0
+    most = 0
+    threads: set[int] = set()
+    second_poll = threading.Event()
+    another_started = threading.Event()
+    waited = False
+
+    def answer() -> QueryReading:
+        nonlocal running, most, waited
+        with lock:
+            running += 1
+            most = max(most, running)
+            threads.add(threading.get_ident())
+            first = second_poll.is_set() and not waited
+            waited = waited or first
+        if second_poll.is_set():
+            if first:
+                # Give a second worker time to take a call, as it would on a wide pool.
+                another_started.wait(0.2)
+            else:
+                another_started.set()
+        with lock:
+            running -= 1
+        return ok(1.0)
+
+    names = [f"vm{number}" for number in range(12)]
+    source.domains = [domain(name) for name in names]
+    source.answers = dict.fromkeys(names, answer)
+    poller.poll()  # never asked before: every worker may take a call
+    most = 0
+    threads.clear()
+    second_poll.set()
+    snapshot = poller.poll()
+    assert set(states(snapshot).values()) == {AgentState.OK}
+    assert most == 1, "quick agents were asked side by side"
+    assert len(threads) == 1, "quick agents' calls woke more than one worker"

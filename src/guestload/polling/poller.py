@@ -1,17 +1,18 @@
 """Polls a source on a schedule and turns what it finds into snapshots.
 
 Guest-agent calls are the risky part: the hypervisor runs one agent call per domain at a time
-and a call to a hung agent can block for a long time. So each poll makes one worker call per domain
-that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls run in a bounded
-worker pool, a domain never has two calls outstanding (a call still running makes its queries
-``timeout`` instead of queueing another), answers from calls that overran are discarded, and a
-query whose agent lacks it or is absent is re-asked on an exponential back-off of its own
-instead of every poll. Each query keeps its own state per domain. A query asked once per agent
-run (:attr:`~guestload.queries.query.Refresh.ONCE_PER_RUN`) is left out of a domain's calls
-once it answered ``ok``, until the domain's id changes (a restart), a started or stopped event
-comes, or its agent disconnects or connects; it is asked after the queries before it in the
-catalog, so it never delays them. Events from the source make changes prompt; the periodic poll
-stays the source of truth.
+and a call to a hung agent can block for a long time. So each poll makes one worker call per
+domain that asks that domain's due queries (:mod:`guestload.queries`) in turn; calls run in a
+bounded worker pool (one worker after another while every agent asked is known to be quick), a
+domain never has two calls outstanding (a call still running makes its queries ``timeout``
+instead of queueing another), answers from calls that overran are discarded, and a query whose
+agent lacks it or is absent is re-asked on an exponential back-off of its own instead of every
+poll. Each query keeps its own state per domain. A query asked once per agent run
+(:attr:`~guestload.queries.query.Refresh.ONCE_PER_RUN`) is left out of a domain's calls once it
+answered ``ok``, until the domain's id changes (a restart), a started or stopped event comes, or
+its agent disconnects or connects; it is asked after the queries before it in the catalog, so it
+never delays them. Events from the source make changes prompt; the periodic poll stays the
+source of truth.
 
 The schedule, the in-flight guard, the back-off and the events are one module because they all
 read and change the same per-domain tracks within one poll; apart, they would share that state
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 #: Time a call may run past the agent timeout before the poll stops waiting for it
 #: (capped at the agent timeout itself for very short timeouts).
 CALL_GRACE_SECONDS = 1.0
+#: A call running this long lets one more worker take the poll's queued calls. Agents known
+#: to answer quickly (their last call took less) are asked one after another on one worker,
+#: which wakes no other thread and hands the connection to none; a call that turns slow or
+#: hangs then holds only its own worker (:class:`~guestload.sources.deadline_calls.CallPool`).
+WIDEN_AFTER_SECONDS = 0.25
 #: How often a poll checks its pending calls against their time limits.
 OVERDUE_CHECK_SECONDS = 0.05
 #: Share of the poll interval a poll may spend waiting for queued calls.
@@ -146,8 +152,10 @@ Readings = Mapping[str, QueryReading]
 
 @dataclass(slots=True)
 class _Call:
+    asked: tuple[GuestQuery, ...]
+    """The queries the call asks, in order."""
     queries: tuple[str, ...]
-    """The names of the queries the call asks."""
+    """Their names."""
     timeout: float
     """The agent timeout of each query of the call."""
     future: Future[Readings] = field(init=False)
@@ -188,7 +196,12 @@ class Poller:
         self._facts: SourceFacts | None = None
         self._clock = clock
         self._wall_clock = wall_clock
-        self._workers = CallPool(workers=concurrency, name="guestload-agent")
+        self._workers = CallPool(
+            workers=concurrency,
+            name="guestload-agent",
+            widen_after=WIDEN_AFTER_SECONDS,
+            clock=clock,
+        )
         self._connected = False
         self._inventory: Sequence[DomainInventory] = ()
         self._tracks: dict[str, _Track] = {}
@@ -428,7 +441,16 @@ class Poller:
             timeout = self._agent_timeout
             if not track.asked:
                 timeout = min(timeout, FIRST_CALL_TIMEOUT_SECONDS)
-            calls[domain.uuid] = self._submit(domain.uuid, due, timeout)
+            calls[domain.uuid] = self._prepare(domain.uuid, due, timeout)
+        # Calls of agents known to answer quickly run one after another on one worker; with
+        # any other agent among them (never asked, slow or hung) every worker takes calls.
+        known_quick = all(
+            (track := self._tracks.get(uuid)) is not None
+            and track.asked
+            and track.last_call_seconds < WIDEN_AFTER_SECONDS
+            for uuid in calls
+        )
+        self._submit(calls, wide=not known_quick)
         for uuid, readings in self._collect(calls).items():
             if (known := self._tracks.get(uuid)) is not None:
                 self._record(uuid, known, readings, now=self._clock())
@@ -445,19 +467,28 @@ class Poller:
             return (1, 0.0)
         return (0 if healthy else 2, track.last_call_seconds)
 
-    def _submit(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
-        record = _Call(queries=tuple(query.name for query in queries), timeout=timeout)
+    def _prepare(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
+        record = _Call(
+            asked=queries, queries=tuple(query.name for query in queries), timeout=timeout
+        )
+        self._in_flight[uuid] = record
+        return record
 
-        def call() -> Readings:
+    def _submit(self, calls: Mapping[str, _Call], *, wide: bool) -> None:
+        """Queue the calls in order, in one go (a narrow pool wakes one worker for them all)."""
+
+        def call(uuid: str, record: _Call) -> Readings:
             record.started = self._clock()
             try:
-                return self._source.query_guest(uuid, queries, timeout)
+                return self._source.query_guest(uuid, record.asked, record.timeout)
             finally:
                 record.ended = self._clock()
 
-        record.future = self._workers.submit(call)
-        self._in_flight[uuid] = record
-        return record
+        futures = self._workers.submit_all(
+            [functools.partial(call, uuid, record) for uuid, record in calls.items()], wide=wide
+        )
+        for record, future in zip(calls.values(), futures, strict=True):
+            record.future = future
 
     def _collect(self, calls: Mapping[str, _Call]) -> dict[str, Readings]:
         """Wait for the calls: each up to its own timeout, all within the poll's budget.
@@ -486,6 +517,7 @@ class Poller:
             if not pending or now < next_check:
                 continue
             next_check = now + OVERDUE_CHECK_SECONDS
+            self._workers.widen()
             for uuid, call in list(pending.items()):
                 # Each query of the call may take the agent timeout.
                 grace = min(CALL_GRACE_SECONDS, call.timeout)
