@@ -221,7 +221,8 @@ def with_rates(now: BalloonStats, before: BalloonStats, elapsed_seconds: float) 
         value, earlier = getattr(now, attribute), getattr(before, attribute)
         if value is not None and earlier is not None and value >= earlier:
             rates.append((attribute, (value - earlier) / interval))
-    return replace(now, rates=tuple(rates))
+    found = tuple(rates)
+    return now if found == now.rates else replace(now, rates=found)
 
 
 def parse_balloon_stats(record: Mapping[str, object]) -> BalloonStats | None:
@@ -233,8 +234,11 @@ def parse_balloon_stats(record: Mapping[str, object]) -> BalloonStats | None:
     maximum = bounded_integer(record.get(MAXIMUM_KEY), MAX_KIB)
     values: dict[str, Any] = {}
     for field in _FIELDS:
+        raw = record.get(field.key)
+        if raw is None:  # the guest's part, where the balloon has no statistics period
+            continue
         limit = maximum if field.guest_size and maximum is not None else field.limit
-        value = bounded_integer(record.get(field.key), limit)
+        value = bounded_integer(raw, limit)
         if value is not None:
             values[field.attribute] = value * field.scale
     if not values:

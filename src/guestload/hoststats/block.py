@@ -27,6 +27,7 @@ default) reads it.
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
@@ -197,7 +198,8 @@ def with_rates(disk: DiskStats, before: DiskStats | None, elapsed_seconds: float
         now, then = getattr(disk, attribute), getattr(before, attribute)
         if now is not None and then is not None and now >= then:
             rates.append((attribute, (now - then) / elapsed_seconds))
-    return replace(disk, rates=tuple(rates))
+    found = tuple(rates)
+    return disk if found == disk.rates else replace(disk, rates=found)
 
 
 def parse_block_stats(record: Mapping[str, object]) -> tuple[DiskStats, ...] | None:
@@ -206,49 +208,61 @@ def parse_block_stats(record: Mapping[str, object]) -> tuple[DiskStats, ...] | N
     None where the record has no disk entry. A disk whose name is no target name, or repeats
     an earlier disk's, is left out.
     """
+    # The suffix test first: a disk has a dozen keys, one of them its name.
     indexes = sorted(
         int(match.group(1))
         for key in record
-        if isinstance(key, str) and key.startswith("block.") and (match := _INDEX.fullmatch(key))
+        if isinstance(key, str)
+        and key.endswith(".name")
+        and key.startswith("block.")
+        and (match := _INDEX.fullmatch(key))
     )
     if not indexes:
         return None
     disks: list[DiskStats] = []
     seen: set[str] = set()
+    get = record.get
     for index in indexes[:MAX_DISKS]:
-        device = record.get(f"block.{index}.name")
+        name_key, counter_keys = _disk_keys(index)
+        device = get(name_key)
         if not isinstance(device, str) or not _DEVICE.fullmatch(device) or device in seen:
             continue
         seen.add(device)
-        counters: dict[str, int] = {
-            counter.attribute: value
-            for counter in _COUNTERS
-            if (value := bounded_integer(record.get(f"block.{index}.{counter.suffix}"), MAX_COUNT))
-            is not None
-        }
+        reads, writes, flushes, read_bytes, written_bytes, read_time, write_time = (
+            bounded_integer(get(key), MAX_COUNT) for key in counter_keys
+        )
         caps = tuple(
             (element, value)
-            for element, _spec, _op in _CAPS
-            if (
-                value := bounded_integer(
-                    record.get(f"{IOTUNE_PREFIX}{device}.{element}"), MAX_COUNT
-                )
-            )
+            for element, key in _cap_keys(device)
+            if (value := bounded_integer(get(key), MAX_COUNT))
         )
         disks.append(
             DiskStats(
                 device=device,
-                reads=counters.get("reads"),
-                writes=counters.get("writes"),
-                flushes=counters.get("flushes"),
-                read_bytes=counters.get("read_bytes"),
-                written_bytes=counters.get("written_bytes"),
-                read_time=counters.get("read_time"),
-                write_time=counters.get("write_time"),
+                reads=reads,
+                writes=writes,
+                flushes=flushes,
+                read_bytes=read_bytes,
+                written_bytes=written_bytes,
+                read_time=read_time,
+                write_time=write_time,
                 caps=caps,
             )
         )
     return tuple(disks)
+
+
+@functools.lru_cache(maxsize=MAX_DISKS)
+def _disk_keys(index: int) -> tuple[str, tuple[str, ...]]:
+    """The record keys of disk ``index``: its name's, and its counters' in :data:`_COUNTERS`
+    order. Cached: every poll reads the same disks."""
+    return f"block.{index}.name", tuple(f"block.{index}.{c.suffix}" for c in _COUNTERS)
+
+
+@functools.lru_cache(maxsize=4 * MAX_DISKS)
+def _cap_keys(device: str) -> tuple[tuple[str, str], ...]:
+    """Each ``<iotune>`` element of :data:`_CAPS` and its record key for ``device``."""
+    return tuple((element, f"{IOTUNE_PREFIX}{device}.{element}") for element, _spec, _op in _CAPS)
 
 
 def iotune_keys(domain_xml: str) -> dict[str, object]:

@@ -85,6 +85,8 @@ class HostStat(abc.ABC):
 
 def bounded_integer(value: object, limit: int) -> int | None:
     """``value`` where it is an integer (not a bool) from 0 to ``limit``, else None."""
+    if type(value) is int:  # nearly every value
+        return value if 0 <= value <= limit else None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
         return None
     return value

@@ -151,29 +151,43 @@ def parse_vcpu_stats(stats: Mapping[str, object]) -> tuple[int | None, tuple[Vcp
     fields: dict[int, dict[str, int]] = {}
     for key, value in stats.items():
         # The prefix test first: most keys of a record are not vCPU keys (balloon, block).
-        match = _VCPU_KEY.fullmatch(key) if key.startswith("vcpu.") else None
-        if match and isinstance(value, int) and not isinstance(value, bool):
-            fields.setdefault(int(match[1]), {})[match[2]] = value
+        if (
+            key.startswith("vcpu.")
+            and (parsed := _vcpu_key(key)) is not None
+            and (type(value) is int or (isinstance(value, int) and not isinstance(value, bool)))
+        ):
+            vcpu_id, name = parsed
+            if vcpu_id in fields:
+                fields[vcpu_id][name] = value
+            else:
+                fields[vcpu_id] = {name: value}
     vcpus = []
     for vcpu_id in sorted(fields):
         values = fields[vcpu_id]
         state = _VCPU_STATES.get(values.get("state", -1))
         if state is None:
             continue
+        run, wait, delay = values.get("time"), values.get("wait"), values.get("delay")
         vcpus.append(
             VcpuStat(
                 id=vcpu_id,
                 state=state,
-                time_seconds=_seconds(values.get("time")),
-                wait_seconds=_seconds(values.get("wait")),
-                delay_seconds=_seconds(values.get("delay")),
+                time_seconds=None if run is None else run / _NANOSECONDS,
+                wait_seconds=None if wait is None else wait / _NANOSECONDS,
+                delay_seconds=None if delay is None else delay / _NANOSECONDS,
             )
         )
     return vcpu_count, tuple(vcpus)
 
 
-def _seconds(nanoseconds: int | None) -> float | None:
-    return None if nanoseconds is None else nanoseconds / _NANOSECONDS
+@functools.lru_cache(maxsize=4096)
+def _vcpu_key(key: str) -> tuple[int, str] | None:
+    """A vCPU key's vCPU id and field (``vcpu.3.time``: 3, ``time``); None for other keys.
+
+    Cached: a domain's records repeat the same keys every poll.
+    """
+    match = _VCPU_KEY.fullmatch(key)
+    return None if match is None else (int(match[1]), match[2])
 
 
 def stats_groups(host_stats: Sequence[HostStat]) -> tuple[int, tuple[HostStat, ...]]:
