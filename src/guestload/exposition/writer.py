@@ -33,16 +33,16 @@ _MINUS_INF = float("-inf")
 
 def format_value(value: float) -> str:
     """A sample value as Go (and so prometheus_client) prints it: ``1.0``, ``1.7e+09``."""
-    number = float(value)
-    text = repr(number)
+    number = value if type(value) is float else float(value)
     if number < _GO_EXPONENT_FROM and number != _MINUS_INF:  # most values: as Python prints them
-        return text
-    if text[-1] in "fn":  # inf, -inf, nan
-        return _SPECIAL_FLOATS[text]
+        return repr(number)
+    text = repr(number)
     dot = text.find(".")
-    if dot > _GO_INTEGER_DIGITS:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+    if dot > _GO_INTEGER_DIGITS:  # e.g. 1700000000.0, whose exponent Go writes
+        mantissa = (text[0] + "." + text[1:dot] + text[dot + 1 :]).rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
+    if dot < 0 and text[-1] in "fn":  # inf, -inf, nan
+        return _SPECIAL_FLOATS[text]
     return text
 
 
@@ -132,26 +132,9 @@ class RenderedSnapshot:
         return "".join(parts).encode()
 
 
-_Fragments = dict[tuple[str, ...], tuple[str, str]]
-
-
-class _FamilyLines:
-    """One per-VM family's sample lines during a render, and its extra labels' texts."""
-
-    __slots__ = ("fragments", "layout", "lines", "prefix", "previous")
-
-    def __init__(self, layout: _VmLayout, previous: _Fragments) -> None:
-        self.layout = layout
-        self.prefix = f"{layout.spec.sample_name}{{"
-        self.lines: list[str] = []
-        self.fragments: _Fragments = {}
-        self.previous = previous
-
-    def around(self, extra: tuple[str, ...]) -> tuple[str, str]:
-        """The label text before and after the VM's for ``extra``, from the last render if known."""
-        fragments = self.previous.get(extra) or self.layout.fragments(extra)
-        self.fragments[extra] = fragments
-        return fragments
+_Around = dict[tuple[MetricSpec, tuple[str, ...]], tuple[str, str]]
+"""A per-VM family and extra label values -> the line's text before and after the VM's labels:
+``name{extra="..",`` and ``,extra=".."} ``."""
 
 
 class SnapshotWriter:
@@ -167,20 +150,27 @@ class SnapshotWriter:
         self._layouts = {spec: _VmLayout(spec) for spec in metric_set.vm_families()}
         self._headers = {spec: header_lines(spec) for spec in metric_set.all_families()}
         self._names = {spec: spec.sample_name for spec in metric_set.all_families()}
+        self._heads = {spec: f"{spec.sample_name}{{" for spec in self._layouts}
+        """Each per-VM family's line start, up to its first label."""
         self._vm_text: dict[Identity, str] = {}
-        self._fragments: dict[MetricSpec, _Fragments] = {}
+        self._around: _Around = {}
         self._exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
         """The label text of each exporter sample's labels in the last render."""
+
+    def _new_around(self, spec: MetricSpec, extra: tuple[str, ...]) -> tuple[str, str]:
+        before, after = self._layouts[spec].fragments(extra)
+        return f"{self._heads[spec]}{before}", f"{after}}} "
 
     def render(self, snapshot: Snapshot) -> RenderedSnapshot:
         """Format ``snapshot``'s samples; :meth:`RenderedSnapshot.body` joins them per format."""
         domain_samples = self._metric_set.domain_samples
         previous_vm = self._vm_text
         vm_text: dict[Identity, str] = {}
-        layouts = self._layouts
-        previous_fragments = self._fragments
-        # Only the families with samples get lines (most VMs have no disk, say).
-        families: dict[MetricSpec, _FamilyLines] = {}
+        previous_around = self._around
+        around: _Around = {}
+        heads = self._heads
+        # Every family gets its block, empty where it has no sample (most VMs have no disk, say).
+        lines: dict[MetricSpec, list[str]] = {spec: [] for spec in heads}
         for domain in snapshot.domains:
             identity = domain.identity
             vm = vm_text.get(identity)
@@ -188,39 +178,33 @@ class SnapshotWriter:
                 vm = previous_vm.get(identity) or vm_labels_text(identity)
                 vm_text[identity] = vm
             for spec, extra, value in domain_samples(domain):
-                family = families.get(spec)
-                if family is None:
-                    family = families[spec] = _FamilyLines(
-                        layouts[spec], previous_fragments.get(spec, {})
-                    )
                 if extra:
-                    before, after = family.fragments.get(extra) or family.around(extra)
-                    family.lines.append(
-                        f"{family.prefix}{before}{vm}{after}}} {format_value(value)}\n"
-                    )
+                    key = (spec, extra)
+                    texts = around.get(key)
+                    if texts is None:
+                        texts = previous_around.get(key) or self._new_around(spec, extra)
+                        around[key] = texts
+                    lines[spec].append(f"{texts[0]}{vm}{texts[1]}{format_value(value)}\n")
                 else:
-                    family.lines.append(f"{family.prefix}{vm}}} {format_value(value)}\n")
+                    lines[spec].append(f"{heads[spec]}{vm}}} {format_value(value)}\n")
         self._vm_text = vm_text
-        self._fragments = {spec: family.fragments for spec, family in families.items()}
+        self._around = around
         headers = self._headers
-        blocks = [
-            (headers[spec], "".join(family.lines) if (family := families.get(spec)) else "")
-            for spec in layouts
-        ]
+        blocks = [(headers[spec], "".join(family)) for spec, family in lines.items()]
         previous_text = self._exporter_text
         exporter_text: dict[tuple[tuple[str, str], ...], str] = {}
         for spec, samples in self._metric_set.exporter_families(snapshot):
             name = self._names[spec]
-            lines = []
+            sample_lines = []
             for labels, value in samples:
-                key = tuple(labels.items())
-                text = exporter_text.get(key)
+                pairs = tuple(labels.items())
+                text = exporter_text.get(pairs)
                 if text is None:
-                    text = previous_text.get(key)
+                    text = previous_text.get(pairs)
                     if text is None:
                         text = f"{{{_labels_text(labels)}}}" if labels else ""
-                    exporter_text[key] = text
-                lines.append(f"{name}{text} {format_value(value)}\n")
-            blocks.append((headers[spec], "".join(lines)))
+                    exporter_text[pairs] = text
+                sample_lines.append(f"{name}{text} {format_value(value)}\n")
+            blocks.append((headers[spec], "".join(sample_lines)))
         self._exporter_text = exporter_text
         return RenderedSnapshot(blocks)
