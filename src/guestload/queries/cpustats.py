@@ -210,17 +210,31 @@ def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> Guest
     """Count ``answer`` on top of ``previous``: what each counter grew by since the last answer.
 
     A counter seen for the first time (the first answer, a CPU plugged in) counts its whole
-    value; one that went backwards was reset (a reboot) and counts its whole value too.
+    value; one that went backwards was reset (a reboot) and counts its whole value too. The
+    last-poll shares come from the same pass (see :func:`last_poll_shares`).
     """
     last: CpuMilliseconds = previous.last if previous is not None else {}
-    seconds = {cpu: dict(modes) for cpu, modes in (previous.seconds if previous else {}).items()}
+    online = previous.online if previous is not None else frozenset()
+    # CPUs the answer leaves out keep their counts, shared with ``previous`` (never changed).
+    seconds: dict[int, Mapping[str, float]] = dict(previous.seconds) if previous else {}
+    gained: dict[str, int] | None = dict.fromkeys(MODES, 0) if previous is not None else None
     for cpu, modes in answer.items():
         before = last.get(cpu, {})
-        counted = seconds.setdefault(cpu, {})
+        counted = dict(seconds.get(cpu, {}))
         for mode, milliseconds in modes.items():
             old = before.get(mode)
-            grown = milliseconds if old is None or milliseconds < old else milliseconds - old
+            if old is None:
+                grown = milliseconds
+            elif milliseconds < old:
+                grown = milliseconds
+                if cpu in online:
+                    gained = None
+            else:
+                grown = milliseconds - old
+                if gained is not None and cpu in online:
+                    gained[mode] += grown
             counted[mode] = counted.get(mode, 0.0) + grown / 1000.0
+        seconds[cpu] = counted
     per_mode: dict[str, list[float]] = {}
     for cpu_seconds in seconds.values():  # one pass over the CPUs, in their order
         for mode, counted_seconds in cpu_seconds.items():
@@ -231,31 +245,20 @@ def accumulate(previous: GuestCpuTimes | None, answer: CpuMilliseconds) -> Guest
         online=frozenset(answer),
         seconds=seconds,
         totals=totals,
-        last_poll=last_poll_shares(previous, answer),
+        last_poll=last_poll_shares(gained),
     )
 
 
-def last_poll_shares(
-    previous: GuestCpuTimes | None, answer: CpuMilliseconds
-) -> Mapping[str, float] | None:
-    """Each share's part of the CPU time the guest's CPUs gained since the previous answer.
+def last_poll_shares(gained: Mapping[str, int] | None) -> Mapping[str, float] | None:
+    """Each share's part of the CPU time the guest's CPUs ``gained`` (mode -> milliseconds)
+    since the previous answer.
 
     Only CPUs of both answers count, so a CPU plugged in between adds no time it had before.
-    None where there is no previous answer, no time passed, or a counter went backwards (a
-    reboot): the time between the answers is then not known.
+    None where there is no previous answer (``gained`` is None), no time passed, or a counter
+    went backwards (a reboot; None too): the time between the answers is then not known.
     """
-    if previous is None:
+    if gained is None:
         return None
-    gained: dict[str, int] = dict.fromkeys(MODES, 0)
-    for cpu in previous.online & answer.keys():
-        before, now = previous.last[cpu], answer[cpu]
-        for mode, milliseconds in now.items():
-            old = before.get(mode)
-            if old is None:
-                continue
-            if milliseconds < old:
-                return None
-            gained[mode] += milliseconds - old
     total = sum(gained.values())
     if total <= 0:
         return None
@@ -309,18 +312,21 @@ def _parse_entry(entry: object) -> tuple[int, dict[str, int]] | QueryReading | N
         return invalid(f"cpu {short(cpu)} is not a CPU number")
     modes: dict[str, int] = {}
     for mode in MODES:
-        if mode in entry:
-            milliseconds = _as_milliseconds(entry[mode])
-            if isinstance(milliseconds, str):
-                return invalid(f"cpu {cpu} {mode} {milliseconds}")
-            modes[mode] = milliseconds
+        if mode not in entry:
+            continue
+        value = entry[mode]
+        if type(value) is int and 0 <= value <= MAX_MILLISECONDS:  # nearly every value
+            modes[mode] = value
+            continue
+        milliseconds = _as_milliseconds(value)
+        if isinstance(milliseconds, str):
+            return invalid(f"cpu {cpu} {mode} {milliseconds}")
+        modes[mode] = milliseconds
     return cpu, modes
 
 
 def _as_milliseconds(value: object) -> int | str:
     """``value`` as a millisecond counter, or why it is not one."""
-    if type(value) is int and 0 <= value <= MAX_MILLISECONDS:  # nearly every value
-        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"is a {type(value).__name__}, not a number"
     if isinstance(value, float) and not math.isfinite(value):

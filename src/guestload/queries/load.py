@@ -136,7 +136,7 @@ def parse_guest_info_load(info: object) -> QueryReading:
     No load keys at all (a frozen agent behind a response timeout answers ``{}``) is no data,
     never zeros. Extra keys are ignored.
     """
-    if not isinstance(info, Mapping):
+    if type(info) is not dict and not isinstance(info, Mapping):  # libvirt gives a dict
         return invalid(f"guest info is a {type(info).__name__}, not a mapping")
     return _reading_from_values(info, GUEST_INFO_LOAD_KEYS)
 
@@ -157,6 +157,19 @@ def parse_agent_passthrough(reply: object) -> QueryReading:
 
 
 def _reading_from_values(values: Mapping[str, object], keys: tuple[str, str, str]) -> QueryReading:
+    first, second, third = keys
+    one, five, fifteen = values.get(first), values.get(second), values.get(third)
+    if (
+        type(one) is float
+        and type(five) is float
+        and type(fifteen) is float
+        and 0.0 <= one <= MAX_LOAD
+        and 0.0 <= five <= MAX_LOAD
+        and 0.0 <= fifteen <= MAX_LOAD
+    ):  # nearly every answer: what the checks below would accept unchanged
+        return QueryReading(
+            state=AgentState.OK, value=GuestLoad(one=one, five=five, fifteen=fifteen)
+        )
     present = [key for key in keys if key in values]
     if not present:
         return QueryReading(state=AgentState.NO_DATA, detail="agent answered without load values")
