@@ -561,30 +561,32 @@ class Poller:
         return {name: readings.get(name, missing) for name in call.queries}
 
     def _record(self, uuid: str, track: _Track, readings: Readings, *, now: float) -> None:
+        queries = track.queries
         for name, reading in readings.items():
-            query_track = track.queries.get(name)
+            query_track = queries.get(name)
             if query_track is None:
                 continue
-            self._agent_calls[(name, reading.state)] += 1
+            state = reading.state
+            self._agent_calls[(name, state)] += 1
             kept = reading
             query = self._query_by_name[name]
-            if reading.state is AgentState.OK:
-                query_track.kept = query.fold(query_track.kept, reading.value)
-                kept = QueryReading(state=AgentState.OK, value=query_track.kept)
+            if state is AgentState.OK:
+                value = query_track.kept = query.fold(query_track.kept, reading.value)
+                # A stateless query keeps what it read: the reading itself, without a copy.
+                if value is not reading.value or reading.detail:
+                    kept = QueryReading(state=AgentState.OK, value=value)
             query_track.reading = kept
-            query_track.settled = (
-                reading.state is AgentState.OK and query.refresh is Refresh.ONCE_PER_RUN
-            )
-            if reading.state in SLOW_RECHECK_STATES:
+            query_track.settled = state is AgentState.OK and query.refresh is Refresh.ONCE_PER_RUN
+            if state in SLOW_RECHECK_STATES:
                 backoff = max(query_track.backoff * 2, self._interval)
                 query_track.backoff = min(backoff, self._backoff_max)
                 query_track.next_check = now + query_track.backoff
             else:
                 query_track.backoff, query_track.next_check = 0.0, 0.0
             previous = query_track.logged_state
-            if reading.state is previous:
+            if state is previous:
                 continue
-            query_track.logged_state = reading.state
+            query_track.logged_state = state
             # The first full poll sums up the first states in one line (_log_agent_states).
             if (previous is not None or not self._summary_due) and log.isEnabledFor(logging.INFO):
                 log.info(
