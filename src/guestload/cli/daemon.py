@@ -11,11 +11,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
-from prometheus_client import PlatformCollector, ProcessCollector
-from prometheus_client.registry import CollectorRegistry
-
 from guestload import __version__
 from guestload.exposition.cache import MetricsCache
+from guestload.exposition.process import ProcessMetrics
 from guestload.exposition.schema import MetricSet
 from guestload.identity import IdentityResolver
 from guestload.polling.poller import Poller
@@ -63,17 +61,13 @@ def serve(
     settings: Settings, source: Source, *, web_config: WebConfigReloader | None = None
 ) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads ``web_config``."""
-    live_registry = CollectorRegistry(auto_describe=False)
     cache = MetricsCache(
         metric_set=MetricSet(
             queries=settings.queries(),
             vcpu_collector=settings.vcpu_collector,
             host_stats=settings.host_stats(),
         ),
-        live_collectors=(
-            ProcessCollector(registry=live_registry),
-            PlatformCollector(registry=live_registry),
-        ),
+        process_metrics=ProcessMetrics(),
         report_render_duration=True,
     )
     poller = make_poller(settings, source, cache)

@@ -3,8 +3,9 @@
 A snapshot's exposition (135k samples at 10k VMs) is written by
 :class:`~guestload.exposition.writer.SnapshotWriter` when the snapshot is published, not per
 scrape.
-Process metrics (memory, CPU, file descriptors) must be live, so prometheus_client renders
-them per scrape (a few dozen samples) and they are appended; for gzip the cached body's
+Process metrics (memory, CPU, file descriptors) must be live, so they are written per scrape
+(:mod:`guestload.exposition.process`, a dozen lines) and appended, with the render duration
+and any other live collectors (rendered by prometheus_client); for gzip the cached body's
 compressor state is kept so the live tail continues one valid gzip stream. Like the formats, a
 body is compressed with the poll only when scrapers asked for it gzipped lately, and on its
 first gzip request otherwise.
@@ -15,16 +16,15 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import exposition
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from guestload.exposition.process import ProcessMetrics
 from guestload.exposition.schema import RENDER_DURATION, MetricSet
-from guestload.exposition.writer import SnapshotWriter
+from guestload.exposition.writer import SnapshotWriter, format_value, header_lines
 from guestload.model import Snapshot
 
 #: The classic text format (0.0.4) the writer writes; every Prometheus version parses it.
@@ -69,16 +69,19 @@ class MetricsCache:
         self,
         *,
         metric_set: MetricSet,
+        process_metrics: ProcessMetrics | None = None,
         live_collectors: tuple[Collector, ...] = (),
         report_render_duration: bool = False,
     ) -> None:
         self._writer = SnapshotWriter(metric_set=metric_set)
         self._render_seconds: float | None = None
-        self._live = CollectorRegistry(auto_describe=False)
-        for collector in live_collectors:
-            self._live.register(collector)
-        if report_render_duration:
-            self._live.register(_RenderDurationCollector(self))
+        self._process = process_metrics
+        self._live: CollectorRegistry | None = None
+        if live_collectors:
+            self._live = CollectorRegistry(auto_describe=False)
+            for collector in live_collectors:
+                self._live.register(collector)
+        self._render_headers = header_lines(RENDER_DURATION) if report_render_duration else None
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._bodies: dict[bool, bytes] = {}
@@ -152,9 +155,7 @@ class MetricsCache:
             with self._lock:
                 if self._snapshot is snapshot:
                     self._bodies[fmt] = body
-        tail = _render(self._live, openmetrics_format=fmt)
-        if fmt:
-            tail += OPENMETRICS_EOF
+        tail = self._live_tail(openmetrics_format=fmt)
         if not gzip:
             return body, tail
         if gzipped is None:
@@ -165,14 +166,16 @@ class MetricsCache:
         compressor = gzipped.state.copy()
         return gzipped.prefix, compressor.compress(tail) + compressor.flush()
 
-
-class _RenderDurationCollector(Collector):
-    """The cache's own cost, live: poll duration does not include rendering."""
-
-    def __init__(self, cache: MetricsCache) -> None:
-        self._cache = cache
-
-    def collect(self) -> Iterator[Metric]:
-        seconds = self._cache.last_render_seconds
-        if seconds is not None:
-            yield GaugeMetricFamily(RENDER_DURATION.name, RENDER_DURATION.help, value=seconds)
+    def _live_tail(self, *, openmetrics_format: bool) -> bytes:
+        """What follows the snapshot's exposition: the process's families, the live
+        collectors', the render duration (the cache's own cost: poll duration does not include
+        rendering), and for OpenMetrics ``# EOF``."""
+        fmt = openmetrics_format
+        tail = self._process.text(openmetrics_format=fmt).encode() if self._process else b""
+        if self._live is not None:
+            tail += _render(self._live, openmetrics_format=fmt)
+        seconds = self._render_seconds
+        if self._render_headers is not None and seconds is not None:
+            line = f"{RENDER_DURATION.name} {format_value(seconds)}\n"
+            tail += (self._render_headers[1 if fmt else 0] + line).encode()
+        return tail + OPENMETRICS_EOF if fmt else tail
