@@ -5,7 +5,6 @@ The same replies on a real socket are tested in tests/web/test_server.py."""
 from __future__ import annotations
 
 import gzip
-from email.message import Message
 from http import HTTPStatus
 
 import pytest
@@ -23,6 +22,7 @@ from guestload.web.replies import (
     raw_reply,
     text_reply,
 )
+from guestload.web.request import RequestHeaders
 from guestload.web.routes import WebApp, route
 from tests.unit.fakes import LOAD_ONLY
 
@@ -33,11 +33,8 @@ def _app(*, ready: bool = False) -> WebApp:
     return WebApp(cache=cache, is_ready=lambda: ready, telemetry_path="/metrics")
 
 
-def _headers(**fields: str) -> Message:
-    message = Message()
-    for name, value in fields.items():
-        message[name.replace("_", "-")] = value
-    return message
+def _headers(**fields: str) -> RequestHeaders:
+    return RequestHeaders({name.replace("_", "-"): value for name, value in fields.items()})
 
 
 def _fields(reply: Reply) -> dict[str, str]:

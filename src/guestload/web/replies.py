@@ -58,12 +58,17 @@ def header_fields(reply: Reply) -> tuple[tuple[str, str], ...]:
     return (*fields, ("Connection", "close")) if reply.close else fields
 
 
+def head_bytes(protocol: str, reply: Reply, fields: tuple[tuple[str, str], ...]) -> bytes:
+    """The status line of ``reply`` and ``fields``, up to and with the blank line."""
+    status = f"{protocol} {reply.status.value} {reply.reason or reply.status.phrase}\r\n"
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return (status + head + "\r\n").encode("latin-1")
+
+
 def raw_reply(reply: Reply) -> bytes:
     """The reply as HTTP/1.0 bytes, for a socket no HTTP handler serves (no ``Server``
     or ``Date`` field)."""
-    status = f"HTTP/1.0 {reply.status.value} {reply.reason or reply.status.phrase}\r\n"
-    head = "".join(f"{name}: {value}\r\n" for name, value in header_fields(reply))
-    return (status + head + "\r\n").encode("latin-1") + b"".join(reply.body)
+    return head_bytes("HTTP/1.0", reply, header_fields(reply)) + b"".join(reply.body)
 
 
 METHOD_NOT_ALLOWED: Final = text_reply(

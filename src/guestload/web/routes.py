@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import Message
 from http import HTTPStatus
 
 from guestload import __version__
 from guestload.exposition.cache import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsCache
 from guestload.web.negotiation import accepts_gzip, accepts_openmetrics
 from guestload.web.replies import HTML, Reply, text_reply
+from guestload.web.request import RequestHeaders
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,7 +28,7 @@ class WebApp:
     telemetry_path: str
 
 
-def route(app: WebApp, target: str, headers: Message) -> Reply:
+def route(app: WebApp, target: str, headers: RequestHeaders) -> Reply:
     """The reply to a GET (or, without its body, a HEAD) of ``target`` (query ignored)."""
     path = target.split("?", 1)[0]
     if path == app.telemetry_path:
@@ -47,7 +47,7 @@ def route(app: WebApp, target: str, headers: Message) -> Reply:
     return text_reply(HTTPStatus.NOT_FOUND, "not found\n")
 
 
-def _metrics(cache: MetricsCache, headers: Message) -> Reply:
+def _metrics(cache: MetricsCache, headers: RequestHeaders) -> Reply:
     openmetrics_format = accepts_openmetrics(headers.get("Accept", ""))
     gzip = accepts_gzip(headers.get("Accept-Encoding", ""))
     return Reply(

@@ -20,9 +20,10 @@ Hardening, so that slow, hostile or unauthenticated clients cannot starve a scra
   (:mod:`guestload.web.refusals`).
 
 The limits are in :mod:`guestload.web.limits`, TLS handshakes in
-:mod:`guestload.web.handshake`, which reply a path gets in :mod:`guestload.web.routes`;
-every reply, refusals and the standard library's request errors included, is sent by
-one method from a :class:`~guestload.web.replies.Reply`.
+:mod:`guestload.web.handshake`, the request line and header fields are parsed in
+:mod:`guestload.web.request`, which reply a path gets in :mod:`guestload.web.routes`;
+every reply, refusals and malformed requests' included, is sent by one method from a
+:class:`~guestload.web.replies.Reply`, in one write.
 
 One request per connection; only GET and HEAD; oversized request lines (414) and headers
 (431), garbage (400) and other methods (405) are answered, never a crash. TLS, basic
@@ -67,7 +68,15 @@ from guestload.web.replies import (
     METHOD_NOT_ALLOWED,
     UNAUTHORIZED,
     Reply,
+    head_bytes,
     header_fields,
+)
+from guestload.web.request import (
+    BadRequestError,
+    RequestHeaders,
+    parse_header_lines,
+    parse_request_line,
+    read_header_lines,
 )
 from guestload.web.routes import WebApp, route
 
@@ -76,12 +85,17 @@ __all__ = ["ExporterServer", "WebApp"]
 log = logging.getLogger(__name__)
 
 _ALLOWED_METHODS = ("GET", "HEAD")
+_JOINED_MAX_BYTES = 256 * 1024
+"""Answers up to this size are joined into one write; larger bodies are not copied."""
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     server_version = f"guestload/{__version__}"
     security: WebSecurity = PLAIN_HTTP
+    raw_requestline: bytes
+    fields: RequestHeaders = RequestHeaders()
+    """The request's header fields (``headers`` is the standard library's email message)."""
     # Answer even a garbled request line with a status line, never an HTTP/0.9 bare body.
     default_request_version = "HTTP/1.0"
 
@@ -102,7 +116,22 @@ class _Handler(BaseHTTPRequestHandler):
         return lambda: self.server.refusals.record(refusal, client=client)
 
     def parse_request(self) -> bool:
-        if not super().parse_request():
+        """The request line and header fields (:mod:`guestload.web.request`), then method,
+        password and slot; False when a refusal was sent."""
+        self.command = ""  # none read yet
+        self.request_version = self.default_request_version
+        self.close_connection = True  # one request per connection
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        try:
+            line = parse_request_line(
+                self.requestline, default_version=self.default_request_version
+            )
+            if line is None:
+                return False
+            self.command, self.path, self.request_version = line.method, line.target, line.version
+            self.fields = parse_header_lines(read_header_lines(self.rfile.readline))
+        except BadRequestError as refused:
+            self.send_error(refused.status, refused.reason)
             return False
         # The request is in; the client has the request timeout again to take the answer.
         self.wfile = DeadlineWriter(
@@ -115,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         authenticator = self.security.authenticator
         if authenticator is not None and not authenticator.check(
-            self.headers.get("Authorization"), deadline=self.server.connection_deadline()
+            self.fields.get("Authorization") or None, deadline=self.server.connection_deadline()
         ):
             self._send(UNAUTHORIZED)
             return False
@@ -125,40 +154,49 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """A request the standard handler refused (400, 414, 431, 505): its own reply."""
+        """A request refused before it was read whole (400, 414, 431, 505): its own reply."""
         self.log_error("code %d, message %s", code, message)
         status = HTTPStatus(code)
         reason = message or status.phrase
         body = f"{code} {reason}\n".encode()
         self._send(Reply(status=status, body=(body,), close=True, reason=reason))
 
-    def end_headers(self) -> None:
-        for name, value in self.security.headers:
-            self.send_header(name, value)
-        super().end_headers()
-
     def do_GET(self) -> None:
-        self._send(route(self.server.app, self.path, self.headers))
+        self._send(route(self.server.app, self.path, self.fields))
 
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def _send(self, reply: Reply) -> None:
-        """Send ``reply`` (its body unless the request is a HEAD): every answer goes here."""
+        """Send ``reply`` (its body unless the request is a HEAD): every answer goes here.
+
+        The status line, header fields and body go out in one write (one ``sendall``) unless
+        the body is large: then it is sent as it is, not copied after the header.
+        """
         # The answer is made: its slot is free for the next request while this client reads.
         self.server.release_slot()
-        self.send_response(reply.status, reply.reason or None)
-        for name, value in header_fields(reply):
-            self.send_header(name, value)
-        self.end_headers()
+        self.log_request(reply.status.value)
+        fields = (
+            ("Server", self.version_string()),
+            ("Date", self.date_time_string()),
+            *header_fields(reply),
+            *self.security.headers,
+        )
+        head = head_bytes(self.protocol_version, reply, fields)
         if reply.close:
             self.close_connection = True
-        if self.command != "HEAD":
-            for part in reply.body:
-                self.wfile.write(part)
+        body = reply.body if self.command != "HEAD" else ()
+        if len(head) + reply.length <= _JOINED_MAX_BYTES:
+            self.wfile.write(b"".join((head, *body)))
+            return
+        self.wfile.write(head)
+        for part in body:
+            self.wfile.write(part)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", extra={"client": self.client_address[0], "line": format % args})
+        if log.isEnabledFor(logging.DEBUG):
+            line = format % args
+            log.debug("http request", extra={"client": self.client_address[0], "line": line})
 
 
 @dataclass(slots=True)
