@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from guestload import __version__
+from guestload.exposition import cache as cache_module
 from guestload.exposition.cache import MetricsCache
 from guestload.exposition.schema import MetricSet
 from guestload.model import Snapshot
@@ -112,6 +114,21 @@ def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> 
     assert unpacked.startswith(snapshot_part)
     assert b"process_resident_memory_bytes" in unpacked
     assert plain.startswith(snapshot_part)
+    # One gzip member (not a second one appended), its CRC and length those of the whole.
+    stream = zlib.decompressobj(wbits=31)
+    assert stream.decompress(packed) == unpacked
+    assert stream.eof
+    assert stream.unused_data == b""
+
+
+@pytest.mark.parametrize("tail", [b"", b"x\n", bytes(range(256)) * 64])
+def test_a_gzip_tail_finishes_the_body_s_stream(tail: bytes) -> None:
+    body = b"".join(b"series_%d 1.0\n" % i for i in range(5000))
+    gzipped = cache_module._gzip(body)
+    stream = zlib.decompressobj(wbits=31)
+    assert stream.decompress(gzipped.prefix + gzipped.finish(tail)) == body + tail
+    assert stream.eof
+    assert stream.unused_data == b""
 
 
 def test_before_the_first_poll_libvirt_is_reported_down() -> None:

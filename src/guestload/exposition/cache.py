@@ -5,14 +5,17 @@ A snapshot's exposition (135k samples at 10k VMs) is written by
 scrape.
 Process metrics (memory, CPU, file descriptors) must be live, so they are written per scrape
 (:mod:`guestload.exposition.process`, a dozen lines) and appended, with the render duration
-and any other live collectors (rendered by prometheus_client); for gzip the cached body's
-compressor state is kept so the live tail continues one valid gzip stream. Like the formats, a
+and any other live collectors (rendered by prometheus_client); for gzip the cached body
+ends in a sync flush, and the live tail is deflated afresh behind it, with the gzip trailer
+(CRC-32 and length of the whole) written by hand: one valid gzip stream, without copying the
+body's compressor (a quarter of a megabyte of state) on every scrape. Like the formats, a
 body is compressed with the poll only when scrapers asked for it gzipped lately, and on its
 first gzip request otherwise.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import zlib
@@ -35,20 +38,39 @@ OPENMETRICS_EOF = b"# EOF\n"
 #: zlib level for cached bodies: level 1 is ~5x faster than 9 for a few % more bytes.
 GZIP_LEVEL = 1
 _GZIP_WBITS = 31  # zlib's gzip container
+_TAIL_WBITS = -9
+"""The live tail's deflate: raw (no header: it continues the body's stream) with the smallest
+window, which a tail of a few kilobytes does not miss, so the compressor is cheap to make."""
+_TAIL_MEM_LEVEL = 1
 
 
 @dataclass(frozen=True, slots=True)
 class _Gzipped:
-    """A body compressed up to a sync point, and the compressor to continue the stream with."""
+    """A body's gzip stream up to a sync point: header and deflate blocks, no final block."""
 
     prefix: bytes
-    state: zlib._Compress
+    crc: int
+    """CRC-32 of the body."""
+    size: int
+    """The body's length."""
+
+    def finish(self, tail: bytes) -> bytes:
+        """What follows :attr:`prefix` to make one gzip stream of the body then ``tail``."""
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _TAIL_WBITS, _TAIL_MEM_LEVEL)
+        blocks = compressor.compress(tail) + compressor.flush()
+        trailer = struct.pack(
+            "<II", zlib.crc32(tail, self.crc), (self.size + len(tail)) & _ISIZE_MASK
+        )
+        return blocks + trailer
+
+
+_ISIZE_MASK = 0xFFFFFFFF  # gzip's ISIZE: the length modulo 2**32
 
 
 def _gzip(body: bytes) -> _Gzipped:
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
     prefix = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return _Gzipped(prefix=prefix, state=compressor)
+    return _Gzipped(prefix=prefix, crc=zlib.crc32(body), size=len(body))
 
 
 _Variant = tuple[bool, bool]
@@ -163,8 +185,7 @@ class MetricsCache:
             with self._lock:
                 if self._snapshot is snapshot:
                     self._gzipped[fmt] = gzipped
-        compressor = gzipped.state.copy()
-        return gzipped.prefix, compressor.compress(tail) + compressor.flush()
+        return gzipped.prefix, gzipped.finish(tail)
 
     def _live_tail(self, *, openmetrics_format: bool) -> bytes:
         """What follows the snapshot's exposition: the process's families, the live
