@@ -1,13 +1,14 @@
 """The exporter process's own families, written on each scrape without prometheus_client.
 
 The families, HELP and TYPE lines and values are those of prometheus_client's
-``ProcessCollector`` and ``PlatformCollector`` (and so node_exporter's and every client
-library's ``process_*``): CPU seconds, virtual and resident memory, start time, open and
-maximum file descriptors, then ``python_info``. A scrape costs one read of ``stat``, one listing
-of ``fd`` and a ``getrlimit`` call; what cannot change while the process runs (the start time,
-``python_info``, the HELP and TYPE lines) is written once. prometheus_client's collectors
-build metric families and render them through its validating writer on every scrape, which
-in the served process cost about 0.6 ms of a scrape's 1.8 (docs/performance.md).
+``ProcessCollector`` and ``PlatformCollector`` (the ``process_*`` names every Prometheus
+client library's process collector uses): CPU seconds, virtual and resident memory, start
+time, open and maximum file descriptors, then ``python_info``. A scrape costs one read of
+``stat``, one listing of ``fd`` and a ``getrlimit`` call; what cannot change while the
+process runs (the start time, ``python_info``, the HELP and TYPE lines) is written once.
+prometheus_client's collectors build metric families and render them through its validating
+writer on every scrape, which in the served process cost about 0.6 ms of a scrape's 1.8
+(docs/performance.md).
 """
 
 from __future__ import annotations
