@@ -57,6 +57,7 @@ PYTHON_INFO = MetricSpec(
 )
 
 _PAGE_SIZE = resource.getpagesize()
+_NO_LIMIT = {resource.RLIM_INFINITY: float("inf")}
 _STAT_MAX_BYTES = 4096
 """More than ``/proc/<pid>/stat`` holds: 52 numbers and a command name of at most 64 bytes."""
 
@@ -101,10 +102,6 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _sample(spec: MetricSpec, value: float) -> str:
-    return f"{spec.sample_name} {format_value(value)}\n"
-
-
 def python_info_lines() -> tuple[str, str]:
     """``python_info`` in the text format and in OpenMetrics (one line, value 1)."""
     major, minor, patchlevel = platform.python_version_tuple()
@@ -132,7 +129,7 @@ class ProcessMetrics:
 
     def __init__(self, *, proc: Path = Path("/proc"), pid: str = "self") -> None:
         self._stat_path = str(proc / pid / "stat")
-        self._fd_path = proc / pid / "fd"
+        self._fd_path = str(proc / pid / "fd")
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         try:
             boot_time = parse_boot_time((proc / "stat").read_bytes())
@@ -140,13 +137,18 @@ class ProcessMetrics:
             boot_time = None
         self._boot_time = boot_time
         self._start_time: float | None = None
-        self._headers = {spec: header_lines(spec) for spec in PROCESS_FAMILIES}
+        headers = {spec: header_lines(spec) for spec in PROCESS_FAMILIES}
+        self._leads = tuple(
+            {spec: f"{headers[spec][index]}{spec.sample_name} " for spec in PROCESS_FAMILIES}
+            for index in (0, 1)
+        )
+        """Per format, each family's HELP and TYPE lines and its sample's name."""
         self._python_info = python_info_lines()
 
     def text(self, *, openmetrics_format: bool) -> str:
         """The families now, in the text format or (without ``# EOF``) OpenMetrics."""
         index = 1 if openmetrics_format else 0
-        headers = self._headers
+        lead = self._leads[index]
         parts: list[str] = []
         if self._boot_time:
             try:
@@ -157,25 +159,21 @@ class ProcessMetrics:
                 if self._start_time is None:  # fixed for the process's life
                     self._start_time = stat.start_ticks / self._ticks + self._boot_time
                 cpu = stat.user_ticks / self._ticks + stat.system_ticks / self._ticks
-                for spec, value in (
-                    (VIRTUAL_MEMORY, float(stat.virtual_bytes)),
-                    (RESIDENT_MEMORY, float(stat.resident_pages) * _PAGE_SIZE),
-                    (START_TIME, self._start_time),
-                    (CPU_SECONDS, cpu),
-                ):
-                    parts.append(headers[spec][index])
-                    parts.append(_sample(spec, value))
+                parts += (
+                    f"{lead[VIRTUAL_MEMORY]}{format_value(float(stat.virtual_bytes))}\n",
+                    f"{lead[RESIDENT_MEMORY]}{format_value(stat.resident_pages * _PAGE_SIZE)}\n",
+                    f"{lead[START_TIME]}{format_value(self._start_time)}\n",
+                    f"{lead[CPU_SECONDS]}{format_value(cpu)}\n",
+                )
             try:
                 open_fds = len(os.listdir(self._fd_path))
             except OSError:
                 open_fds = None
             if open_fds is not None:
                 max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-                parts.append(headers[OPEN_FDS][index])
-                parts.append(_sample(OPEN_FDS, float(open_fds)))
-                parts.append(headers[MAX_FDS][index])
-                parts.append(
-                    _sample(MAX_FDS, float("inf") if max_fds == resource.RLIM_INFINITY else max_fds)
+                parts += (
+                    f"{lead[OPEN_FDS]}{format_value(open_fds)}\n",
+                    f"{lead[MAX_FDS]}{format_value(_NO_LIMIT.get(max_fds, max_fds))}\n",
                 )
         parts.append(self._python_info[index])
         return "".join(parts)
