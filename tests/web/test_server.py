@@ -293,6 +293,20 @@ def test_a_head_request_beyond_the_limit_gets_a_503_without_a_body(serve: Serve)
     assert body == b""
 
 
+def test_a_scrape_and_its_head_carry_the_same_fields_the_head_no_body(running: Running) -> None:
+    request = b"%s /metrics HTTP/1.1\r\nHost: x\r\nACCEPT-encoding: gzip\r\n\r\n"
+    get_head, _, body = running.raw(request % b"GET").partition(b"\r\n\r\n")
+    head_head, _, nothing = running.raw(request % b"HEAD").partition(b"\r\n\r\n")
+    fields = [line for line in get_head.split(b"\r\n") if not line.startswith(b"Date: ")]
+    assert fields == [line for line in head_head.split(b"\r\n") if not line.startswith(b"Date: ")]
+    assert fields[0] == b"HTTP/1.0 200 OK"
+    assert fields[1].startswith(b"Server: guestload/")
+    assert b"Content-Encoding: gzip" in fields
+    assert b"Content-Length: %d" % len(body) in fields
+    assert b"guestload_libvirt_up" in gzip.decompress(body)
+    assert nothing == b""
+
+
 def test_a_freed_slot_goes_to_a_waiting_request(serve: Serve) -> None:
     with _slots_held(serve, max_requests=1) as (limited, held):
         threading.Timer(limited.server.slot_wait_seconds / 4, held.release.set).start()
