@@ -22,8 +22,8 @@ Hardening, so that slow, hostile or unauthenticated clients cannot starve a scra
 The limits are in :mod:`guestload.web.limits`, TLS handshakes in
 :mod:`guestload.web.handshake`, the request line and header fields are parsed in
 :mod:`guestload.web.request`, which reply a path gets in :mod:`guestload.web.routes`;
-every reply, refusals and malformed requests' included, is sent by one method from a
-:class:`~guestload.web.replies.Reply`, in one write.
+every reply, refusals and the answers to malformed requests included, is sent by one method
+from a :class:`~guestload.web.replies.Reply`, in one write.
 
 One request per connection; only GET and HEAD; oversized request lines (414) and headers
 (431), garbage (400) and other methods (405) are answered, never a crash. TLS, basic
@@ -95,7 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
     security: WebSecurity = PLAIN_HTTP
     raw_requestline: bytes
     fields: RequestHeaders = RequestHeaders()
-    """The request's header fields (``headers`` is the standard library's email message)."""
+    """The request's header fields (``http.server``'s ``headers``, an email message, is not
+    made)."""
     # Answer even a garbled request line with a status line, never an HTTP/0.9 bare body.
     default_request_version = "HTTP/1.0"
 
