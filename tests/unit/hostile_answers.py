@@ -274,9 +274,16 @@ class Run:
 
 
 def run_cases(
-    *, cases: int, keep_bodies: int, answer_strategy: st.SearchStrategy[Answer] = answers
+    *,
+    cases: int,
+    keep_bodies: int,
+    answer_strategy: st.SearchStrategy[Answer] = answers,
+    derandomize: bool = False,
 ) -> Run:
-    """Run ``cases`` generated cases; keep every n-th text body, ``keep_bodies`` in all."""
+    """Run ``cases`` generated cases; keep every n-th text body, ``keep_bodies`` in all.
+
+    ``derandomize`` draws the same cases every run (a fixed seed) instead of new ones.
+    """
     run = Run()
     keep_every = max(cases // max(keep_bodies, 1), 1)
 
@@ -284,6 +291,7 @@ def run_cases(
         max_examples=cases,
         deadline=None,
         database=None,
+        derandomize=derandomize,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(answer=answer_strategy, guest=guests)

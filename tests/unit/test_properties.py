@@ -31,7 +31,8 @@ UNIT_CASES = 120
 def test_any_agent_answer_and_label_values_give_valid_exposition(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run = run_cases(cases=UNIT_CASES, keep_bodies=0)
+    # The same cases every run: the unit tier is repeatable; tests/security draws new ones.
+    run = run_cases(cases=UNIT_CASES, keep_bodies=0, derandomize=True)
     report(run, capsys, "hostile answers and labels")
     assert run.cases >= UNIT_CASES // 2
     assert len(run.states) >= 3, run.states  # the generator reaches several outcomes
