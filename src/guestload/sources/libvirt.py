@@ -243,11 +243,24 @@ class _Session:
     close_callback_registered: bool = False
     lost_reason: str | None = None
     """Set by the close callback when libvirt reports the connection gone."""
+    ways: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    """Each query's :meth:`way`, by query name, worked out once per connection."""
 
     def guest_info_type(self, query: GuestQuery) -> int | None:
         return guest_info_type(
             query, library_version=self.library_version, daemon_version=self.daemon_version
         )
+
+    def way(self, query: GuestQuery) -> tuple[int | None, str]:
+        """How ``query`` is asked here: its guest-info type (None: the passthrough only) and
+        its passthrough text."""
+        known = self.ways.get(query.name)
+        if known is None:
+            known = self.ways[query.name] = (
+                self.guest_info_type(query),
+                agent_command_json(query),
+            )
+        return known
 
     def method(self, query: GuestQuery) -> CallMethod:
         if self.guest_info_type(query) is None:
@@ -433,10 +446,9 @@ class LibvirtSource:
 
         def ask(query: GuestQuery) -> QueryReading:
             try:
-                info_type = session.guest_info_type(query)
+                info_type, command = session.way(query)
                 if info_type is not None and bounded:
                     return query.parse_typed_info(handle.domain.guestInfo(info_type, 0))
-                command = agent_command_json(query)
                 return query.parse_agent_reply(
                     self._agent_command(handle.domain, command, timeout, 0)
                 )
