@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -29,14 +30,23 @@ GLOB = "/pods/*/sock"
 
 TEMPLATE = "test+unix:///default?socket={socket}"
 
+WAIT_SECONDS = 10.0
+"""How long a test waits for another thread before failing (it never waits that long when
+the code works)."""
+
 
 @dataclass
 class LauncherSource(FakeSource):
-    """A fake launcher's daemon that can hang: every call to it then never returns."""
+    """A fake launcher's daemon that can hang: every connect or listing then never returns,
+    and a guest query waits for ``hold`` while it is set."""
 
     hung: bool = False
     listings: int = 0
     closes: int = 0
+    queries: int = 0
+    hold: threading.Event | None = None
+    holding: threading.Event = field(default_factory=threading.Event)
+    """Set once a guest query waits for ``hold``."""
 
     def connect(self) -> None:
         if self.hung:
@@ -55,8 +65,11 @@ class LauncherSource(FakeSource):
     def query_guest(
         self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
     ) -> Mapping[str, QueryReading]:
-        if self.hung:
-            raise Hang
+        self.queries += 1
+        hold = self.hold
+        if hold is not None:
+            self.holding.set()
+            assert hold.wait(WAIT_SECONDS), "the test never released the query"
         return super().query_guest(uuid, queries, timeout_seconds)
 
 
@@ -77,7 +90,6 @@ class Node:
             find_sockets=self._find,
             clock=lambda: self.now,
             calls=self.calls,
-            query_calls=self.calls,
         )
         self.source.set_event_listener(self.events.append)
 
@@ -370,23 +382,97 @@ def test_a_socket_whose_connect_hangs_holds_up_no_other(node: Node) -> None:
     assert uuids(node) == ["a1", "b1"]
 
 
-def test_guest_queries_to_a_hung_socket_are_cut_off_and_not_repeated(node: Node) -> None:
+def not_answering_warnings(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.getMessage() == "libvirt socket not answering" for r in caplog.records)
+
+
+@pytest.mark.parametrize("found_by", ["query", "listing", "health"])
+def test_guest_queries_to_a_hung_socket_are_cut_off_and_not_repeated(
+    node: Node, caplog: pytest.LogCaptureFixture, found_by: str
+) -> None:
     healthy = node.add("pod-a", "a1")
     healthy.answers["a1"] = ok(0.5)
     hung = node.add("pod-b", "b1")
     hung.answers["b1"] = ok(1.5)
     node.source.connect()
     assert uuids(node) == ["a1", "b1"]
-    hung.hung = True
-    assert ask_load(node.source, "b1", 1.0).state is AgentState.TIMEOUT
-    submitted = node.calls.submitted
+    hung.hold = threading.Event()
+    answers: list[QueryReading] = []
+    asking = threading.Thread(target=lambda: answers.append(ask_load(node.source, "b1", 1.0)))
+    asking.start()
+    assert hung.holding.wait(WAIT_SECONDS)
+    assert health_of(node) == {"pod-a": True, "pod-b": True}, "within its limit"
+    node.now += 1.0 + 5.0  # the query's timeout and the default deadline
+    if found_by == "listing":
+        assert uuids(node) == ["a1"]
+    elif found_by == "health":
+        assert health_of(node) == {"pod-a": True, "pod-b": False}
+    listings = hung.listings
     again = ask_load(node.source, "b1", 1.0)
-    assert again.state is AgentState.ERROR
-    assert again.detail == "libvirt socket not answering"
-    assert node.calls.submitted == submitted, "nothing more is sent to a hung socket"
+    if found_by == "listing":
+        assert again.state is AgentState.GONE, "a listing without its domain came first"
+    else:
+        assert again == QueryReading(state=AgentState.ERROR, detail="libvirt socket not answering")
+    assert hung.queries == 1, "nothing more is sent to a hung socket"
     assert ask_load(node.source, "a1", 1.0) == ok(0.5)
     assert uuids(node) == ["a1"]
+    assert hung.listings == listings, "a hung socket is not listed"
     assert health_of(node) == {"pod-a": True, "pod-b": False}
+    assert not_answering_warnings(caplog) == 1
+
+    hung.hold.set()
+    asking.join(WAIT_SECONDS)
+    assert not asking.is_alive()
+    assert answers == [
+        QueryReading(state=AgentState.TIMEOUT, detail="libvirt socket silent for 6s")
+    ], "the stuck call's answer came too late"
+    connects = hung.connects
+    hung.hold = None
+    assert uuids(node) == ["a1", "b1"], "reconnected at the next listing"
+    assert hung.connects == connects + 1
+    assert health_of(node) == {"pod-a": True, "pod-b": True}
+    assert ask_load(node.source, "b1", 1.0) == ok(1.5)
+    assert not_answering_warnings(caplog) == 1
+
+
+def test_a_guest_query_answering_late_times_out_and_its_socket_reconnects(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = node.add("pod-a", "a1")
+
+    def answer_late() -> QueryReading:
+        node.now += 2.0 + 5.0  # past two queries' timeouts and the default deadline
+        return ok(1.0)
+
+    slow.answers["a1"] = answer_late
+    node.source.connect()
+    assert uuids(node) == ["a1"]
+    reading = ask_load(node.source, "a1", 1.0)
+    assert reading == QueryReading(state=AgentState.TIMEOUT, detail="libvirt socket silent for 6s")
+    assert not_answering_warnings(caplog) == 1
+    assert health_of(node) == {"pod-a": False}, "down until it reconnects"
+    connects = slow.connects
+    slow.answers["a1"] = ok(1.0)
+    assert uuids(node) == ["a1"], "no longer stuck: reconnected at the next listing"
+    assert slow.connects == connects + 1
+    assert health_of(node) == {"pod-a": True}
+    assert ask_load(node.source, "a1", 1.0) == ok(1.0)
+
+
+def test_a_guest_query_that_raises_in_time_raises_and_leaves_its_socket_up(node: Node) -> None:
+    failing = node.add("pod-a", "a1")
+
+    def fail() -> QueryReading:
+        raise RuntimeError("a source bug")
+
+    failing.answers["a1"] = fail
+    node.source.connect()
+    assert uuids(node) == ["a1"]
+    with pytest.raises(RuntimeError, match="a source bug"):
+        ask_load(node.source, "a1", 1.0)
+    assert health_of(node) == {"pod-a": True}
+    failing.answers["a1"] = ok(1.0)
+    assert ask_load(node.source, "a1", 1.0) == ok(1.0)
 
 
 def test_a_hung_socket_that_vanishes_is_released_once_its_call_ends(node: Node) -> None:

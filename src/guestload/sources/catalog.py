@@ -55,8 +55,6 @@ def _libvirt_sockets(settings: Settings) -> Source:
         uri_template=settings.socket_uri_template,
         make_source=_libvirt_at(settings),
         call_deadline_seconds=max(MIN_CALL_DEADLINE_SECONDS, settings.agent_timeout_seconds),
-        # As many as the poller's workers that ask guest agents: none waits for another.
-        query_workers=settings.concurrency,
     )
 
 

@@ -6,8 +6,10 @@ glob over the kubelet's pods directory. :class:`SocketGlobSource` keeps one sour
 it finds: listings are merged, guest-agent calls are routed to the socket that listed the
 domain, a socket that fails only loses its own domains (and is reconnected on a back-off), and
 sockets are re-scanned in the background so VMs that start or stop are noticed between polls.
-Sockets are asked at once, each up to a deadline: a hung daemon (its launcher frozen) costs
-the others one deadline, once, and then none while its call stays stuck.
+Sockets are listed at once, each up to a deadline: a hung daemon (its launcher frozen) costs
+the others one deadline, once, and then none while its call stays stuck. Guest queries run on
+the caller's thread, each with a limit of its own; one past its limit makes its socket hung
+just the same.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ listing takes a fraction of a millisecond of each; a hung socket's call gives up
 at its deadline."""
 CALL_DEADLINE_SECONDS = 5.0
 """How long a listing or connect waits for one socket before counting it as hung."""
-QUERY_WORKERS = 8
-"""Guest queries at once (the command line sets ``--collector.concurrency``)."""
 LISTING_DEADLINES = 4
 """A listing waits at most this many deadlines, however many sockets hang at once."""
 MIN_CALL_DEADLINE_SECONDS = 1.0
@@ -126,6 +126,16 @@ class _Member:
     """Its socket vanished or the source closed: released once no stuck call holds it."""
 
 
+@dataclass(eq=False, slots=True)
+class _Query:
+    """A guest query running on its caller's thread, and when it is overdue."""
+
+    member: _Member
+    deadline: float
+    overdue: bool = False
+    """Found past its deadline and counted as one of the member's stuck calls."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Reply:
     """What one connect-and-list call to a member's daemon came back with."""
@@ -157,12 +167,12 @@ class SocketGlobSource:
     a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
     as up while it is connected, even with no socket at all: a node without VMs is healthy.
 
-    Every call to a socket's daemon runs on a pool: connects and listings on ``calls``, all
-    sockets at once, guest queries on ``query_calls`` (so slow guest agents never hold up a
-    listing); by default :class:`~guestload.sources.deadline_calls.CallPool` s of
-    ``call_workers`` and ``query_workers`` threads. Each call is waited for up to
-    ``call_deadline_seconds`` (a guest query also gets its own timeout per query). A socket
-    whose call misses the deadline is down and loses its domains for that poll; its call is
+    Connects and listings run on ``calls``, all sockets at once (by default a
+    :class:`~guestload.sources.deadline_calls.CallPool` of ``call_workers`` threads), each
+    waited for up to ``call_deadline_seconds``. A guest query runs on the caller's thread (the
+    poller's worker, which bounds it too); it may take its timeout per query plus that
+    deadline, and one still running past that is found at the next listing, health report or
+    query. A socket whose call misses its deadline is down and loses its domains; its call is
     left to end on its own, and the socket gets no other call until it has.
     """
 
@@ -175,11 +185,9 @@ class SocketGlobSource:
         rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         call_workers: int = CALL_WORKERS,
-        query_workers: int = QUERY_WORKERS,
         find_sockets: Callable[[str], Iterable[str]] = glob.glob,
         clock: Callable[[], float] = time.monotonic,
         calls: Calls | None = None,
-        query_calls: Calls | None = None,
     ) -> None:
         self._socket_glob = socket_glob
         self._uri_template = uri_template
@@ -191,15 +199,12 @@ class SocketGlobSource:
         self._calls: Calls = (
             CallPool(workers=call_workers, name="guestload-socket") if calls is None else calls
         )
-        self._query_calls: Calls = (
-            CallPool(workers=query_workers, name="guestload-socket-query")
-            if query_calls is None
-            else query_calls
-        )
         self._scan_lock = threading.Lock()
         self._lock = threading.Lock()
         self._members: dict[str, _Member] = {}
         self._routes: dict[str, _Member] = {}
+        self._queries: set[_Query] = set()
+        """Guest queries running now, on their callers' threads."""
         self._listener: EventListener | None = None
         self._connected = False
         self._stop = threading.Event()
@@ -212,6 +217,7 @@ class SocketGlobSource:
         ``identify`` names the socket's VM from the domain it listed last (KubeVirt's
         ``<namespace>_<vmi>``); a socket that listed none yet, or several, names no VM.
         """
+        self._find_overdue_queries()
         with self._lock:
             members = [self._members[path] for path in sorted(self._members)]
         health: list[ConnectionHealth] = []
@@ -273,6 +279,7 @@ class SocketGlobSource:
         if not self._connected:
             raise SourceUnavailableError(f"not watching libvirt sockets glob={self._socket_glob}")
         with self._scan_lock:
+            self._find_overdue_queries()
             self._rescan_locked()
             with self._lock:
                 members = [self._members[path] for path in sorted(self._members)]
@@ -304,28 +311,41 @@ class SocketGlobSource:
     def query_guest(
         self, uuid: str, queries: Sequence[GuestQuery], timeout_seconds: float
     ) -> Mapping[str, QueryReading]:
-        """Ask the socket that listed the domain; a domain no socket lists is gone.
+        """Ask the socket that listed the domain, on this thread; a domain no socket lists is
+        gone.
 
-        The call may take ``timeout_seconds`` per query plus the deadline; past that it is
-        left to the socket, which counts as hung.
+        The call may take ``timeout_seconds`` per query plus the deadline; one still running
+        past that makes the socket hung until it ends, and its answer comes back as a timeout.
         """
+        limit = timeout_seconds * len(queries) + self._deadline
+        now = self._clock()
         with self._lock:
+            newly_hung = self._find_overdue_queries_locked(now) if self._queries else []
             member = self._routes.get(uuid)
-            stuck = member is not None and member.stuck_calls > 0
+            running = None
+            if member is not None and member.stuck_calls == 0:
+                running = _Query(member=member, deadline=now + limit)
+                self._queries.add(running)
+        for hung in newly_hung:
+            _log_not_answering(hung, self._deadline)
         if member is None:
             gone = QueryReading(state=AgentState.GONE, detail="domain not found on any socket")
             return dict.fromkeys((query.name for query in queries), gone)
-        if stuck:
+        if running is None:
             return _all(queries, AgentState.ERROR, "libvirt socket not answering")
-        future = self._query_calls.submit(
-            functools.partial(member.source.query_guest, uuid, queries, timeout_seconds)
-        )
-        limit = timeout_seconds * len(queries) + self._deadline
-        self._query_calls.wait((future,), limit)
-        if not future.done():
-            self._hung(member, future, self._query_calls)
+        error: Exception | None = None
+        readings: Mapping[str, QueryReading] = {}
+        try:
+            readings = member.source.query_guest(uuid, queries, timeout_seconds)
+        except Exception as raised:  # noqa: BLE001 - raised below unless the answer came late
+            error = raised
+        finally:
+            late = self._query_ended(running)
+        if late:
             return _all(queries, AgentState.TIMEOUT, f"libvirt socket silent for {limit:g}s")
-        return future.result()
+        if error is not None:
+            raise error
+        return readings
 
     def set_event_listener(self, listener: EventListener | None) -> None:
         """Forward every socket's domain events (and sockets appearing or vanishing)."""
@@ -486,20 +506,48 @@ class SocketGlobSource:
         """A call to the member missed its deadline: the member is down until the call ends,
         then reconnects."""
         with self._lock:
-            member.stuck_calls += 1
-            first = member.stuck_calls == 1
-            member.connected = False
-            member.uuids = frozenset()
+            first = _stick_locked(member)
         if first:
-            log.warning(
-                "libvirt socket not answering",
-                extra={"socket": member.socket_path, "deadline_seconds": self._deadline},
-            )
+            _log_not_answering(member, self._deadline)
         calls.abandon(future)
         future.add_done_callback(lambda _: self._unstuck(member))
 
+    def _find_overdue_queries(self) -> None:
+        """Count every guest query past its deadline as a stuck call of its member."""
+        now = self._clock()
+        with self._lock:
+            newly_hung = self._find_overdue_queries_locked(now)
+        for member in newly_hung:
+            _log_not_answering(member, self._deadline)
+
+    def _find_overdue_queries_locked(self, now: float) -> list[_Member]:
+        """Mark the guest queries past their deadline (lock held); the members they made hung."""
+        newly_hung: list[_Member] = []
+        for query in self._queries:
+            if not query.overdue and now >= query.deadline:
+                query.overdue = True
+                if _stick_locked(query.member):
+                    newly_hung.append(query.member)
+        return newly_hung
+
+    def _query_ended(self, query: _Query) -> bool:
+        """A guest query returned or raised: whether it came past its deadline.
+
+        One that did makes its member hung (if not found so already) and then unstuck.
+        """
+        now = self._clock()
+        with self._lock:
+            self._queries.discard(query)
+            late = query.overdue or now >= query.deadline
+            first = late and not query.overdue and _stick_locked(query.member)
+        if first:
+            _log_not_answering(query.member, self._deadline)
+        if late:
+            self._unstuck(query.member)
+        return late
+
     def _unstuck(self, member: _Member) -> None:
-        """A stuck call ended (from the pool's thread): reconnect at the next listing."""
+        """A stuck call ended (on the thread that ran it): reconnect at the next listing."""
         with self._lock:
             member.stuck_calls -= 1
             idle = member.stuck_calls == 0
@@ -540,6 +588,22 @@ class SocketGlobSource:
                 log.exception(
                     "re-scanning libvirt sockets failed", extra={"glob": self._socket_glob}
                 )
+
+
+def _stick_locked(member: _Member) -> bool:
+    """Count one more stuck call of the member, which is down until none is left (lock
+    held); whether it is the first."""
+    member.stuck_calls += 1
+    member.connected = False
+    member.uuids = frozenset()
+    return member.stuck_calls == 1
+
+
+def _log_not_answering(member: _Member, deadline: float) -> None:
+    log.warning(
+        "libvirt socket not answering",
+        extra={"socket": member.socket_path, "deadline_seconds": deadline},
+    )
 
 
 def _all(queries: Sequence[GuestQuery], state: AgentState, detail: str) -> dict[str, QueryReading]:
