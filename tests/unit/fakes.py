@@ -140,6 +140,9 @@ class InlineCalls:
     stuck: list[Future[object]] = field(default_factory=list)
     abandoned: list[Future[object]] = field(default_factory=list)
     submitted: int = 0
+    batches: list[bool] = field(default_factory=list)
+    """Each :meth:`submit_all`'s ``wide``."""
+    widen_checks: int = 0
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
         self.submitted += 1
@@ -151,9 +154,19 @@ class InlineCalls:
             self.stuck.append(future)  # type: ignore[arg-type]
         return future
 
+    def submit_all(
+        self, calls: Sequence[Callable[[], T]], *, wide: bool = False
+    ) -> list[Future[T]]:
+        self.batches.append(wide)
+        return [self.submit(call) for call in calls]
+
     def wait(self, futures: Collection[Future[Any]], seconds: float) -> None:
         del futures
         self.advance(seconds)
+
+    def widen(self) -> int:
+        self.widen_checks += 1
+        return 0
 
     def abandon(self, future: Future[Any]) -> None:
         self.abandoned.append(future)

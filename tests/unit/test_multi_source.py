@@ -356,6 +356,28 @@ def test_a_hung_socket_loses_only_its_domains_and_gets_no_second_call(node: Node
     assert hung.closes == 0, "a connection in use by a stuck call is not closed under it"
 
 
+def test_connected_sockets_are_listed_on_a_narrow_lane_and_new_ones_on_every_worker(
+    node: Node,
+) -> None:
+    node.add("pod-a", "a1")
+    node.source.connect()
+    assert node.calls.batches == [True], "a socket to connect may hang: every worker"
+    assert uuids(node) == ["a1"]
+    assert node.calls.batches == [True, False], "connected and answering: one after another"
+    node.add("pod-b", "b1")
+    assert uuids(node) == ["a1", "b1"]
+    assert node.calls.batches[2:] == [True, False], "the new socket's connect, then the listing"
+
+
+def test_a_listing_waiting_on_a_hung_socket_lets_the_pool_widen(node: Node) -> None:
+    node.add("pod-a", "a1")
+    hung = node.add("pod-b", "b1")
+    node.source.connect()
+    hung.hung = True
+    assert uuids(node) == ["a1"]
+    assert node.calls.widen_checks >= 5.0 / 0.25, "checked at least four times a second"
+
+
 def test_a_socket_whose_stuck_call_ends_reconnects(node: Node) -> None:
     hung = node.add("pod-a", "a1")
     node.source.connect()

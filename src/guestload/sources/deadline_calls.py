@@ -33,8 +33,18 @@ class Calls(Protocol):
         """Run ``call`` soon; its result or exception lands in the future."""
         ...
 
+    def submit_all(
+        self, calls: Sequence[Callable[[], T]], *, wide: bool = False
+    ) -> list[Future[T]]:
+        """Run ``calls`` soon, in order (``wide``: not known to be quick)."""
+        ...
+
     def wait(self, futures: Collection[Future[Any]], seconds: float) -> None:
         """Return when every future is done, or after ``seconds``."""
+        ...
+
+    def widen(self) -> int:
+        """Let more calls run at once if some are slow; how many more."""
         ...
 
     def abandon(self, future: Future[Any]) -> None:

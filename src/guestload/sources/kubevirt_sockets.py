@@ -6,10 +6,11 @@ glob over the kubelet's pods directory. :class:`SocketGlobSource` keeps one sour
 it finds: listings are merged, guest-agent calls are routed to the socket that listed the
 domain, a socket that fails only loses its own domains (and is reconnected on a back-off), and
 sockets are re-scanned in the background so VMs that start or stop are noticed between polls.
-Sockets are listed at once, each up to a deadline: a hung daemon (its launcher frozen) costs
-the others one deadline, once, and then none while its call stays stuck. Guest queries run on
-the caller's thread, each with a limit of its own; one past its limit makes its socket hung
-just the same.
+Sockets are listed each up to a deadline, one after another on one thread while they answer
+quickly, with one more thread for each call that turns slow: a hung daemon (its launcher
+frozen) costs the others one deadline, once, and then none while its call stays stuck.
+Guest queries run on the caller's thread, each with a limit of its own; one past its limit
+makes its socket hung just the same.
 """
 
 from __future__ import annotations
@@ -49,11 +50,16 @@ UNIX_PATH_MAX = 107
 
 RESCAN_INTERVAL_SECONDS = 5.0
 CALL_WORKERS = 8
-"""Listings and connects at once: few threads contend less for the interpreter's lock, and a
-listing takes a fraction of a millisecond of each; a hung socket's call gives up its place
-at its deadline."""
+"""Listings and connects at once at most: few threads contend less for the interpreter's lock,
+and a listing takes a fraction of a millisecond of each; a hung socket's call gives up its
+place at its deadline."""
 CALL_DEADLINE_SECONDS = 5.0
 """How long a listing or connect waits for one socket before counting it as hung."""
+LISTING_WIDEN_AFTER_SECONDS = 0.25
+"""A listing call running this long lets one more worker take the queued ones; while every
+socket asked answers quickly they are listed one after another on one worker."""
+LISTING_CHECK_SECONDS = 0.05
+"""How often a listing looks at its calls: deadlines, and whether to widen the pool."""
 LISTING_DEADLINES = 4
 """A listing waits at most this many deadlines, however many sockets hang at once."""
 MIN_CALL_DEADLINE_SECONDS = 1.0
@@ -167,8 +173,9 @@ class SocketGlobSource:
     a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
     as up while it is connected, even with no socket at all: a node without VMs is healthy.
 
-    Connects and listings run on ``calls``, all sockets at once (by default a
-    :class:`~guestload.sources.deadline_calls.CallPool` of ``call_workers`` threads), each
+    Connects and listings run on ``calls`` (by default a narrow
+    :class:`~guestload.sources.deadline_calls.CallPool` of ``call_workers`` threads: connected
+    sockets one after another while they answer quickly, sockets to connect all at once), each
     waited for up to ``call_deadline_seconds``. A guest query runs on the caller's thread (the
     poller's worker, which bounds it too); it may take its timeout per query plus that
     deadline, and one still running past that is found at the next listing, health report or
@@ -197,7 +204,14 @@ class SocketGlobSource:
         self._find_sockets = find_sockets
         self._clock = clock
         self._calls: Calls = (
-            CallPool(workers=call_workers, name="guestload-socket") if calls is None else calls
+            CallPool(
+                workers=call_workers,
+                name="guestload-socket",
+                widen_after=LISTING_WIDEN_AFTER_SECONDS,
+                clock=clock,
+            )
+            if calls is None
+            else calls
         )
         self._scan_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -274,7 +288,7 @@ class SocketGlobSource:
     def list_running_domains(self) -> Sequence[DomainInventory]:
         """Every running domain on every socket; a failing or hung socket only loses its own.
 
-        Every socket is asked at once; the listing waits for none longer than the deadline.
+        The listing waits for no socket longer than the deadline.
         """
         if not self._connected:
             raise SourceUnavailableError(f"not watching libvirt sockets glob={self._socket_glob}")
@@ -412,7 +426,7 @@ class SocketGlobSource:
                 self._announce(EventKind.STARTED, [d.uuid for d in listing])
 
     def _list_members(self, members: Sequence[_Member]) -> dict[str, Sequence[DomainInventory]]:
-        """Each member's listing, asked at once; members that failed or missed the deadline
+        """Each member's listing; members that failed or missed the deadline
         (or are still stuck, or wait for their reconnect) are left out.
 
         A call's deadline runs from its start: a call abandoned at its deadline frees its
@@ -420,18 +434,31 @@ class SocketGlobSource:
         """
         now = self._clock()
         started: dict[str, float] = {}
-        asked: dict[str, tuple[_Member, Future[_Reply]]] = {}
+        asked: dict[str, _Member] = {}
+        calls: list[Callable[[], _Reply]] = []
         for member in members:
             if member.stuck_calls or (not member.connected and now < member.next_attempt):
                 continue
-            call = functools.partial(
-                self._timed,
-                started,
-                member.socket_path,
-                functools.partial(_connect_and_list, member.source, connect=not member.connected),
+            asked[member.socket_path] = member
+            calls.append(
+                functools.partial(
+                    self._timed,
+                    started,
+                    member.socket_path,
+                    functools.partial(
+                        _connect_and_list, member.source, connect=not member.connected
+                    ),
+                )
             )
-            asked[member.socket_path] = (member, self._calls.submit(call))
-        waiting = dict(asked)
+        # Connected sockets are listed one after another while they answer quickly; a
+        # socket to connect (new, or back from a failure) may hang: then all at once.
+        wide = any(not member.connected for member in asked.values())
+        futures = self._calls.submit_all(calls, wide=wide)
+        waiting = {
+            path: (member, future)
+            for (path, member), future in zip(asked.items(), futures, strict=True)
+        }
+        submitted = dict(waiting)
         give_up = now + LISTING_DEADLINES * self._deadline
         while waiting:
             now = self._clock()
@@ -443,11 +470,12 @@ class SocketGlobSource:
                     self._hung(member, future, self._calls)
                     del waiting[path]
             if waiting:
+                self._calls.widen()
                 due = [started[path] + self._deadline for path in waiting if path in started]
-                next_check = min([*due, now + self._deadline / 4, give_up])
+                next_check = min([*due, now + LISTING_CHECK_SECONDS, give_up])
                 self._calls.wait([future for _, future in waiting.values()], next_check - now)
         listings: dict[str, Sequence[DomainInventory]] = {}
-        for path, (member, future) in asked.items():
+        for path, (member, future) in submitted.items():
             if not future.done() or future.cancelled():
                 continue
             inventory = self._apply(member, future.result())
