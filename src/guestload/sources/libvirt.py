@@ -705,15 +705,24 @@ def _ignore_error(_context: object, _error: object) -> None:
     """libvirt's error callback: errors reach callers as exceptions, not as stderr lines."""
 
 
-@functools.cache
+_EVENT_LOOP_LOCK = threading.Lock()
+
+
 def process_event_loop() -> EventLoop:
     """The process's libvirt event loop; the first call silences libvirt's stderr and starts it.
 
     libvirt's error handler and event loop are process-wide by design, and the event
     implementation must be registered before the first connection is opened. The loop is
     :class:`guestload.sources.event_loop.EventLoop` rather than libvirt's default, whose
-    wake-ups around every call cost as much client CPU as the call itself.
+    wake-ups around every call cost as much client CPU as the call itself. Threads that
+    connect at once (node mode's first sockets) get the one loop: libvirt refuses a second.
     """
+    with _EVENT_LOOP_LOCK:
+        return _registered_event_loop()
+
+
+@functools.cache
+def _registered_event_loop() -> EventLoop:
     libvirt.registerErrorHandler(_ignore_error, None)
     loop = EventLoop(invoke_free=libvirt.virEventInvokeFreeCallback)
     libvirt.virEventRegisterImpl(
