@@ -378,6 +378,17 @@ def test_a_listing_waiting_on_a_hung_socket_lets_the_pool_widen(node: Node) -> N
     assert node.calls.widen_checks >= 5.0 / 0.25, "checked at least four times a second"
 
 
+def test_new_sockets_hanging_together_cost_the_scan_one_deadline(node: Node) -> None:
+    node.add("pod-a", "a1")
+    for name in ("pod-b", "pod-c", "pod-d"):
+        node.add(name, f"{name}-vm").hung = True
+    node.source.connect()
+    assert node.now == pytest.approx(5.0), "the default deadline, once"
+    assert node.calls.batches == [True]
+    assert uuids(node) == ["a1"]
+    assert health_of(node) == {"pod-a": True, "pod-b": False, "pod-c": False, "pod-d": False}
+
+
 def test_a_socket_whose_stuck_call_ends_reconnects(node: Node) -> None:
     hung = node.add("pod-a", "a1")
     node.source.connect()

@@ -420,8 +420,11 @@ class SocketGlobSource:
                 self._members[path] = member
             log.info("libvirt socket found", extra={"socket": path})
             added.append(member)
+        # Together: sockets that hang at once (a node starting beside frozen launchers) cost
+        # the scan one deadline, not one each.
+        listings = self._list_members(added) if added else {}
         for member in added:
-            listing = self._list_members([member]).get(member.socket_path)
+            listing = listings.get(member.socket_path)
             if listing is not None:
                 self._announce(EventKind.STARTED, [d.uuid for d in listing])
 
