@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -136,12 +135,7 @@ class CallPool:
         return futures
 
     def wait(self, futures: Collection[Future[Any]], seconds: float) -> None:
-        if len(futures) == 1:
-            # One call (a guest query): its own condition, without a waiter per call.
-            (future,) = futures
-            with contextlib.suppress(concurrent.futures.TimeoutError):
-                future.exception(timeout=max(0.0, seconds))
-        elif futures:
+        if futures:
             concurrent.futures.wait(futures, timeout=max(0.0, seconds))
 
     def widen(self) -> int:

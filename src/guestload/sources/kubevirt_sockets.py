@@ -332,16 +332,13 @@ class SocketGlobSource:
         past that makes the socket hung until it ends, and its answer comes back as a timeout.
         """
         limit = timeout_seconds * len(queries) + self._deadline
-        now = self._clock()
+        self._find_overdue_queries()
         with self._lock:
-            newly_hung = self._find_overdue_queries_locked(now) if self._queries else []
             member = self._routes.get(uuid)
             running = None
             if member is not None and member.stuck_calls == 0:
-                running = _Query(member=member, deadline=now + limit)
+                running = _Query(member=member, deadline=self._clock() + limit)
                 self._queries.add(running)
-        for hung in newly_hung:
-            _log_not_answering(hung, self._deadline)
         if member is None:
             gone = QueryReading(state=AgentState.GONE, detail="domain not found on any socket")
             return dict.fromkeys((query.name for query in queries), gone)
@@ -546,20 +543,15 @@ class SocketGlobSource:
     def _find_overdue_queries(self) -> None:
         """Count every guest query past its deadline as a stuck call of its member."""
         now = self._clock()
+        newly_hung: list[_Member] = []
         with self._lock:
-            newly_hung = self._find_overdue_queries_locked(now)
+            for query in self._queries:
+                if not query.overdue and now >= query.deadline:
+                    query.overdue = True
+                    if _stick_locked(query.member):
+                        newly_hung.append(query.member)
         for member in newly_hung:
             _log_not_answering(member, self._deadline)
-
-    def _find_overdue_queries_locked(self, now: float) -> list[_Member]:
-        """Mark the guest queries past their deadline (lock held); the members they made hung."""
-        newly_hung: list[_Member] = []
-        for query in self._queries:
-            if not query.overdue and now >= query.deadline:
-                query.overdue = True
-                if _stick_locked(query.member):
-                    newly_hung.append(query.member)
-        return newly_hung
 
     def _query_ended(self, query: _Query) -> bool:
         """A guest query returned or raised: whether it came past its deadline.
