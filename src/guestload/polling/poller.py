@@ -154,8 +154,6 @@ Readings = Mapping[str, QueryReading]
 class _Call:
     asked: tuple[GuestQuery, ...]
     """The queries the call asks, in order."""
-    queries: tuple[str, ...]
-    """Their names."""
     timeout: float
     """The agent timeout of each query of the call."""
     future: Future[Readings] = field(init=False)
@@ -164,6 +162,11 @@ class _Call:
     """The clock when a worker began the call (set by the worker); None while queued."""
     ended: float | None = None
     """The clock when the call returned or raised (set by the worker)."""
+
+    @property
+    def queries(self) -> tuple[str, ...]:
+        """The names of the queries the call asks."""
+        return tuple(query.name for query in self.asked)
 
 
 class Poller:
@@ -468,9 +471,7 @@ class Poller:
         return (0 if healthy else 2, track.last_call_seconds)
 
     def _prepare(self, uuid: str, queries: tuple[GuestQuery, ...], timeout: float) -> _Call:
-        record = _Call(
-            asked=queries, queries=tuple(query.name for query in queries), timeout=timeout
-        )
+        record = _Call(asked=queries, timeout=timeout)
         self._in_flight[uuid] = record
         return record
 
@@ -521,7 +522,7 @@ class Poller:
             for uuid, call in list(pending.items()):
                 # Each query of the call may take the agent timeout.
                 grace = min(CALL_GRACE_SECONDS, call.timeout)
-                call_limit = call.timeout * len(call.queries) + grace
+                call_limit = call.timeout * len(call.asked) + grace
                 if call.started is not None and now - call.started > call_limit:
                     reading = QueryReading(
                         state=AgentState.TIMEOUT, detail=f"no answer within {call.timeout:g}s"
