@@ -14,12 +14,15 @@ as ``bench.peer`` scrapes (or, with ``--unscraped``, not at all), ``--rounds`` t
   ended in the window is the process's less its live threads'.
 
 Sources: ``--source simulated`` (no libvirt: the agents answer in-process, the listing is
-the simulation's) or ``--source test-driver`` (libvirt's test driver behind a private
+the simulation's), ``--source test-driver`` (libvirt's test driver behind a private
 libvirt daemon: real RPCs, keepalives and the event loop, but no guest agent, so each query
-answers ``unsupported``; ``--collector.agent-backoff-max 1s`` has them asked every poll).
+answers ``unsupported``; ``--collector.agent-backoff-max 1s`` has them asked every poll) or
+``--source lab-vms`` (``--vms`` tiny real VMs under a private libvirt daemon, booted as
+``bench.peer`` boots them: every query is answered by a real guest agent).
 
     python -m bench.threads --source simulated --seconds 8 --rounds 3
     python -m bench.threads --source test-driver --serve-args "--collector.concurrency 1"
+    python -m bench.threads --source lab-vms --vms 8 --seconds 20 --rounds 3
 """
 
 from __future__ import annotations
@@ -188,6 +191,12 @@ def source(kind: str, vms: int, workdir: Path) -> Iterator[list[str]]:
     if kind == "simulated":
         yield ["--source", "simulated", "--simulated.vms", str(vms)]
         return
+    if kind == "lab-vms":
+        from bench.poll import lab_vms  # noqa: PLC0415 - boots real VMs
+
+        with lab_vms(vms, workdir) as (uri, _empty_uri):
+            yield ["--libvirt.uri", uri]
+        return
     from guestload_lab.libvirtd import TestDriverLibvirtd  # noqa: PLC0415
 
     domains = "".join(
@@ -242,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments[:1] == ["--serve"]:
         return serve(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.threads", description=__doc__)
-    parser.add_argument("--source", choices=("simulated", "test-driver"), default="simulated")
+    parser.add_argument(
+        "--source", choices=("simulated", "test-driver", "lab-vms"), default="simulated"
+    )
     parser.add_argument("--vms", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window per round")
     parser.add_argument("--rounds", type=int, default=3)
