@@ -121,7 +121,11 @@ def test_gzip_body_is_one_valid_stream_with_the_live_tail(openmetrics: bool) -> 
     assert stream.unused_data == b""
 
 
-@pytest.mark.parametrize("tail", [b"", b"x\n", bytes(range(256)) * 64])
+@pytest.mark.parametrize(
+    "tail",
+    [b"", b"x\n", bytes(range(256)) * 64, bytes(range(256)) * 256, b"y" * 0x1FFFE],
+    ids=["empty", "one-line", "16k", "two-blocks", "exactly-two-full-blocks"],
+)
 def test_a_gzip_tail_finishes_the_body_s_stream(tail: bytes) -> None:
     body = b"".join(b"series_%d 1.0\n" % i for i in range(5000))
     gzipped = cache_module._gzip(body)

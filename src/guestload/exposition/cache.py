@@ -6,9 +6,10 @@ scrape.
 Process metrics (memory, CPU, file descriptors) must be live, so they are written per scrape
 (:mod:`guestload.exposition.process`, a dozen lines) and appended, with the render duration
 and any other live collectors (rendered by prometheus_client); for gzip the cached body
-ends in a sync flush, and the live tail is deflated afresh behind it, with the gzip trailer
-(CRC-32 and length of the whole) written by hand: one valid gzip stream, without copying the
-body's compressor (a quarter of a megabyte of state) on every scrape. Like the formats, a
+ends in a sync flush, and the live tail follows it in stored (uncompressed) deflate blocks,
+with the gzip trailer (CRC-32 and length of the whole) written by hand: one valid gzip
+stream, without copying the body's compressor (a quarter of a megabyte of state) or making
+one on every scrape. Like the formats, a
 body is compressed with the poll only when scrapers asked for it gzipped lately, and on its
 first gzip request otherwise.
 """
@@ -38,10 +39,8 @@ OPENMETRICS_EOF = b"# EOF\n"
 #: zlib level for cached bodies: level 1 is ~5x faster than 9 for a few % more bytes.
 GZIP_LEVEL = 1
 _GZIP_WBITS = 31  # zlib's gzip container
-_TAIL_WBITS = -9
-"""The live tail's deflate: raw (no header: it continues the body's stream) with the smallest
-window, which a tail of a few kilobytes does not miss, so the compressor is cheap to make."""
-_TAIL_MEM_LEVEL = 1
+_STORED_BLOCK_MAX = 0xFFFF
+"""The most bytes one stored (uncompressed) deflate block holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +54,27 @@ class _Gzipped:
     """The body's length."""
 
     def finish(self, tail: bytes) -> bytes:
-        """What follows :attr:`prefix` to make one gzip stream of the body then ``tail``."""
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _TAIL_WBITS, _TAIL_MEM_LEVEL)
-        blocks = compressor.compress(tail) + compressor.flush()
-        trailer = struct.pack(
-            "<II", zlib.crc32(tail, self.crc), (self.size + len(tail)) & _ISIZE_MASK
+        """What follows :attr:`prefix` to make one gzip stream of the body then ``tail``.
+
+        The tail goes in stored deflate blocks, the last one final: the prefix ends byte
+        aligned (a sync flush), so each block is a header byte, its length and that length's
+        complement, then the bytes as they are. A compressor would save a kilobyte of a few
+        hundred kilobytes at most, at the cost of making one every scrape.
+        """
+        parts: list[bytes] = []
+        start = 0
+        while True:
+            chunk = tail[start : start + _STORED_BLOCK_MAX]
+            start += len(chunk)
+            final = start >= len(tail)
+            parts.append(struct.pack("<BHH", final, len(chunk), len(chunk) ^ 0xFFFF))
+            parts.append(chunk)
+            if final:
+                break
+        parts.append(
+            struct.pack("<II", zlib.crc32(tail, self.crc), (self.size + len(tail)) & _ISIZE_MASK)
         )
-        return blocks + trailer
+        return b"".join(parts)
 
 
 _ISIZE_MASK = 0xFFFFFFFF  # gzip's ISIZE: the length modulo 2**32
