@@ -16,7 +16,6 @@ makes its socket hung just the same.
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import os
 import threading
@@ -38,6 +37,7 @@ from guestload.model import (
 )
 from guestload.queries.query import GuestQuery
 from guestload.sources.deadline_calls import CallPool, Calls
+from guestload.sources.path_glob import find_paths
 from guestload.sources.protocol import EventListener, Identify, Source, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,9 @@ class SocketGlobSource:
     """A :class:`guestload.sources.protocol.Source` over every libvirt socket that matches a glob.
 
     ``make_source`` builds the source for one libvirt URI (a ``LibvirtSource`` in production,
-    a fake in unit tests); ``find_sockets`` defaults to :func:`glob.glob`. The source counts
-    as up while it is connected, even with no socket at all: a node without VMs is healthy.
+    a fake in unit tests); ``find_sockets`` defaults to
+    :func:`~guestload.sources.path_glob.find_paths`. The source counts as up while it is
+    connected, even with no socket at all: a node without VMs is healthy.
 
     Connects and listings run on ``calls`` (by default a narrow
     :class:`~guestload.sources.deadline_calls.CallPool` of ``call_workers`` threads: connected
@@ -192,7 +193,7 @@ class SocketGlobSource:
         rescan_interval_seconds: float = RESCAN_INTERVAL_SECONDS,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         call_workers: int = CALL_WORKERS,
-        find_sockets: Callable[[str], Iterable[str]] = glob.glob,
+        find_sockets: Callable[[str], Iterable[str]] = find_paths,
         clock: Callable[[], float] = time.monotonic,
         calls: Calls | None = None,
     ) -> None:
