@@ -3,11 +3,11 @@
 Node mode matches every launcher's socket, ``<kubelet>/pods/*/volumes/kubernetes.io~empty-dir/
 libvirt-runtime/virtqemud-sock``, at each listing. :func:`glob.glob` checks that every
 directory level below the wildcard exists (one ``lstat`` per level and pod, four for each
-socket there) and builds each path level by level: 4.3 ms of CPU a scan at 110 pods, about a
-tenth of what node mode spends on a 110-launcher poll. Here a directory is listed only where
+socket there) and builds each path level by level: 4.07 ms of CPU a scan at 110 pods, nearly
+a tenth of what node mode spends on a 110-launcher poll. Here a directory is listed only where
 its component has a wildcard; literal components are joined without a check, and each whole
 candidate is checked once at the end (a missing or non-directory level fails that check as
-it failed glob's): 0.7 to 1.1 ms for the same scan.
+it failed glob's): 1.24 ms for the same scan (medians of 10 scans, 0.5 s apart).
 
 The results are those of :func:`glob.glob` without ``recursive`` or ``include_hidden`` (``**``
 is an ordinary wildcard; names starting with a dot match only a component starting with one),
@@ -29,15 +29,17 @@ def find_paths(pattern: str) -> list[str]:
         raise ValueError(f"not an absolute pattern: {pattern!r}")
     parts = pattern.split("/")[1:]
     candidates = [""]
+    listed = False
     for index, part in enumerate(parts):
-        if _MAGIC.search(part) is None:
+        listed = _MAGIC.search(part) is not None
+        if not listed:
             candidates = [f"{path}/{part}" for path in candidates]
             continue
         last = index == len(parts) - 1
         candidates = [
             f"{path}/{name}" for path in candidates for name in _matches(path or "/", part, last)
         ]
-    if _MAGIC.search(parts[-1]) is not None:
+    if listed:
         return candidates  # the last level's listing found them
     # With a trailing slash, lstat follows the last link and fails unless it is a directory.
     return [path for path in candidates if os.path.lexists(path)]
